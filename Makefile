@@ -1,0 +1,57 @@
+# Kybernetes developer entry points. `make up` and `make test` work on a fresh
+# Debian-like machine (as root): they install what is missing first.
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STATE_DIR ?= $(CURDIR)/.kybernetes
+NODES ?= 1
+MODE ?= processes
+BUSYBOX_IMAGE ?= kybernetes/busybox:latest
+PAUSE_IMAGE ?= kybernetes/pause:latest
+PYTEST_ARGS ?=
+
+.PHONY: deps dockerd venv generate images test unit up down status bench clean
+
+deps:
+	@bash scripts/ensure-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+generate: venv
+	PYTHON=$(PY) bash scripts/generate.sh
+
+dockerd: deps
+	@bash scripts/start-dockerd.sh $(STATE_DIR)/logs
+
+images: dockerd
+	@BUSYBOX_IMAGE=$(BUSYBOX_IMAGE) PAUSE_IMAGE=$(PAUSE_IMAGE) bash scripts/build-images.sh
+
+# Unit tests only: no daemons needed.
+unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test: deps venv images
+	KYBERNETES_BUSYBOX_IMAGE=$(BUSYBOX_IMAGE) KYBERNETES_PAUSE_IMAGE=$(PAUSE_IMAGE) \
+	  $(PY) -m pytest -q $(PYTEST_ARGS)
+
+up: deps venv images
+	$(PY) -m services.common.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
+	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE)
+
+down: venv
+	$(PY) -m services.common.localcluster down --state-dir $(STATE_DIR)
+
+status: venv
+	$(PY) -m services.common.localcluster status --state-dir $(STATE_DIR)
+
+bench: deps venv images
+	$(PY) -m bench.apiserver
+
+clean: down
+	rm -rf $(STATE_DIR)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the cluster and its tests need, only when missing.
+set -euo pipefail
+need=()
+for pkg in docker.io etcd-server busybox-static iproute2 iptables; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,116 @@
+"""The asyncio client of the API server, shared by kubecfg, kubelet, proxy and replicator."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, AsyncIterator
+
+import grpc
+from google.protobuf.message import Message
+
+from kybernetes.v1 import meta_pb2, pod_pb2
+
+from .resources import DEFAULT_NAMESPACE, PODS, Kind, kind_of_message
+
+DEFAULT_SERVER = "127.0.0.1:8080"
+SERVER_ENV = "KYBERNETES_SERVER"
+
+# Keepalives let a watch notice a dead server instead of hanging forever.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
+
+
+def resolve_server(server: str | None = None) -> str:
+    """--server, else $KYBERNETES_SERVER, else 127.0.0.1:8080."""
+    return server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+
+
+class ApiClient:
+    """One channel to the API server and a stub per kind."""
+
+    def __init__(self, server: str | None = None, *, timeout: float | None = 30.0) -> None:
+        self.server = resolve_server(server)
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self._stubs: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "ApiClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def stub(self, kind: Kind) -> Any:
+        stub = self._stubs.get(kind.name)
+        if stub is None:
+            stub = self._stubs[kind.name] = kind.stub(self.channel)
+        return stub
+
+    async def create(self, obj: Message) -> Any:
+        return await self.stub(kind_of_message(obj)).Create(obj, timeout=self.timeout)
+
+    async def update(self, obj: Message) -> Any:
+        return await self.stub(kind_of_message(obj)).Update(obj, timeout=self.timeout)
+
+    async def update_status(self, obj: Message) -> Any:
+        return await self.stub(kind_of_message(obj)).UpdateStatus(obj, timeout=self.timeout)
+
+    async def get(self, kind: Kind, name: str, namespace: str = DEFAULT_NAMESPACE) -> Any:
+        request = meta_pb2.GetRequest(namespace=namespace if kind.namespaced else "", name=name)
+        return await self.stub(kind).Get(request, timeout=self.timeout)
+
+    async def list(
+        self,
+        kind: Kind,
+        namespace: str = "",
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> Any:
+        options = meta_pb2.ListOptions(
+            namespace=namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            limit=limit,
+            continue_token=continue_token,
+        )
+        return await self.stub(kind).List(options, timeout=self.timeout)
+
+    async def delete(
+        self,
+        kind: Kind,
+        name: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        resource_version: int = 0,
+        propagation_policy: str = "",
+    ) -> Any:
+        request = meta_pb2.DeleteRequest(
+            namespace=namespace if kind.namespaced else "",
+            name=name,
+            resource_version=resource_version,
+            propagation_policy=propagation_policy,
+        )
+        return await self.stub(kind).Delete(request, timeout=self.timeout)
+
+    async def bind(self, namespace: str, name: str, node_name: str) -> pod_pb2.Pod:
+        binding = pod_pb2.Binding(
+            metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
+            target=pod_pb2.ObjectReference(kind="Node", name=node_name),
+        )
+        return await self.stub(PODS).Bind(binding, timeout=self.timeout)
+
+    def watch(self, kind: Kind, options: meta_pb2.ListOptions) -> AsyncIterator[Any]:
+        """The raw event stream; see informer.Informer for a resuming, caching watch."""
+        return self.stub(kind).Watch(options)

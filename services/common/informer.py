@@ -1,0 +1,164 @@
+"""A resuming, caching Watch: the one way components learn about objects.
+
+An Informer opens one Watch with send_initial_events (a snapshot, then live
+changes), keeps the objects in memory, and calls its handlers for every change.
+After a broken stream it resumes from the last revision it saw; when that
+revision is gone (OUT_OF_RANGE) it takes a fresh snapshot and reports the
+difference against what it held, so handlers never miss a deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from kybernetes.v1 import meta_pb2
+
+from .client import ApiClient
+from .log import get_logger
+from .resources import INITIAL_EVENTS_END_ANNOTATION, Kind
+
+ObjectKey = tuple[str, str]  # (namespace, name)
+# handler(event_type, obj, old): event_type is ADDED, MODIFIED or DELETED;
+# old is the previous version for MODIFIED, else None.
+Handler = Callable[[str, Any, Any], Awaitable[None] | None]
+
+
+def object_key(obj: Any) -> ObjectKey:
+    return (obj.metadata.namespace, obj.metadata.name)
+
+
+class Informer:
+    def __init__(
+        self,
+        client: ApiClient,
+        kind: Kind,
+        *,
+        namespace: str = "",
+        label_selector: str = "",
+        field_selector: str = "",
+        retry_initial: float = 0.1,
+        retry_max: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.kind = kind
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.revision = 0
+        self._objects: dict[ObjectKey, Any] = {}
+        self._handlers: list[Handler] = []
+        self._synced = asyncio.Event()
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._log = get_logger(informer=kind.plural, selector=field_selector or label_selector or None)
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    def get(self, namespace: str, name: str) -> Any | None:
+        return self._objects.get((namespace, name))
+
+    def list(self) -> list[Any]:
+        return list(self._objects.values())
+
+    async def run(self) -> None:
+        """Watches until cancelled, reconnecting with back-off."""
+        delay = self._retry_initial
+        need_snapshot = True
+        while True:
+            try:
+                if need_snapshot:
+                    await self._watch(snapshot=True)
+                else:
+                    await self._watch(snapshot=False)
+                # The server ended the stream cleanly (e.g. shutting down): resume.
+                delay = self._retry_initial
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.OUT_OF_RANGE:
+                    self._log.info("watch_revision_gone", revision=self.revision, detail=error.details())
+                    need_snapshot = True
+                    continue
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                    self._log.error("watch_rejected", code=code.name, detail=error.details())
+                    raise
+                self._log.warning("watch_broken", code=code.name, detail=error.details(), retry_in=round(delay, 2))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._retry_max)
+                continue
+            need_snapshot = self.revision == 0
+
+    async def _watch(self, *, snapshot: bool) -> None:
+        options = meta_pb2.ListOptions(
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+            resource_version=0 if snapshot else self.revision,
+            send_initial_events=snapshot,
+        )
+        call = self.client.watch(self.kind, options)
+        pending: dict[ObjectKey, Any] | None = {} if snapshot else None
+        try:
+            async for event in call:
+                obj = event.object
+                if event.type == "BOOKMARK":
+                    self.revision = max(self.revision, obj.metadata.resource_version)
+                    if pending is not None and obj.metadata.annotations.get(INITIAL_EVENTS_END_ANNOTATION) == "true":
+                        await self._replace(pending)
+                        pending = None
+                        self._synced.set()
+                    continue
+                self.revision = max(self.revision, obj.metadata.resource_version)
+                if pending is not None:
+                    pending[object_key(obj)] = obj
+                    continue
+                await self._apply(event.type, obj)
+        finally:
+            call.cancel()
+
+    async def _replace(self, snapshot: dict[ObjectKey, Any]) -> None:
+        """Installs a fresh snapshot, reporting how it differs from what we held."""
+        old_objects = self._objects
+        self._objects = snapshot
+        for key, old in old_objects.items():
+            if key not in snapshot:
+                await self._notify("DELETED", old, None)
+        for key, obj in snapshot.items():
+            old = old_objects.get(key)
+            if old is None:
+                await self._notify("ADDED", obj, None)
+            elif old.metadata.resource_version != obj.metadata.resource_version:
+                await self._notify("MODIFIED", obj, old)
+
+    async def _apply(self, event_type: str, obj: Any) -> None:
+        key = object_key(obj)
+        old = self._objects.get(key)
+        if event_type == "DELETED":
+            self._objects.pop(key, None)
+            await self._notify("DELETED", obj, None)
+            return
+        self._objects[key] = obj
+        await self._notify("MODIFIED" if old is not None else "ADDED", obj, old)
+
+    async def _notify(self, event_type: str, obj: Any, old: Any) -> None:
+        for handler in self._handlers:
+            try:
+                result = handler(event_type, obj, old)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a broken handler must not stop the watch
+                self._log.exception(
+                    "informer_handler_failed", event_type=event_type,
+                    object=f"{obj.metadata.namespace}/{obj.metadata.name}",
+                )

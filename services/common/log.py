@@ -1,0 +1,40 @@
+"""structlog setup shared by every process: one event per line, key=value."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure_logging(component: str, level: str | None = None, json: bool | None = None) -> structlog.stdlib.BoundLogger:
+    """Configures structlog for a process and returns its root logger.
+
+    KYBERNETES_LOG_LEVEL and KYBERNETES_LOG_FORMAT=json override the defaults.
+    """
+    level_name = (level or os.environ.get("KYBERNETES_LOG_LEVEL", "info")).upper()
+    use_json = json if json is not None else os.environ.get("KYBERNETES_LOG_FORMAT") == "json"
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "component", "event"])
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    return structlog.get_logger().bind(component=component)
+
+
+def get_logger(**context: object) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger().bind(**context)

@@ -1,0 +1,147 @@
+"""The API's kinds in one table: names, messages, stubs and storage keys.
+
+Every component that deals with "a kind" (the API server's generic registry,
+kubecfg's verbs, the watch helpers) looks it up here, so adding a kind is one
+entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from google.protobuf.message import Message
+
+from kybernetes.v1 import (
+    endpoints_pb2,
+    endpoints_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    pod_pb2,
+    pod_pb2_grpc,
+    replication_controller_pb2,
+    replication_controller_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
+
+API_VERSION = "v1"
+DEFAULT_NAMESPACE = "default"
+# Annotation on the BOOKMARK that closes the initial events of a Watch.
+INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"
+
+
+def _pod_fields(pod: pod_pb2.Pod) -> dict[str, str]:
+    return {
+        "metadata.name": pod.metadata.name,
+        "metadata.namespace": pod.metadata.namespace,
+        "spec.nodeName": pod.spec.node_name,
+        "spec.restartPolicy": pod.spec.restart_policy,
+        "status.phase": pod.status.phase,
+        "status.podIP": pod.status.pod_ip,
+    }
+
+
+def _meta_fields(obj: Any) -> dict[str, str]:
+    return {"metadata.name": obj.metadata.name, "metadata.namespace": obj.metadata.namespace}
+
+
+def _node_fields(node: node_pb2.Node) -> dict[str, str]:
+    return {
+        "metadata.name": node.metadata.name,
+        "spec.unschedulable": "true" if node.spec.unschedulable else "false",
+    }
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One API kind: how it is named, stored, served and selected."""
+
+    name: str  # "Pod"
+    plural: str  # "pods": the etcd key segment and kubecfg's resource name
+    singular: str  # "pod"
+    short_names: tuple[str, ...]
+    message: type[Message]
+    list_message: type[Message]
+    event_message: type[Message]
+    stub: Callable[[Any], Any]  # the generated client stub class
+    service_name: str  # full gRPC service name
+    namespaced: bool = True
+    has_status: bool = True
+    # Fields a field selector may name, read from an object.
+    fields: Callable[[Any], dict[str, str]] = field(default=_meta_fields)
+
+    def key_prefix(self, namespace: str = "") -> str:
+        """The etcd prefix of every object of this kind (in one namespace when given)."""
+        if not self.namespaced or not namespace:
+            return f"/registry/{self.plural}/"
+        return f"/registry/{self.plural}/{namespace}/"
+
+    def key(self, namespace: str, name: str) -> str:
+        if self.namespaced:
+            return f"/registry/{self.plural}/{namespace}/{name}"
+        return f"/registry/{self.plural}/{name}"
+
+    def names(self) -> tuple[str, ...]:
+        """Every name kubecfg accepts for this kind."""
+        return (self.plural, self.singular, self.name.lower(), *self.short_names)
+
+
+PODS = Kind(
+    name="Pod", plural="pods", singular="pod", short_names=("po",),
+    message=pod_pb2.Pod, list_message=pod_pb2.PodList, event_message=pod_pb2.PodWatchEvent,
+    stub=pod_pb2_grpc.PodRegistryStub, service_name="kybernetes.v1.PodRegistry",
+    fields=_pod_fields,
+)
+SERVICES = Kind(
+    name="Service", plural="services", singular="service", short_names=("svc",),
+    message=service_pb2.Service, list_message=service_pb2.ServiceList,
+    event_message=service_pb2.ServiceWatchEvent,
+    stub=service_pb2_grpc.ServiceRegistryStub, service_name="kybernetes.v1.ServiceRegistry",
+    has_status=False,
+)
+ENDPOINTS = Kind(
+    name="Endpoints", plural="endpoints", singular="endpoints", short_names=("ep",),
+    message=endpoints_pb2.Endpoints, list_message=endpoints_pb2.EndpointsList,
+    event_message=endpoints_pb2.EndpointsWatchEvent,
+    stub=endpoints_pb2_grpc.EndpointsRegistryStub, service_name="kybernetes.v1.EndpointsRegistry",
+    has_status=False,
+)
+REPLICATION_CONTROLLERS = Kind(
+    name="ReplicationController", plural="replicationcontrollers",
+    singular="replicationcontroller", short_names=("rc",),
+    message=replication_controller_pb2.ReplicationController,
+    list_message=replication_controller_pb2.ReplicationControllerList,
+    event_message=replication_controller_pb2.ReplicationControllerWatchEvent,
+    stub=replication_controller_pb2_grpc.ReplicationControllerRegistryStub,
+    service_name="kybernetes.v1.ReplicationControllerRegistry",
+)
+NODES = Kind(
+    name="Node", plural="nodes", singular="node", short_names=("no",),
+    message=node_pb2.Node, list_message=node_pb2.NodeList, event_message=node_pb2.NodeWatchEvent,
+    stub=node_pb2_grpc.NodeRegistryStub, service_name="kybernetes.v1.NodeRegistry",
+    namespaced=False, fields=_node_fields,
+)
+
+ALL_KINDS: tuple[Kind, ...] = (PODS, SERVICES, ENDPOINTS, REPLICATION_CONTROLLERS, NODES)
+_BY_NAME: dict[str, Kind] = {}
+for _kind in ALL_KINDS:
+    _BY_NAME[_kind.name] = _kind
+    for _alias in _kind.names():
+        _BY_NAME[_alias] = _kind
+
+
+def kind_for(name: str) -> Kind:
+    """Looks a kind up by its Kind name ("Pod") or any kubecfg name ("po", "pods")."""
+    try:
+        return _BY_NAME[name] if name in _BY_NAME else _BY_NAME[name.lower()]
+    except KeyError:
+        known = ", ".join(k.plural for k in ALL_KINDS)
+        raise KeyError(f'unknown kind "{name}" (known: {known})') from None
+
+
+def kind_of_message(message: Message) -> Kind:
+    for kind in ALL_KINDS:
+        if isinstance(message, kind.message):
+            return kind
+    raise KeyError(f"{type(message).__name__} is not an API kind")
