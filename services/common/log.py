@@ -33,8 +33,11 @@ def configure_logging(component: str, level: str | None = None, json: bool | Non
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    return structlog.get_logger().bind(component=component)
+    # In the context (not one logger) so every module's logger carries it.
+    structlog.contextvars.bind_contextvars(component=component)
+    return structlog.get_logger()
 
 
 def get_logger(**context: object) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger().bind(**context)
+    """A logger usable at import time: it binds to the configuration lazily."""
+    return structlog.get_logger(**context)

@@ -1,0 +1,35 @@
+"""The API server's errors: a gRPC status and a message naming the object or field."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ApiError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_found(kind_plural: str, namespace: str, name: str) -> ApiError:
+    where = f" in namespace {namespace}" if namespace else ""
+    return ApiError(grpc.StatusCode.NOT_FOUND, f'{kind_plural} "{name}" not found{where}')
+
+
+def already_exists(kind_plural: str, namespace: str, name: str) -> ApiError:
+    where = f" in namespace {namespace}" if namespace else ""
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, f'{kind_plural} "{name}" already exists{where}')
+
+
+def conflict(kind_plural: str, name: str, expected: int, actual: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.ABORTED,
+        f'operation on {kind_plural} "{name}" cannot be fulfilled: metadata.resourceVersion {expected} '
+        f"is stale (stored: {actual}); read the latest version and try again",
+    )
+
+
+def invalid(kind_name: str, name: str, errors: list) -> ApiError:
+    details = "; ".join(str(e) for e in errors)
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f'{kind_name} "{name}" is invalid: {details}')

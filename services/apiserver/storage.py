@@ -1,0 +1,262 @@
+"""etcd access for the API server: guarded transactions, ranges and a raw watch.
+
+We use aetcd for the connection and its generated etcd v3 messages, but talk
+to the KV and Watch stubs directly: the API needs the response headers'
+revisions, prev_kv on deletes, and watch progress, which aetcd's convenience
+wrappers drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from .errors import ApiError
+
+_RANGE_END_ALL = b"\0"
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with prefix."""
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return _RANGE_END_ALL
+
+
+def channel_target(endpoints: list[str]) -> str:
+    """One gRPC target for one or several etcd members ("host:port" each).
+
+    Several members become an ipv4: target list that gRPC balances and fails
+    over across; a single member may be a host name.
+    """
+    cleaned = [e.removeprefix("http://").removeprefix("https://").rstrip("/") for e in endpoints if e]
+    if not cleaned:
+        raise ValueError("--etcd-servers: at least one endpoint is required")
+    if len(cleaned) == 1:
+        return cleaned[0]
+    return "ipv4:" + ",".join(cleaned)
+
+
+@dataclass(slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    revision: int  # the store revision the range was read at
+    more: bool
+
+
+@dataclass(slots=True)
+class WatchEvent:
+    deleted: bool
+    key: bytes
+    value: bytes  # the new value (PUT) or the last value before deletion (DELETE)
+    prev_value: bytes | None
+    revision: int
+
+
+@dataclass(slots=True)
+class WatchBatch:
+    """One etcd watch response: its events, or an empty progress report."""
+
+    events: list[WatchEvent]
+    revision: int
+
+
+class CompactedError(Exception):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+def _kv(kv: rpc.KeyValue) -> KeyValue:
+    return KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision)
+
+
+def _unavailable(error: grpc.aio.AioRpcError) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, f"etcd: {error.code().name}: {error.details()}")
+
+
+class Storage:
+    """A connection to etcd with the handful of operations the registry needs."""
+
+    def __init__(self, endpoints: list[str], *, timeout: float = 10.0) -> None:
+        target = channel_target(endpoints)
+        # aetcd builds its target as f"{host}:{port}": split ours at the last colon.
+        host, _, port = target.rpartition(":")
+        self._client = aetcd.Client(
+            host=host,
+            port=port,  # type: ignore[arg-type]
+            timeout=timeout,
+            options={
+                "grpc.lb_policy_name": "round_robin",
+                "grpc.max_receive_message_length": 512 * 1024 * 1024,
+                "grpc.keepalive_time_ms": 10_000,
+                "grpc.keepalive_timeout_ms": 5_000,
+            },
+        )
+        self._timeout = timeout
+        self.target = target
+
+    async def connect(self) -> None:
+        await self._client.connect()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    @property
+    def _kv_stub(self) -> rpc.KVStub:
+        return self._client.kvstub
+
+    async def _txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
+        try:
+            return await self._kv_stub.Txn(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error) from error
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        result = await self.range(key)
+        return result.kvs[0] if result.kvs else None
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes | None = None,
+        *,
+        limit: int = 0,
+        revision: int = 0,
+        count_only: bool = False,
+    ) -> RangeResult:
+        request = rpc.RangeRequest(
+            key=key,
+            range_end=range_end or b"",
+            limit=limit,
+            revision=revision,
+            count_only=count_only,
+        )
+        try:
+            response = await self._kv_stub.Range(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (error.details() or ""):
+                raise CompactedError(0) from error
+            raise _unavailable(error) from error
+        return RangeResult([_kv(kv) for kv in response.kvs], response.header.revision, response.more)
+
+    async def current_revision(self) -> int:
+        # A count-only range on an empty key range is the cheapest read of the header.
+        return (await self.range(b"\0", b"\0", count_only=True)).revision
+
+    async def is_compacted(self, revision: int) -> bool:
+        """Whether etcd can no longer serve history at `revision`."""
+        try:
+            await self.range(b"\0", b"\0", revision=revision, count_only=True)
+        except CompactedError:
+            return True
+        except ApiError:
+            raise
+        return False
+
+    async def create(self, key: bytes, value: bytes) -> int | None:
+        """Puts key if absent; returns the new revision, or None when it exists."""
+        request = rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+        )
+        response = await self._txn(request)
+        return response.header.revision if response.succeeded else None
+
+    async def update(self, key: bytes, value: bytes, expected_mod_revision: int) -> int | None:
+        """Puts key if it is still at expected_mod_revision; returns the new
+        revision, or None when somebody changed or deleted it meanwhile."""
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision
+                )
+            ],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+        )
+        response = await self._txn(request)
+        return response.header.revision if response.succeeded else None
+
+    async def delete(self, key: bytes, expected_mod_revision: int) -> int | None:
+        """Deletes key if it is still at expected_mod_revision; returns the
+        deletion's revision, or None on a conflict."""
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision
+                )
+            ],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+        )
+        response = await self._txn(request)
+        return response.header.revision if response.succeeded else None
+
+    async def compact(self, revision: int) -> None:
+        await self._kv_stub.Compact(rpc.CompactionRequest(revision=revision, physical=True), timeout=self._timeout)
+
+    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Every change under prefix from start_revision on, in order.
+
+        Raises CompactedError when start_revision is gone, ApiError(UNAVAILABLE)
+        when the stream breaks.
+        """
+        requests: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
+        await requests.put(
+            rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(
+                    key=prefix,
+                    range_end=prefix_range_end(prefix),
+                    start_revision=start_revision,
+                    prev_kv=True,
+                )
+            )
+        )
+
+        async def request_stream() -> AsyncIterator[rpc.WatchRequest]:
+            while (request := await requests.get()) is not None:
+                yield request
+
+        call = rpc.WatchStub(self._client.channel).Watch(request_stream())
+        try:
+            async for response in call:
+                if response.compact_revision:
+                    raise CompactedError(response.compact_revision)
+                if response.canceled:
+                    raise ApiError(grpc.StatusCode.UNAVAILABLE, f"etcd cancelled the watch: {response.cancel_reason}")
+                if response.created and not response.events:
+                    continue
+                events = []
+                for event in response.events:
+                    deleted = event.type == rpc.Event.DELETE
+                    prev = event.prev_kv.value if event.HasField("prev_kv") else None
+                    events.append(
+                        WatchEvent(
+                            deleted=deleted,
+                            key=event.kv.key,
+                            value=prev if deleted and prev is not None else event.kv.value,
+                            prev_value=prev,
+                            revision=event.kv.mod_revision,
+                        )
+                    )
+                yield WatchBatch(events, response.header.revision)
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error) from error
+        finally:
+            await requests.put(None)
+            call.cancel()

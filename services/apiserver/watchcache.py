@@ -1,0 +1,331 @@
+"""One etcd watch per kind, fanned out from memory to every Watch caller.
+
+The cache lists a kind once, then follows etcd's watch of its key prefix. It
+keeps the current objects (for snapshots) and a window of recent events (for
+watches that resume from a revision). Each caller gets a bounded queue of
+references to shared, pre-encoded events: a caller that cannot keep up is cut
+off with RESOURCE_EXHAUSTED instead of slowing the others or growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf.message import Message
+
+from kybernetes.v1 import meta_pb2
+from services.common.log import get_logger
+from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
+from services.common.selectors import FieldSelector, LabelSelector
+
+from .errors import ApiError
+from .storage import CompactedError, Storage, prefix_range_end
+
+ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
+
+
+class CachedObject:
+    """A stored object with what filters need precomputed and its encoded events memoized."""
+
+    __slots__ = ("obj", "namespace", "labels", "fields", "_encoded")
+
+    def __init__(self, kind: Kind, obj: Any) -> None:
+        self.obj = obj
+        self.namespace: str = obj.metadata.namespace
+        self.labels: dict[str, str] = dict(obj.metadata.labels)
+        self.fields: dict[str, str] = kind.fields(obj)
+        self._encoded: dict[str, bytes] = {}
+
+    def encode(self, kind: Kind, event_type: str) -> bytes:
+        data = self._encoded.get(event_type)
+        if data is None:
+            data = self._encoded[event_type] = kind.event_message(type=event_type, object=self.obj).SerializeToString()
+        return data
+
+
+class CacheEvent:
+    __slots__ = ("revision", "deleted", "current", "previous", "_previous_at_revision")
+
+    def __init__(self, revision: int, deleted: bool, current: CachedObject, previous: CachedObject | None) -> None:
+        self.revision = revision
+        self.deleted = deleted
+        # For a deletion, `current` is the deleted object stamped with the
+        # deletion's revision.
+        self.current = current
+        self.previous = previous
+        self._previous_at_revision: CachedObject | None = None
+
+    def previous_at_revision(self, kind: Kind) -> CachedObject:
+        """The previous object stamped with this event's revision: what a
+        watcher sees as DELETED when the object stops matching its selector."""
+        if self._previous_at_revision is None:
+            assert self.previous is not None
+            obj = type(self.previous.obj)()
+            obj.CopyFrom(self.previous.obj)
+            obj.metadata.resource_version = self.revision
+            self._previous_at_revision = CachedObject(kind, obj)
+        return self._previous_at_revision
+
+
+@dataclass
+class WatchFilter:
+    namespace: str = ""
+    labels: LabelSelector | None = None
+    fields: FieldSelector | None = None
+
+    def matches(self, cached: CachedObject) -> bool:
+        if self.namespace and cached.namespace != self.namespace:
+            return False
+        if self.labels is not None and not self.labels.matches(cached.labels):
+            return False
+        if self.fields is not None and not self.fields.matches(cached.fields):
+            return False
+        return True
+
+
+# Ends a watch stream with status OK (the server is shutting down cleanly).
+END_OF_STREAM = ApiError(grpc.StatusCode.OK, "end of stream")
+
+
+@dataclass(eq=False)
+class CacheWatcher:
+    """One Watch caller: a filter and a bounded queue of encoded events."""
+
+    filter: WatchFilter
+    start_revision: int
+    capacity: int
+    queue: collections.deque = field(default_factory=collections.deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why the stream ends: an error status, or END_OF_STREAM for a clean finish.
+    closed: ApiError | None = None
+
+    def offer(self, kind: Kind, event: CacheEvent) -> None:
+        if event.revision <= self.start_revision or self.closed is not None:
+            return
+        match_filter = self.filter.matches
+        now = match_filter(event.current)
+        before = event.previous is not None and match_filter(event.previous)
+        if event.deleted:
+            if now:
+                self._push((DELETED, event.current))
+        elif now:
+            self._push((MODIFIED if before else ADDED, event.current))
+        elif before:
+            self._push((DELETED, event.previous_at_revision(kind)))
+
+    def offer_bookmark(self, revision: int) -> None:
+        # Only when idle: a bookmark matters to a watcher with nothing to read.
+        if not self.queue and self.closed is None:
+            self._push((BOOKMARK, revision))
+
+    def close(self, error: ApiError) -> None:
+        if self.closed is None:
+            self.closed = error
+            self.wakeup.set()
+
+    def _push(self, item: tuple[str, Any]) -> None:
+        if len(self.queue) >= self.capacity:
+            self.queue.clear()  # drop the references at once: the caller is cut off
+            self.close(
+                ApiError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"watch fell more than {self.capacity} events behind; watch again from the last "
+                    "resource_version received (or re-list)",
+                )
+            )
+            return
+        self.queue.append(item)
+        self.wakeup.set()
+
+
+class WatchCache:
+    """The in-memory view of one kind, kept current by a single etcd watch."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        storage: Storage,
+        decode: Callable[[bytes, int], Message],
+        *,
+        history: int = 20_000,
+        watcher_capacity: int = 10_000,
+        bookmark_interval: float = 5.0,
+    ) -> None:
+        self.kind = kind
+        self.storage = storage
+        self.decode = decode
+        self.prefix = kind.key_prefix().encode()
+        self.revision = 0  # everything up to this revision is applied
+        self.window_start = 0  # every event after this revision is in self._events
+        self._objects: dict[bytes, CachedObject] = {}
+        self._events: collections.deque[CacheEvent] = collections.deque(maxlen=history)
+        self._watchers: set[CacheWatcher] = set()
+        self._watcher_capacity = watcher_capacity
+        self._bookmark_interval = bookmark_interval
+        self._ready = asyncio.Event()
+        self._log = get_logger(cache=kind.plural)
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Lists, then follows etcd; re-lists when the watch's history is gone."""
+        bookmarks = asyncio.create_task(self._bookmark_loop())
+        try:
+            await self._relist()
+            delay = 0.1
+            while True:
+                try:
+                    async for batch in self.storage.watch(self.prefix, self.revision + 1):
+                        self._apply(batch.events)
+                        delay = 0.1
+                except CompactedError:
+                    self._log.warning("watch_cache_history_compacted", revision=self.revision)
+                    await self._relist()
+                except ApiError as error:
+                    self._log.warning("watch_cache_etcd_watch_broken", detail=error.message, retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            bookmarks.cancel()
+            self.end_watches()
+
+    def end_watches(self) -> None:
+        """Finishes every caller's stream cleanly (server shutdown)."""
+        for watcher in list(self._watchers):
+            watcher.close(END_OF_STREAM)
+
+    async def _relist(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                result = await self.storage.range(self.prefix, prefix_range_end(self.prefix))
+                break
+            except ApiError as error:
+                self._log.warning("watch_cache_list_failed", detail=error.message, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        objects = {}
+        for kv in result.kvs:
+            objects[kv.key] = CachedObject(self.kind, self.decode(kv.value, kv.mod_revision))
+        had_history = self._ready.is_set()
+        self._objects = objects
+        self._events.clear()
+        self.revision = self.window_start = result.revision
+        if had_history:
+            # Events were lost between the old window and this list: watchers
+            # must start over from a fresh snapshot.
+            for watcher in list(self._watchers):
+                watcher.close(ApiError(grpc.StatusCode.OUT_OF_RANGE, "watch history was compacted; re-list"))
+        self._ready.set()
+        self._log.info("watch_cache_listed", objects=len(objects), revision=result.revision)
+
+    def _apply(self, events: list) -> None:
+        kind = self.kind
+        for raw in events:
+            previous = self._objects.get(raw.key)
+            if previous is None and raw.prev_value is not None:
+                previous = CachedObject(kind, self.decode(raw.prev_value, 0))
+            if raw.deleted:
+                self._objects.pop(raw.key, None)
+                if previous is not None:
+                    obj = type(previous.obj)()
+                    obj.CopyFrom(previous.obj)
+                    obj.metadata.resource_version = raw.revision
+                    current = CachedObject(kind, obj)
+                else:
+                    current = CachedObject(kind, self.decode(raw.value, raw.revision))
+                event = CacheEvent(raw.revision, True, current, None)
+            else:
+                current = CachedObject(kind, self.decode(raw.value, raw.revision))
+                self._objects[raw.key] = current
+                event = CacheEvent(raw.revision, False, current, previous)
+            if len(self._events) == self._events.maxlen:
+                self.window_start = self._events[0].revision
+            self._events.append(event)
+            self.revision = raw.revision
+            for watcher in self._watchers:
+                watcher.offer(kind, event)
+        # Drop cut-off watchers from the fan-out at once.
+        if any(w.closed is not None for w in self._watchers):
+            self._watchers = {w for w in self._watchers if w.closed is None}
+
+    async def _bookmark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._bookmark_interval)
+            revision = self.revision
+            for watcher in self._watchers:
+                watcher.offer_bookmark(max(revision, watcher.start_revision))
+
+    def snapshot(self, filter_: WatchFilter) -> tuple[list[CachedObject], int]:
+        return [c for c in self._objects.values() if filter_.matches(c)], self.revision
+
+    def encode_bookmark(self, revision: int, initial_events_end: bool = False) -> bytes:
+        meta = meta_pb2.ObjectMeta(resource_version=revision)
+        if initial_events_end:
+            meta.annotations[INITIAL_EVENTS_END_ANNOTATION] = "true"
+        return self.kind.event_message(type=BOOKMARK, object=self.kind.message(metadata=meta)).SerializeToString()
+
+    async def watch(
+        self, filter_: WatchFilter, resource_version: int, send_initial_events: bool
+    ) -> AsyncIterator[bytes]:
+        """Encoded events for one caller, forever (an async generator)."""
+        await self._ready.wait()
+        kind = self.kind
+        initial: list[bytes] = []
+        if send_initial_events:
+            objects, start = self.snapshot(filter_)
+            initial = [c.encode(kind, ADDED) for c in objects]
+            initial.append(self.encode_bookmark(start, initial_events_end=True))
+        elif resource_version == 0:
+            start = self.revision
+        else:
+            start = resource_version
+            if start < self.window_start or (
+                start < self.revision and await self.storage.is_compacted(start + 1)
+            ):
+                raise ApiError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"resource_version {start} is too old (oldest available {self.window_start}); "
+                    "list again and watch from the list's resource_version",
+                )
+            if start < self.window_start:  # the window moved during the check above
+                raise ApiError(grpc.StatusCode.OUT_OF_RANGE, f"resource_version {start} is too old; re-list")
+        watcher = CacheWatcher(filter_, start, self._watcher_capacity)
+        # Replay the part of the window after `start`, then register: no await
+        # in between, so no event falls in a gap or arrives twice.
+        replay = []
+        for event in reversed(self._events):
+            if event.revision <= start:
+                break
+            replay.append(event)
+        for event in reversed(replay):
+            watcher.offer(kind, event)
+        self._watchers.add(watcher)
+        try:
+            for data in initial:
+                yield data
+            while True:
+                while watcher.queue:
+                    event_type, payload = watcher.queue.popleft()
+                    if event_type == BOOKMARK:
+                        yield self.encode_bookmark(payload)
+                    else:
+                        yield payload.encode(kind, event_type)
+                if watcher.closed is END_OF_STREAM:
+                    return
+                if watcher.closed is not None:
+                    raise watcher.closed
+                watcher.wakeup.clear()
+                await watcher.wakeup.wait()
+        finally:
+            self._watchers.discard(watcher)
+

@@ -1,0 +1,75 @@
+"""Small builders and helpers for tests that talk to a real API server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+
+BUSYBOX = "kybernetes/busybox:latest"
+
+
+def make_pod(name: str, namespace: str, labels: dict[str, str] | None = None, node: str = "", **spec: Any) -> pod_pb2.Pod:
+    pod = pod_pb2.Pod(
+        metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace, labels=labels or {}),
+        spec=pod_pb2.PodSpec(
+            containers=[pod_pb2.Container(name="main", image=BUSYBOX, command=["sleep", "3600"])],
+            node_name=node,
+            **spec,
+        ),
+    )
+    return pod
+
+
+def make_service(name: str, namespace: str, selector: dict[str, str], port: int = 80) -> service_pb2.Service:
+    return service_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace),
+        spec=service_pb2.ServiceSpec(selector=selector, ports=[service_pb2.ServicePort(port=port)]),
+    )
+
+
+def make_rc(name: str, namespace: str, labels: dict[str, str], replicas: int = 1) -> replication_controller_pb2.ReplicationController:
+    return replication_controller_pb2.ReplicationController(
+        metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace),
+        spec=replication_controller_pb2.ReplicationControllerSpec(
+            replicas=replicas,
+            selector=labels,
+            template=pod_pb2.PodTemplateSpec(
+                metadata=meta_pb2.ObjectMeta(labels=labels),
+                spec=pod_pb2.PodSpec(containers=[pod_pb2.Container(name="main", image=BUSYBOX)]),
+            ),
+        ),
+    )
+
+
+def make_node(name: str, labels: dict[str, str] | None = None) -> node_pb2.Node:
+    return node_pb2.Node(metadata=meta_pb2.ObjectMeta(name=name, labels=labels or {}))
+
+
+async def expect_error(code: grpc.StatusCode, awaitable: Any) -> str:
+    """Awaits a call that must fail with `code`; returns the error's message."""
+    try:
+        await awaitable
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == code, f"expected {code.name}, got {error.code().name}: {error.details()}"
+        return error.details() or ""
+    raise AssertionError(f"expected {code.name}, but the call succeeded")
+
+
+async def collect_events(call: Any, count: int, timeout: float = 20.0) -> list[Any]:
+    """Reads `count` non-bookmark events from a watch call."""
+    events: list[Any] = []
+
+    async def read() -> None:
+        async for event in call:
+            if event.type == "BOOKMARK":
+                continue
+            events.append(event)
+            if len(events) >= count:
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return events
