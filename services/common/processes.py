@@ -1,0 +1,153 @@
+"""Starting and stopping the cluster's processes: used by `make up`, tests and benches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode} before listening on {host}:{port}")
+        if port_open(port, host):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
+
+
+class ManagedProcess:
+    """A child process logging to a file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str | os.PathLike, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # a Ctrl-C in the terminal is for us, not for the cluster
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def etcd_argv(data_dir: str | os.PathLike, client_port: int, peer_port: int) -> list[str]:
+    endpoint = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    return [
+        shutil.which("etcd") or "/usr/bin/etcd",
+        "--name", "default",
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", endpoint,
+        "--advertise-client-urls", endpoint,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"default={peer}",
+        "--log-level", "error",
+    ]
+
+
+class EtcdProcess(ManagedProcess):
+    """etcd on loopback with its own data dir."""
+
+    def __init__(self, data_dir: str | os.PathLike, client_port: int | None = None, log_path: str | os.PathLike | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = client_port or free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        super().__init__("etcd", etcd_argv(self.data_dir / "data", self.port, free_port()), log_path or self.data_dir / "etcd.log")
+        wait_for_port(self.port, self.process)
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class ApiServerProcess(ManagedProcess):
+    """`kube-apiserver` as its own process, as users run it."""
+
+    def __init__(
+        self,
+        etcd_endpoint: str,
+        *extra_args: str,
+        port: int | None = None,
+        log_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        if log_path is None:
+            import tempfile
+
+            log_path = tempfile.mktemp(prefix="kyb-apiserver-", suffix=".log")
+        super().__init__(
+            "apiserver",
+            python_module_argv(
+                "services.apiserver.main", "--listen", self.address, "--etcd-servers", etcd_endpoint, *extra_args
+            ),
+            log_path,
+        )
+        try:
+            wait_for_port(self.port, self.process)
+        except Exception as error:
+            self.stop()
+            raise RuntimeError(f"the API server did not start: {error}\n{self.log_tail()}") from error
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
