@@ -1,0 +1,755 @@
+"""Validation of every API kind, before anything is written.
+
+Each function returns every problem it finds as a FieldError whose path uses
+the Kubernetes JSON names (`spec.containers[1].ports[0].containerPort`,
+`metadata.labels`, `spec.template.spec.restartPolicy`), so an error message
+points at the line of the user's manifest. The wording follows Kubernetes'
+`field.Error`: "Required value", `Invalid value: "x": reason`,
+`Unsupported value: "x": supported values: ...`, `Duplicate value: "x"`.
+
+The server validates after `defaults.apply_defaults`; fields with a fixed
+default (protocol, restartPolicy, namespace, ...) are also accepted empty so
+that a manifest can be checked before it is sent. An RC's selector has no
+fixed default (it comes from the template), so it must be set by then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping
+
+from google.protobuf.message import Message
+
+from kybernetes.v1 import (
+    endpoints_pb2,
+    meta_pb2,
+    node_pb2,
+    pod_pb2,
+    replication_controller_pb2,
+    service_pb2,
+)
+from services.common.quantity import QuantityError, parse_quantity
+from services.common.resources import (
+    API_VERSION,
+    ENDPOINTS,
+    NODES,
+    PODS,
+    REPLICATION_CONTROLLERS,
+    SERVICES,
+)
+from services.common.selectors import (
+    LabelSelector,
+    validate_dns1035_label,
+    validate_dns1123_label,
+    validate_dns1123_subdomain,
+    validate_label_key,
+    validate_label_value,
+)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem: where it is (a JSON path) and what is wrong."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+NameValidator = Callable[[str], "str | None"]
+
+# ---------------------------------------------------------------------------
+# Error constructors, worded as Kubernetes' field.Error.
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value), sort_keys=True)
+    return str(value)
+
+
+def required(path: str, detail: str = "") -> FieldError:
+    return FieldError(path, f"Required value: {detail}" if detail else "Required value")
+
+
+def invalid(path: str, value: Any, detail: str) -> FieldError:
+    return FieldError(path, f"Invalid value: {_show(value)}: {detail}")
+
+
+def not_supported(path: str, value: Any, supported: Iterable[str]) -> FieldError:
+    choices = ", ".join(json.dumps(s) for s in supported)
+    return FieldError(path, f"Unsupported value: {_show(value)}: supported values: {choices}")
+
+
+def duplicate(path: str, value: Any) -> FieldError:
+    return FieldError(path, f"Duplicate value: {_show(value)}")
+
+
+def not_found(path: str, value: Any) -> FieldError:
+    return FieldError(path, f"Not found: {_show(value)}")
+
+
+def forbidden(path: str, detail: str) -> FieldError:
+    return FieldError(path, f"Forbidden: {detail}")
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _index(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+def _key(path: str, key: str) -> str:
+    return f"{path}[{key}]"
+
+
+# ---------------------------------------------------------------------------
+# Shared rules
+
+PORT_RANGE = "must be between 1 and 65535, inclusive"
+NON_NEGATIVE = "must be greater than or equal to 0"
+CONTAINER_PORT_PROTOCOLS = ("SCTP", "TCP", "UDP")
+# The proxy forwards TCP and UDP only.
+SERVICE_PROTOCOLS = ("TCP", "UDP")
+RESTART_POLICIES = ("Always", "Never", "OnFailure")
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+RESOURCE_NAMES = ("cpu", "ephemeral-storage", "memory")
+HOST_PATH_TYPES = (
+    "", "BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket",
+)
+STORAGE_MEDIA = ("", "Memory")
+POD_PHASES = ("Failed", "Pending", "Running", "Succeeded", "Unknown")
+SERVICE_TYPES = ("ClusterIP", "NodePort")
+SESSION_AFFINITIES = ("ClientIP", "None")
+URI_SCHEMES = ("HTTP", "HTTPS")
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024
+
+_IANA_SVC_NAME_MAX_LENGTH = 15
+_IANA_SVC_NAME_CHARS = re.compile(r"[-a-z0-9]+")
+_ENV_VAR_NAME_FMT = "[-._a-zA-Z][-._a-zA-Z0-9]*"
+_ENV_VAR_NAME_RE = re.compile(_ENV_VAR_NAME_FMT)
+_HTTP_HEADER_NAME_RE = re.compile(r"[-A-Za-z0-9]+")
+
+
+def port_name_reason(name: str) -> str | None:
+    """Why `name` is not an IANA service name (container port names, named targets), or None."""
+    if len(name) > _IANA_SVC_NAME_MAX_LENGTH:
+        return f"must be no more than {_IANA_SVC_NAME_MAX_LENGTH} characters"
+    if not _IANA_SVC_NAME_CHARS.fullmatch(name):
+        return "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
+    if not re.search("[a-z]", name):
+        return "must contain at least one letter (a-z)"
+    if "--" in name:
+        return "must not contain consecutive hyphens"
+    if name.startswith("-") or name.endswith("-"):
+        return "must not begin or end with a hyphen"
+    return None
+
+
+def _looks_numeric(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def _validate_port_number(path: str, port: int, errors: list[FieldError]) -> None:
+    if not 1 <= port <= 65535:
+        errors.append(invalid(path, port, PORT_RANGE))
+
+
+def _validate_int_or_port_name(
+    path: str, value: str, errors: list[FieldError], *, known_names: Iterable[str] | None = None
+) -> None:
+    """A port given as a number ("8080") or an IANA name ("http"); names must be known if given."""
+    if _looks_numeric(value):
+        port = int(value)
+        if not 1 <= port <= 65535:
+            errors.append(invalid(path, value, PORT_RANGE))
+        return
+    reason = port_name_reason(value)
+    if reason:
+        errors.append(invalid(path, value, reason))
+    elif known_names is not None and value not in set(known_names):
+        errors.append(invalid(path, value, "must be a port number or the name of a port of the container"))
+
+
+def _validate_non_negative(path: str, value: int, errors: list[FieldError]) -> None:
+    if value < 0:
+        errors.append(invalid(path, value, NON_NEGATIVE))
+
+
+def _validate_ip(path: str, value: str, errors: list[FieldError]) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        errors.append(invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+
+
+def _validate_absolute_path(path: str, value: str, errors: list[FieldError]) -> None:
+    if not value:
+        errors.append(required(path))
+    elif not value.startswith("/"):
+        errors.append(invalid(path, value, "must be an absolute path"))
+
+
+def validate_labels(labels: Mapping[str, str], path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for key in sorted(labels):
+        reason = validate_label_key(key)
+        if reason:
+            errors.append(invalid(path, key, reason))
+        reason = validate_label_value(labels[key])
+        if reason:
+            errors.append(invalid(_key(path, key), labels[key], reason))
+    return errors
+
+
+def validate_annotations(annotations: Mapping[str, str], path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    total = 0
+    for key in sorted(annotations):
+        reason = validate_label_key(key)
+        if reason:
+            errors.append(invalid(path, key, reason))
+        total += len(key) + len(annotations[key])
+    if total > TOTAL_ANNOTATION_SIZE_LIMIT:
+        errors.append(FieldError(path, f"Too long: must have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes"))
+    return errors
+
+
+def _validate_type_meta(obj: Any, kind_name: str, errors: list[FieldError]) -> None:
+    if obj.api_version not in ("", API_VERSION):
+        errors.append(not_supported("apiVersion", obj.api_version, [API_VERSION]))
+    if obj.kind not in ("", kind_name):
+        errors.append(not_supported("kind", obj.kind, [kind_name]))
+
+
+def _mask_trailing_dash(name: str) -> str:
+    # A generateName prefix may end in '-' (the server appends a suffix).
+    return name[:-1] + "a" if len(name) > 1 and name.endswith("-") else name
+
+
+def validate_object_meta(
+    meta: meta_pb2.ObjectMeta,
+    namespaced: bool,
+    path: str = "metadata",
+    *,
+    name_validator: NameValidator = validate_dns1123_subdomain,
+) -> list[FieldError]:
+    """Name (or generateName), namespace, labels, annotations and owner references."""
+    errors: list[FieldError] = []
+    if meta.name:
+        reason = name_validator(meta.name)
+        if reason:
+            errors.append(invalid(_child(path, "name"), meta.name, reason))
+    elif meta.generate_name:
+        reason = name_validator(_mask_trailing_dash(meta.generate_name))
+        if reason:
+            errors.append(invalid(_child(path, "generateName"), meta.generate_name, reason))
+    else:
+        errors.append(required(_child(path, "name"), "name or generateName is required"))
+    if namespaced:
+        if meta.namespace:
+            reason = validate_dns1123_label(meta.namespace)
+            if reason:
+                errors.append(invalid(_child(path, "namespace"), meta.namespace, reason))
+    elif meta.namespace:
+        errors.append(forbidden(_child(path, "namespace"), "not allowed on this type"))
+    if meta.generation < 0:
+        errors.append(invalid(_child(path, "generation"), meta.generation, NON_NEGATIVE))
+    errors += validate_labels(meta.labels, _child(path, "labels"))
+    errors += validate_annotations(meta.annotations, _child(path, "annotations"))
+    controllers = 0
+    for i, ref in enumerate(meta.owner_references):
+        ref_path = _index(_child(path, "ownerReferences"), i)
+        if not ref.kind:
+            errors.append(required(_child(ref_path, "kind")))
+        if not ref.name:
+            errors.append(required(_child(ref_path, "name")))
+        controllers += ref.controller
+    if controllers > 1:
+        errors.append(
+            invalid(_child(path, "ownerReferences"), controllers, "only one reference can have controller set to true")
+        )
+    return errors
+
+
+def _validate_template_meta(meta: meta_pb2.ObjectMeta, path: str) -> list[FieldError]:
+    # A template's name and namespace are not used (each pod gets its own).
+    return validate_labels(meta.labels, _child(path, "labels")) + validate_annotations(
+        meta.annotations, _child(path, "annotations")
+    )
+
+
+# ---------------------------------------------------------------------------
+# Pods
+
+
+def _validate_quantity(path: str, text: str, errors: list[FieldError]) -> Fraction | None:
+    """The value of a non-negative quantity, or None after recording why it is not one."""
+    try:
+        value = parse_quantity(text)
+    except QuantityError as exc:
+        errors.append(invalid(path, text, str(exc).split(": ", 1)[-1]))
+        return None
+    if value < 0:
+        errors.append(invalid(path, text, NON_NEGATIVE))
+        return None
+    return value
+
+
+def _validate_quantities(
+    quantities: Mapping[str, str], path: str, errors: list[FieldError], *, restrict_names: bool
+) -> dict[str, Fraction]:
+    parsed = {}
+    for name in sorted(quantities):
+        key_path = _key(path, name)
+        if restrict_names and name not in RESOURCE_NAMES:
+            errors.append(not_supported(key_path, name, RESOURCE_NAMES))
+            continue
+        value = _validate_quantity(key_path, quantities[name], errors)
+        if value is not None:
+            parsed[name] = value
+    return parsed
+
+
+def _validate_resources(resources: pod_pb2.ResourceRequirements, path: str, errors: list[FieldError]) -> None:
+    limits_path = _child(path, "limits")
+    requests_path = _child(path, "requests")
+    limits = _validate_quantities(resources.limits, limits_path, errors, restrict_names=True)
+    requests = _validate_quantities(resources.requests, requests_path, errors, restrict_names=True)
+    for name, request in requests.items():
+        limit = limits.get(name)
+        if limit is not None and request > limit:
+            errors.append(
+                invalid(
+                    requests_path,
+                    resources.requests[name],
+                    f"must be less than or equal to {name} limit of {resources.limits[name]}",
+                )
+            )
+
+
+def _validate_probe(
+    probe: pod_pb2.Probe, path: str, container: pod_pb2.Container, errors: list[FieldError], *, liveness: bool
+) -> None:
+    handlers = [h for h in ("exec", "http_get", "tcp_socket") if probe.HasField(h)]
+    json_names = {"exec": "exec", "http_get": "httpGet", "tcp_socket": "tcpSocket"}
+    if not handlers:
+        errors.append(required(path, "must specify a handler type"))
+    for extra in handlers[1:]:
+        errors.append(forbidden(_child(path, json_names[extra]), "may not specify more than 1 handler type"))
+    port_names = [p.name for p in container.ports if p.name]
+    if probe.HasField("exec") and not probe.exec.command:
+        errors.append(required(_child(path, "exec.command")))
+    if probe.HasField("http_get"):
+        http_path = _child(path, "httpGet")
+        action = probe.http_get
+        if not action.port:
+            errors.append(required(_child(http_path, "port")))
+        else:
+            _validate_int_or_port_name(_child(http_path, "port"), action.port, errors, known_names=port_names)
+        if action.scheme and action.scheme not in URI_SCHEMES:
+            errors.append(not_supported(_child(http_path, "scheme"), action.scheme, URI_SCHEMES))
+        if action.path and not action.path.startswith("/"):
+            errors.append(invalid(_child(http_path, "path"), action.path, "must be an absolute path"))
+        for i, header in enumerate(action.http_headers):
+            if not _HTTP_HEADER_NAME_RE.fullmatch(header.name):
+                errors.append(
+                    invalid(
+                        _child(_index(_child(http_path, "httpHeaders"), i), "name"),
+                        header.name,
+                        "a valid HTTP header name must consist of alphanumeric characters or '-'",
+                    )
+                )
+    if probe.HasField("tcp_socket"):
+        tcp_path = _child(path, "tcpSocket")
+        if not probe.tcp_socket.port:
+            errors.append(required(_child(tcp_path, "port")))
+        else:
+            _validate_int_or_port_name(_child(tcp_path, "port"), probe.tcp_socket.port, errors, known_names=port_names)
+    for field, json_name in (
+        ("initial_delay_seconds", "initialDelaySeconds"),
+        ("timeout_seconds", "timeoutSeconds"),
+        ("period_seconds", "periodSeconds"),
+        ("success_threshold", "successThreshold"),
+        ("failure_threshold", "failureThreshold"),
+    ):
+        _validate_non_negative(_child(path, json_name), getattr(probe, field), errors)
+    if liveness and probe.success_threshold > 1:
+        errors.append(invalid(_child(path, "successThreshold"), probe.success_threshold, "must be 1"))
+
+
+def _validate_container(
+    container: pod_pb2.Container, path: str, volume_names: set[str], errors: list[FieldError]
+) -> None:
+    if not container.image:
+        errors.append(required(_child(path, "image")))
+    elif container.image != container.image.strip():
+        errors.append(invalid(_child(path, "image"), container.image, "must not have leading or trailing whitespace"))
+    if container.image_pull_policy and container.image_pull_policy not in IMAGE_PULL_POLICIES:
+        errors.append(not_supported(_child(path, "imagePullPolicy"), container.image_pull_policy, IMAGE_PULL_POLICIES))
+
+    port_names: set[str] = set()
+    for i, port in enumerate(container.ports):
+        port_path = _index(_child(path, "ports"), i)
+        if port.name:
+            reason = port_name_reason(port.name)
+            if reason:
+                errors.append(invalid(_child(port_path, "name"), port.name, reason))
+            elif port.name in port_names:
+                errors.append(duplicate(_child(port_path, "name"), port.name))
+            port_names.add(port.name)
+        if port.container_port == 0:
+            errors.append(required(_child(port_path, "containerPort")))
+        else:
+            _validate_port_number(_child(port_path, "containerPort"), port.container_port, errors)
+        if port.host_port != 0:
+            _validate_port_number(_child(port_path, "hostPort"), port.host_port, errors)
+        if port.protocol and port.protocol not in CONTAINER_PORT_PROTOCOLS:
+            errors.append(not_supported(_child(port_path, "protocol"), port.protocol, CONTAINER_PORT_PROTOCOLS))
+        if port.host_ip:
+            _validate_ip(_child(port_path, "hostIP"), port.host_ip, errors)
+
+    for i, env in enumerate(container.env):
+        name_path = _child(_index(_child(path, "env"), i), "name")
+        if not env.name:
+            errors.append(required(name_path))
+        elif not _ENV_VAR_NAME_RE.fullmatch(env.name):
+            errors.append(
+                invalid(
+                    name_path,
+                    env.name,
+                    "a valid environment variable name must consist of alphabetic characters, digits, "
+                    "'_', '-', or '.', and must not start with a digit (e.g. 'my.env-name', or "
+                    f"'MY_ENV.NAME', or 'MyEnvName1', regex used for validation is '{_ENV_VAR_NAME_FMT}')",
+                )
+            )
+
+    mount_paths: set[str] = set()
+    for i, mount in enumerate(container.volume_mounts):
+        mount_path = _index(_child(path, "volumeMounts"), i)
+        if not mount.name:
+            errors.append(required(_child(mount_path, "name")))
+        elif mount.name not in volume_names:
+            errors.append(not_found(_child(mount_path, "name"), mount.name))
+        _validate_absolute_path(_child(mount_path, "mountPath"), mount.mount_path, errors)
+        if mount.mount_path:
+            if mount.mount_path in mount_paths:
+                errors.append(invalid(_child(mount_path, "mountPath"), mount.mount_path, "must be unique"))
+            mount_paths.add(mount.mount_path)
+        if mount.sub_path:
+            sub_path = _child(mount_path, "subPath")
+            if mount.sub_path.startswith("/"):
+                errors.append(invalid(sub_path, mount.sub_path, "must be a relative path"))
+            elif ".." in mount.sub_path.split("/"):
+                errors.append(invalid(sub_path, mount.sub_path, "must not contain '..'"))
+
+    if container.HasField("resources"):
+        _validate_resources(container.resources, _child(path, "resources"), errors)
+    if container.HasField("liveness_probe"):
+        _validate_probe(container.liveness_probe, _child(path, "livenessProbe"), container, errors, liveness=True)
+    if container.HasField("readiness_probe"):
+        _validate_probe(container.readiness_probe, _child(path, "readinessProbe"), container, errors, liveness=False)
+
+
+def _validate_volumes(volumes: Iterable[pod_pb2.Volume], path: str, errors: list[FieldError]) -> set[str]:
+    names: set[str] = set()
+    for i, volume in enumerate(volumes):
+        volume_path = _index(path, i)
+        if not volume.name:
+            errors.append(required(_child(volume_path, "name")))
+        else:
+            reason = validate_dns1123_label(volume.name)
+            if reason:
+                errors.append(invalid(_child(volume_path, "name"), volume.name, reason))
+            elif volume.name in names:
+                errors.append(duplicate(_child(volume_path, "name"), volume.name))
+            names.add(volume.name)
+        sources = [s for s in ("empty_dir", "host_path") if volume.HasField(s)]
+        if not sources:
+            errors.append(required(volume_path, "must specify a volume type"))
+        elif len(sources) > 1:
+            errors.append(forbidden(_child(volume_path, "hostPath"), "may not specify more than 1 volume type"))
+        if volume.HasField("empty_dir"):
+            empty_dir_path = _child(volume_path, "emptyDir")
+            if volume.empty_dir.medium not in STORAGE_MEDIA:
+                errors.append(not_supported(_child(empty_dir_path, "medium"), volume.empty_dir.medium, STORAGE_MEDIA))
+            if volume.empty_dir.size_limit:
+                _validate_quantity(_child(empty_dir_path, "sizeLimit"), volume.empty_dir.size_limit, errors)
+        if volume.HasField("host_path"):
+            host_path_path = _child(volume_path, "hostPath")
+            _validate_absolute_path(_child(host_path_path, "path"), volume.host_path.path, errors)
+            if ".." in volume.host_path.path.split("/"):
+                errors.append(invalid(_child(host_path_path, "path"), volume.host_path.path, "must not contain '..'"))
+            if volume.host_path.type not in HOST_PATH_TYPES:
+                errors.append(not_supported(_child(host_path_path, "type"), volume.host_path.type, HOST_PATH_TYPES[1:]))
+    return names
+
+
+def validate_pod_spec(spec: pod_pb2.PodSpec, path: str = "spec") -> list[FieldError]:
+    errors: list[FieldError] = []
+    volume_names = _validate_volumes(spec.volumes, _child(path, "volumes"), errors)
+
+    containers_path = _child(path, "containers")
+    if not spec.containers:
+        errors.append(required(containers_path))
+    container_names: set[str] = set()
+    host_ports: set[str] = set()
+    for i, container in enumerate(spec.containers):
+        container_path = _index(containers_path, i)
+        name_path = _child(container_path, "name")
+        if not container.name:
+            errors.append(required(name_path))
+        else:
+            reason = validate_dns1123_label(container.name)
+            if reason:
+                errors.append(invalid(name_path, container.name, reason))
+            elif container.name in container_names:
+                errors.append(duplicate(name_path, container.name))
+            container_names.add(container.name)
+        _validate_container(container, container_path, volume_names, errors)
+        # Every container shares the pod's network namespace, so host ports are pod-wide.
+        for j, port in enumerate(container.ports):
+            if port.host_port == 0:
+                continue
+            host_port = f"{port.host_port}/{port.protocol or 'TCP'}"
+            if host_port in host_ports:
+                errors.append(duplicate(_child(_index(_child(container_path, "ports"), j), "hostPort"), host_port))
+            host_ports.add(host_port)
+
+    if spec.restart_policy and spec.restart_policy not in RESTART_POLICIES:
+        errors.append(not_supported(_child(path, "restartPolicy"), spec.restart_policy, RESTART_POLICIES))
+    if spec.HasField("termination_grace_period_seconds"):
+        _validate_non_negative(
+            _child(path, "terminationGracePeriodSeconds"), spec.termination_grace_period_seconds, errors
+        )
+    errors += validate_labels(spec.node_selector, _child(path, "nodeSelector"))
+    if spec.node_name:
+        reason = validate_dns1123_subdomain(spec.node_name)
+        if reason:
+            errors.append(invalid(_child(path, "nodeName"), spec.node_name, reason))
+    if spec.hostname:
+        reason = validate_dns1123_label(spec.hostname)
+        if reason:
+            errors.append(invalid(_child(path, "hostname"), spec.hostname, reason))
+    return errors
+
+
+def validate_pod_status(status: pod_pb2.PodStatus, path: str = "status") -> list[FieldError]:
+    errors: list[FieldError] = []
+    if status.phase and status.phase not in POD_PHASES:
+        errors.append(not_supported(_child(path, "phase"), status.phase, POD_PHASES))
+    if status.pod_ip:
+        _validate_ip(_child(path, "podIP"), status.pod_ip, errors)
+    if status.host_ip:
+        _validate_ip(_child(path, "hostIP"), status.host_ip, errors)
+    for i, container_status in enumerate(status.container_statuses):
+        _validate_non_negative(
+            _child(_index(_child(path, "containerStatuses"), i), "restartCount"), container_status.restart_count, errors
+        )
+    return errors
+
+
+def validate_pod(pod: pod_pb2.Pod) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(pod, PODS.name, errors)
+    errors += validate_object_meta(pod.metadata, namespaced=True)
+    errors += validate_pod_spec(pod.spec, "spec")
+    errors += validate_pod_status(pod.status, "status")
+    return errors
+
+
+# ---------------------------------------------------------------------------
+# Services and endpoints
+
+
+def validate_service(svc: service_pb2.Service) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(svc, SERVICES.name, errors)
+    # Service names become DNS names and environment variable prefixes: RFC 1035 labels.
+    errors += validate_object_meta(svc.metadata, namespaced=True, name_validator=validate_dns1035_label)
+    spec = svc.spec
+    ports_path = "spec.ports"
+    if not spec.ports:
+        errors.append(required(ports_path))
+    port_names: set[str] = set()
+    port_protocols: set[tuple[int, str]] = set()
+    for i, port in enumerate(spec.ports):
+        port_path = _index(ports_path, i)
+        name_path = _child(port_path, "name")
+        if not port.name:
+            if len(spec.ports) > 1:
+                errors.append(required(name_path, "a name is required when a service has more than one port"))
+        else:
+            reason = validate_dns1123_label(port.name)
+            if reason:
+                errors.append(invalid(name_path, port.name, reason))
+            elif port.name in port_names:
+                errors.append(duplicate(name_path, port.name))
+            port_names.add(port.name)
+        _validate_port_number(_child(port_path, "port"), port.port, errors)
+        if port.protocol and port.protocol not in SERVICE_PROTOCOLS:
+            errors.append(not_supported(_child(port_path, "protocol"), port.protocol, SERVICE_PROTOCOLS))
+        key = (port.port, port.protocol or "TCP")
+        if key in port_protocols:
+            errors.append(duplicate(port_path, f"{key[0]}/{key[1]}"))
+        port_protocols.add(key)
+        if port.target_port:
+            _validate_int_or_port_name(_child(port_path, "targetPort"), port.target_port, errors)
+        if port.node_port:
+            if spec.type in ("", "ClusterIP"):
+                errors.append(forbidden(_child(port_path, "nodePort"), "may not be used when `type` is 'ClusterIP'"))
+            else:
+                _validate_port_number(_child(port_path, "nodePort"), port.node_port, errors)
+    errors += validate_labels(spec.selector, "spec.selector")
+    if spec.cluster_ip and spec.cluster_ip != "None":
+        _validate_ip("spec.clusterIP", spec.cluster_ip, errors)
+    if spec.type and spec.type not in SERVICE_TYPES:
+        errors.append(not_supported("spec.type", spec.type, SERVICE_TYPES))
+    if spec.session_affinity and spec.session_affinity not in SESSION_AFFINITIES:
+        errors.append(not_supported("spec.sessionAffinity", spec.session_affinity, SESSION_AFFINITIES))
+    return errors
+
+
+def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(ep, ENDPOINTS.name, errors)
+    errors += validate_object_meta(ep.metadata, namespaced=True)
+    for i, subset in enumerate(ep.subsets):
+        subset_path = _index("subsets", i)
+        if not subset.addresses and not subset.not_ready_addresses:
+            errors.append(required(subset_path, "must specify `addresses` or `notReadyAddresses`"))
+        for field, json_name in (("addresses", "addresses"), ("not_ready_addresses", "notReadyAddresses")):
+            for j, address in enumerate(getattr(subset, field)):
+                address_path = _index(_child(subset_path, json_name), j)
+                if not address.ip:
+                    errors.append(required(_child(address_path, "ip")))
+                else:
+                    _validate_ip(_child(address_path, "ip"), address.ip, errors)
+                if address.hostname:
+                    reason = validate_dns1123_label(address.hostname)
+                    if reason:
+                        errors.append(invalid(_child(address_path, "hostname"), address.hostname, reason))
+                if address.node_name:
+                    reason = validate_dns1123_subdomain(address.node_name)
+                    if reason:
+                        errors.append(invalid(_child(address_path, "nodeName"), address.node_name, reason))
+        ports_path = _child(subset_path, "ports")
+        if not subset.ports:
+            errors.append(required(ports_path))
+        port_names: set[str] = set()
+        for j, port in enumerate(subset.ports):
+            port_path = _index(ports_path, j)
+            name_path = _child(port_path, "name")
+            if not port.name:
+                if len(subset.ports) > 1:
+                    errors.append(required(name_path, "a name is required when there is more than one port"))
+            else:
+                reason = validate_dns1123_label(port.name)
+                if reason:
+                    errors.append(invalid(name_path, port.name, reason))
+                elif port.name in port_names:
+                    errors.append(duplicate(name_path, port.name))
+                port_names.add(port.name)
+            _validate_port_number(_child(port_path, "port"), port.port, errors)
+            if port.protocol and port.protocol not in CONTAINER_PORT_PROTOCOLS:
+                errors.append(not_supported(_child(port_path, "protocol"), port.protocol, CONTAINER_PORT_PROTOCOLS))
+    return errors
+
+
+# ---------------------------------------------------------------------------
+# Replication controllers and nodes
+
+
+def validate_replication_controller(rc: replication_controller_pb2.ReplicationController) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(rc, REPLICATION_CONTROLLERS.name, errors)
+    errors += validate_object_meta(rc.metadata, namespaced=True)
+    spec = rc.spec
+    if spec.HasField("replicas"):
+        _validate_non_negative("spec.replicas", spec.replicas, errors)
+    _validate_non_negative("spec.minReadySeconds", spec.min_ready_seconds, errors)
+    if not spec.selector:
+        errors.append(required("spec.selector"))
+    else:
+        errors += validate_labels(spec.selector, "spec.selector")
+    if not spec.HasField("template"):
+        errors.append(required("spec.template"))
+    else:
+        template = spec.template
+        errors += _validate_template_meta(template.metadata, "spec.template.metadata")
+        if spec.selector and not LabelSelector.from_map(spec.selector).matches(template.metadata.labels):
+            errors.append(
+                invalid(
+                    "spec.template.metadata.labels",
+                    template.metadata.labels,
+                    "selector does not match template labels",
+                )
+            )
+        errors += validate_pod_spec(template.spec, "spec.template.spec")
+        # A controller replaces pods that exit; only pods that always restart fit that.
+        if template.spec.restart_policy not in ("", "Always"):
+            errors.append(not_supported("spec.template.spec.restartPolicy", template.spec.restart_policy, ["Always"]))
+    status = rc.status
+    for field, json_name in (
+        ("replicas", "replicas"),
+        ("ready_replicas", "readyReplicas"),
+        ("available_replicas", "availableReplicas"),
+        ("fully_labeled_replicas", "fullyLabeledReplicas"),
+        ("observed_generation", "observedGeneration"),
+    ):
+        _validate_non_negative(f"status.{json_name}", getattr(status, field), errors)
+    return errors
+
+
+def validate_node(node: node_pb2.Node) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(node, NODES.name, errors)
+    errors += validate_object_meta(node.metadata, namespaced=False)
+    if node.spec.pod_cidr:
+        try:
+            ipaddress.ip_network(node.spec.pod_cidr, strict=False)
+        except ValueError:
+            errors.append(invalid("spec.podCIDR", node.spec.pod_cidr, "must be a valid CIDR (e.g. 10.244.1.0/24)"))
+    status = node.status
+    _validate_quantities(status.capacity, "status.capacity", errors, restrict_names=False)
+    _validate_quantities(status.allocatable, "status.allocatable", errors, restrict_names=False)
+    kubelet_port = status.daemon_endpoints.kubelet_endpoint.port
+    if kubelet_port:
+        _validate_port_number("status.daemonEndpoints.kubeletEndpoint.Port", kubelet_port, errors)
+    for i, address in enumerate(status.addresses):
+        address_path = _index("status.addresses", i)
+        if not address.type:
+            errors.append(required(_child(address_path, "type")))
+        if not address.address:
+            errors.append(required(_child(address_path, "address")))
+        elif address.type in ("InternalIP", "ExternalIP"):
+            _validate_ip(_child(address_path, "address"), address.address, errors)
+    return errors
+
+
+_VALIDATORS: dict[type[Message], Callable[[Any], list[FieldError]]] = {
+    pod_pb2.Pod: validate_pod,
+    service_pb2.Service: validate_service,
+    endpoints_pb2.Endpoints: validate_endpoints,
+    replication_controller_pb2.ReplicationController: validate_replication_controller,
+    node_pb2.Node: validate_node,
+}
+
+
+def validate(obj: Message) -> list[FieldError]:
+    """Every problem with an object of any API kind; empty when it may be stored."""
+    try:
+        validator = _VALIDATORS[type(obj)]
+    except KeyError:
+        raise TypeError(f"{type(obj).__name__} is not an API kind") from None
+    return validator(obj)
