@@ -17,6 +17,7 @@ import grpc
 from aetcd import rpc
 
 from .errors import ApiError
+from .txnbatch import TxnBatcher
 
 _RANGE_END_ALL = b"\0"
 
@@ -111,6 +112,8 @@ class Storage:
         )
         self._timeout = timeout
         self.target = target
+        # One transaction in flight: writes that arrive meanwhile form the next batch.
+        self._batcher = TxnBatcher(self._txn, max_in_flight=1)
 
     async def connect(self) -> None:
         await self._client.connect()
@@ -172,40 +175,32 @@ class Storage:
 
     async def create(self, key: bytes, value: bytes) -> int | None:
         """Puts key if absent; returns the new revision, or None when it exists."""
-        request = rpc.TxnRequest(
-            compare=[rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)],
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+        return await self._batcher.write(
+            key,
+            rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)),
+            len(key) + len(value),
         )
-        response = await self._txn(request)
-        return response.header.revision if response.succeeded else None
 
     async def update(self, key: bytes, value: bytes, expected_mod_revision: int) -> int | None:
         """Puts key if it is still at expected_mod_revision; returns the new
         revision, or None when somebody changed or deleted it meanwhile."""
-        request = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision
-                )
-            ],
-            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+        return await self._batcher.write(
+            key,
+            rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)),
+            len(key) + len(value),
         )
-        response = await self._txn(request)
-        return response.header.revision if response.succeeded else None
 
     async def delete(self, key: bytes, expected_mod_revision: int) -> int | None:
         """Deletes key if it is still at expected_mod_revision; returns the
         deletion's revision, or None on a conflict."""
-        request = rpc.TxnRequest(
-            compare=[
-                rpc.Compare(
-                    key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision
-                )
-            ],
-            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+        return await self._batcher.write(
+            key,
+            rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision),
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)),
+            len(key),
         )
-        response = await self._txn(request)
-        return response.header.revision if response.succeeded else None
 
     async def compact(self, revision: int) -> None:
         await self._kv_stub.Compact(rpc.CompactionRequest(revision=revision, physical=True), timeout=self._timeout)

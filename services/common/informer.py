@@ -49,6 +49,11 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.revision = 0
+        # Where a broken stream resumes. Several objects can share a revision
+        # (writes committed in one etcd transaction), so after an event at R we
+        # resume from R - 1 and skip what we already hold; after a bookmark at
+        # B, everything up to B has arrived.
+        self._resume_from = 0
         self._objects: dict[ObjectKey, Any] = {}
         self._handlers: list[Handler] = []
         self._synced = asyncio.Event()
@@ -104,7 +109,7 @@ class Informer:
             namespace=self.namespace,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
-            resource_version=0 if snapshot else self.revision,
+            resource_version=0 if snapshot else self._resume_from,
             send_initial_events=snapshot,
         )
         call = self.client.watch(self.kind, options)
@@ -114,12 +119,14 @@ class Informer:
                 obj = event.object
                 if event.type == "BOOKMARK":
                     self.revision = max(self.revision, obj.metadata.resource_version)
+                    self._resume_from = self.revision
                     if pending is not None and obj.metadata.annotations.get(INITIAL_EVENTS_END_ANNOTATION) == "true":
                         await self._replace(pending)
                         pending = None
                         self._synced.set()
                     continue
                 self.revision = max(self.revision, obj.metadata.resource_version)
+                self._resume_from = self.revision - 1
                 if pending is not None:
                     pending[object_key(obj)] = obj
                     continue
@@ -145,9 +152,13 @@ class Informer:
         key = object_key(obj)
         old = self._objects.get(key)
         if event_type == "DELETED":
+            if old is None:
+                return  # replayed after a resume: already gone
             self._objects.pop(key, None)
             await self._notify("DELETED", obj, None)
             return
+        if old is not None and old.metadata.resource_version >= obj.metadata.resource_version:
+            return  # replayed after a resume: already applied
         self._objects[key] = obj
         await self._notify("MODIFIED" if old is not None else "ADDED", obj, old)
 
