@@ -1,0 +1,346 @@
+"""A whole cluster on one machine: `make up`, `make down`, `make status`.
+
+Every component runs as its own process (or, with --mode containers, its own
+container), logs to <state-dir>/logs/<component>.log and is recorded in
+<state-dir>/cluster.json. `up` is idempotent: a component that is already
+running and healthy is left alone. Simulated nodes get their own loopback
+address (node-1 on 127.0.0.1, node-2 on 127.0.0.2, ...) so each node's proxy
+can listen on every service port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .processes import REPO, ManagedProcess, etcd_argv, port_open, python_module_argv
+
+ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+API_PORT = 8080
+KUBELET_PORT = 10250
+PROXY_STATUS_PORT = 10249
+NODE_LABEL = "io.kybernetes.node"
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    # Where it answers: "host:port" of a gRPC health service or a TCP port; "" = process only.
+    health: str = ""
+    grpc_health: bool = True
+    pid: int = 0
+    container: str = ""
+
+    def log_path(self, state: Path) -> Path:
+        return state / "logs" / f"{self.name}.log"
+
+
+@dataclass
+class ClusterPlan:
+    state_dir: Path
+    nodes: list[str]
+    components: list[Component] = field(default_factory=list)
+
+
+def node_names(count: int) -> list[str]:
+    if count == 1:
+        return [socket.gethostname().lower()]
+    return [f"node-{i}" for i in range(1, count + 1)]
+
+
+def node_ip(index: int) -> str:
+    return f"127.0.0.{index + 1}"
+
+
+def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
+    state = Path(args.state_dir).resolve()
+    nodes = node_names(args.nodes)
+    api = f"127.0.0.1:{API_PORT}"
+    components = [
+        Component("etcd", etcd_argv(state / "etcd", ETCD_PORT, ETCD_PEER_PORT), health=f"127.0.0.1:{ETCD_PORT}", grpc_health=False),
+        Component(
+            "apiserver",
+            python_module_argv("services.apiserver.main", "--listen", api, "--etcd-servers", f"127.0.0.1:{ETCD_PORT}"),
+            health=api,
+        ),
+        Component("replicator", python_module_argv("services.replicator.main", "--server", api)),
+    ]
+    for index, node in enumerate(nodes):
+        ip = node_ip(index)
+        kubelet_listen = f"{ip}:{KUBELET_PORT}"
+        components.append(
+            Component(
+                f"kubelet-{node}",
+                python_module_argv(
+                    "services.kubelet.main",
+                    "--server", api,
+                    "--node-name", node,
+                    "--node-ip", ip,
+                    "--listen", kubelet_listen,
+                    "--root-dir", str(state / "kubelet" / node),
+                    "--pause-image", args.pause_image,
+                ),
+                health=kubelet_listen,
+            )
+        )
+        status_listen = f"{ip}:{PROXY_STATUS_PORT}"
+        components.append(
+            Component(
+                f"proxy-{node}",
+                python_module_argv(
+                    "services.proxy.main",
+                    "--server", api,
+                    "--node-name", node,
+                    "--bind-address", ip,
+                    "--status-listen", status_listen,
+                ),
+                health=status_listen,
+            )
+        )
+    return ClusterPlan(state, nodes, components)
+
+
+# -- state ----------------------------------------------------------------
+
+
+def _state_file(state: Path) -> Path:
+    return state / "cluster.json"
+
+
+def load_state(state: Path) -> dict:
+    try:
+        return json.loads(_state_file(state).read_text())
+    except (OSError, ValueError):
+        return {"components": {}, "nodes": []}
+
+
+def save_state(state: Path, data: dict) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    tmp = _state_file(state).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(_state_file(state))
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def healthy(component: Component) -> bool:
+    if component.pid and not pid_alive(component.pid):
+        return False
+    if not component.health:
+        return pid_alive(component.pid)
+    host, _, port = component.health.rpartition(":")
+    if not component.grpc_health:
+        return port_open(int(port), host)
+    return grpc_serving(component.health)
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+# -- commands -------------------------------------------------------------
+
+
+def ensure_loopback_addresses(count: int) -> None:
+    """127.0.0.0/8 is all loopback on Linux: nothing to configure, but check."""
+    for index in range(count):
+        ip = node_ip(index)
+        with socket.socket() as sock:
+            try:
+                sock.bind((ip, 0))
+            except OSError as error:
+                raise SystemExit(f"cannot use {ip} for a simulated node: {error}") from None
+
+
+def up(args: argparse.Namespace) -> int:
+    plan = plan_cluster(args)
+    state = plan.state_dir
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    ensure_loopback_addresses(len(plan.nodes))
+    recorded = load_state(state)
+    if recorded.get("nodes") and recorded["nodes"] != plan.nodes:
+        print(
+            f"a cluster with nodes {recorded['nodes']} is running from {state}; `make down` first to change NODES",
+            file=sys.stderr,
+        )
+        return 1
+    recorded["nodes"] = plan.nodes
+    changed = False
+    for component in plan.components:
+        previous = recorded["components"].get(component.name)
+        if previous:
+            component.pid = previous.get("pid", 0)
+            if healthy(component):
+                print(f"  {component.name:<24} already running (pid {component.pid})")
+                continue
+            if pid_alive(component.pid):
+                _terminate(component.pid)
+        process = ManagedProcess(component.name, component.argv, component.log_path(state))
+        component.pid = process.pid
+        recorded["components"][component.name] = asdict(component)
+        save_state(state, recorded)
+        changed = True
+        if not _wait_healthy(component, args.timeout):
+            print(f"\n{component.name} failed to start; last lines of {component.log_path(state)}:", file=sys.stderr)
+            print(_tail(component.log_path(state)), file=sys.stderr)
+            return 1
+        print(f"  {component.name:<24} started (pid {component.pid})")
+    if changed or True:
+        _print_next_steps(plan)
+    return 0
+
+
+def _wait_healthy(component: Component, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(component.pid):
+            return False
+        if healthy(component):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _terminate(pid: int, timeout: float = 15.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def down(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir).resolve()
+    recorded = load_state(state)
+    # Reverse start order: nodes first, the control plane and etcd last.
+    for name, component in reversed(list(recorded.get("components", {}).items())):
+        pid = component.get("pid", 0)
+        if pid_alive(pid):
+            _terminate(pid)
+            print(f"  {name:<24} stopped")
+    removed = remove_node_containers(recorded.get("nodes", []))
+    if removed:
+        print(f"  removed {removed} container(s)")
+    recorded["components"] = {}
+    recorded["nodes"] = []
+    if state.exists():
+        save_state(state, recorded)
+    return 0
+
+
+def remove_node_containers(nodes: list[str]) -> int:
+    if not nodes:
+        return 0
+    try:
+        import docker
+
+        client = docker.from_env()
+        count = 0
+        for node in nodes:
+            for container in client.containers.list(all=True, filters={"label": f"{NODE_LABEL}={node}"}):
+                container.remove(force=True)
+                count += 1
+        return count
+    except Exception as error:  # Docker not running: nothing of ours can be left there
+        print(f"  (could not list containers: {error})", file=sys.stderr)
+        return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir).resolve()
+    recorded = load_state(state)
+    components = recorded.get("components", {})
+    if not components:
+        print("no cluster is running (make up starts one)")
+        return 1
+    worst = 0
+    print(f"{'COMPONENT':<24} {'PID':>7}  {'STATUS':<10} LOG")
+    for name, data in components.items():
+        component = Component(**data)
+        ok = healthy(component)
+        worst = worst or (0 if ok else 1)
+        print(f"{name:<24} {component.pid:>7}  {'healthy' if ok else 'DOWN':<10} {component.log_path(state)}")
+    return worst
+
+
+def _print_next_steps(plan: ClusterPlan) -> None:
+    kubecfg = REPO / ".venv" / "bin" / "kubecfg"
+    print(
+        f"""
+cluster is up: {len(plan.nodes)} node(s) {', '.join(plan.nodes)}; API at 127.0.0.1:{API_PORT}
+try:
+  {kubecfg} get nodes
+  {kubecfg} apply -f examples/guestbook/
+  {kubecfg} get pods -o wide
+  {REPO / '.venv' / 'bin' / 'grpcurl'} -plaintext 127.0.0.1:{API_PORT} list
+logs:    {plan.state_dir / 'logs'}/
+status:  make status      stop: make down"""
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="localcluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "down", "status"):
+        command = sub.add_parser(name)
+        command.add_argument("--state-dir", default=str(REPO / ".kybernetes"))
+        if name == "up":
+            command.add_argument("--nodes", type=int, default=1)
+            command.add_argument("--mode", choices=("processes", "containers"), default="processes")
+            command.add_argument("--busybox-image", default="kybernetes/busybox:latest")
+            command.add_argument("--pause-image", default="kybernetes/pause:latest")
+            command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each component")
+    args = parser.parse_args(argv)
+    if args.command == "up" and args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    sys.exit({"up": up, "down": down, "status": status}[args.command](args))
+
+
+if __name__ == "__main__":
+    main()
