@@ -8,6 +8,10 @@ NODES ?= 1
 MODE ?= processes
 BUSYBOX_IMAGE ?= kybernetes/busybox:latest
 PAUSE_IMAGE ?= kybernetes/pause:latest
+COMPONENT_IMAGE ?= kybernetes/kybernetes:latest
+ETCD_IMAGE ?= kybernetes/etcd:latest
+# With a registry: BASE_IMAGE=python:3.11-slim-bookworm. Without, it is built locally with debootstrap.
+BASE_IMAGE ?= kybernetes/python-base:bookworm
 PYTEST_ARGS ?=
 
 .PHONY: deps dockerd venv generate images test unit up down status bench clean
@@ -29,8 +33,11 @@ generate: venv
 dockerd: deps
 	@bash scripts/start-dockerd.sh $(STATE_DIR)/logs
 
-images: dockerd
-	@BUSYBOX_IMAGE=$(BUSYBOX_IMAGE) PAUSE_IMAGE=$(PAUSE_IMAGE) bash scripts/build-images.sh
+# Pod images (busybox, pause) and component images (kybernetes, etcd), all local.
+images: dockerd venv
+	@PYTHON=$(PY) BUSYBOX_IMAGE=$(BUSYBOX_IMAGE) PAUSE_IMAGE=$(PAUSE_IMAGE) \
+	  COMPONENT_IMAGE=$(COMPONENT_IMAGE) ETCD_IMAGE=$(ETCD_IMAGE) BASE_IMAGE=$(BASE_IMAGE) \
+	  bash scripts/build-images.sh
 
 # Unit tests only: no daemons needed.
 unit: venv

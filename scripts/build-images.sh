@@ -1,28 +1,74 @@
 #!/usr/bin/env bash
-# Builds the local images (no registry needed): busybox and the pod infra image.
-# Skips a build when an image with the same inputs already exists.
+# Builds the local images (no registry needed):
+#   busybox and the pod infra ("pause") image, FROM scratch with Debian's busybox-static;
+#   the component image (every Kybernetes command) and an etcd image, on a Python base.
+# Each build is skipped when an image with the same inputs exists.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 busybox_image="${BUSYBOX_IMAGE:-kybernetes/busybox:latest}"
 pause_image="${PAUSE_IMAGE:-kybernetes/pause:latest}"
-busybox_bin=/bin/busybox
+component_image="${COMPONENT_IMAGE:-kybernetes/kybernetes:latest}"
+etcd_image="${ETCD_IMAGE:-kybernetes/etcd:latest}"
+base_image="${BASE_IMAGE:-kybernetes/python-base:bookworm}"
+python="${PYTHON:-$here/.venv/bin/python}"
 
-build() {  # build IMAGE DIR
-  local image="$1" dir="$here/images/$2" ctx digest have
-  ctx="$(mktemp -d)"
-  trap 'rm -rf "$ctx"' RETURN
-  cp -r "$dir"/. "$ctx"/
-  cp "$busybox_bin" "$ctx/busybox"
-  digest="$(cd "$ctx" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)"
-  have="$(docker image inspect -f '{{ index .Config.Labels "io.kybernetes.inputs" }}' "$image" 2>/dev/null || true)"
-  if [ "$have" = "$digest" ]; then return 0; fi
+inputs_digest() {  # a digest of the files in the build context
+  (cd "$1" && find . -type f -not -path '*/__pycache__/*' | sort | xargs sha256sum) | sha256sum | cut -c1-16
+}
+
+current_digest() {
+  docker image inspect -f '{{ index .Config.Labels "io.kybernetes.inputs" }}' "$1" 2>/dev/null || true
+}
+
+docker_build() {  # docker_build IMAGE CONTEXT DIGEST [build args...]
+  local image="$1" ctx="$2" digest="$3" out
+  shift 3
   echo "building $image"
   # The legacy builder: Debian's docker.io here has no BuildKit.
-  if ! out="$(DOCKER_BUILDKIT=0 docker build -q --label "io.kybernetes.inputs=$digest" -t "$image" "$ctx" 2>&1)"; then
+  if ! out="$(DOCKER_BUILDKIT=0 docker build -q --label "io.kybernetes.inputs=$digest" "$@" -t "$image" "$ctx" 2>&1)"; then
     echo "building $image failed:" >&2
     echo "$out" >&2
     return 1
   fi
 }
-build "$busybox_image" busybox
-build "$pause_image" pause
+
+build_busybox_based() {  # IMAGE DIR
+  local image="$1" ctx digest
+  ctx="$(mktemp -d)"
+  trap 'rm -rf "$ctx"' RETURN
+  cp -r "$here/images/$2"/. "$ctx"/
+  cp /bin/busybox "$ctx/busybox"
+  digest="$(inputs_digest "$ctx")"
+  [ "$(current_digest "$image")" = "$digest" ] || docker_build "$image" "$ctx" "$digest"
+}
+
+build_components() {
+  local ctx digest
+  ctx="$(mktemp -d)"
+  trap 'rm -rf "$ctx"' RETURN
+  # The digest covers what goes into the wheel, so unchanged sources skip the build.
+  digest="$( (cd "$here" && find pyproject.toml services generated images/kybernetes -type f \
+      -not -path '*/__pycache__/*' | sort | xargs sha256sum; echo "$base_image") | sha256sum | cut -c1-16)"
+  [ "$(current_digest "$component_image")" = "$digest" ] && return 0
+  cp "$here/images/kybernetes/Dockerfile" "$ctx/"
+  "$python" -m pip wheel -q --wheel-dir "$ctx/wheels" "$here" 2>&1 | grep -v -i warning >&2 || true
+  ls "$ctx"/wheels/kybernetes-*.whl >/dev/null
+  docker_build "$component_image" "$ctx" "$digest" --build-arg "BASE_IMAGE=$base_image"
+}
+
+build_etcd() {
+  local digest
+  digest="$( (cat "$here/images/etcd/Dockerfile"; echo "$base_image") | sha256sum | cut -c1-16)"
+  [ "$(current_digest "$etcd_image")" = "$digest" ] && return 0
+  docker_build "$etcd_image" "$here/images/etcd" "$digest" --build-arg "BASE_IMAGE=$base_image"
+}
+
+build_busybox_based "$busybox_image" busybox
+build_busybox_based "$pause_image" pause
+if [ "${PODS_IMAGES_ONLY:-}" != "1" ]; then
+  if [ "$base_image" = "kybernetes/python-base:bookworm" ]; then
+    bash "$here/scripts/build-base-image.sh" "$base_image"
+  fi
+  build_components
+  build_etcd
+fi
