@@ -49,7 +49,8 @@ test: deps venv images
 
 up: deps venv images
 	$(PY) -m services.common.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
-	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE)
+	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE) \
+	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE)
 
 down: venv
 	$(PY) -m services.common.localcluster down --state-dir $(STATE_DIR)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,10 +33,22 @@ PROXY_STATUS_PORT = 10249
 NODE_LABEL = "io.kybernetes.node"
 
 
+# Each component's program: the Python module run as a process, or the
+# command in the component image.
+PROGRAMS = {
+    "kube-apiserver": "services.apiserver.main",
+    "kube-replicator": "services.replicator.main",
+    "kubelet": "services.kubelet.main",
+    "kube-proxy": "services.proxy.main",
+}
+CLUSTER_LABEL = "io.kybernetes.local-cluster"
+
+
 @dataclass
 class Component:
     name: str
-    argv: list[str]
+    program: str  # "etcd" or a key of PROGRAMS
+    args: list[str]
     # Where it answers: "host:port" of a gRPC health service or a TCP port; "" = process only.
     health: str = ""
     grpc_health: bool = True
@@ -43,6 +57,11 @@ class Component:
 
     def log_path(self, state: Path) -> Path:
         return state / "logs" / f"{self.name}.log"
+
+    def process_argv(self) -> list[str]:
+        if self.program == "etcd":
+            return [shutil.which("etcd") or "/usr/bin/etcd", *self.args]
+        return python_module_argv(PROGRAMS[self.program], *self.args)
 
 
 @dataclass
@@ -67,13 +86,14 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     nodes = node_names(args.nodes)
     api = f"127.0.0.1:{API_PORT}"
     components = [
-        Component("etcd", etcd_argv(state / "etcd", ETCD_PORT, ETCD_PEER_PORT), health=f"127.0.0.1:{ETCD_PORT}", grpc_health=False),
         Component(
-            "apiserver",
-            python_module_argv("services.apiserver.main", "--listen", api, "--etcd-servers", f"127.0.0.1:{ETCD_PORT}"),
-            health=api,
+            "etcd", "etcd", etcd_argv(state / "etcd", ETCD_PORT, ETCD_PEER_PORT)[1:],
+            health=f"127.0.0.1:{ETCD_PORT}", grpc_health=False,
         ),
-        Component("replicator", python_module_argv("services.replicator.main", "--server", api)),
+        Component(
+            "apiserver", "kube-apiserver", ["--listen", api, "--etcd-servers", f"127.0.0.1:{ETCD_PORT}"], health=api
+        ),
+        Component("replicator", "kube-replicator", ["--server", api]),
     ]
     for index, node in enumerate(nodes):
         ip = node_ip(index)
@@ -81,15 +101,15 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         components.append(
             Component(
                 f"kubelet-{node}",
-                python_module_argv(
-                    "services.kubelet.main",
+                "kubelet",
+                [
                     "--server", api,
                     "--node-name", node,
                     "--node-ip", ip,
                     "--listen", kubelet_listen,
                     "--root-dir", str(state / "kubelet" / node),
                     "--pause-image", args.pause_image,
-                ),
+                ],
                 health=kubelet_listen,
             )
         )
@@ -97,13 +117,13 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         components.append(
             Component(
                 f"proxy-{node}",
-                python_module_argv(
-                    "services.proxy.main",
+                "kube-proxy",
+                [
                     "--server", api,
                     "--node-name", node,
                     "--bind-address", ip,
                     "--status-listen", status_listen,
-                ),
+                ],
                 health=status_listen,
             )
         )
@@ -146,11 +166,26 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def container_running(name: str) -> bool:
+    try:
+        import docker
+
+        return docker.from_env().containers.get(name).status == "running"
+    except Exception:
+        return False
+
+
+def alive(component: Component) -> bool:
+    if component.container:
+        return container_running(component.container)
+    return pid_alive(component.pid)
+
+
 def healthy(component: Component) -> bool:
-    if component.pid and not pid_alive(component.pid):
+    if not alive(component):
         return False
     if not component.health:
-        return pid_alive(component.pid)
+        return True
     host, _, port = component.health.rpartition(":")
     if not component.grpc_health:
         return port_open(int(port), host)
@@ -183,48 +218,84 @@ def ensure_loopback_addresses(count: int) -> None:
                 raise SystemExit(f"cannot use {ip} for a simulated node: {error}") from None
 
 
+def start_process(component: Component, state: Path) -> None:
+    process = ManagedProcess(component.name, component.process_argv(), component.log_path(state))
+    component.pid = process.pid
+
+
+def start_container(component: Component, state: Path, args: argparse.Namespace) -> None:
+    """Runs the component in its image on the host network, logging into the state dir."""
+    import docker
+
+    client = docker.from_env()
+    name = f"kyb-{component.name}"
+    try:
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    command = [component.program, *component.args]
+    image = args.etcd_image if component.program == "etcd" else args.component_image
+    volumes = {str(state): {"bind": str(state), "mode": "rw"}}
+    if component.program == "kubelet":
+        volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+    log = component.log_path(state)
+    client.containers.run(
+        image,
+        entrypoint=["/bin/sh", "-c", f"exec {shlex.join(command)} >>{shlex.quote(str(log))} 2>&1"],
+        command=[],
+        name=name,
+        detach=True,
+        network_mode="host",
+        volumes=volumes,
+        labels={CLUSTER_LABEL: str(state)},
+    )
+    component.container = name
+
+
 def up(args: argparse.Namespace) -> int:
     plan = plan_cluster(args)
     state = plan.state_dir
     (state / "logs").mkdir(parents=True, exist_ok=True)
     ensure_loopback_addresses(len(plan.nodes))
     recorded = load_state(state)
-    if recorded.get("nodes") and recorded["nodes"] != plan.nodes:
+    running_nodes = recorded.get("nodes") if recorded.get("components") else None
+    if running_nodes and (running_nodes != plan.nodes or recorded.get("mode") != args.mode):
         print(
-            f"a cluster with nodes {recorded['nodes']} is running from {state}; `make down` first to change NODES",
+            f"a cluster ({recorded.get('mode')}, nodes {running_nodes}) is running from {state}; "
+            "run `make down` first to change NODES or MODE",
             file=sys.stderr,
         )
         return 1
-    recorded["nodes"] = plan.nodes
-    changed = False
+    recorded.update(nodes=plan.nodes, mode=args.mode)
     for component in plan.components:
         previous = recorded["components"].get(component.name)
         if previous:
             component.pid = previous.get("pid", 0)
+            component.container = previous.get("container", "")
             if healthy(component):
-                print(f"  {component.name:<24} already running (pid {component.pid})")
+                print(f"  {component.name:<24} already running")
                 continue
-            if pid_alive(component.pid):
-                _terminate(component.pid)
-        process = ManagedProcess(component.name, component.argv, component.log_path(state))
-        component.pid = process.pid
+            stop_component(component)
+            component.pid, component.container = 0, ""
+        if args.mode == "containers":
+            start_container(component, state, args)
+        else:
+            start_process(component, state)
         recorded["components"][component.name] = asdict(component)
         save_state(state, recorded)
-        changed = True
         if not _wait_healthy(component, args.timeout):
             print(f"\n{component.name} failed to start; last lines of {component.log_path(state)}:", file=sys.stderr)
             print(_tail(component.log_path(state)), file=sys.stderr)
             return 1
-        print(f"  {component.name:<24} started (pid {component.pid})")
-    if changed or True:
-        _print_next_steps(plan)
+        print(f"  {component.name:<24} started")
+    _print_next_steps(plan)
     return 0
 
 
 def _wait_healthy(component: Component, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(component.pid):
+        if not alive(component):
             return False
         if healthy(component):
             return True
@@ -232,7 +303,20 @@ def _wait_healthy(component: Component, timeout: float) -> bool:
     return False
 
 
-def _terminate(pid: int, timeout: float = 15.0) -> None:
+def stop_component(component: Component, timeout: float = 15.0) -> None:
+    if component.container:
+        try:
+            import docker
+
+            container = docker.from_env().containers.get(component.container)
+            container.stop(timeout=int(timeout))
+            container.remove(force=True)
+        except Exception:
+            pass
+        return
+    pid = component.pid
+    if not pid_alive(pid):
+        return
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -259,16 +343,15 @@ def down(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).resolve()
     recorded = load_state(state)
     # Reverse start order: nodes first, the control plane and etcd last.
-    for name, component in reversed(list(recorded.get("components", {}).items())):
-        pid = component.get("pid", 0)
-        if pid_alive(pid):
-            _terminate(pid)
+    for name, data in reversed(list(recorded.get("components", {}).items())):
+        component = Component(**data)
+        if alive(component):
+            stop_component(component)
             print(f"  {name:<24} stopped")
     removed = remove_node_containers(recorded.get("nodes", []))
     if removed:
-        print(f"  removed {removed} container(s)")
-    recorded["components"] = {}
-    recorded["nodes"] = []
+        print(f"  removed {removed} pod container(s)")
+    recorded.update(components={}, nodes=[])
     if state.exists():
         save_state(state, recorded)
     return 0
@@ -300,12 +383,13 @@ def status(args: argparse.Namespace) -> int:
         print("no cluster is running (make up starts one)")
         return 1
     worst = 0
-    print(f"{'COMPONENT':<24} {'PID':>7}  {'STATUS':<10} LOG")
+    print(f"{'COMPONENT':<24} {'PID/CONTAINER':>12}  {'STATUS':<10} LOG")
     for name, data in components.items():
         component = Component(**data)
         ok = healthy(component)
         worst = worst or (0 if ok else 1)
-        print(f"{name:<24} {component.pid:>7}  {'healthy' if ok else 'DOWN':<10} {component.log_path(state)}")
+        where = component.container or component.pid
+        print(f"{name:<24} {where!s:>12}  {'healthy' if ok else 'DOWN':<10} {component.log_path(state)}")
     return worst
 
 
@@ -335,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--mode", choices=("processes", "containers"), default="processes")
             command.add_argument("--busybox-image", default="kybernetes/busybox:latest")
             command.add_argument("--pause-image", default="kybernetes/pause:latest")
+            command.add_argument("--component-image", default="kybernetes/kybernetes:latest")
+            command.add_argument("--etcd-image", default="kybernetes/etcd:latest")
             command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each component")
     args = parser.parse_args(argv)
     if args.command == "up" and args.nodes < 1:
