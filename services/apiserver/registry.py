@@ -19,12 +19,10 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from kybernetes.v1 import meta_pb2, pod_pb2
+from services.common import defaults, validation
 from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, PODS, Kind
 from services.common.selectors import FieldSelector, LabelSelector, SelectorError
 
-from services.common import defaults
-
-from . import validation
 from .errors import ApiError, already_exists, conflict, invalid, not_found
 from .storage import CompactedError, Storage, prefix_range_end
 from .watchcache import WatchCache, WatchFilter

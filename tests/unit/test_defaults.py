@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 
 from kybernetes.v1 import endpoints_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
 from services.common.defaults import apply_defaults
-from services.apiserver.validation import validate
+from services.common.validation import validate
 
 
 def defaulted(message_type: type[Message], manifest: dict[str, Any]) -> dict[str, Any]:

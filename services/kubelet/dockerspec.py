@@ -1,0 +1,148 @@
+"""Pod spec -> Docker create arguments (pure: no Docker call here).
+
+The infra container owns the pod's network and IPC namespaces and publishes
+the host ports of every container; app containers join it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from docker.types import LogConfig, Mount
+
+from kybernetes.v1 import pod_pb2
+from services.common.quantity import parse_cpu_millis, parse_memory_bytes
+
+# Logs are Docker's json-file, rotated so that a chatty container cannot fill the disk.
+LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"})
+
+
+class ContainerConfigError(ValueError):
+    """The container cannot be made from its spec (a bad quantity, a missing volume)."""
+
+
+@dataclass
+class CreateRequest:
+    """What to pass to APIClient.create_container (host_config via create_host_config)."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    container_kwargs: dict[str, Any] = field(default_factory=dict)
+    host_config_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _docker_protocol(protocol: str) -> str:
+    return (protocol or "TCP").lower()
+
+
+def infra_request(
+    pod: pod_pb2.Pod, *, name: str, labels: dict[str, str], pause_image: str, node_ip: str
+) -> CreateRequest:
+    """The infra ("pause") container: holds the network namespace and the
+    published ports of every container of the pod.
+
+    A hostPort is published on the container port's hostIP when given, else on
+    the node's IP: several simulated nodes on one machine (127.0.0.x each) can
+    then use the same hostPort, as the scheduler assumes nodes can.
+    """
+    exposed: list[Any] = []
+    bindings: dict[str, list[tuple[str, int]]] = {}
+    for container in pod.spec.containers:
+        for port in container.ports:
+            protocol = _docker_protocol(port.protocol)
+            exposed.append((port.container_port, protocol))
+            if port.host_port:
+                key = f"{port.container_port}/{protocol}"
+                bindings.setdefault(key, []).append((port.host_ip or node_ip, port.host_port))
+    hostname = (pod.spec.hostname or pod.metadata.name)[:63].rstrip("-.")
+    return CreateRequest(
+        name=name,
+        image=pause_image,
+        labels=labels,
+        container_kwargs={"hostname": hostname, "ports": exposed or None},
+        host_config_kwargs={
+            "port_bindings": bindings or None,
+            # Shareable so the pod's containers can join its IPC namespace.
+            "ipc_mode": "shareable",
+            "log_config": LOG_CONFIG,
+        },
+    )
+
+
+def _resources(container: pod_pb2.Container) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    limits = container.resources.limits
+    requests = container.resources.requests
+    try:
+        if limits.get("cpu"):
+            kwargs["nano_cpus"] = parse_cpu_millis(limits["cpu"]) * 1_000_000
+        if limits.get("memory"):
+            kwargs["mem_limit"] = parse_memory_bytes(limits["memory"])
+        if requests.get("cpu"):
+            # As Kubernetes maps requests: 1 cpu = 1024 shares (2 at least).
+            kwargs["cpu_shares"] = max(2, parse_cpu_millis(requests["cpu"]) * 1024 // 1000)
+    except ValueError as error:
+        raise ContainerConfigError(f"container {container.name!r}: resources: {error}") from None
+    return kwargs
+
+
+def _mounts(container: pod_pb2.Container, volume_paths: dict[str, str]) -> list[Mount]:
+    mounts = []
+    for mount in container.volume_mounts:
+        source = volume_paths.get(mount.name)
+        if source is None:
+            raise ContainerConfigError(
+                f"container {container.name!r}: volumeMounts: volume {mount.name!r} is not defined in spec.volumes"
+            )
+        if mount.sub_path:
+            sub_path = posixpath.normpath(mount.sub_path)
+            if sub_path.startswith("/") or sub_path.startswith(".."):
+                raise ContainerConfigError(
+                    f"container {container.name!r}: volumeMounts[{mount.name}].subPath {mount.sub_path!r}"
+                    " must be a relative path inside the volume"
+                )
+            source = posixpath.join(source, sub_path)
+        mounts.append(Mount(target=mount.mount_path, source=source, type="bind", read_only=mount.read_only))
+    return mounts
+
+
+def container_request(
+    pod: pod_pb2.Pod,
+    container: pod_pb2.Container,
+    *,
+    name: str,
+    labels: dict[str, str],
+    infra_id: str,
+    volume_paths: dict[str, str],
+) -> CreateRequest:
+    """An app container joined to the infra container's network and IPC namespaces.
+
+    command replaces the image's entrypoint and args its cmd, as in Kubernetes;
+    Docker drops the image's cmd when the entrypoint is replaced, which is also
+    Kubernetes' rule.
+    """
+    container_kwargs: dict[str, Any] = {
+        "environment": [f"{env.name}={env.value}" for env in container.env] or None,
+        "working_dir": container.working_dir or None,
+    }
+    if container.command:
+        container_kwargs["entrypoint"] = list(container.command)
+    if container.args:
+        container_kwargs["command"] = list(container.args)
+    host_config_kwargs: dict[str, Any] = {
+        "network_mode": f"container:{infra_id}",
+        "ipc_mode": f"container:{infra_id}",
+        "mounts": _mounts(container, volume_paths) or None,
+        "log_config": LOG_CONFIG,
+        **_resources(container),
+    }
+    return CreateRequest(
+        name=name,
+        image=container.image,
+        labels=labels,
+        container_kwargs=container_kwargs,
+        host_config_kwargs=host_config_kwargs,
+    )

@@ -1,0 +1,280 @@
+"""The node agent: sources -> desired pods -> one worker per pod -> Docker.
+
+Wiring and the loops that are not any single pod's: Docker's event stream
+(through the container cache) and a periodic resync wake the pod workers;
+once every source has reported, containers and pod directories of pods no
+source wants any more are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from dataclasses import dataclass
+from typing import Any, Awaitable
+
+from kybernetes.v1 import pod_pb2
+from services.common.client import ApiClient
+from services.common.log import get_logger
+
+from .backoff import BackOff
+from .containers import ContainerCache, ContainerInfo
+from .mirror import MirrorManager
+from .node import NodeStatusReporter
+from .podworker import NodeContext, PodWorker
+from .probes import ProbeManager
+from .runtime import DockerRuntime
+from .server import KubeletServer
+from .sources import (
+    SOURCE_API,
+    ApiSource,
+    FileSource,
+    HttpSource,
+    PodConfig,
+    ServerSource,
+    pod_source,
+)
+from .naming import static_pod_name
+from .statusmanager import StatusManager
+from .volumes import VolumeManager
+
+log = get_logger(module="kubelet")
+
+
+@dataclass
+class KubeletConfig:
+    node_name: str
+    server: str | None = None
+    listen: str = "127.0.0.1:10250"
+    root_dir: str = "/var/lib/kybernetes/kubelet"
+    manifest_path: str | None = None
+    file_check_frequency: float = 20.0
+    manifest_url: str | None = None
+    http_check_frequency: float = 20.0
+    node_status_frequency: float = 10.0
+    sync_frequency: float = 10.0
+    pause_image: str = "kybernetes/pause:latest"
+    restart_backoff_initial: float = 10.0
+    restart_backoff_max: float = 300.0
+    docker_concurrency: int = 4
+    node_ip: str = "127.0.0.1"
+    docker_host: str | None = None
+
+
+class Kubelet:
+    def __init__(self, config: KubeletConfig) -> None:
+        self.config = config
+        node = config.node_name
+        self.cache = ContainerCache(self._on_pod_containers_changed)
+        self.runtime = DockerRuntime(node, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host)
+        self.volumes = VolumeManager(config.root_dir, node)
+        self.backoff = BackOff(config.restart_backoff_initial, config.restart_backoff_max)
+        self.probes = ProbeManager(self.runtime, self._poke)
+        self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
+        self.client: ApiClient | None = ApiClient(config.server) if config.server else None
+        self.mirror: MirrorManager | None = None
+        self.api_source: ApiSource | None = None
+        if self.client is not None:
+            self.mirror = MirrorManager(self.client, self.pod_config, self._on_mirror_ready)
+            self.api_source = ApiSource(self.client, node, self.pod_config, self.mirror.on_event)
+        self.status = StatusManager(
+            self.client,
+            api_pod=self.api_source.get if self.api_source is not None else (lambda namespace, name: None),
+            mirror_pod=self.mirror.get if self.mirror is not None else (lambda namespace, name: None),
+        )
+        self.file_source = (
+            FileSource(config.manifest_path, node, self.pod_config, config.file_check_frequency)
+            if config.manifest_path else None
+        )
+        self.http_source = (
+            HttpSource(config.manifest_url, node, self.pod_config, config.http_check_frequency)
+            if config.manifest_url else None
+        )
+        self.server_source = ServerSource(config.root_dir, node, self.pod_config)
+        self.context = NodeContext(
+            node=node, node_ip=config.node_ip, pause_image=config.pause_image, runtime=self.runtime,
+            cache=self.cache, volumes=self.volumes, probes=self.probes, backoff=self.backoff,
+            publish_status=self.status.publish, source_of=pod_source,
+        )
+        self.workers: dict[str, PodWorker] = {}
+        self._worker_sequence = itertools.count(1)
+        self.server = KubeletServer(self, config.listen)
+        self._tasks: set[asyncio.Task] = set()
+        self._started = False
+        self._log = log.bind(node=node)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.runtime.connect()
+        # Events first, then the list: nothing that happens in between is missed.
+        self.runtime.start_events(on_reconnected=self.request_resync)
+        adopted = await self.runtime.list_all()
+        self._log.info(
+            "kubelet_starting", docker=self.runtime.version, containers_found=len(adopted),
+            pods_found=len({c.pod_uid for c in adopted}),
+        )
+        self._started = True
+        await self.server_source.load()
+        port = await self.server.start()
+        if self.file_source is not None:
+            self._spawn(self.file_source.run(), "file-source")
+        if self.http_source is not None:
+            self._spawn(self.http_source.run(), "http-source")
+        if self.api_source is not None and self.mirror is not None and self.client is not None:
+            self._spawn(self._run_api_source(), "api-source")
+            self._spawn(self.mirror.run(), "mirror-pods")
+            reporter = NodeStatusReporter(
+                self.client, self.config.node_name, node_ip=self.config.node_ip, hostname=socket.gethostname(),
+                kubelet_port=port, runtime_version=self.runtime.version,
+                frequency=self.config.node_status_frequency,
+            )
+            self._spawn(reporter.run(), "node-status")
+        self._spawn(self._resync_loop(), "resync")
+
+    async def _run_api_source(self) -> None:
+        assert self.api_source is not None and self.mirror is not None
+        synced = asyncio.get_running_loop().create_task(self._mark_mirror_synced())
+        self._tasks.add(synced)
+        synced.add_done_callback(self._tasks.discard)
+        await self.api_source.run()
+
+    async def _mark_mirror_synced(self) -> None:
+        assert self.api_source is not None and self.mirror is not None
+        await self.api_source.informer.wait_synced()
+        self.mirror.set_synced()
+
+    async def stop(self) -> None:
+        """Stops the kubelet; its pods keep running (a new kubelet adopts them)."""
+        await self.server.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(worker.stop() for worker in list(self.workers.values())), return_exceptions=True)
+        self.probes.close()
+        await self.status.close()
+        await self.runtime.close()
+        if self.client is not None:
+            await self.client.close()
+
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._guard(coroutine, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, coroutine: Awaitable[Any], name: str) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._log.exception("kubelet_loop_failed", loop=name)
+
+    # --- desired pods -> workers -----------------------------------------------------------
+
+    def _on_pods_changed(self, uids: set[str]) -> None:
+        for uid in uids:
+            pod = self.pod_config.get(uid)
+            worker = self.workers.get(uid)
+            if pod is not None:
+                if worker is None:
+                    worker = self._new_worker(uid)
+                worker.update(pod)
+            elif worker is not None:
+                worker.update(None)
+            elif self._started and self.cache.for_pod(uid):
+                self._new_worker(uid).update(None)
+        if self.mirror is not None:
+            self.mirror.trigger()
+
+    def _new_worker(self, uid: str) -> PodWorker:
+        worker = PodWorker(self.context, uid, self._on_worker_finished, priority=next(self._worker_sequence))
+        self.workers[uid] = worker
+        worker.start()
+        return worker
+
+    def _on_worker_finished(self, uid: str) -> None:
+        self.workers.pop(uid, None)
+        if self.pod_config.get(uid) is None:
+            self.status.forget(uid)
+
+    def _on_pod_containers_changed(self, uid: str) -> None:
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.poke()
+        elif self._started and self.pod_config.all_ready and self.pod_config.get(uid) is None and self.cache.for_pod(uid):
+            self._log.info("orphan_pod_containers_found", pod_uid=uid)
+            self._new_worker(uid).update(None)
+
+    def _poke(self, uid: str) -> None:
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.poke()
+
+    def _on_mirror_ready(self, uid: str) -> None:
+        self.status.resend(uid)
+
+    # --- housekeeping ------------------------------------------------------------------------
+
+    def request_resync(self) -> None:
+        self._spawn(self._resync_once(), "resync-now")
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sync_frequency)
+            await self._resync_once()
+
+    async def _resync_once(self) -> None:
+        try:
+            await self.runtime.resync()
+        except Exception as error:
+            self._log.warning("docker_resync_failed", error=str(error))
+            return
+        for worker in list(self.workers.values()):
+            worker.poke()
+        if self.pod_config.all_ready:
+            await self._cleanup_orphans()
+
+    def _cleanup_orphans_soon(self) -> None:
+        if self._started and self.pod_config.all_ready:
+            self._spawn(self._cleanup_orphans(), "orphans")
+
+    async def _cleanup_orphans(self) -> None:
+        """Containers and pod directories of pods that no source wants."""
+        desired = {pod.metadata.uid for pod in self.pod_config.pods()}
+        for uid in self.cache.pod_uids() - desired - set(self.workers):
+            if uid:
+                self._log.info("orphan_pod_removing", pod_uid=uid)
+                self._new_worker(uid).update(None)
+        on_disk = await asyncio.to_thread(self.volumes.pod_uids_on_disk)
+        for uid in set(on_disk) - desired - set(self.workers) - self.cache.pod_uids():
+            self._log.info("orphan_pod_directory_removing", pod_uid=uid)
+            await self.volumes.cleanup(uid)
+
+    # --- queries (the gRPC server) -------------------------------------------------------------
+
+    def list_pods(self) -> list[pod_pb2.Pod]:
+        pods = []
+        for pod in sorted(self.pod_config.pods(), key=lambda p: (p.metadata.namespace, p.metadata.name)):
+            copy = pod_pb2.Pod()
+            copy.CopyFrom(pod)
+            status = self.status.get(pod.metadata.uid)
+            if status is not None:
+                copy.status.CopyFrom(status)
+            pods.append(copy)
+        return pods
+
+    def find_pod(self, namespace: str, name: str) -> pod_pb2.Pod | None:
+        """A pod by name; a static pod also by the name in its manifest."""
+        return self.pod_config.find(namespace, name) or self.pod_config.find(
+            namespace, static_pod_name(name, self.config.node_name)
+        )
+
+    def latest_container(self, uid: str, container_name: str) -> ContainerInfo | None:
+        attempts = [info for info in self.cache.for_pod(uid) if info.container_name == container_name]
+        return attempts[-1] if attempts else None
+
+    def is_api_pod(self, pod: pod_pb2.Pod) -> bool:
+        return pod_source(pod) == SOURCE_API

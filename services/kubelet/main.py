@@ -1,0 +1,117 @@
+"""`kubelet`: the node agent.
+
+    python -m services.kubelet.main --node-name node-1 --server 127.0.0.1:8080 \\
+        --manifest-path /etc/kybernetes/manifests --listen 127.0.0.1:10250
+
+Without --server the kubelet runs its static pods (manifest path, URL and
+submitted pods) on its own. Stopping the kubelet leaves its pods running; the
+next kubelet of the same node name adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import socket
+import sys
+
+from services.common.log import configure_logging
+
+from .kubelet import Kubelet, KubeletConfig
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "20s", "1.5m", "500ms" or a plain number of seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f'invalid duration "{text}": use e.g. 20s, 500ms, 1m or a number of seconds')
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not an integer') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> KubeletConfig:
+    parser = argparse.ArgumentParser(prog="kubelet", description="Runs the pods bound to this node on Docker.")
+    parser.add_argument("--server", default=None, help="API server address (HOST:PORT); none: static pods only")
+    parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
+    parser.add_argument("--listen", default="127.0.0.1:10250", help="address of the kubelet's own gRPC API")
+    parser.add_argument("--root-dir", default="/var/lib/kybernetes/kubelet", help="where pod volumes and state live")
+    parser.add_argument("--manifest-path", default=None, help="a static pod manifest file or a directory of them")
+    parser.add_argument("--file-check-frequency", type=parse_duration, default=20.0, help="manifest path re-read period")
+    parser.add_argument("--manifest-url", default=None, help="a URL serving static pod manifests")
+    parser.add_argument("--http-check-frequency", type=parse_duration, default=20.0, help="manifest URL fetch period")
+    parser.add_argument("--node-status-frequency", type=parse_duration, default=10.0, help="node heartbeat period")
+    parser.add_argument("--sync-frequency", type=parse_duration, default=10.0,
+                        help="period of the full resync with Docker (events do the rest)")
+    parser.add_argument("--pause-image", default="kybernetes/pause:latest", help="the pods' infra container image")
+    parser.add_argument("--restart-backoff-initial", type=parse_duration, default=10.0,
+                        help="delay of the second restart of a crashing container (the first is at once)")
+    parser.add_argument("--restart-backoff-max", type=parse_duration, default=300.0, help="cap of the restart back-off")
+    parser.add_argument("--docker-concurrency", type=_positive_int, default=4, help="Docker calls in flight at most")
+    parser.add_argument("--node-ip", default="127.0.0.1", help="the node's address: reported, pods' hostIP and hostPorts")
+    parser.add_argument("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
+    args = parser.parse_args(argv)
+    if args.restart_backoff_max < args.restart_backoff_initial:
+        parser.error("--restart-backoff-max must be at least --restart-backoff-initial")
+    for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency", "sync_frequency"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    return KubeletConfig(
+        node_name=args.node_name,
+        server=args.server,
+        listen=args.listen,
+        root_dir=args.root_dir,
+        manifest_path=args.manifest_path,
+        file_check_frequency=args.file_check_frequency,
+        manifest_url=args.manifest_url,
+        http_check_frequency=args.http_check_frequency,
+        node_status_frequency=args.node_status_frequency,
+        sync_frequency=args.sync_frequency,
+        pause_image=args.pause_image,
+        restart_backoff_initial=args.restart_backoff_initial,
+        restart_backoff_max=args.restart_backoff_max,
+        docker_concurrency=args.docker_concurrency,
+        node_ip=args.node_ip,
+        docker_host=args.docker_host,
+    )
+
+
+async def run(config: KubeletConfig) -> int:
+    log = configure_logging("kubelet").bind(node=config.node_name)
+    kubelet = Kubelet(config)
+    try:
+        await kubelet.start()
+    except Exception as error:
+        log.error("kubelet_start_failed", error=str(error))
+        await kubelet.stop()
+        return 1
+    log.info("kubelet_started", listen=config.listen, server=config.server or "none", root_dir=config.root_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("kubelet_stopping")
+    await kubelet.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(run(parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Sends pod statuses to the API server, only when they changed.
+
+Each pod has at most one UpdateStatus in flight; a newer status computed
+meanwhile is sent right after it (older ones are never sent). A pod from the
+API server gets its status on its own object, a static pod on its mirror pod
+(once that exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import grpc
+
+from kybernetes.v1 import meta_pb2, pod_pb2
+from services.common.log import get_logger
+
+from .sources import SOURCE_API, pod_source
+
+log = get_logger(module="kubelet.status")
+
+_RETRY_INITIAL = 0.5
+_RETRY_MAX = 30.0
+
+# (namespace, name) -> the API's copy of the pod, or None.
+PodLookup = Callable[[str, str], pod_pb2.Pod | None]
+
+
+class StatusManager:
+    def __init__(self, client: Any | None, *, api_pod: PodLookup, mirror_pod: PodLookup) -> None:
+        self.client = client
+        self._api_pod = api_pod
+        self._mirror_pod = mirror_pod
+        self._pods: dict[str, pod_pb2.Pod] = {}
+        self._statuses: dict[str, pod_pb2.PodStatus] = {}
+        self._sent: dict[str, pod_pb2.PodStatus] = {}
+        self._senders: dict[str, asyncio.Task] = {}
+
+    def publish(self, uid: str, pod: pod_pb2.Pod, status: pod_pb2.PodStatus) -> None:
+        self._pods[uid] = pod
+        self._statuses[uid] = status
+        if self.client is not None and self._sent.get(uid) != status:
+            self._schedule(uid)
+
+    def get(self, uid: str) -> pod_pb2.PodStatus | None:
+        return self._statuses.get(uid)
+
+    def forget(self, uid: str) -> None:
+        self._pods.pop(uid, None)
+        self._statuses.pop(uid, None)
+        self._sent.pop(uid, None)
+        sender = self._senders.pop(uid, None)
+        if sender is not None:
+            sender.cancel()
+
+    def resend(self, uid: str) -> None:
+        """Sends the current status again (a mirror pod was just made)."""
+        self._sent.pop(uid, None)
+        if self.client is not None and uid in self._statuses:
+            self._schedule(uid)
+
+    async def close(self) -> None:
+        for sender in list(self._senders.values()):
+            sender.cancel()
+
+    def _schedule(self, uid: str) -> None:
+        if uid in self._senders:
+            return  # the running sender picks the newest status up before it ends
+        task = asyncio.get_running_loop().create_task(self._send_loop(uid))
+        self._senders[uid] = task
+        task.add_done_callback(lambda done, uid=uid: self._senders.pop(uid, None) if self._senders.get(uid) is done else None)
+
+    def _target(self, uid: str, pod: pod_pb2.Pod) -> pod_pb2.Pod | None:
+        """The API object this pod's status goes to, if there is one now."""
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        if pod_source(pod) == SOURCE_API:
+            target = self._api_pod(namespace, name)
+            if target is None or target.metadata.uid != uid:
+                return None  # deleted (or replaced by another pod of that name)
+            return target
+        return self._mirror_pod(namespace, name)
+
+    async def _send_loop(self, uid: str) -> None:
+        delay = _RETRY_INITIAL
+        while True:
+            pod, status = self._pods.get(uid), self._statuses.get(uid)
+            if pod is None or status is None or self._sent.get(uid) == status:
+                return
+            target = self._target(uid, pod)
+            if target is None:
+                return  # no API object (yet): a mirror pod's creation calls resend()
+            request = pod_pb2.Pod(
+                metadata=meta_pb2.ObjectMeta(
+                    namespace=target.metadata.namespace, name=target.metadata.name, uid=target.metadata.uid
+                ),
+                status=status,
+            )
+            key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+            try:
+                await self.client.update_status(request)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.NOT_FOUND:
+                    log.info("pod_status_target_gone", pod=key)
+                    return
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                    log.error("pod_status_rejected", pod=key, code=code.name, detail=error.details())
+                    self._sent[uid] = status  # the same status would be rejected again
+                    continue
+                log.warning("pod_status_update_failed", pod=key, code=code.name, detail=error.details(), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            self._sent[uid] = status
+            delay = _RETRY_INITIAL
+            log.debug("pod_status_sent", pod=key, phase=status.phase)

@@ -1,0 +1,255 @@
+"""Shared pieces of the kubelet's integration tests: a kubelet process, pod
+builders, waiting, and cleanup of every container labelled with a test's node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+import docker
+import grpc
+import pytest
+
+from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
+from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE, REPO, free_port, wait_for_port
+
+NODE_LABEL = "io.kybernetes.node"
+
+# Short periods so that tests see changes quickly.
+FAST_FLAGS = [
+    "--file-check-frequency", "1s",
+    "--http-check-frequency", "1s",
+    "--sync-frequency", "2s",
+    "--node-status-frequency", "1s",
+    "--restart-backoff-initial", "1s",
+    "--restart-backoff-max", "4s",
+]
+
+
+def docker_client() -> docker.DockerClient:
+    return docker.from_env()
+
+
+def node_containers(node: str, *, all: bool = True) -> list[dict[str, Any]]:
+    """Docker's view of a node's containers (summaries)."""
+    client = docker_client()
+    try:
+        return client.api.containers(all=all, filters={"label": f"{NODE_LABEL}={node}"})
+    finally:
+        client.close()
+
+
+def remove_node_containers(node: str) -> None:
+    client = docker_client()
+    try:
+        for summary in client.api.containers(all=True, filters={"label": f"{NODE_LABEL}={node}"}):
+            try:
+                client.api.remove_container(summary["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+    finally:
+        client.close()
+
+
+class KubeletProcess:
+    """`python -m services.kubelet.main` as users run it."""
+
+    def __init__(
+        self,
+        node: str,
+        *extra_args: str,
+        server: str | None = None,
+        root_dir: str | None = None,
+        node_ip: str = "127.0.0.1",
+    ) -> None:
+        self.node = node
+        self.extra_args = list(extra_args)
+        self.server = server
+        self.node_ip = node_ip
+        self.root_dir = root_dir or tempfile.mkdtemp(prefix=f"kyb-kubelet-{node}-")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = os.path.join(self.root_dir, "kubelet.log")
+        self.process: subprocess.Popen | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self.start()
+
+    def argv(self) -> list[str]:
+        argv = [
+            sys.executable, "-m", "services.kubelet.main",
+            "--node-name", self.node,
+            "--listen", self.address,
+            "--root-dir", self.root_dir,
+            "--pause-image", PAUSE_IMAGE,
+            "--node-ip", self.node_ip,
+            *FAST_FLAGS,
+            *self.extra_args,
+        ]
+        if self.server:
+            argv += ["--server", self.server]
+        return argv
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, KYBERNETES_LOG_LEVEL="debug")
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        log.close()
+        try:
+            wait_for_port(self.port, self.process, timeout=30)
+        except Exception:
+            print(self.log_text()[-4000:], file=sys.stderr)
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean anything up."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        return Path(self.log_path).read_text(errors="replace") if os.path.exists(self.log_path) else ""
+
+    def stub(self) -> kubelet_pb2_grpc.KubeletStub:
+        """A stub on a channel of the running event loop."""
+        return kubelet_pb2_grpc.KubeletStub(grpc.aio.insecure_channel(self.address))
+
+    async def list_pods(self) -> list[pod_pb2.Pod]:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            response = await kubelet_pb2_grpc.KubeletStub(channel).ListPods(kubelet_pb2.KubeletListPodsRequest(), timeout=10)
+            return list(response.items)
+
+    async def get_pod(self, name: str, namespace: str = "default") -> pod_pb2.Pod | None:
+        static_name = name if name.endswith(f"-{self.node}") else f"{name}-{self.node}"
+        for pod in await self.list_pods():
+            if pod.metadata.namespace == namespace and pod.metadata.name in (name, static_name):
+                return pod
+        return None
+
+    async def submit(self, pod: pod_pb2.Pod) -> pod_pb2.Pod:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            return await kubelet_pb2_grpc.KubeletStub(channel).SubmitPod(pod, timeout=10)
+
+    async def delete(self, name: str, namespace: str = "default") -> pod_pb2.Pod:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            request = kubelet_pb2.StaticPodRequest(namespace=namespace, name=name)
+            return await kubelet_pb2_grpc.KubeletStub(channel).DeleteStaticPod(request, timeout=10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        remove_node_containers(self.node)
+        # A test that failed may leave a Memory emptyDir (tmpfs) mounted.
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                mount_point = line.split()[1]
+                if mount_point.startswith(self.root_dir + "/"):
+                    subprocess.run(["umount", mount_point], check=False)
+        shutil.rmtree(self.root_dir, ignore_errors=True)
+
+
+def unique_node(prefix: str = "kt") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def node_name() -> Iterator[str]:
+    """A node name no other test uses; its containers are removed afterwards, pass or fail."""
+    node = unique_node()
+    yield node
+    remove_node_containers(node)
+
+
+@pytest.fixture
+def kubelet(node_name: str) -> Iterator[KubeletProcess]:
+    """A kubelet with no API server (static pods only)."""
+    process = KubeletProcess(node_name)
+    yield process
+    failed_log = process.log_text()
+    process.cleanup()
+    if os.environ.get("KYB_SHOW_KUBELET_LOG"):
+        print(failed_log[-8000:], file=sys.stderr)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"
+) -> Any:
+    """Polls an async condition until it returns something truthy; its last value on timeout is shown."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await condition()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
+
+
+def container(name: str, *command: str, image: str = BUSYBOX_IMAGE, **fields: Any) -> pod_pb2.Container:
+    spec = pod_pb2.Container(name=name, image=image, command=list(command), **fields)
+    return spec
+
+
+def make_pod(
+    name: str,
+    *containers: pod_pb2.Container,
+    namespace: str = "default",
+    restart_policy: str = "",
+    grace: int = 1,
+    volumes: list[pod_pb2.Volume] | None = None,
+    labels: dict[str, str] | None = None,
+) -> pod_pb2.Pod:
+    pod = pod_pb2.Pod(api_version="v1", kind="Pod")
+    pod.metadata.name = name
+    pod.metadata.namespace = namespace
+    pod.metadata.labels.update(labels or {})
+    pod.spec.containers.extend(containers)
+    pod.spec.restart_policy = restart_policy
+    pod.spec.termination_grace_period_seconds = grace
+    pod.spec.volumes.extend(volumes or [])
+    return pod
+
+
+def sleeper(name: str = "main") -> pod_pb2.Container:
+    """A container that runs until stopped, and stops at once on SIGTERM."""
+    return container(name, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done")
+
+
+def container_status(pod: pod_pb2.Pod | None, name: str) -> pod_pb2.ContainerStatus | None:
+    if pod is None:
+        return None
+    for status in pod.status.container_statuses:
+        if status.name == name:
+            return status
+    return None
+
+
+def is_running(pod: pod_pb2.Pod | None) -> bool:
+    return (
+        pod is not None
+        and pod.status.phase == "Running"
+        and bool(pod.status.container_statuses)
+        and all(s.state.HasField("running") for s in pod.status.container_statuses)
+    )

@@ -1,0 +1,280 @@
+"""The kubelet runs pods on the real Docker daemon: shared network and volumes,
+host ports, restart policies, spec changes, deletion and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+
+import docker
+import grpc
+import pytest
+
+from kybernetes.v1 import pod_pb2
+from tests.conftest import free_port
+from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+    KubeletProcess,
+    container,
+    container_status,
+    is_running,
+    kubelet,
+    make_pod,
+    node_containers,
+    node_name,
+    sleeper,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def _http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return response.read().decode()
+
+
+async def test_two_containers_share_localhost_and_an_empty_dir(kubelet: KubeletProcess) -> None:
+    server = container(
+        "server", "sh", "-c", "echo hello-from-server > /www/index.html; exec httpd -f -p 8080 -h /www",
+        volume_mounts=[pod_pb2.VolumeMount(name="shared", mount_path="/www")],
+    )
+    client = container(
+        "client", "sh", "-c",
+        "trap 'exit 0' TERM; while true; do wget -q -O /data/fetched http://localhost:8080/index.html; sleep 1; done",
+        volume_mounts=[pod_pb2.VolumeMount(name="shared", mount_path="/data")],
+    )
+    volume = pod_pb2.Volume(name="shared", empty_dir=pod_pb2.EmptyDirVolumeSource())
+    submitted = await kubelet.submit(make_pod("web", server, client, volumes=[volume]))
+    assert submitted.metadata.name == f"web-{kubelet.node}"
+
+    pod = await wait_for(lambda: _running(kubelet, "web"), what="pod running")
+    assert pod.status.pod_ip and pod.status.host_ip == "127.0.0.1"
+    # The client reached the server on localhost and wrote into the volume both share.
+    fetched = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid, "volumes", "shared", "fetched")
+    await wait_for(lambda: _file_has(fetched, "hello-from-server"), what="client fetched the page over localhost")
+    # The pod's IP is reachable from the host.
+    assert "hello-from-server" in await asyncio.to_thread(_http_get, f"http://{pod.status.pod_ip}:8080/index.html")
+    # One infra container plus one per spec container, all labelled with the node.
+    names = {c["Labels"]["io.kybernetes.container.name"] for c in node_containers(kubelet.node)}
+    assert names == {"POD", "server", "client"}
+
+
+async def _running(kubelet: KubeletProcess, name: str) -> pod_pb2.Pod | None:
+    pod = await kubelet.get_pod(name)
+    return pod if is_running(pod) else None
+
+
+async def _file_has(path: str, text: str) -> bool:
+    try:
+        with open(path) as handle:
+            return text in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+async def test_host_port_is_reachable_from_the_host(kubelet: KubeletProcess) -> None:
+    port = free_port()
+    server = container(
+        "server", "sh", "-c", "echo on-host-port > /index.html; exec httpd -f -p 80 -h /",
+        ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)],
+    )
+    await kubelet.submit(make_pod("hostport", server))
+    await wait_for(lambda: _running(kubelet, "hostport"), what="pod running")
+
+    async def fetch() -> str | None:
+        try:
+            return await asyncio.to_thread(_http_get, f"http://127.0.0.1:{port}/index.html")
+        except OSError:
+            return None
+
+    assert "on-host-port" in await wait_for(fetch, what=f"127.0.0.1:{port} answering")
+
+
+async def test_exited_container_is_restarted_under_always(kubelet: KubeletProcess) -> None:
+    await kubelet.submit(make_pod("crasher", container("main", "sh", "-c", "sleep 1; exit 3")))
+
+    async def restarted_twice() -> pod_pb2.ContainerStatus | None:
+        status = container_status(await kubelet.get_pod("crasher"), "main")
+        return status if status is not None and status.restart_count >= 2 else None
+
+    status = await wait_for(restarted_twice, what="two restarts")
+    assert status.last_state.terminated.exit_code == 3
+    assert status.last_state.terminated.reason == "Error"
+    pod = await kubelet.get_pod("crasher")
+    assert pod.status.phase == "Running"  # Always: the pod is restarting, not over
+    # Old attempts are garbage-collected: the newest and one dead one before it.
+    attempts = [c for c in node_containers(kubelet.node) if c["Labels"]["io.kybernetes.container.name"] == "main"]
+    assert len(attempts) <= 2
+
+
+async def test_exited_container_is_not_restarted_under_never(kubelet: KubeletProcess) -> None:
+    await kubelet.submit(make_pod("once", container("main", "sh", "-c", "exit 4"), restart_policy="Never"))
+
+    async def failed() -> pod_pb2.Pod | None:
+        pod = await kubelet.get_pod("once")
+        return pod if pod is not None and pod.status.phase == "Failed" else None
+
+    pod = await wait_for(failed, what="pod Failed")
+    status = container_status(pod, "main")
+    assert status.state.terminated.exit_code == 4
+    assert status.restart_count == 0
+    await asyncio.sleep(3)
+    pod = await kubelet.get_pod("once")
+    assert container_status(pod, "main").restart_count == 0
+    # A pod that is over keeps no running sandbox.
+    assert not [c for c in node_containers(kubelet.node, all=False)]
+
+
+async def test_completed_pod_succeeds_under_on_failure(kubelet: KubeletProcess) -> None:
+    await kubelet.submit(make_pod("job", container("main", "sh", "-c", "exit 0"), restart_policy="OnFailure"))
+
+    async def succeeded() -> pod_pb2.Pod | None:
+        pod = await kubelet.get_pod("job")
+        return pod if pod is not None and pod.status.phase == "Succeeded" else None
+
+    pod = await wait_for(succeeded, what="pod Succeeded")
+    assert container_status(pod, "main").state.terminated.reason == "Completed"
+
+
+async def test_changed_image_or_command_restarts_the_container(kubelet: KubeletProcess) -> None:
+    pod = make_pod("change", sleeper("main"))
+    await kubelet.submit(pod)
+    first = await wait_for(lambda: _running(kubelet, "change"), what="pod running")
+    first_id = container_status(first, "main").container_id
+
+    pod.spec.containers[0].command[:] = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 2; done"]
+    await kubelet.submit(pod)
+
+    async def replaced() -> pod_pb2.Pod | None:
+        current = await kubelet.get_pod("change")
+        status = container_status(current, "main")
+        if status is not None and status.container_id != first_id and status.state.HasField("running"):
+            return current
+        return None
+
+    second = await wait_for(replaced, what="container replaced")
+    assert container_status(second, "main").restart_count == 1
+    # The sandbox did not change: the pod keeps its IP.
+    assert second.status.pod_ip == first.status.pod_ip
+    running = [c for c in node_containers(kubelet.node, all=False) if c["Labels"]["io.kybernetes.container.name"] == "main"]
+    assert len(running) == 1
+    assert "sleep 2" in running[0]["Command"]
+
+
+async def test_host_path_memory_volume_env_and_limits(kubelet: KubeletProcess, tmp_path) -> None:
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (host_dir / "from-host").write_text("hello")
+    main = container(
+        "main", "sh", "-c",
+        "trap 'exit 0' TERM; cat /host/from-host > /host/copied; echo $GREETING > /host/env; pwd > /host/pwd; "
+        "grep ' /fast ' /proc/mounts > /host/mounts; while true; do sleep 1; done",
+        env=[pod_pb2.EnvVar(name="GREETING", value="hi there")], working_dir="/fast",
+        volume_mounts=[pod_pb2.VolumeMount(name="host", mount_path="/host"),
+                       pod_pb2.VolumeMount(name="fast", mount_path="/fast")],
+    )
+    main.resources.limits.update({"cpu": "250m", "memory": "32Mi"})
+    volumes = [
+        pod_pb2.Volume(name="host", host_path=pod_pb2.HostPathVolumeSource(path=str(host_dir), type="Directory")),
+        pod_pb2.Volume(name="fast", empty_dir=pod_pb2.EmptyDirVolumeSource(medium="Memory")),
+    ]
+    submitted = await kubelet.submit(make_pod("vols", main, volumes=volumes))
+    await wait_for(lambda: _running(kubelet, "vols"), what="pod running")
+    await wait_for(lambda: _file_has(str(host_dir / "mounts"), "tmpfs"), what="memory volume is a tmpfs")
+    assert (host_dir / "copied").read_text() == "hello"
+    assert (host_dir / "env").read_text() == "hi there\n"
+    assert (host_dir / "pwd").read_text() == "/fast\n"
+    fast_dir = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid, "volumes", "fast")
+    assert os.path.ismount(fast_dir)
+    [app] = [c for c in node_containers(kubelet.node) if c["Labels"]["io.kybernetes.container.name"] == "main"]
+    client = docker.from_env()
+    try:
+        host_config = client.api.inspect_container(app["Id"])["HostConfig"]
+    finally:
+        client.close()
+    assert host_config["NanoCpus"] == 250_000_000 and host_config["Memory"] == 32 * 2**20
+
+    await kubelet.delete("vols")
+    await wait_for(lambda: _gone(kubelet, fast_dir), what="pod removed and its tmpfs unmounted")
+    assert (host_dir / "from-host").exists()  # a hostPath is never deleted
+
+
+async def _gone(kubelet: KubeletProcess, path: str) -> bool:
+    return not node_containers(kubelet.node) and not os.path.exists(path)
+
+
+async def test_deleted_pod_leaves_no_container_or_directory(kubelet: KubeletProcess) -> None:
+    volume = pod_pb2.Volume(name="scratch", empty_dir=pod_pb2.EmptyDirVolumeSource())
+    main = sleeper("main")
+    main.volume_mounts.add(name="scratch", mount_path="/scratch")
+    submitted = await kubelet.submit(make_pod("doomed", main, sleeper("side"), volumes=[volume]))
+    await wait_for(lambda: _running(kubelet, "doomed"), what="pod running")
+    pod_dir = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid)
+    assert os.path.isdir(pod_dir)
+
+    deleted = await kubelet.delete("doomed")
+    assert deleted.metadata.uid == submitted.metadata.uid
+
+    async def gone() -> bool:
+        return not node_containers(kubelet.node) and not os.path.exists(pod_dir)
+
+    await wait_for(gone, what="containers and pod directory removed")
+    assert await kubelet.get_pod("doomed") is None
+
+
+async def test_missing_image_and_bad_command_are_reported_and_others_keep_running(kubelet: KubeletProcess) -> None:
+    await kubelet.submit(make_pod("good", sleeper("main")))
+    await kubelet.submit(make_pod("noimage", container("main", "true", image="kybernetes/no-such-image:never")))
+    await kubelet.submit(make_pod("badcmd", container("main", "/no/such/command"), restart_policy="Never"))
+
+    async def image_reported() -> pod_pb2.ContainerStatus | None:
+        status = container_status(await kubelet.get_pod("noimage"), "main")
+        return status if status is not None and status.state.waiting.reason == "ErrImageNeverPull" else None
+
+    status = await wait_for(image_reported, what="ErrImageNeverPull")
+    assert "kybernetes/no-such-image:never" in status.state.waiting.message
+    assert (await kubelet.get_pod("noimage")).status.phase == "Pending"
+
+    async def command_reported() -> pod_pb2.Pod | None:
+        pod = await kubelet.get_pod("badcmd")
+        return pod if pod is not None and pod.status.phase == "Failed" else None
+
+    pod = await wait_for(command_reported, what="bad command reported")
+    terminated = container_status(pod, "main").state.terminated
+    assert terminated.exit_code == 127
+    assert terminated.reason == "ContainerCannotRun"
+    assert "/no/such/command" in terminated.message
+
+    good = await kubelet.get_pod("good")
+    assert is_running(good) and container_status(good, "main").restart_count == 0
+    assert kubelet.alive()
+
+
+async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
+    port = free_port()
+    web = container("main", "sh", "-c", "exec httpd -f -p 80 -h /", ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)])
+    await kubelet.submit(make_pod("first", web))
+    await wait_for(lambda: _running(kubelet, "first"), what="first pod running")
+    await kubelet.submit(make_pod("second", web))
+
+    async def reported() -> pod_pb2.Pod | None:
+        pod = await kubelet.get_pod("second")
+        return pod if pod is not None and "port is already allocated" in pod.status.message else None
+
+    pod = await wait_for(reported, what="port conflict reported")
+    assert pod.status.phase == "Pending"
+    assert pod.status.reason == "CreatePodSandboxError"
+    assert container_status(pod, "main").state.waiting.reason == "ContainerCreating"
+    assert is_running(await kubelet.get_pod("first"))
+
+
+async def test_submit_rejects_an_invalid_pod(kubelet: KubeletProcess) -> None:
+    bad = make_pod("bad", container("Not_A_Name", "true"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await kubelet.submit(bad)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.containers[0].name" in raised.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await kubelet.delete("never-submitted")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND

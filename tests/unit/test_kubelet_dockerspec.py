@@ -1,0 +1,71 @@
+"""Pod spec -> Docker create arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from kybernetes.v1 import pod_pb2
+from services.kubelet.dockerspec import ContainerConfigError, container_request, infra_request
+
+
+def _pod() -> pod_pb2.Pod:
+    pod = pod_pb2.Pod()
+    pod.metadata.name = "web"
+    web = pod.spec.containers.add(name="web", image="busybox", command=["httpd"], args=["-f", "-p", "80"],
+                                  working_dir="/srv")
+    web.ports.add(container_port=80, host_port=8080)
+    web.ports.add(container_port=53, host_port=5353, protocol="UDP", host_ip="127.0.0.5")
+    web.ports.add(container_port=9000)
+    web.env.add(name="A", value="1")
+    web.resources.limits.update({"cpu": "500m", "memory": "64Mi"})
+    web.resources.requests.update({"cpu": "250m"})
+    web.volume_mounts.add(name="data", mount_path="/data", read_only=True)
+    web.volume_mounts.add(name="data", mount_path="/logs", sub_path="logs")
+    pod.spec.containers.add(name="side", image="busybox")
+    return pod
+
+
+def test_infra_publishes_every_host_port_on_the_node_ip() -> None:
+    request = infra_request(_pod(), name="infra", labels={"l": "v"}, pause_image="pause", node_ip="127.0.0.2")
+    assert request.image == "pause"
+    assert request.container_kwargs["hostname"] == "web"
+    assert set(request.container_kwargs["ports"]) == {(80, "tcp"), (53, "udp"), (9000, "tcp")}
+    assert request.host_config_kwargs["port_bindings"] == {
+        "80/tcp": [("127.0.0.2", 8080)],
+        "53/udp": [("127.0.0.5", 5353)],
+    }
+    assert request.host_config_kwargs["ipc_mode"] == "shareable"
+
+
+def test_app_container_joins_the_infra_and_maps_its_spec() -> None:
+    pod = _pod()
+    request = container_request(pod, pod.spec.containers[0], name="c", labels={}, infra_id="abc",
+                                volume_paths={"data": "/var/lib/x/data"})
+    kwargs, host = request.container_kwargs, request.host_config_kwargs
+    assert kwargs["entrypoint"] == ["httpd"] and kwargs["command"] == ["-f", "-p", "80"]
+    assert kwargs["environment"] == ["A=1"] and kwargs["working_dir"] == "/srv"
+    assert host["network_mode"] == "container:abc" and host["ipc_mode"] == "container:abc"
+    assert host["nano_cpus"] == 500_000_000 and host["mem_limit"] == 64 * 2**20
+    assert host["cpu_shares"] == 256
+    mounts = [(m["Source"], m["Target"], m["ReadOnly"]) for m in host["mounts"]]
+    assert mounts == [("/var/lib/x/data", "/data", True), ("/var/lib/x/data/logs", "/logs", False)]
+
+
+def test_no_command_keeps_the_image_defaults() -> None:
+    pod = _pod()
+    request = container_request(pod, pod.spec.containers[1], name="c", labels={}, infra_id="abc", volume_paths={})
+    assert "entrypoint" not in request.container_kwargs and "command" not in request.container_kwargs
+    assert request.host_config_kwargs["mounts"] is None
+
+
+def test_bad_specs_are_clear_errors() -> None:
+    pod = _pod()
+    with pytest.raises(ContainerConfigError, match="volume 'data' is not defined"):
+        container_request(pod, pod.spec.containers[0], name="c", labels={}, infra_id="i", volume_paths={})
+    pod.spec.containers[0].volume_mounts[1].sub_path = "../escape"
+    with pytest.raises(ContainerConfigError, match="subPath"):
+        container_request(pod, pod.spec.containers[0], name="c", labels={}, infra_id="i", volume_paths={"data": "/d"})
+    pod = _pod()
+    pod.spec.containers[0].resources.limits["memory"] = "lots"
+    with pytest.raises(ContainerConfigError, match="resources"):
+        container_request(pod, pod.spec.containers[0], name="c", labels={}, infra_id="i", volume_paths={"data": "/d"})
