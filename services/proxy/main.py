@@ -1,0 +1,144 @@
+"""kube-proxy: forwards each service's port on this node to the service's endpoints, round robin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+
+from services.common.client import ApiClient, resolve_server
+from services.common.informer import Informer
+from services.common.log import configure_logging
+from services.common.resources import ENDPOINTS, SERVICES
+
+from .balancer import DEFAULT_AFFINITY_TIMEOUT
+from .proxier import Proxier, ProxyOptions
+from .status import StatusServer
+
+DEFAULT_STATUS_LISTEN = "127.0.0.1:10249"
+
+
+def _positive_seconds(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number of seconds") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag}: must be greater than 0 seconds, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kube-proxy", description=__doc__)
+    parser.add_argument(
+        "--server", default=None,
+        help="API server address (default: $KYBERNETES_SERVER, else 127.0.0.1:8080)",
+    )
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address the service ports listen on (default %(default)s)")
+    parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
+    parser.add_argument(
+        "--status-listen", default=DEFAULT_STATUS_LISTEN,
+        help="gRPC address of the proxy's Status service (default %(default)s)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=_positive_seconds("--connect-timeout"), default=3.0,
+        help="seconds to wait for a backend to accept before trying the next (default %(default)s)",
+    )
+    parser.add_argument(
+        "--udp-idle-timeout", type=_positive_seconds("--udp-idle-timeout"), default=30.0,
+        help="seconds a UDP client session lives without traffic (default %(default)s)",
+    )
+    parser.add_argument(
+        "--session-affinity-timeout", type=_positive_seconds("--session-affinity-timeout"),
+        default=DEFAULT_AFFINITY_TIMEOUT,
+        help="seconds a ClientIP affinity lasts without connections (default %(default)s, as Kubernetes)",
+    )
+    parser.add_argument(
+        "--bind-retry-max", type=_positive_seconds("--bind-retry-max"), default=30.0,
+        help="longest pause between attempts to listen on a port that is taken (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=_positive_seconds("--shutdown-grace"), default=5.0,
+        help="seconds open connections get to finish on SIGTERM (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-splice", action="store_true",
+        help="copy bulk streams through user space instead of splicing them in the kernel",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    log = configure_logging("kube-proxy").bind(node=args.node_name)
+    proxier = Proxier(
+        ProxyOptions(
+            bind_address=args.bind_address,
+            connect_timeout=args.connect_timeout,
+            udp_idle_timeout=args.udp_idle_timeout,
+            affinity_timeout=args.session_affinity_timeout,
+            bind_retry_max=args.bind_retry_max,
+            use_splice=not args.no_splice,
+        )
+    )
+    status = StatusServer(proxier, args.node_name)
+    try:
+        await status.start(args.status_listen)
+    except OSError as error:
+        log.error("status_listen_failed", error=str(error))
+        return 1
+
+    client = ApiClient(resolve_server(args.server), timeout=30.0)
+    endpoints_informer = Informer(client, ENDPOINTS)
+    services_informer = Informer(client, SERVICES)
+    endpoints_informer.add_handler(proxier.on_endpoints_event)
+    services_informer.add_handler(proxier.on_service_event)
+
+    async def run_services() -> None:
+        # Services start after the endpoints snapshot, so each service opens
+        # with its backends instead of with none for a moment.
+        await endpoints_informer.wait_synced()
+        await services_informer.run()
+
+    tasks = {
+        asyncio.create_task(endpoints_informer.run(), name="informer-endpoints"),
+        asyncio.create_task(run_services(), name="informer-services"),
+    }
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    log.info(
+        "proxy_started", server=client.server, bind_address=args.bind_address,
+        status_listen=args.status_listen, data_path="copy" if args.no_splice else "splice",
+    )
+
+    done, _ = await asyncio.wait(tasks | {stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    for task in done - {stop_task}:
+        error = task.exception() if not task.cancelled() else None
+        log.error("informer_stopped", task=task.get_name(), error=str(error) if error else "ended")
+        exit_code = 1
+
+    log.info("proxy_stopping", open_connections=proxier.active_connections())
+    for task in tasks | {stop_task}:
+        task.cancel()
+    await asyncio.gather(*tasks, stop_task, return_exceptions=True)
+    await proxier.shutdown(args.shutdown_grace)
+    await status.stop(grace=1.0)
+    await client.close()
+    log.info("proxy_stopped")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(serve(parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""kube-proxy as users run it: its own process, flags, Status RPC, SIGTERM, and a real API server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
+from services.common.client import ApiClient
+from services.common.resources import ENDPOINTS, SERVICES
+from tests.conftest import REPO, free_port, wait_for_port
+
+from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, exchange, name_handler, wait_until
+
+
+class ProxyProcess:
+    def __init__(self, server: str, *extra: str) -> None:
+        self.status_port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="kyb-proxy-", suffix=".log")[1])
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "services.proxy.main",
+                "--server", server,
+                "--bind-address", LOOPBACK,
+                "--node-name", "proxy-test-node",
+                "--status-listen", f"{LOOPBACK}:{self.status_port}",
+                "--connect-timeout", "1",
+                *extra,
+            ],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        try:
+            wait_for_port(self.status_port, self.process, timeout=30)
+        except Exception:
+            self.stop()
+            raise
+
+    async def status(self) -> proxy_pb2.ProxyStatus:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{self.status_port}") as channel:
+            return await proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
+
+    async def port_status(self, namespace: str, service: str) -> proxy_pb2.ProxiedPortStatus | None:
+        for port in (await self.status()).ports:
+            if (port.namespace, port.service) == (namespace, service):
+                return port
+        return None
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        return await asyncio.to_thread(self.process.wait, timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def test_bad_flag_is_refused_with_its_name():
+    result = subprocess.run(
+        [sys.executable, "-m", "services.proxy.main", "--udp-idle-timeout", "0"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--udp-idle-timeout: must be greater than 0 seconds" in result.stderr
+
+
+async def test_status_health_and_sigterm_without_an_api_server():
+    # Nothing listens at --server: the proxy keeps retrying its watches and still serves its status.
+    proxy = ProxyProcess(f"{LOOPBACK}:{free_port()}")
+    try:
+        status = await proxy.status()
+        assert status.node_name == "proxy-test-node" and list(status.ports) == []
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{proxy.status_port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="kybernetes.v1.Proxy"), timeout=10,
+            )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await proxy.wait_exit() == 0
+        assert "proxy_stopped" in proxy.log_text()
+    finally:
+        proxy.stop()
+
+
+def make_service(namespace: str, name: str, port: int) -> service_pb2.Service:
+    return service_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
+        spec=service_pb2.ServiceSpec(
+            selector={"app": name}, ports=[service_pb2.ServicePort(name="http", port=port, target_port="http")],
+        ),
+    )
+
+
+def make_endpoints(namespace: str, name: str, backend_ports: list[int]) -> endpoints_pb2.Endpoints:
+    return endpoints_pb2.Endpoints(
+        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
+        subsets=[
+            endpoints_pb2.EndpointSubset(
+                addresses=[endpoints_pb2.EndpointAddress(ip=LOOPBACK)],
+                ports=[endpoints_pb2.EndpointPort(name="http", port=port, protocol="TCP")],
+            )
+            for port in backend_ports
+        ],
+    )
+
+
+async def test_proxy_follows_the_api_server(apiserver, namespace):
+    """Services and Endpoints created through the API are served, changed and removed live,
+    and SIGTERM lets an open connection finish."""
+    names = [b"alpha", b"bravo", b"charlie"]
+    backends = [await TcpBackend(name_handler(name)).start() for name in names]
+    echo = await TcpBackend(echo_handler).start()
+    api = ApiClient(apiserver.address)
+    proxy = ProxyProcess(apiserver.address, "--shutdown-grace", "10")
+    try:
+        port = free_port()
+        await api.create(make_service(namespace, "web", port))
+        await api.create(make_endpoints(namespace, "web", [b.port for b in backends]))
+
+        async def endpoint_count() -> int:
+            status = await proxy.port_status(namespace, "web")
+            return len(status.endpoints) if status is not None and status.listening else -1
+
+        await wait_for(lambda: endpoint_count(), 3, "3 endpoints applied")
+        replies = [await exchange(port) for _ in range(30)]
+        assert all(replies.count(name) == 10 for name in names), replies
+
+        # Endpoints change: new connections go to what is left.
+        current = await api.get(ENDPOINTS, "web", namespace)
+        del current.subsets[:2]
+        await api.update(current)
+        await wait_for(lambda: endpoint_count(), 1, "1 endpoint applied")
+        assert {await exchange(port) for _ in range(5)} == {b"charlie"}
+
+        # The service goes: its port closes.
+        await api.delete(SERVICES, "web", namespace)
+        await wait_for(lambda: proxy.port_status(namespace, "web"), None, "service removed")
+        with pytest.raises(ConnectionRefusedError):
+            await exchange(port)
+
+        # SIGTERM: listeners close at once, an open connection gets to finish.
+        echo_port = free_port()
+        await api.create(make_service(namespace, "echo", echo_port))
+        await api.create(make_endpoints(namespace, "echo", [echo.port]))
+        await wait_for(
+            lambda: proxy.port_status(namespace, "echo"), True, "echo service listening",
+            check=lambda status: status is not None and status.listening and len(status.endpoints) == 1,
+        )
+        reader, writer = await asyncio.open_connection(LOOPBACK, echo_port)
+        writer.write(b"first")
+        assert await reader.readexactly(5) == b"first"
+        proxy.process.send_signal(signal.SIGTERM)
+        await wait_until(lambda: _refused(echo_port), what="listener closed after SIGTERM")
+        writer.write(b"last words")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b"last words"
+        writer.close()
+        assert await proxy.wait_exit() == 0
+        log = proxy.log_text()
+        assert "service_added" in log and "service_removed" in log and f"service={namespace}/web" in log
+    finally:
+        proxy.stop()
+        await api.close()
+        for backend in [*backends, echo]:
+            await backend.stop()
+
+
+async def wait_for(fetch, expected, what: str, check=None, timeout: float = 30.0) -> None:
+    """Polls an async fetch until it returns expected (or check(value) holds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    value = None
+    while asyncio.get_running_loop().time() < deadline:
+        value = await fetch()
+        if (check(value) if check else value == expected):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
+
+
+def _refused(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
