@@ -9,6 +9,7 @@ import sys
 
 from services.common.log import configure_logging
 
+from .controllers import add_controller_flags
 from .server import ApiServer
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between idle watch bookmarks")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM")
     parser.add_argument("--no-request-log", action="store_true", help="do not log one line per request")
+    add_controller_flags(parser)
     return parser.parse_args(argv)
 
 

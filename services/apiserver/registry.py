@@ -61,7 +61,7 @@ def _length_delimited(field_number: int, data: bytes) -> bytes:
     return bytes([(field_number << 3) | 2]) + _varint(len(data)) + data
 
 
-def _now() -> timestamp_pb2.Timestamp:
+def now_timestamp() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     stamp.nanos = 0  # Kubernetes timestamps have second precision
@@ -224,7 +224,7 @@ class Registry:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "metadata.resourceVersion: must be empty on create")
         defaults.apply_defaults(obj)
         meta.uid = str(uuid.uuid4())
-        meta.creation_timestamp.CopyFrom(_now())
+        meta.creation_timestamp.CopyFrom(now_timestamp())
         meta.ClearField("deletion_timestamp")
         meta.generation = 1
         if self.kind is PODS:
@@ -243,7 +243,7 @@ class Registry:
                 return obj
         raise already_exists(self.kind.plural, meta.namespace, meta.name)
 
-    async def _guarded_write(
+    async def guarded_write(
         self,
         namespace: str,
         name: str,
@@ -311,7 +311,7 @@ class Registry:
             self._check(updated)
             return updated
 
-        return await self._guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
+        return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
 
     async def update_status(self, request: Any) -> Any:
         self._require_name(request.metadata.name)
@@ -324,7 +324,7 @@ class Registry:
             self._check(updated)
             return updated
 
-        return await self._guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
+        return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
 
     async def bind(self, binding: pod_pb2.Binding) -> Any:
         name = binding.metadata.name
@@ -350,7 +350,7 @@ class Registry:
             _set_pod_condition(updated, "PodScheduled", "True", "", "")
             return updated
 
-        return await self._guarded_write(namespace, name, binding.metadata.resource_version, mutate)
+        return await self.guarded_write(namespace, name, binding.metadata.resource_version, mutate)
 
     async def delete(self, request: meta_pb2.DeleteRequest) -> Any:
         self._require_name(request.name)
@@ -378,9 +378,9 @@ def _set_pod_condition(pod: pod_pb2.Pod, type_: str, status: str, reason: str, m
     for condition in pod.status.conditions:
         if condition.type == type_:
             if condition.status != status:
-                condition.last_transition_time.CopyFrom(_now())
+                condition.last_transition_time.CopyFrom(now_timestamp())
             condition.status, condition.reason, condition.message = status, reason, message
             return
     pod.status.conditions.add(
-        type=type_, status=status, reason=reason, message=message, last_transition_time=_now()
+        type=type_, status=status, reason=reason, message=message, last_transition_time=now_timestamp()
     )

@@ -23,7 +23,7 @@ from services.common.log import get_logger
 from services.common.resources import ALL_KINDS, PODS, REPLICATION_CONTROLLERS, Kind
 
 from .errors import ApiError
-from .registry import Registry
+from .registry import Registry, now_timestamp
 from .storage import Storage
 
 log = get_logger()
@@ -158,11 +158,26 @@ class ApiServer:
         """--cascade=false: the controller's pods stay, with the owner reference removed."""
         if policy != "Orphan":
             return
+        # Mark the controller as being deleted before releasing its pods, so its
+        # replication manager stops adopting and replacing them (as Kubernetes'
+        # orphan finalizer does); Delete's retry loop then deletes it.
+        uid = controller.metadata.uid
+
+        def mark(current: Any) -> Any:
+            if current.metadata.uid != uid or current.metadata.HasField("deletion_timestamp"):
+                return None
+            updated = type(current)()
+            updated.CopyFrom(current)
+            updated.metadata.deletion_timestamp.CopyFrom(now_timestamp())
+            return updated
+
+        await self.registries[REPLICATION_CONTROLLERS.name].guarded_write(
+            controller.metadata.namespace, controller.metadata.name, 0, mark
+        )
         pods = self.registries[PODS.name]
         listing = PODS.list_message.FromString(
             await pods.list(meta_pb2.ListOptions(namespace=controller.metadata.namespace))
         )
-        uid = controller.metadata.uid
         for pod in listing.items:
             if not any(ref.uid == uid for ref in pod.metadata.owner_references):
                 continue
@@ -178,7 +193,7 @@ class ApiServer:
                 return updated
 
             try:
-                await pods._guarded_write(pod.metadata.namespace, pod.metadata.name, 0, release)
+                await pods.guarded_write(pod.metadata.namespace, pod.metadata.name, 0, release)
             except ApiError as error:
                 if error.code != grpc.StatusCode.NOT_FOUND:
                     raise

@@ -1,0 +1,99 @@
+"""Filters: can this pod run on this node?
+
+Each filter returns the reasons the pod cannot run there (empty: it fits). A
+node is judged by the first filter that rejects it, as Kubernetes does, except
+that the resources filter names every resource that is short. The reasons of
+all nodes make the message a pending pod carries:
+`0/3 nodes are available: 2 node(s) didn't match node selector, 1 Insufficient cpu.`
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Iterable
+
+from .cache import NodeInfo, PodInfo
+
+NOT_READY = "node(s) were not ready"
+UNSCHEDULABLE = "node(s) were unschedulable"
+NODE_SELECTOR_MISMATCH = "node(s) didn't match node selector"
+PORTS_IN_USE = "node(s) didn't have free ports for the requested pod ports"
+INSUFFICIENT_CPU = "Insufficient cpu"
+INSUFFICIENT_MEMORY = "Insufficient memory"
+TOO_MANY_PODS = "Too many pods"
+
+Reasons = tuple[str, ...]
+Filter = Callable[[PodInfo, NodeInfo, float, float], Reasons]
+
+
+def node_ready(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    return () if node.is_ready(now, grace_period) else (NOT_READY,)
+
+
+def node_schedulable(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    return (UNSCHEDULABLE,) if node.unschedulable else ()
+
+
+def node_selector_matches(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    labels = node.labels
+    for key, value in pod.node_selector.items():
+        if labels.get(key) != value:
+            return (NODE_SELECTOR_MISMATCH,)
+    return ()
+
+
+def host_ports_free(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    if not pod.host_ports or not node.ports:
+        return ()
+    for wanted in pod.host_ports:
+        for used in node.ports:
+            if wanted.conflicts(used):
+                return (PORTS_IN_USE,)
+    return ()
+
+
+def resources_fit(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    reasons: list[str] = []
+    if node.allocatable_pods is not None and node.pod_count + 1 > node.allocatable_pods:
+        reasons.append(TOO_MANY_PODS)
+    if pod.cpu_millis and node.requested_cpu + pod.cpu_millis > node.allocatable_cpu:
+        reasons.append(INSUFFICIENT_CPU)
+    if pod.memory_bytes and node.requested_memory + pod.memory_bytes > node.allocatable_memory:
+        reasons.append(INSUFFICIENT_MEMORY)
+    return tuple(reasons)
+
+
+# Cheapest and most decisive first.
+FILTERS: tuple[Filter, ...] = (node_ready, node_schedulable, node_selector_matches, host_ports_free, resources_fit)
+
+
+def rejections(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+    """Why the pod cannot run on the node (empty: it fits)."""
+    for check in FILTERS:
+        reasons = check(pod, node, now, grace_period)
+        if reasons:
+            return reasons
+    return ()
+
+
+def find_feasible(
+    pod: PodInfo, nodes: Iterable[NodeInfo], now: float, grace_period: float
+) -> tuple[list[NodeInfo], collections.Counter[str]]:
+    """The nodes the pod fits on, and how many nodes rejected it for each reason."""
+    feasible: list[NodeInfo] = []
+    failures: collections.Counter[str] = collections.Counter()
+    for node in nodes:
+        reasons = rejections(pod, node, now, grace_period)
+        if reasons:
+            failures.update(reasons)
+        else:
+            feasible.append(node)
+    return feasible, failures
+
+
+def unschedulable_message(node_count: int, failures: collections.Counter[str]) -> str:
+    """Kubernetes' FitError wording; the most common reason first."""
+    if node_count == 0:
+        return "0/0 nodes are available: no nodes are registered."
+    parts = [f"{count} {reason}" for reason, count in sorted(failures.items(), key=lambda item: (-item[1], item[0]))]
+    return f"0/{node_count} nodes are available: {', '.join(parts)}."

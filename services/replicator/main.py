@@ -1,0 +1,91 @@
+"""kube-replicator: keeps every replication controller's pods at spec.replicas, through the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from services.common.client import ApiClient, resolve_server
+from services.common.log import configure_logging
+
+from .expectations import DEFAULT_TIMEOUT
+from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS, ReplicationManager
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kube-replicator", description=__doc__)
+    parser.add_argument(
+        "--server", default=None, help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive(int), default=DEFAULT_WORKERS,
+        help="controllers synced at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive(int), default=DEFAULT_CONCURRENCY,
+        help="pod creates/deletes in flight across all controllers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--resync-period", type=_positive(float), default=DEFAULT_RESYNC_PERIOD, metavar="SECONDS",
+        help="every controller is synced again this often, as a safety net (default %(default)s)",
+    )
+    parser.add_argument(
+        "--expectations-timeout", type=_positive(float), default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="how long to wait for the watch to show our own creates/deletes before acting again "
+        "(default %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    log = configure_logging("replicator")
+    client = ApiClient(resolve_server(args.server), timeout=30.0)
+    manager = ReplicationManager(
+        client,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        resync_period=args.resync_period,
+        expectations_timeout=args.expectations_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("replicator_starting", server=client.server)
+    runner = asyncio.create_task(manager.run(), name="replicator")
+    stopping = asyncio.create_task(stop.wait(), name="replicator-stop")
+    try:
+        done, _ = await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()  # a crash: raise it (exit non-zero)
+            return 1
+    finally:
+        for task in (runner, stopping):
+            task.cancel()
+        await asyncio.gather(runner, stopping, return_exceptions=True)
+        await client.close()
+    log.info("replicator_stopped", created=manager.created, deleted=manager.deleted)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(serve(parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""kube-replicator as its own process against a real API server and etcd (no scheduler, no kubelet:
+the test binds pods and writes their status where a test needs them running)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from kybernetes.v1 import replication_controller_pb2
+from services.common.client import ApiClient
+from services.common.resources import PODS, REPLICATION_CONTROLLERS
+from services.replicator.replicas import CREATED_BY_ANNOTATION
+
+from .apihelpers import make_pod, make_rc
+from .control_helpers import ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status, wait_for
+
+
+@pytest.fixture(scope="module")
+def plane():
+    control = ControlPlane("", replicator=True)
+    yield control
+    control.stop()
+
+
+@pytest.fixture
+async def api(plane):
+    client = ApiClient(plane.address)
+    yield client
+    await client.close()
+
+
+async def scale(api: ApiClient, namespace: str, name: str, replicas: int) -> None:
+    for _ in range(10):
+        rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
+        rc.spec.replicas = replicas
+        try:
+            await api.update(rc)
+            return
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED:  # raced the replicator's status write
+                raise
+    raise AssertionError(f"could not scale {name}")
+
+
+def live_pods(api: ApiClient, namespace: str, count: int, selector: str = "app=web"):
+    async def check():
+        pods = [p for p in await pods_in(api, namespace, selector) if p.status.phase not in ("Succeeded", "Failed")]
+        return pods if len(pods) == count else f"{len(pods)} live pods"
+
+    return check
+
+
+def rc_status(api: ApiClient, namespace: str, name: str, **expected: int):
+    async def check():
+        rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
+        actual = {field: getattr(rc.status, field) for field in expected}
+        return rc if actual == expected else str(actual)
+
+    return check
+
+
+async def test_creates_pods_from_the_template(api, namespace):
+    rc = await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
+    pods = await wait_for(live_pods(api, namespace, 3), "3 pods")
+    for pod in pods:
+        assert pod.metadata.name.startswith("web-") and pod.metadata.generate_name == "web-"
+        assert dict(pod.metadata.labels) == {"app": "web"}
+        assert pod.metadata.annotations[CREATED_BY_ANNOTATION] == "web"
+        [owner] = pod.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (
+            "ReplicationController", "web", rc.metadata.uid, True
+        )
+        assert pod.spec.containers[0].image == rc.spec.template.spec.containers[0].image
+    await wait_for(rc_status(api, namespace, "web", replicas=3, observed_generation=1), "status.replicas")
+
+
+async def test_scale_down_deletes_unscheduled_then_pending_then_not_ready(api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
+    pods = await wait_for(live_pods(api, namespace, 5), "5 pods")
+    running_ready, running_not_ready, pending = (p.metadata.name for p in pods[:3])
+    for name in (running_ready, running_not_ready, pending):
+        await api.bind(namespace, name, "n1")
+    await set_pod_status(api, namespace, running_ready, ip="10.9.0.1", ready=True)
+    await set_pod_status(api, namespace, running_not_ready, ip="10.9.0.2", ready=False)
+    await wait_for(rc_status(api, namespace, "web", replicas=5, ready_replicas=1), "one ready replica")
+
+    await scale(api, namespace, "web", 2)
+    remaining = await wait_for(live_pods(api, namespace, 2), "2 pods after scaling down")
+    assert {p.metadata.name for p in remaining} == {running_ready, running_not_ready}
+
+    await scale(api, namespace, "web", 1)
+    [survivor] = await wait_for(live_pods(api, namespace, 1), "1 pod after scaling down")
+    assert survivor.metadata.name == running_ready
+    await wait_for(rc_status(api, namespace, "web", replicas=1, ready_replicas=1, observed_generation=3), "status")
+
+
+async def test_deleted_and_failed_pods_are_replaced(api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
+    first, second = await wait_for(live_pods(api, namespace, 2), "2 pods")
+    await api.delete(PODS, first.metadata.name, namespace)
+    await api.bind(namespace, second.metadata.name, "n1")
+    await set_pod_status(api, namespace, second.metadata.name, phase="Failed", ready=False)
+
+    pods = await wait_for(live_pods(api, namespace, 2), "2 live pods again")
+    assert not {p.metadata.name for p in pods} & {first.metadata.name, second.metadata.name}
+    kept = await api.get(PODS, second.metadata.name, namespace)  # a finished pod is left for inspection
+    assert kept.status.phase == "Failed"
+
+
+async def test_deleting_a_controller_deletes_its_pods_and_only_those(api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
+    await wait_for(live_pods(api, namespace, 3), "3 pods")
+    await api.create(make_pod("bystander", namespace, {"app": "other"}))
+    await api.delete(REPLICATION_CONTROLLERS, "web", namespace)
+    await wait_for(live_pods(api, namespace, 0), "the controller's pods to be collected")
+    assert [p.metadata.name for p in await pods_in(api, namespace)] == ["bystander"]
+
+
+async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
+    originals = {p.metadata.name for p in await wait_for(live_pods(api, namespace, 3), "3 pods")}
+    await kubecfg(plane.address, namespace, "delete", "rc", "web", "--cascade=false")
+    pods = await pods_in(api, namespace, "app=web")
+    assert {p.metadata.name for p in pods} == originals
+    assert all(not p.metadata.owner_references for p in pods)
+
+    # Proof the replicator has looked since: it served another controller in this namespace.
+    await api.create(make_rc("probe", namespace, {"app": "probe"}, replicas=1))
+    await wait_for(live_pods(api, namespace, 1, "app=probe"), "the probe's pod")
+    assert {p.metadata.name for p in await pods_in(api, namespace, "app=web")} == originals
+
+    async with PodCreations(api, namespace) as creations:
+        before = len(creations.names)
+        adopter = await api.create(make_rc("web-v2", namespace, {"app": "web"}, replicas=3))
+
+        async def adopted():
+            pods = await pods_in(api, namespace, "app=web")
+            owners = {p.metadata.owner_references[0].uid for p in pods if p.metadata.owner_references}
+            return pods if len(pods) == 3 and owners == {adopter.metadata.uid} and all(
+                p.metadata.owner_references for p in pods) else None
+
+        pods = await wait_for(adopted, "the orphans to be adopted")
+        await wait_for(rc_status(api, namespace, "web-v2", replicas=3), "the adopter's status")
+        assert {p.metadata.name for p in pods} == originals
+        assert len(creations.names) == before  # adopted, not created
+
+
+async def test_a_pod_relabelled_out_of_the_selector_is_released_and_replaced(api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
+    first, _ = await wait_for(live_pods(api, namespace, 2), "2 pods")
+    first.metadata.labels["app"] = "debug"
+    await api.update(first)
+    await wait_for(live_pods(api, namespace, 2), "a replacement")
+
+    async def released():
+        pod = await api.get(PODS, first.metadata.name, namespace)
+        return pod if not pod.metadata.owner_references else None
+
+    await wait_for(released, "the relabelled pod to be released")
+
+
+async def test_replicator_restart_creates_no_extra_pods(plane, api, namespace):
+    async with PodCreations(api, namespace) as creations:
+        await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
+        await wait_for(live_pods(api, namespace, 5), "5 pods")
+        plane.kill_replicator()
+        plane.start_replicator()
+        await scale(api, namespace, "web", 6)  # the new process acts only after it has synced
+        await wait_for(live_pods(api, namespace, 6), "6 pods")
+        await wait_for(rc_status(api, namespace, "web", replicas=6), "status.replicas=6")
+        assert len(creations.names) == 6, creations.names
+
+
+async def test_api_server_restart_creates_and_deletes_nothing_extra(plane, api, namespace):
+    async with PodCreations(api, namespace) as creations:
+        await api.create(make_rc("web", namespace, {"app": "web"}, replicas=4))
+        originals = {p.metadata.name for p in await wait_for(live_pods(api, namespace, 4), "4 pods")}
+        plane.stop_apiserver()
+        plane.start_apiserver()
+        await scale(api, namespace, "web", 5)
+        pods = await wait_for(live_pods(api, namespace, 5), "5 pods")
+        await wait_for(rc_status(api, namespace, "web", replicas=5), "status.replicas=5")
+        assert originals < {p.metadata.name for p in pods}
+        assert len(creations.names) == 5, creations.names
+    assert plane.replicator is not None and plane.replicator.alive()
+
+
+async def test_scale_to_zero_and_back(api, namespace):
+    rc = make_rc("web", namespace, {"app": "web"}, replicas=0)
+    assert isinstance(rc, replication_controller_pb2.ReplicationController)
+    await api.create(rc)
+    await wait_for(rc_status(api, namespace, "web", replicas=0, observed_generation=1), "status of an empty rc")
+    await scale(api, namespace, "web", 2)
+    await wait_for(live_pods(api, namespace, 2), "2 pods")
+    await scale(api, namespace, "web", 0)
+    await wait_for(live_pods(api, namespace, 0), "no pods")

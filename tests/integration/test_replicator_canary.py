@@ -1,0 +1,126 @@
+"""The design's canary: two controllers behind one service, each scaling on its own.
+
+API server with the scheduler and the endpoints controller, the replicator as its
+own process, two Node objects; the test plays the kubelets (running, IP, ready)."""
+
+from __future__ import annotations
+
+import collections
+
+import grpc
+import pytest
+
+from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
+from services.common.client import ApiClient
+from services.common.resources import ENDPOINTS, NODES
+
+from .apihelpers import make_service
+from .control_helpers import FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in, wait_for
+
+STABLE = {"tier": "frontend", "stack": "prod", "canary": "no"}
+CANARY = {"tier": "frontend", "stack": "prod", "canary": "yes"}
+SELECTOR = "tier in (frontend), stack in (prod)"
+
+
+@pytest.fixture(scope="module")
+def plane():
+    control = ControlPlane("scheduler,endpoints", FAR_GRACE, replicator=True)
+    yield control
+    control.stop()
+
+
+@pytest.fixture
+async def api(plane):
+    client = ApiClient(plane.address)
+    yield client
+    await client.close()
+
+
+def frontend_rc(name: str, namespace: str, labels: dict[str, str], replicas: int):
+    return replication_controller_pb2.ReplicationController(
+        metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace),
+        spec=replication_controller_pb2.ReplicationControllerSpec(
+            replicas=replicas,
+            selector=labels,
+            template=pod_pb2.PodTemplateSpec(
+                metadata=meta_pb2.ObjectMeta(labels=labels),
+                spec=pod_pb2.PodSpec(
+                    containers=[
+                        pod_pb2.Container(
+                            name="web",
+                            image="kybernetes/busybox:latest",
+                            command=["httpd", "-f", "-p", "8080"],
+                            ports=[pod_pb2.ContainerPort(name="http", container_port=8080)],
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+
+
+def names_of(pods) -> set[str]:
+    return {p.metadata.name for p in pods}
+
+
+async def test_canary_behind_one_service(plane, api, namespace):
+    nodes = [f"{namespace}-a", f"{namespace}-b"]
+    for node in nodes:
+        await add_node(api, node)
+    kubelets = FakeKubelets(api, namespace)
+    try:
+        service = make_service("frontend", namespace, {"tier": "frontend", "stack": "prod"}, port=80)
+        service.spec.ports[0].target_port = "http"
+        await api.create(service)
+        await api.create(frontend_rc("frontend", namespace, STABLE, 9))
+        await api.create(frontend_rc("frontend-canary", namespace, CANARY, 1))
+
+        def all_running(count: int):
+            async def check():
+                await kubelets.start_bound_pods()
+                pods = await pods_in(api, namespace, SELECTOR)
+                running = [p for p in pods if p.status.phase == "Running"]
+                return pods if len(pods) == count and len(running) == count else f"{len(running)}/{len(pods)} running"
+
+            return check
+
+        pods = await wait_for(all_running(10), "10 frontend pods running")
+        assert collections.Counter(p.spec.node_name for p in pods) == {nodes[0]: 5, nodes[1]: 5}
+        stable = names_of(await pods_in(api, namespace, "canary=no"))
+        canary = names_of(await pods_in(api, namespace, "canary=yes"))
+        assert (len(stable), len(canary)) == (9, 1)
+        listed = await kubecfg(plane.address, namespace, "get", "pods", "-l", SELECTOR, "-o", "name")
+        assert {line.split("/")[-1] for line in listed.split()} == stable | canary
+
+        def endpoints_cover(expected: set[str]):
+            async def check():
+                try:
+                    endpoints = await api.get(ENDPOINTS, "frontend", namespace)
+                except grpc.aio.AioRpcError:
+                    return "no endpoints yet"
+                ready = {a.target_ref.name for s in endpoints.subsets for a in s.addresses}
+                ports = {(p.port, p.protocol) for s in endpoints.subsets for p in s.ports}
+                return endpoints if ready == expected and ports == {(8080, "TCP")} else f"{len(ready)} ready"
+
+            return check
+
+        await wait_for(endpoints_cover(stable | canary), "the service to cover all 10 pods")
+
+        # The canary scales alone: the stable pods are untouched.
+        await kubecfg(plane.address, namespace, "scale", "rc", "frontend-canary", "--replicas", "2")
+        await wait_for(all_running(11), "11 frontend pods running")
+        assert names_of(await pods_in(api, namespace, "canary=no")) == stable
+        canary = names_of(await pods_in(api, namespace, "canary=yes"))
+        assert len(canary) == 2
+        await wait_for(endpoints_cover(stable | canary), "the service to cover 11 pods")
+
+        # And so does the stable controller.
+        await kubecfg(plane.address, namespace, "scale", "rc", "frontend", "--replicas", "5")
+        await wait_for(all_running(7), "7 frontend pods")
+        remaining_stable = names_of(await pods_in(api, namespace, "canary=no"))
+        assert len(remaining_stable) == 5 and remaining_stable < stable
+        assert names_of(await pods_in(api, namespace, "canary=yes")) == canary
+        await wait_for(endpoints_cover(remaining_stable | canary), "the service to cover 7 pods")
+    finally:
+        for node in nodes:
+            await api.delete(NODES, node)
