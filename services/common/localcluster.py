@@ -1,6 +1,7 @@
 """A whole cluster on one machine: `make up`, `make down`, `make status`.
 
-Every component runs as its own process (or, with --mode containers, its own
+`down` stops every component, removes every container the cluster made and
+its data (etcd, pod volumes), keeping the logs. Every component runs as its own process (or, with --mode containers, its own
 container), logs to <state-dir>/logs/<component>.log and is recorded in
 <state-dir>/cluster.json. `up` is idempotent: a component that is already
 running and healthy is left alone. Simulated nodes get their own loopback
@@ -354,6 +355,10 @@ def down(args: argparse.Namespace) -> int:
     recorded.update(components={}, nodes=[])
     if state.exists():
         save_state(state, recorded)
+    # A fresh cluster next time: etcd's data and the kubelets' pod directories
+    # go with it (logs stay for a post-mortem).
+    for data in (state / "etcd", state / "kubelet"):
+        shutil.rmtree(data, ignore_errors=True)
     return 0
 
 
