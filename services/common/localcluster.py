@@ -1,12 +1,13 @@
 """A whole cluster on one machine: `make up`, `make down`, `make status`.
 
-`down` stops every component, removes every container the cluster made and
-its data (etcd, pod volumes), keeping the logs. Every component runs as its own process (or, with --mode containers, its own
+Every component runs as its own process (or, with --mode containers, its own
 container), logs to <state-dir>/logs/<component>.log and is recorded in
 <state-dir>/cluster.json. `up` is idempotent: a component that is already
 running and healthy is left alone. Simulated nodes get their own loopback
 address (node-1 on 127.0.0.1, node-2 on 127.0.0.2, ...) so each node's proxy
-can listen on every service port.
+can listen on every service port. `down` stops every component and removes
+every container the cluster made and its data (etcd, pod volumes), keeping
+the logs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 from .processes import REPO, ManagedProcess, etcd_argv, port_open, python_module_argv
 
 ETCD_PORT = 2379
-ETCD_PEER_PORT = 2380
 API_PORT = 8080
 KUBELET_PORT = 10250
 PROXY_STATUS_PORT = 10249
@@ -72,32 +72,34 @@ class ClusterPlan:
     components: list[Component] = field(default_factory=list)
 
 
-def node_names(count: int) -> list[str]:
-    if count == 1:
+def node_names(count: int, prefix: str = "") -> list[str]:
+    """One node: the host's name, as Kubernetes names a node; several: <prefix>node-N."""
+    if count == 1 and not prefix:
         return [socket.gethostname().lower()]
-    return [f"node-{i}" for i in range(1, count + 1)]
+    return [f"{prefix}node-{i}" for i in range(1, count + 1)]
 
 
-def node_ip(index: int) -> str:
-    return f"127.0.0.{index + 1}"
+def node_ip(index: int, network: str = "127.0.0") -> str:
+    return f"{network}.{index + 1}"
 
 
 def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
-    nodes = node_names(args.nodes)
-    api = f"127.0.0.1:{API_PORT}"
+    nodes = node_names(args.nodes, args.node_prefix)
+    api = f"127.0.0.1:{args.api_port}"
+    etcd = f"127.0.0.1:{args.etcd_port}"
     components = [
         Component(
-            "etcd", "etcd", etcd_argv(state / "etcd", ETCD_PORT, ETCD_PEER_PORT)[1:],
-            health=f"127.0.0.1:{ETCD_PORT}", grpc_health=False,
+            "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1)[1:],
+            health=etcd, grpc_health=False,
         ),
         Component(
-            "apiserver", "kube-apiserver", ["--listen", api, "--etcd-servers", f"127.0.0.1:{ETCD_PORT}"], health=api
+            "apiserver", "kube-apiserver", ["--listen", api, "--etcd-servers", etcd, *args.apiserver_arg], health=api
         ),
         Component("replicator", "kube-replicator", ["--server", api]),
     ]
     for index, node in enumerate(nodes):
-        ip = node_ip(index)
+        ip = node_ip(index, args.node_network)
         kubelet_listen = f"{ip}:{KUBELET_PORT}"
         components.append(
             Component(
@@ -208,10 +210,10 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 # -- commands -------------------------------------------------------------
 
 
-def ensure_loopback_addresses(count: int) -> None:
+def ensure_loopback_addresses(count: int, network: str) -> None:
     """127.0.0.0/8 is all loopback on Linux: nothing to configure, but check."""
     for index in range(count):
-        ip = node_ip(index)
+        ip = node_ip(index, network)
         with socket.socket() as sock:
             try:
                 sock.bind((ip, 0))
@@ -229,7 +231,7 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
     import docker
 
     client = docker.from_env()
-    name = f"kyb-{component.name}"
+    name = f"{args.container_prefix}{component.name}"
     try:
         client.containers.get(name).remove(force=True)
     except docker.errors.NotFound:
@@ -257,7 +259,7 @@ def up(args: argparse.Namespace) -> int:
     plan = plan_cluster(args)
     state = plan.state_dir
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    ensure_loopback_addresses(len(plan.nodes))
+    ensure_loopback_addresses(len(plan.nodes), args.node_network)
     recorded = load_state(state)
     running_nodes = recorded.get("nodes") if recorded.get("components") else None
     if running_nodes and (running_nodes != plan.nodes or recorded.get("mode") != args.mode):
@@ -427,6 +429,17 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--component-image", default="kybernetes/kybernetes:latest")
             command.add_argument("--etcd-image", default="kybernetes/etcd:latest")
             command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each component")
+            # Isolation, so a second cluster (e.g. a test's) can run beside `make up`'s.
+            command.add_argument("--etcd-port", type=int, default=ETCD_PORT, help="etcd client port (peer: +1)")
+            command.add_argument("--api-port", type=int, default=API_PORT)
+            command.add_argument(
+                "--node-network", default="127.0.0", help="node N gets the address <network>.N (default 127.0.0)"
+            )
+            command.add_argument("--node-prefix", default="", help="prefix of node names (default: none)")
+            command.add_argument("--container-prefix", default="kyb-", help="prefix of component container names")
+            command.add_argument(
+                "--apiserver-arg", action="append", default=[], help="extra flag for the API server (repeatable)"
+            )
     args = parser.parse_args(argv)
     if args.command == "up" and args.nodes < 1:
         parser.error("--nodes must be at least 1")
