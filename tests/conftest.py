@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from services.common.client import ApiClient
 from services.common.processes import (  # noqa: F401  (re-exported for tests)
     REPO,
     ApiServerProcess,
@@ -68,3 +69,18 @@ def namespace() -> str:
 @pytest.fixture
 def unique_name() -> str:
     return f"n-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def api_address(apiserver: ApiServerProcess) -> str:
+    """The API server the `api` client talks to; a module with its own control
+    plane overrides this."""
+    return apiserver.address
+
+
+@pytest.fixture
+async def api(api_address: str):
+    """An API client for one test."""
+    client = ApiClient(api_address)
+    yield client
+    await client.close()

@@ -16,6 +16,7 @@ import sys
 from typing import Awaitable, Callable
 
 from services.common.client import resolve_server
+from services.common.flags import positive_duration
 from services.common.log import configure_logging, get_logger
 
 from . import endpoints_controller, nodelifecycle, scheduler
@@ -60,28 +61,18 @@ CONTROLLERS: dict[str, ControllerFactory] = {
 }
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
-
-
 def add_controller_flags(parser: argparse.ArgumentParser) -> None:
     """The controllers' tuning flags, shared by kube-apiserver and the standalone runner."""
     parser.add_argument(
         "--node-monitor-grace-period",
-        type=_positive_seconds,
+        type=positive_duration,
         default=DEFAULT_GRACE_PERIOD,
         metavar="SECONDS",
         help="a node whose last heartbeat is older than this is not ready (default %(default)s)",
     )
     parser.add_argument(
         "--pod-eviction-timeout",
-        type=_positive_seconds,
+        type=positive_duration,
         default=DEFAULT_EVICTION_TIMEOUT,
         metavar="SECONDS",
         help="pods of a node not ready for this long are deleted, to be recreated elsewhere (default %(default)s)",

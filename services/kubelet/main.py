@@ -12,36 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import signal
 import socket
 import sys
 
+from services.common.flags import duration, positive_int
 from services.common.log import configure_logging
 
 from .kubelet import Kubelet, KubeletConfig
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from "20s", "1.5m", "500ms" or a plain number of seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f'invalid duration "{text}": use e.g. 20s, 500ms, 1m or a number of seconds')
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not an integer') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
 
 def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser = argparse.ArgumentParser(prog="kubelet", description="Runs the pods bound to this node on Docker.")
@@ -50,17 +28,17 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--listen", default="127.0.0.1:10250", help="address of the kubelet's own gRPC API")
     parser.add_argument("--root-dir", default="/var/lib/kybernetes/kubelet", help="where pod volumes and state live")
     parser.add_argument("--manifest-path", default=None, help="a static pod manifest file or a directory of them")
-    parser.add_argument("--file-check-frequency", type=parse_duration, default=20.0, help="manifest path re-read period")
+    parser.add_argument("--file-check-frequency", type=duration, default=20.0, help="manifest path re-read period")
     parser.add_argument("--manifest-url", default=None, help="a URL serving static pod manifests")
-    parser.add_argument("--http-check-frequency", type=parse_duration, default=20.0, help="manifest URL fetch period")
-    parser.add_argument("--node-status-frequency", type=parse_duration, default=10.0, help="node heartbeat period")
-    parser.add_argument("--sync-frequency", type=parse_duration, default=10.0,
+    parser.add_argument("--http-check-frequency", type=duration, default=20.0, help="manifest URL fetch period")
+    parser.add_argument("--node-status-frequency", type=duration, default=10.0, help="node heartbeat period")
+    parser.add_argument("--sync-frequency", type=duration, default=10.0,
                         help="period of the full resync with Docker (events do the rest)")
     parser.add_argument("--pause-image", default="kybernetes/pause:latest", help="the pods' infra container image")
-    parser.add_argument("--restart-backoff-initial", type=parse_duration, default=10.0,
+    parser.add_argument("--restart-backoff-initial", type=duration, default=10.0,
                         help="delay of the second restart of a crashing container (the first is at once)")
-    parser.add_argument("--restart-backoff-max", type=parse_duration, default=300.0, help="cap of the restart back-off")
-    parser.add_argument("--docker-concurrency", type=_positive_int, default=4, help="Docker calls in flight at most")
+    parser.add_argument("--restart-backoff-max", type=duration, default=300.0, help="cap of the restart back-off")
+    parser.add_argument("--docker-concurrency", type=positive_int, default=4, help="Docker calls in flight at most")
     parser.add_argument("--node-ip", default="127.0.0.1", help="the node's address: reported, pods' hostIP and hostPorts")
     parser.add_argument("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
     args = parser.parse_args(argv)

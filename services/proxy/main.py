@@ -9,6 +9,7 @@ import socket
 import sys
 
 from services.common.client import ApiClient, resolve_server
+from services.common.flags import positive_duration
 from services.common.informer import Informer
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
@@ -18,19 +19,6 @@ from .proxier import Proxier, ProxyOptions
 from .status import StatusServer
 
 DEFAULT_STATUS_LISTEN = "127.0.0.1:10249"
-
-
-def _positive_seconds(flag: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number of seconds") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag}: must be greater than 0 seconds, got {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,24 +34,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gRPC address of the proxy's Status service (default %(default)s)",
     )
     parser.add_argument(
-        "--connect-timeout", type=_positive_seconds("--connect-timeout"), default=3.0,
+        "--connect-timeout", type=positive_duration, default=3.0,
         help="seconds to wait for a backend to accept before trying the next (default %(default)s)",
     )
     parser.add_argument(
-        "--udp-idle-timeout", type=_positive_seconds("--udp-idle-timeout"), default=30.0,
+        "--udp-idle-timeout", type=positive_duration, default=30.0,
         help="seconds a UDP client session lives without traffic (default %(default)s)",
     )
     parser.add_argument(
-        "--session-affinity-timeout", type=_positive_seconds("--session-affinity-timeout"),
+        "--session-affinity-timeout", type=positive_duration,
         default=DEFAULT_AFFINITY_TIMEOUT,
         help="seconds a ClientIP affinity lasts without connections (default %(default)s, as Kubernetes)",
     )
     parser.add_argument(
-        "--bind-retry-max", type=_positive_seconds("--bind-retry-max"), default=30.0,
+        "--bind-retry-max", type=positive_duration, default=30.0,
         help="longest pause between attempts to listen on a port that is taken (default %(default)s)",
     )
     parser.add_argument(
-        "--shutdown-grace", type=_positive_seconds("--shutdown-grace"), default=5.0,
+        "--shutdown-grace", type=positive_duration, default=5.0,
         help="seconds open connections get to finish on SIGTERM (default %(default)s)",
     )
     parser.add_argument(

@@ -8,23 +8,13 @@ import signal
 import sys
 
 from services.common.client import ApiClient, resolve_server
+from services.common.flags import positive_duration, positive_int
+
+
 from services.common.log import configure_logging
 
 from .expectations import DEFAULT_TIMEOUT
 from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS, ReplicationManager
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,19 +23,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--server", default=None, help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)"
     )
     parser.add_argument(
-        "--workers", type=_positive(int), default=DEFAULT_WORKERS,
+        "--workers", type=positive_int, default=DEFAULT_WORKERS,
         help="controllers synced at once (default %(default)s)",
     )
     parser.add_argument(
-        "--concurrency", type=_positive(int), default=DEFAULT_CONCURRENCY,
+        "--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
         help="pod creates/deletes in flight across all controllers (default %(default)s)",
     )
     parser.add_argument(
-        "--resync-period", type=_positive(float), default=DEFAULT_RESYNC_PERIOD, metavar="SECONDS",
+        "--resync-period", type=positive_duration, default=DEFAULT_RESYNC_PERIOD, metavar="SECONDS",
         help="every controller is synced again this often, as a safety net (default %(default)s)",
     )
     parser.add_argument(
-        "--expectations-timeout", type=_positive(float), default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        "--expectations-timeout", type=positive_duration, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help="how long to wait for the watch to show our own creates/deletes before acting again "
         "(default %(default)s)",
     )

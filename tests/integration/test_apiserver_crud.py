@@ -8,17 +8,9 @@ import grpc
 import pytest
 
 from kybernetes.v1 import meta_pb2, pod_pb2
-from services.common.client import ApiClient
 from services.common.resources import NODES, PODS, REPLICATION_CONTROLLERS, SERVICES
 
 from .apihelpers import expect_error, make_node, make_pod, make_rc, make_service
-
-
-@pytest.fixture
-async def api(apiserver):
-    client = ApiClient(apiserver.address)
-    yield client
-    await client.close()
 
 
 async def test_create_get_update_delete_pod(api, namespace):

@@ -17,13 +17,6 @@ from ..conftest import ApiServerProcess
 from .apihelpers import collect_events, expect_error, make_pod
 
 
-@pytest.fixture
-async def api(apiserver):
-    client = ApiClient(apiserver.address)
-    yield client
-    await client.close()
-
-
 def names(listing) -> list[str]:
     return [item.metadata.name for item in listing.items]
 

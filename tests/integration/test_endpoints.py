@@ -21,10 +21,8 @@ def plane():
 
 
 @pytest.fixture
-async def api(plane):
-    client = ApiClient(plane.address)
-    yield client
-    await client.close()
+def api_address(plane) -> str:
+    return plane.address
 
 
 def web_pod(name: str, namespace: str, labels: dict[str, str] | None = None, node: str = "n1", http_port: int = 8080):

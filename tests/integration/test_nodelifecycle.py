@@ -42,10 +42,8 @@ def plane():
 
 
 @pytest.fixture
-async def api(plane):
-    client = ApiClient(plane.address)
-    yield client
-    await client.close()
+def api_address(plane) -> str:
+    return plane.address
 
 
 def node_ready(node: node_pb2.Node) -> node_pb2.NodeCondition | None:

@@ -23,10 +23,8 @@ def plane():
 
 
 @pytest.fixture
-async def api(plane):
-    client = ApiClient(plane.address)
-    yield client
-    await client.close()
+def api_address(plane) -> str:
+    return plane.address
 
 
 async def scale(api: ApiClient, namespace: str, name: str, replicas: int) -> None:

@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
-from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, NODES
 
 from .apihelpers import make_service
@@ -30,10 +29,8 @@ def plane():
 
 
 @pytest.fixture
-async def api(plane):
-    client = ApiClient(plane.address)
-    yield client
-    await client.close()
+def api_address(plane) -> str:
+    return plane.address
 
 
 def frontend_rc(name: str, namespace: str, labels: dict[str, str], replicas: int):

@@ -45,10 +45,8 @@ def plane():
 
 
 @pytest.fixture
-async def api(plane):
-    client = ApiClient(plane.address)
-    yield client
-    await client.close()
+def api_address(plane) -> str:
+    return plane.address
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from kybernetes.v1 import pod_pb2
-from services.kubelet.main import parse_args, parse_duration
+from services.common.flags import duration as parse_duration
+from services.kubelet.main import parse_args
 from services.kubelet.naming import (
     LABEL_NODE,
     LABEL_POD_GRACE_PERIOD,
