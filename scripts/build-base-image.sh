@@ -6,9 +6,6 @@ set -euo pipefail
 image="${1:-kybernetes/python-base:bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 if docker image inspect "$image" >/dev/null 2>&1; then exit 0; fi
-command -v debootstrap >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-}
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 echo "building $image with debootstrap (once; about a minute)"

@@ -2,7 +2,8 @@
 # Installs the Debian packages the cluster and its tests need, only when missing.
 set -euo pipefail
 need=()
-for pkg in docker.io etcd-server busybox-static iproute2 iptables; do
+# debootstrap builds the Python base of the component images where no registry is reachable.
+for pkg in docker.io etcd-server busybox-static iproute2 iptables debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
