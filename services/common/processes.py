@@ -132,6 +132,7 @@ class ApiServerProcess(ManagedProcess):
     ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self._owns_log = log_path is None  # a temporary log goes when the server stops
         if log_path is None:
             import tempfile
 
@@ -151,3 +152,9 @@ class ApiServerProcess(ManagedProcess):
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        code = super().stop(timeout)
+        if self._owns_log:
+            self.log_path.unlink(missing_ok=True)
+        return code
