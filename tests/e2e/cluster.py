@@ -87,7 +87,7 @@ def wait_for(condition, timeout: float = 90.0, interval: float = 0.5, what: str 
     while time.monotonic() < deadline:
         try:
             last = condition()
-        except (AssertionError, OSError, ValueError) as error:
+        except (AssertionError, OSError, ValueError, KeyError, IndexError) as error:
             last = error
         else:
             if last:

@@ -72,9 +72,9 @@ def test_examples_on_three_nodes(cluster):
     )[0]
     container.kill()
     wait_for(
-        lambda: (pod := json.loads(cluster.kubecfg("get", "pod", victim, "-o", "json")))["status"]["containerStatuses"][0][
-            "restartCount"
-        ] >= 1 and running_and_ready([pod]),
+        lambda: (pod := json.loads(cluster.kubecfg("get", "pod", victim, "-o", "json")))["status"]["containerStatuses"][0].get(
+            "restartCount", 0
+        ) >= 1 and running_and_ready([pod]),
         what="the killed container running again",
     )
 
