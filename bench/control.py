@@ -15,6 +15,9 @@ loopback ports). Prints, in one run:
   is), beside `docker service create --replicas N` in swarm mode (same image,
   given by image ID, single node) from create to all tasks running; and for both
   the time from a container killed to its replacement started (Docker events).
+  Ours and swarm run one right after the other for each size (--rounds times,
+  in turns which goes first; medians printed), so both see the same machine,
+  with the CPU time each convergence cost (our components', the machine's).
   A swarm that is not active is initialised for the run and left afterwards.
 """
 
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import docker
 from docker.types import ServiceMode
@@ -161,7 +167,7 @@ async def bench_scheduler(etcd_endpoint: str, mode: str, nodes: int, pods: int, 
         api_server.stop()
 
 
-# -- convergence on Docker: ours ---------------------------------------------------
+# -- convergence on Docker -----------------------------------------------------------
 
 
 def web_rc(name: str, namespace: str, replicas: int, image: str) -> replication_controller_pb2.ReplicationController:
@@ -180,7 +186,6 @@ def web_rc(name: str, namespace: str, replicas: int, image: str) -> replication_
             ),
         ),
     )
-
 
 
 def _next_start_event(client, labels: list[str], since: float, timeout: float) -> float | None:
@@ -236,114 +241,237 @@ async def wait_all_running(api: ApiClient, namespace: str, count: int, timeout: 
         call.cancel()
 
 
-async def wait_no_containers(node: str, timeout: float = 120.0) -> None:
+def _labelled(label: str) -> list:
     client = docker.from_env()
     try:
-        deadline = time.monotonic() + timeout
-        while client.api.containers(all=True, filters={"label": f"io.kybernetes.node={node}"}):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"containers of {node} still there after {timeout}s")
-            await asyncio.sleep(0.2)
+        return client.api.containers(all=True, filters={"label": label})
     finally:
         client.close()
 
 
-async def bench_ours(etcd_endpoint: str, sizes: list[int], workdir: str, args: argparse.Namespace) -> dict:
-    """One kubelet (a node) with the whole control plane; for each size an RC from create to all Running."""
-    image = args.image
-    node = f"bench-control-{uuid.uuid4().hex[:6]}"
-    api_server = ApiServerProcess(etcd_endpoint, log_path=f"{workdir}/apiserver-docker.log")
-    replicator = ManagedProcess(
-        "replicator", python_module_argv("services.replicator.main", "--server", api_server.address),
-        f"{workdir}/replicator.log",
-    )
-    kubelet = ManagedProcess(
-        "kubelet",
-        python_module_argv(
-            "services.kubelet.main", "--server", api_server.address, "--node-name", node,
-            "--listen", f"127.0.0.1:{free_port()}", "--root-dir", f"{workdir}/kubelet", "--pause-image", args.pause_image,
-            *(["--docker-concurrency", str(args.docker_concurrency)] if args.docker_concurrency else []),
-        ),
-        f"{workdir}/kubelet.log",
-    )
-    api = ApiClient(api_server.address)
-    results: dict = {}
+def _remove_labelled(label: str) -> None:
+    client = docker.from_env()
     try:
+        for container in client.api.containers(all=True, filters={"label": label}):
+            client.api.remove_container(container["Id"], force=True)
+    finally:
+        client.close()
+
+
+async def wait_no_containers(label: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(_labelled, label):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"containers labelled {label} still there after {timeout}s")
+        await asyncio.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy so far (all processes, Docker's included)."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in handle.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Convergence:
+    seconds: float
+    heal_seconds: float | None = None
+    # CPU seconds spent during the convergence: per component of ours, and the machine's.
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+class OurCluster:
+    """The whole control plane and one kubelet (one node, as the swarm is)."""
+
+    def __init__(self, etcd: EtcdProcess, workdir: str, args: argparse.Namespace) -> None:
+        self.etcd = etcd
+        self.image = args.image
+        self.node = f"bench-control-{uuid.uuid4().hex[:6]}"
+        self.api_server = ApiServerProcess(etcd.endpoint, log_path=f"{workdir}/apiserver-docker.log")
+        self.replicator = ManagedProcess(
+            "replicator", python_module_argv("services.replicator.main", "--server", self.api_server.address),
+            f"{workdir}/replicator.log",
+        )
+        self.kubelet = ManagedProcess(
+            "kubelet",
+            python_module_argv(
+                "services.kubelet.main", "--server", self.api_server.address, "--node-name", self.node,
+                "--listen", f"127.0.0.1:{free_port()}", "--root-dir", f"{workdir}/kubelet",
+                "--pause-image", args.pause_image,
+                *(["--docker-concurrency", str(args.docker_concurrency)] if args.docker_concurrency else []),
+                *args.kubelet_arg,
+            ),
+            f"{workdir}/kubelet.log",
+        )
+        self.api = ApiClient(self.api_server.address)
+
+    def _processes(self) -> dict[str, int]:
+        return {
+            "kubelet": self.kubelet.pid, "apiserver": self.api_server.pid,
+            "replicator": self.replicator.pid, "etcd": self.etcd.pid,
+        }
+
+    async def wait_ready(self) -> None:
         for _ in range(300):
             try:
-                if any(c.type == "Ready" and c.status == "True" for c in (await api.get(NODES, node)).status.conditions):
-                    break
+                node = await self.api.get(NODES, self.node)
+                if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions):
+                    return
             except Exception:
                 pass
             await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError(f"the kubelet did not register:\n{kubelet.log_tail()}")
-        for size in sizes:
-            namespace = f"bench-{size}-{uuid.uuid4().hex[:4]}"
-            started = time.perf_counter()
-            waiting = asyncio.create_task(wait_all_running(api, namespace, size))
-            await api.create(web_rc("web", namespace, size, image))
-            done = await waiting
-            heal = None
-            if size == sizes[0]:
-                pod = (await api.list(PODS, namespace)).items[0]
-                labels = [f"{LABEL_POD_UID}={pod.metadata.uid}", f"{LABEL_CONTAINER_NAME}=web"]
-                heal = await time_to_restart(labels, labels + [f"{LABEL_NODE}={node}"])
-            results[size] = (done - started, heal)
-            await api.delete(REPLICATION_CONTROLLERS, "web", namespace)
-            await wait_no_containers(node)
-    finally:
-        await api.close()
-        kubelet.stop()
-        await wait_no_containers(node)
-        replicator.stop()
-        api_server.stop()
-    return results
+        raise RuntimeError(f"the kubelet did not register:\n{self.kubelet.log_tail()}")
+
+    async def converge(self, size: int, heal: bool) -> Convergence:
+        namespace = f"bench-{size}-{uuid.uuid4().hex[:4]}"
+        processes = self._processes()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        busy_before = busy_cpu_seconds()
+        started = time.perf_counter()
+        waiting = asyncio.create_task(wait_all_running(self.api, namespace, size))
+        await self.api.create(web_rc("web", namespace, size, self.image))
+        done = await waiting
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
+        cpu["machine"] = busy_cpu_seconds() - busy_before
+        result = Convergence(done - started, cpu=cpu)
+        if heal:
+            pod = (await self.api.list(PODS, namespace)).items[0]
+            labels = [f"{LABEL_POD_UID}={pod.metadata.uid}", f"{LABEL_CONTAINER_NAME}=web"]
+            result.heal_seconds = await time_to_restart(labels, labels + [f"{LABEL_NODE}={self.node}"])
+        await self.api.delete(REPLICATION_CONTROLLERS, "web", namespace)
+        await wait_no_containers(f"{LABEL_NODE}={self.node}")
+        return result
+
+    async def stop(self) -> None:
+        await self.api.close()
+        self.kubelet.stop()
+        self.replicator.stop()
+        self.api_server.stop()
+        # Normally none are left (each convergence deletes its RC and waits);
+        # after a failed run, the node's containers go here.
+        await asyncio.to_thread(_remove_labelled, f"{LABEL_NODE}={self.node}")
 
 
-# -- convergence on Docker: swarm ---------------------------------------------------------
-
-
-async def bench_swarm(sizes: list[int], image: str) -> tuple[dict, bool]:
+class Swarm:
     """`docker service create --replicas N` by image ID; leaves the swarm as it found it."""
-    client = docker.from_env()
-    results: dict = {}
-    initialised = False
-    try:
-        if client.info()["Swarm"]["LocalNodeState"] != "active":
-            await asyncio.to_thread(client.swarm.init, advertise_addr="127.0.0.1")
-            initialised = True
-        image_id = client.images.get(image).id  # by ID: no registry lookup per task
-        for size in sizes:
-            name = f"kyb-bench-{size}-{uuid.uuid4().hex[:4]}"
-            started = time.perf_counter()
-            service = await asyncio.to_thread(
-                client.services.create, image_id, command=HTTPD, name=name, mode=ServiceMode("replicated", replicas=size)
-            )
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.client = docker.from_env()
+        self.initialised = False
+        self.image_id = ""
+
+    async def start(self) -> None:
+        if self.client.info()["Swarm"]["LocalNodeState"] != "active":
+            await asyncio.to_thread(self.client.swarm.init, advertise_addr="127.0.0.1")
+            self.initialised = True
+        self.image_id = self.client.images.get(self.image).id  # by ID: no registry lookup per task
+
+    async def converge(self, size: int, heal: bool) -> Convergence:
+        client = self.client
+        name = f"kyb-bench-{size}-{uuid.uuid4().hex[:4]}"
+        busy_before = busy_cpu_seconds()
+        started = time.perf_counter()
+        service = await asyncio.to_thread(
+            client.services.create, self.image_id, command=HTTPD, name=name,
+            mode=ServiceMode("replicated", replicas=size),
+        )
+        try:
+            while True:
+                tasks = await asyncio.to_thread(service.tasks, {"desired-state": "running"})
+                if sum(1 for t in tasks if t["Status"]["State"] == "running") >= size:
+                    break
+                await asyncio.sleep(0.05)
+            result = Convergence(time.perf_counter() - started, cpu={"machine": busy_cpu_seconds() - busy_before})
+            if heal:
+                labels = [f"com.docker.swarm.service.name={name}"]
+                result.heal_seconds = await time_to_restart(labels, labels, timeout=60)
+            return result
+        finally:
+            await asyncio.to_thread(service.remove)
             try:
-                while True:
-                    tasks = await asyncio.to_thread(service.tasks, {"desired-state": "running"})
-                    if sum(1 for t in tasks if t["Status"]["State"] == "running") >= size:
-                        break
-                    await asyncio.sleep(0.05)
-                converged = time.perf_counter() - started
-                heal = None
-                if size == sizes[0]:
-                    labels = [f"com.docker.swarm.service.name={name}"]
-                    heal = await time_to_restart(labels, labels, timeout=60)
-                results[size] = (converged, heal)
-            finally:
-                await asyncio.to_thread(service.remove)
-                deadline = time.monotonic() + 120
-                while client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
-                    if time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.2)
+                await wait_no_containers(f"com.docker.swarm.service.name={name}")
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        if self.initialised:
+            await asyncio.to_thread(self.client.swarm.leave, force=True)
+        self.client.close()
+
+
+async def bench_convergence(
+    workdir: str, sizes: list[int], rounds: int, args: argparse.Namespace
+) -> tuple[dict[int, list[Convergence]], dict[int, list[Convergence]], bool]:
+    """Each size, each round: ours and swarm one right after the other (in turns
+    which goes first), so that both see the same machine; other work on it comes
+    and goes."""
+    etcd = EtcdProcess(workdir + "/etcd-docker")  # no Node objects left from the scheduler figures
+    ours: dict[int, list[Convergence]] = {size: [] for size in sizes}
+    theirs: dict[int, list[Convergence]] = {size: [] for size in sizes}
+    cluster: OurCluster | None = None
+    swarm = Swarm(args.image)
+    try:
+        cluster = OurCluster(etcd, workdir, args)
+        await cluster.wait_ready()
+        await swarm.start()
+        for round_ in range(rounds):
+            for size in sizes:
+                heal = round_ == 0 and size == sizes[0]
+                runs = [(ours, cluster), (theirs, swarm)]
+                if round_ % 2:
+                    runs.reverse()
+                for results, system in runs:
+                    results[size].append(await system.converge(size, heal))
     finally:
-        if initialised:
-            await asyncio.to_thread(client.swarm.leave, force=True)
-        client.close()
-    return results, initialised
+        if cluster is not None:
+            await cluster.stop()
+        await swarm.stop()
+        etcd.stop()
+        shutil.rmtree(etcd.data_dir / "data", ignore_errors=True)
+    return ours, theirs, swarm.initialised
+
+
+def print_convergence(sizes: list[int], ours: dict[int, list[Convergence]], theirs: dict[int, list[Convergence]]) -> None:
+    for size in sizes:
+        our_time = statistics.median(run.seconds for run in ours[size])
+        swarm_time = statistics.median(run.seconds for run in theirs[size])
+        rounds = len(ours[size])
+        per_round = ""
+        if rounds > 1:
+            per_round = "   per round: " + ", ".join(
+                f"{mine.seconds:.2f}/{other.seconds:.2f}" for mine, other in zip(ours[size], theirs[size])
+            )
+        print(
+            f"  {size:3d} replicas: kybernetes {our_time:6.2f} s (2 containers per pod)   "
+            f"swarm {swarm_time:6.2f} s   ratio {our_time / swarm_time:.2f} (target < 1.0)"
+            + (f"  [median of {rounds}]" if rounds > 1 else "") + per_round
+        )
+        cpu = {name: statistics.median(run.cpu[name] for run in ours[size]) for name in ours[size][0].cpu}
+        swarm_cpu = statistics.median(run.cpu["machine"] for run in theirs[size])
+        print(
+            "       CPU s while converging: kybernetes machine {machine:.1f} (kubelet {kubelet:.2f}, apiserver "
+            "{apiserver:.2f}, replicator {replicator:.2f}, etcd {etcd:.2f}); swarm machine {swarm:.1f}".format(
+                **cpu, swarm=swarm_cpu
+            )
+        )
+    first = sizes[0]
+    our_heal, swarm_heal = ours[first][0].heal_seconds, theirs[first][0].heal_seconds
+    print(
+        f"  killed container running again: kybernetes {_seconds(our_heal)} (target < 1 s)   "
+        f"swarm {_seconds(swarm_heal)} (default restart delay)"
+    )
 
 
 # -- main -------------------------------------------------------------------------
@@ -374,24 +502,8 @@ async def main_async(args: argparse.Namespace) -> None:
             "convergence on Docker (one node; create to all Running) and self-healing "
             "(container killed to running again):"
         )
-        etcd = EtcdProcess(workdir + "/etcd-docker")  # no Node objects left from the scheduler figures
-        try:
-            ours = await bench_ours(etcd.endpoint, sizes, workdir, args)
-        finally:
-            etcd.stop()
-            shutil.rmtree(etcd.data_dir / "data", ignore_errors=True)
-        swarm, initialised = await bench_swarm(sizes, args.image)
-        for size in sizes:
-            our_time, swarm_time = ours[size][0], swarm[size][0]
-            print(
-                f"  {size:3d} replicas: kybernetes {our_time:6.2f} s (2 containers per pod)   "
-                f"swarm {swarm_time:6.2f} s   ratio {our_time / swarm_time:.2f} (target < 1.0)"
-            )
-        our_heal, swarm_heal = ours[sizes[0]][1], swarm[sizes[0]][1]
-        print(
-            f"  killed container running again: kybernetes {_seconds(our_heal)} (target < 1 s)   "
-            f"swarm {_seconds(swarm_heal)} (default restart delay)"
-        )
+        ours, theirs, initialised = await bench_convergence(workdir, sizes, args.rounds, args)
+        print_convergence(sizes, ours, theirs)
         print(f"  (swarm {'initialised for this run and left' if initialised else 'was already active: left as is'})")
     print(f"(logs in {workdir})")
 
@@ -413,6 +525,10 @@ def main() -> None:
     parser.add_argument("--image", default=IMAGE, help="the pods' (and swarm tasks') image (default %(default)s)")
     parser.add_argument("--pause-image", default="kybernetes/pause:latest", help="the pods' infra image")
     parser.add_argument("--docker-concurrency", type=int, default=0, help="the kubelet's flag (default: its own)")
+    parser.add_argument("--kubelet-arg", action="append", default=[], metavar="FLAG",
+                        help="one more kubelet flag, e.g. --kubelet-arg=--seccomp-default (repeatable)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="convergence runs of each size (ours and swarm in turns); medians are printed")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -138,23 +138,27 @@ def _containers(node: str) -> list:
 
 
 class DockerBench:
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, runtime_default_seccomp: bool) -> None:
         self.label = f"kyb-bench-docker-{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency
         self.api = docker.from_env(max_pool_size=concurrency + 2).api
+        # The kubelet's seccomp choice (Unconfined unless --seccomp-default), so
+        # that both start the same containers.
+        self.security_opt = None if runtime_default_seccomp else ["seccomp=unconfined"]
 
     def start_pod(self, name: str) -> None:
         """What `docker run -d` does for the infra container and then the app joined to it."""
         labels = {NODE_LABEL: self.label}
         infra = self.api.create_container(
             PAUSE_IMAGE, name=f"{self.label}_{name}_POD", labels=labels,
-            host_config=self.api.create_host_config(ipc_mode="shareable"),
+            host_config=self.api.create_host_config(ipc_mode="shareable", security_opt=self.security_opt),
         )
         self.api.start(infra["Id"])
         app = self.api.create_container(
             BUSYBOX_IMAGE, name=f"{self.label}_{name}_app", labels=labels, entrypoint=APP_COMMAND,
             host_config=self.api.create_host_config(
                 network_mode=f"container:{infra['Id']}", ipc_mode=f"container:{infra['Id']}",
+                security_opt=self.security_opt,
             ),
         )
         self.api.start(app["Id"])
@@ -188,7 +192,7 @@ async def main_async(args: argparse.Namespace) -> int:
     node = f"bench-{uuid.uuid4().hex[:6]}"
     etcd = EtcdProcess(os.path.join(workdir, "etcd"))
     apiserver = kubelet = None
-    plain = DockerBench(args.docker_concurrency)
+    plain = DockerBench(args.docker_concurrency, "--seccomp-default" in args.kubelet_arg)
     client: ApiClient | None = None
     kubelet_cpu: list[float] = []
     finished = False
@@ -200,7 +204,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "kubelet",
             [sys.executable, "-m", "services.kubelet.main", "--node-name", node, "--server", apiserver.address,
              "--listen", f"127.0.0.1:{kubelet_port}", "--root-dir", os.path.join(workdir, "kubelet"),
-             "--pause-image", PAUSE_IMAGE, "--docker-concurrency", str(args.docker_concurrency)],
+             "--pause-image", PAUSE_IMAGE, "--docker-concurrency", str(args.docker_concurrency), *args.kubelet_arg],
             os.path.join(workdir, "kubelet.log"),
             env={"KYBERNETES_LOG_LEVEL": "warning"},
         )
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=30, help="pods created at once")
     parser.add_argument("--burst-rounds", type=int, default=1, help="bursts of each kind, alternating")
     parser.add_argument("--docker-concurrency", type=int, default=4, help="kubelet --docker-concurrency and baseline threads")
+    parser.add_argument("--kubelet-arg", action="append", default=[], metavar="FLAG",
+                        help="one more kubelet flag, e.g. --kubelet-arg=--seccomp-default (repeatable; "
+                             "--seccomp-default also gives the Docker baseline Docker's default profile)")
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 

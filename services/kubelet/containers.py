@@ -68,6 +68,8 @@ class ContainerInfo:
     started_at: float | None = None
     finished_at: float | None = None
     ip_address: str = ""
+    # The infra container whose namespaces an app container joins ("" for the infra).
+    sandbox_id: str = ""
 
     @property
     def pod_uid(self) -> str:
@@ -147,6 +149,7 @@ def info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
                 ip_address = settings["IPAddress"]
                 break
     config = data.get("Config") or {}
+    network_mode = (data.get("HostConfig") or {}).get("NetworkMode") or ""
     created_at = parse_docker_time(data.get("Created")) or 0.0
     finished_at = parse_docker_time(state.get("FinishedAt"))
     if kind == EXITED and finished_at is None:
@@ -165,6 +168,7 @@ def info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
         started_at=parse_docker_time(state.get("StartedAt")),
         finished_at=finished_at if kind == EXITED else None,
         ip_address=ip_address,
+        sandbox_id=network_mode.removeprefix("container:") if network_mode.startswith("container:") else "",
     )
 
 

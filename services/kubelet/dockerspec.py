@@ -32,6 +32,16 @@ class CreateRequest:
     labels: dict[str, str]
     container_kwargs: dict[str, Any] = field(default_factory=dict)
     host_config_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The infra container an app container joins ("" for the infra itself).
+    sandbox_id: str = ""
+
+
+def _security_opt(runtime_default_seccomp: bool) -> list[str] | None:
+    """Unconfined unless asked for Docker's default profile: Kubernetes' own
+    default (its kubelet's --seccomp-default is off unless set). Docker's
+    profile also makes each container start compile a seccomp filter, ~15% of
+    the CPU Docker spends starting a pod here."""
+    return None if runtime_default_seccomp else ["seccomp=unconfined"]
 
 
 def _docker_protocol(protocol: str) -> str:
@@ -39,7 +49,8 @@ def _docker_protocol(protocol: str) -> str:
 
 
 def infra_request(
-    pod: pod_pb2.Pod, *, name: str, labels: dict[str, str], pause_image: str, node_ip: str
+    pod: pod_pb2.Pod, *, name: str, labels: dict[str, str], pause_image: str, node_ip: str,
+    runtime_default_seccomp: bool = False,
 ) -> CreateRequest:
     """The infra ("pause") container: holds the network namespace and the
     published ports of every container of the pod.
@@ -68,6 +79,7 @@ def infra_request(
             # Shareable so the pod's containers can join its IPC namespace.
             "ipc_mode": "shareable",
             "log_config": LOG_CONFIG,
+            "security_opt": _security_opt(runtime_default_seccomp),
         },
     )
 
@@ -117,6 +129,7 @@ def container_request(
     labels: dict[str, str],
     infra_id: str,
     volume_paths: dict[str, str],
+    runtime_default_seccomp: bool = False,
 ) -> CreateRequest:
     """An app container joined to the infra container's network and IPC namespaces.
 
@@ -137,6 +150,7 @@ def container_request(
         "ipc_mode": f"container:{infra_id}",
         "mounts": _mounts(container, volume_paths) or None,
         "log_config": LOG_CONFIG,
+        "security_opt": _security_opt(runtime_default_seccomp),
         **_resources(container),
     }
     return CreateRequest(
@@ -145,4 +159,5 @@ def container_request(
         labels=labels,
         container_kwargs=container_kwargs,
         host_config_kwargs=host_config_kwargs,
+        sandbox_id=infra_id,
     )

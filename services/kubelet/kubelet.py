@@ -60,6 +60,7 @@ class KubeletConfig:
     docker_concurrency: int = 4
     node_ip: str = "127.0.0.1"
     docker_host: str | None = None
+    seccomp_default: bool = False
 
 
 class Kubelet:
@@ -96,6 +97,7 @@ class Kubelet:
             node=node, node_ip=config.node_ip, pause_image=config.pause_image, runtime=self.runtime,
             cache=self.cache, volumes=self.volumes, probes=self.probes, backoff=self.backoff,
             publish_status=self.status.publish, source_of=pod_source,
+            runtime_default_seccomp=config.seccomp_default,
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)

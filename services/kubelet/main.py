@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--docker-concurrency", type=positive_int, default=4, help="Docker calls in flight at most")
     parser.add_argument("--node-ip", default="127.0.0.1", help="the node's address: reported, pods' hostIP and hostPorts")
     parser.add_argument("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
+    parser.add_argument("--seccomp-default", action="store_true",
+                        help="run every container under Docker's default seccomp profile "
+                             "(default: Unconfined, as Kubernetes does unless this is set)")
     args = parser.parse_args(argv)
     if args.restart_backoff_max < args.restart_backoff_initial:
         parser.error("--restart-backoff-max must be at least --restart-backoff-initial")
@@ -64,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         docker_concurrency=args.docker_concurrency,
         node_ip=args.node_ip,
         docker_host=args.docker_host,
+        seccomp_default=args.seccomp_default,
     )
 
 

@@ -71,6 +71,9 @@ class NodeContext:
     publish_status: Callable[[str, pod_pb2.Pod, pod_pb2.PodStatus], None]
     # The source a pod came from ("api", "file", "http", "server"), for labels.
     source_of: Callable[[pod_pb2.Pod], str]
+    # Docker's default seccomp profile for every container; off: Unconfined,
+    # Kubernetes' default (the kubelet's --seccomp-default).
+    runtime_default_seccomp: bool = False
 
 
 @dataclass
@@ -207,44 +210,25 @@ class PodWorker:
         now = time.time()
         to_start, waiting, wake_at = self._plan(pod, now)
 
-        # 3. A sandbox for what is to start.
+        # 3. Start what is missing, in a sandbox (a new one if none runs).
+        if to_start:
+            retry_at = await self._start_missing(pod, to_start, waiting, now)
+            if retry_at is not None:
+                wake_at = min(wake_at or retry_at, retry_at)
         sandbox = self._running_sandbox()
-        if to_start and sandbox is None:
-            sandbox = await self._create_sandbox(pod, now)
-            if sandbox is None:
-                for spec in to_start:
-                    waiting.setdefault(spec.name, (CONTAINER_CREATING, self._sandbox_message()))
-                to_start = []
-                if self._sandbox_failure is not None:
-                    wake_at = min(wake_at or float("inf"), self._sandbox_retry_at())
+        if sandbox is not None and not sandbox.ip_address:
+            # Not read when it started (a failed inspect): read it now.
+            sandbox = await context.runtime.inspect(sandbox.id)
         if sandbox is not None and sandbox.ip_address:
             self._pod_ip = sandbox.ip_address
 
-        # 4. Start.
-        if to_start and sandbox is not None:
-            volume_paths = await self._prepare_volumes(pod, to_start, waiting)
-            if volume_paths is not None:
-                results = await asyncio.gather(
-                    *(self._start_container(pod, spec, sandbox, volume_paths) for spec in to_start),
-                    return_exceptions=True,
-                )
-                for spec, result in zip(to_start, results):
-                    if isinstance(result, BaseException):
-                        self._log.error("container_start_failed", container=spec.name, error=repr(result))
-                        wake_at = min(wake_at or float("inf"), time.time() + 1.0)
-                    elif result is not None:
-                        waiting[spec.name] = result
-                        retry_at = self._create_retry_at(spec)
-                        if retry_at is not None:
-                            wake_at = min(wake_at or float("inf"), retry_at)
-
-        # 5. A pod that is over keeps no sandbox (and so frees its host ports).
+        # 4. A pod that is over keeps no sandbox (and so frees its host ports).
         sandbox = self._running_sandbox()
         if sandbox is not None and self._finished(pod):
             self._log.info("pod_completed_stopping_sandbox")
             await context.runtime.stop(sandbox, grace)
 
-        # 6. Old dead containers.
+        # 5. Old dead containers.
         await self._collect_garbage()
 
         if wake_at is not None and wake_at != float("inf"):
@@ -394,6 +378,8 @@ class PodWorker:
         return failure.failed_at + self.context.backoff.delay(key)
 
     async def _create_sandbox(self, pod: pod_pb2.Pod, now: float) -> ContainerInfo | None:
+        """Creates (does not start) the pod's infra container; None when it
+        cannot be made now (the failure is recorded)."""
         context = self.context
         expected = sandbox_hash(pod)
         key = (self.uid, INFRA_CONTAINER_NAME, expected)
@@ -401,24 +387,97 @@ class PodWorker:
             if self._sandbox_failure.spec_hash == expected and now < self._sandbox_retry_at():
                 return None
         infras = self._containers_by_name().get(INFRA_CONTAINER_NAME, [])
-        attempt = infras[-1].restart_count + 1 if infras else 0
+        current = infras[-1] if infras else None
+        if current is not None and current.state == CREATED:
+            if current.spec_hash == expected:
+                return current  # made before a crash, never started: start it
+            await context.runtime.remove(current)
+            attempt = current.restart_count
+        else:
+            attempt = current.restart_count + 1 if current is not None else 0
         name = docker_name(context.node, pod.metadata.namespace, pod.metadata.name, INFRA_CONTAINER_NAME, self.uid, attempt)
         labels = container_labels(context.node, pod, context.source_of(pod), INFRA_CONTAINER_NAME, expected, attempt)
-        request = infra_request(pod, name=name, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip)
+        request = infra_request(
+            pod, name=name, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip,
+            runtime_default_seccomp=context.runtime_default_seccomp,
+        )
         try:
-            info = await context.runtime.create(request)
-            info = await context.runtime.start(info, inspect=True)
+            return await context.runtime.create(request)
         except (ImageMissingError, RuntimeCallError) as error:
             message = f'pause image "{context.pause_image}" is not present' if isinstance(error, ImageMissingError) else str(error)
             return self._sandbox_failed(key, expected, message, now)
+
+    async def _start_sandbox(self, info: ContainerInfo, now: float) -> ContainerInfo | None:
+        """Starts a created infra container; None when it did not start (recorded)."""
+        context = self.context
+        key = (self.uid, INFRA_CONTAINER_NAME, info.spec_hash)
+        try:
+            info = await context.runtime.start(info)
+        except RuntimeCallError as error:
+            return self._sandbox_failed(key, info.spec_hash, str(error), now)
         if not info.running:
             await context.runtime.remove(info)
-            return self._sandbox_failed(key, expected, info.error or f"exited with {info.exit_code}", now)
+            return self._sandbox_failed(key, info.spec_hash, info.error or f"exited with {info.exit_code}", now)
         if self._sandbox_failure is not None:
             context.backoff.reset(key)
             self._sandbox_failure = None
-        self._log.info("pod_sandbox_started", id=info.id[:12], ip=info.ip_address)
         return info
+
+    async def _start_missing(
+        self, pod: pod_pb2.Pod, to_start: list[pod_pb2.Container], waiting: dict[str, tuple[str, str]], now: float
+    ) -> float | None:
+        """Creates and starts the containers of to_start, with a new sandbox when
+        none runs; when to sync again for what could not start (None: no need).
+
+        Docker's calls for one pod overlap where Docker allows it: the app
+        containers are created while the new sandbox starts (they only need its
+        id), and they start while its IP is read; so a pod costs three Docker
+        round trips in a row instead of five."""
+        sandbox = self._running_sandbox()
+        new_sandbox: ContainerInfo | None = None
+        if sandbox is None:
+            new_sandbox = await self._create_sandbox(pod, now)
+            if new_sandbox is None:
+                return self._sandbox_not_ready(to_start, waiting)
+        sandbox_id = sandbox.id if sandbox is not None else new_sandbox.id  # type: ignore[union-attr]
+        creating = self._create_containers(pod, to_start, sandbox_id, waiting)
+        if new_sandbox is not None:
+            started, creation = await asyncio.gather(
+                self._start_sandbox(new_sandbox, now), creating, return_exceptions=True
+            )
+            if isinstance(creation, BaseException):
+                raise creation
+            if isinstance(started, BaseException):
+                raise started
+            sandbox = started
+        else:
+            creation = await creating
+        retry_at, created = creation
+        if sandbox is None:
+            # The sandbox did not start: containers made to join it cannot run.
+            await self._remove_all([info for _, info in created])
+            return self._sandbox_not_ready(to_start, waiting)
+        steps = [self._run_container(spec, info) for spec, info in created]
+        if new_sandbox is not None:
+            steps.append(self.context.runtime.inspect(sandbox.id))  # for the pod IP
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for result, (spec, _) in zip(results, created):
+            if isinstance(result, BaseException):
+                self._log.error("container_start_failed", container=spec.name, error=repr(result))
+                retry_at = min(retry_at or float("inf"), time.time() + 1.0)
+        if new_sandbox is not None:
+            inspected = results[-1]
+            if isinstance(inspected, BaseException):
+                self._log.warning("pod_sandbox_inspect_failed", error=repr(inspected))
+                retry_at = min(retry_at or float("inf"), time.time() + 1.0)  # the next sync reads the IP
+            else:
+                self._log.info("pod_sandbox_started", id=sandbox.id[:12], ip=inspected.ip_address if inspected else "")
+        return retry_at
+
+    def _sandbox_not_ready(self, specs: list[pod_pb2.Container], waiting: dict[str, tuple[str, str]]) -> float | None:
+        for spec in specs:
+            waiting.setdefault(spec.name, (CONTAINER_CREATING, self._sandbox_message()))
+        return self._sandbox_retry_at() if self._sandbox_failure is not None else None
 
     def _sandbox_failed(self, key: tuple, spec_hash: str, message: str, now: float) -> None:
         self.context.backoff.record_failure(key, now)
@@ -455,17 +514,47 @@ class PodWorker:
             return None
         return failure.failed_at + self.context.backoff.delay((self.uid, spec.name, failure.spec_hash))
 
-    async def _start_container(
-        self, pod: pod_pb2.Pod, spec: pod_pb2.Container, sandbox: ContainerInfo, volume_paths: dict[str, str]
-    ) -> tuple[str, str] | None:
-        """Creates and starts one container; (reason, message) when it could not be created."""
+    async def _create_containers(
+        self, pod: pod_pb2.Pod, specs: list[pod_pb2.Container], sandbox_id: str, waiting: dict[str, tuple[str, str]]
+    ) -> tuple[float | None, list[tuple[pod_pb2.Container, ContainerInfo]]]:
+        """Prepares the volumes and creates the containers (joined to sandbox_id);
+        when to retry what could not be created, and what was."""
+        retry_at: float | None = None
+        volume_paths = await self._prepare_volumes(pod, specs, waiting)
+        if volume_paths is None:
+            return None, []  # recorded; the worker wakes itself for the retry
+        results = await asyncio.gather(
+            *(self._create_container(pod, spec, sandbox_id, volume_paths) for spec in specs), return_exceptions=True
+        )
+        created: list[tuple[pod_pb2.Container, ContainerInfo]] = []
+        for spec, result in zip(specs, results):
+            if isinstance(result, ContainerInfo):
+                created.append((spec, result))
+                continue
+            if isinstance(result, BaseException):
+                self._log.error("container_create_failed", container=spec.name, error=repr(result))
+                at: float | None = time.time() + 1.0
+            else:
+                waiting[spec.name] = result
+                at = self._create_retry_at(spec)
+            if at is not None:
+                retry_at = min(retry_at or at, at)
+        return retry_at, created
+
+    async def _create_container(
+        self, pod: pod_pb2.Pod, spec: pod_pb2.Container, sandbox_id: str, volume_paths: dict[str, str]
+    ) -> ContainerInfo | tuple[str, str]:
+        """Creates one container; (reason, message) when it could not be created."""
         context = self.context
         attempts = self._containers_by_name().get(spec.name, [])
         current = attempts[-1] if attempts else None
         spec_hash = container_hash(spec)
         key = (self.uid, spec.name, spec_hash)
         now = time.time()
-        if current is not None and current.state == CREATED and current.spec_hash == spec_hash:
+        if (
+            current is not None and current.state == CREATED and current.spec_hash == spec_hash
+            and current.sandbox_id == sandbox_id
+        ):
             info = current  # made before a crash, never started: start it
         else:
             if current is not None and current.state == CREATED:
@@ -478,7 +567,8 @@ class PodWorker:
             labels = container_labels(context.node, pod, context.source_of(pod), spec.name, spec_hash, attempt)
             try:
                 request = container_request(
-                    pod, spec, name=name, labels=labels, infra_id=sandbox.id, volume_paths=volume_paths
+                    pod, spec, name=name, labels=labels, infra_id=sandbox_id, volume_paths=volume_paths,
+                    runtime_default_seccomp=context.runtime_default_seccomp,
                 )
                 info = await context.runtime.create(request)
             except ImageMissingError:
@@ -492,15 +582,20 @@ class PodWorker:
                 self._log.warning("container_create_failed", container=spec.name, error=str(error))
                 return self._record_create_failure(spec, CREATE_CONTAINER_ERROR, str(error), now)
         self._create_failures.pop(spec.name, None)
+        return info
+
+    async def _run_container(self, spec: pod_pb2.Container, info: ContainerInfo) -> None:
+        """Starts a created container; a start Docker refuses leaves it exited with Docker's error."""
+        # Cleared only now: a container created for a sandbox that then failed
+        # to start is removed, and must still come back as a replacement.
         self._replacing.discard(spec.name)
-        info = await context.runtime.start(info)
+        info = await self.context.runtime.start(info)
         if info.running:
             self._log.info("container_started", container=spec.name, id=info.id[:12], restart_count=info.restart_count)
         else:
             self._log.warning(
                 "container_start_failed", container=spec.name, exit_code=info.exit_code, error=info.error or None
             )
-        return None
 
     async def _kill_all(self, infos: list[ContainerInfo], grace: float) -> None:
         running = [info for info in infos if info.running]

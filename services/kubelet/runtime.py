@@ -229,7 +229,7 @@ class DockerRuntime:
             self._creating.discard(request.name)
         return self.cache.put(ContainerInfo(
             id=response["Id"], name=request.name, labels=dict(request.labels), state=CREATED,
-            created_at=time.time(), image=request.image,
+            created_at=time.time(), image=request.image, sandbox_id=request.sandbox_id,
         ))
 
     async def _adopt_by_name(self, name: str) -> None:
@@ -241,7 +241,7 @@ class DockerRuntime:
         if info.labels.get("io.kybernetes.node") == self.node:
             self.cache.put(info)
 
-    async def start(self, info: ContainerInfo, *, inspect: bool = False) -> ContainerInfo:
+    async def start(self, info: ContainerInfo) -> ContainerInfo:
         """Starts a created container. A start Docker refuses (bad command, port
         taken) leaves the container exited with Docker's error and exit code."""
         try:
@@ -254,10 +254,6 @@ class DockerRuntime:
             if refreshed is None:
                 raise RuntimeCallError(f"container {info.name} vanished before it started") from None
             return refreshed
-        if inspect:
-            refreshed = await self.inspect(info.id)
-            if refreshed is not None:
-                return refreshed
         return self.cache.put(replace(info, state=RUNNING, started_at=time.time()))
 
     async def stop(self, info: ContainerInfo, grace_seconds: float) -> None:

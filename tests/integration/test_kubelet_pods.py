@@ -23,6 +23,7 @@ from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
     node_containers,
     node_name,
     sleeper,
+    unique_node,
     wait_for,
 )
 
@@ -200,6 +201,34 @@ async def test_host_path_memory_volume_env_and_limits(kubelet: KubeletProcess, t
     assert (host_dir / "from-host").exists()  # a hostPath is never deleted
 
 
+async def test_seccomp_is_unconfined_unless_the_kubelet_asks_for_dockers_default(
+    kubelet: KubeletProcess, tmp_path
+) -> None:
+    """As Kubernetes' kubelet: Unconfined by default, Docker's profile with --seccomp-default."""
+
+    def reporter(out: str) -> pod_pb2.Pod:
+        main = container(
+            "main", "sh", "-c",
+            "trap 'exit 0' TERM; grep Seccomp: /proc/self/status > /out/seccomp; while true; do sleep 1; done",
+            volume_mounts=[pod_pb2.VolumeMount(name="out", mount_path="/out")],
+        )
+        volume = pod_pb2.Volume(name="out", host_path=pod_pb2.HostPathVolumeSource(path=out, type="Directory"))
+        return make_pod("seccomp", main, volumes=[volume])
+
+    default_out, strict_out = tmp_path / "default", tmp_path / "strict"
+    default_out.mkdir()
+    strict_out.mkdir()
+    strict = KubeletProcess(unique_node(), "--seccomp-default")
+    try:
+        await kubelet.submit(reporter(str(default_out)))
+        await strict.submit(reporter(str(strict_out)))
+        # /proc/self/status: 0 is no filter, 2 is a filter in force.
+        await wait_for(lambda: _file_has(str(default_out / "seccomp"), "Seccomp:\t0"), what="an unconfined container")
+        await wait_for(lambda: _file_has(str(strict_out / "seccomp"), "Seccomp:\t2"), what="a filtered container")
+    finally:
+        strict.cleanup()
+
+
 async def _gone(kubelet: KubeletProcess, path: str) -> bool:
     return not node_containers(kubelet.node) and not os.path.exists(path)
 
@@ -267,6 +296,13 @@ async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     assert pod.status.reason == "CreatePodSandboxError"
     assert container_status(pod, "main").state.waiting.reason == "ContainerCreating"
     assert is_running(await kubelet.get_pod("first"))
+    # Once the port is free, the pod starts cleanly: what was made for the
+    # sandboxes that failed is never started, nor counted as a restart.
+    await kubelet.delete("first")
+    pod = await wait_for(lambda: _running(kubelet, "second"), what="second pod running once the port is free")
+    assert container_status(pod, "main").restart_count == 0
+    second = [c for c in node_containers(kubelet.node) if c["Labels"].get("io.kybernetes.pod.uid") == pod.metadata.uid]
+    assert sorted(c["State"] for c in second) == ["running", "running"], second
 
 
 async def test_submit_rejects_an_invalid_pod(kubelet: KubeletProcess) -> None:

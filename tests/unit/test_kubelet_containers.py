@@ -53,6 +53,16 @@ def test_inspect_states() -> None:
     assert fresh.state == CREATED
 
 
+def test_inspect_names_the_sandbox_an_app_container_joins() -> None:
+    app = _inspect("created", started="0001-01-01T00:00:00Z")
+    app["HostConfig"] = {"NetworkMode": "container:infra123"}
+    assert info_from_inspect(app).sandbox_id == "infra123"
+    infra = _inspect("running")
+    infra["HostConfig"] = {"NetworkMode": "default"}
+    assert info_from_inspect(infra).sandbox_id == ""
+    assert info_from_inspect(_inspect("running")).sandbox_id == ""
+
+
 def _info(state: str, **extra) -> ContainerInfo:
     return ContainerInfo(id="abc", name="n", labels={"io.kybernetes.pod.uid": "u"}, state=state, created_at=1.0, **extra)
 

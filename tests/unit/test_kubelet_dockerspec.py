@@ -49,6 +49,21 @@ def test_app_container_joins_the_infra_and_maps_its_spec() -> None:
     assert host["cpu_shares"] == 256
     mounts = [(m["Source"], m["Target"], m["ReadOnly"]) for m in host["mounts"]]
     assert mounts == [("/var/lib/x/data", "/data", True), ("/var/lib/x/data/logs", "/logs", False)]
+    assert request.sandbox_id == "abc"
+
+
+def test_seccomp_is_unconfined_unless_the_runtime_default_is_asked_for() -> None:
+    pod = _pod()
+    infra = infra_request(pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1")
+    app = container_request(pod, pod.spec.containers[1], name="c", labels={}, infra_id="abc", volume_paths={})
+    assert infra.host_config_kwargs["security_opt"] == ["seccomp=unconfined"]
+    assert app.host_config_kwargs["security_opt"] == ["seccomp=unconfined"]
+    infra = infra_request(pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1",
+                          runtime_default_seccomp=True)
+    app = container_request(pod, pod.spec.containers[1], name="c", labels={}, infra_id="abc", volume_paths={},
+                            runtime_default_seccomp=True)
+    assert infra.host_config_kwargs["security_opt"] is None
+    assert app.host_config_kwargs["security_opt"] is None
 
 
 def test_no_command_keeps_the_image_defaults() -> None:
