@@ -572,6 +572,31 @@ def validate_pod(pod: pod_pb2.Pod) -> list[FieldError]:
 # Services and endpoints
 
 
+
+def _validate_named_ports(
+    ports: Any, path: str, protocols: Iterable[str], unnamed_reason: str, errors: list[FieldError]
+) -> None:
+    """Service and endpoint ports: names unique DNS-1123 labels (required when
+    there are several), numbers 1-65535, a known protocol."""
+    protocols = tuple(protocols)
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        port_path = _index(path, i)
+        name_path = _child(port_path, "name")
+        if not port.name:
+            if len(ports) > 1:
+                errors.append(required(name_path, unnamed_reason))
+        else:
+            reason = validate_dns1123_label(port.name)
+            if reason:
+                errors.append(invalid(name_path, port.name, reason))
+            elif port.name in names:
+                errors.append(duplicate(name_path, port.name))
+            names.add(port.name)
+        _validate_port_number(_child(port_path, "port"), port.port, errors)
+        if port.protocol and port.protocol not in protocols:
+            errors.append(not_supported(_child(port_path, "protocol"), port.protocol, protocols))
+
 def validate_service(svc: service_pb2.Service) -> list[FieldError]:
     errors: list[FieldError] = []
     _validate_type_meta(svc, SERVICES.name, errors)
@@ -581,24 +606,12 @@ def validate_service(svc: service_pb2.Service) -> list[FieldError]:
     ports_path = "spec.ports"
     if not spec.ports:
         errors.append(required(ports_path))
-    port_names: set[str] = set()
+    _validate_named_ports(
+        spec.ports, ports_path, SERVICE_PROTOCOLS, "a name is required when a service has more than one port", errors
+    )
     port_protocols: set[tuple[int, str]] = set()
     for i, port in enumerate(spec.ports):
         port_path = _index(ports_path, i)
-        name_path = _child(port_path, "name")
-        if not port.name:
-            if len(spec.ports) > 1:
-                errors.append(required(name_path, "a name is required when a service has more than one port"))
-        else:
-            reason = validate_dns1123_label(port.name)
-            if reason:
-                errors.append(invalid(name_path, port.name, reason))
-            elif port.name in port_names:
-                errors.append(duplicate(name_path, port.name))
-            port_names.add(port.name)
-        _validate_port_number(_child(port_path, "port"), port.port, errors)
-        if port.protocol and port.protocol not in SERVICE_PROTOCOLS:
-            errors.append(not_supported(_child(port_path, "protocol"), port.protocol, SERVICE_PROTOCOLS))
         key = (port.port, port.protocol or "TCP")
         if key in port_protocols:
             errors.append(duplicate(port_path, f"{key[0]}/{key[1]}"))
@@ -646,23 +659,10 @@ def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
         ports_path = _child(subset_path, "ports")
         if not subset.ports:
             errors.append(required(ports_path))
-        port_names: set[str] = set()
-        for j, port in enumerate(subset.ports):
-            port_path = _index(ports_path, j)
-            name_path = _child(port_path, "name")
-            if not port.name:
-                if len(subset.ports) > 1:
-                    errors.append(required(name_path, "a name is required when there is more than one port"))
-            else:
-                reason = validate_dns1123_label(port.name)
-                if reason:
-                    errors.append(invalid(name_path, port.name, reason))
-                elif port.name in port_names:
-                    errors.append(duplicate(name_path, port.name))
-                port_names.add(port.name)
-            _validate_port_number(_child(port_path, "port"), port.port, errors)
-            if port.protocol and port.protocol not in CONTAINER_PORT_PROTOCOLS:
-                errors.append(not_supported(_child(port_path, "protocol"), port.protocol, CONTAINER_PORT_PROTOCOLS))
+        _validate_named_ports(
+            subset.ports, ports_path, CONTAINER_PORT_PROTOCOLS,
+            "a name is required when there is more than one port", errors,
+        )
     return errors
 
 

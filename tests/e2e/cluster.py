@@ -6,6 +6,7 @@ beside a `make up` cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import docker
 
@@ -107,3 +109,16 @@ def running_and_ready(pods: list[dict]) -> bool:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode().strip()
+
+
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, nodes: int, mode: str = "processes") -> Iterator[LocalCluster]:
+    """A cluster that is up for the block and gone, with every container, after it."""
+    cluster = LocalCluster(tmp_path, nodes=nodes, mode=mode)
+    try:
+        started = cluster.up()
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield cluster
+    finally:
+        cluster.down()
+        cluster.remove_leftovers()

@@ -12,19 +12,13 @@ import pytest
 
 from services.common.localcluster import NODE_LABEL, pid_alive
 
-from .cluster import EXAMPLES, GRPCURL, LocalCluster, fetch, running_and_ready, wait_for
+from .cluster import EXAMPLES, GRPCURL, LocalCluster, fetch, running_and_ready, running_cluster, wait_for
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path, nodes=3)
-    started = cluster.up()
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    with running_cluster(tmp_path, nodes=3) as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        cluster.remove_leftovers()
 
 
 @pytest.mark.docker

@@ -9,19 +9,13 @@ from collections import Counter
 import docker
 import pytest
 
-from .cluster import EXAMPLES, LocalCluster, fetch, running_and_ready, wait_for
+from .cluster import EXAMPLES, fetch, running_and_ready, running_cluster, wait_for
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path, nodes=1)
-    started = cluster.up()
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    with running_cluster(tmp_path, nodes=1) as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        cluster.remove_leftovers()
 
 
 @pytest.mark.docker
