@@ -113,7 +113,6 @@ class EndpointsController:
         self.nodes = Informer(client, NODES)
         self.queue: WorkQueue[ServiceKey] = WorkQueue()
         self._selectors: dict[str, dict[str, LabelSelector]] = {}  # namespace -> service -> selector
-        self._pod_names: dict[str, set[str]] = {}  # namespace -> pod names
         self._orphaned: set[ServiceKey] = set()  # endpoints whose service is gone: delete them
 
     # -- events -----------------------------------------------------------
@@ -133,12 +132,7 @@ class EndpointsController:
         self.queue.add(key)
 
     def _on_pod(self, event_type: str, pod: pod_pb2.Pod, old: pod_pb2.Pod | None) -> None:
-        namespace, name = pod.metadata.namespace, pod.metadata.name
-        names = self._pod_names.setdefault(namespace, set())
-        if event_type == "DELETED":
-            names.discard(name)
-        else:
-            names.add(name)
+        namespace = pod.metadata.namespace
         for service_name, selector in self._selectors.get(namespace, {}).items():
             if selector.matches(pod.metadata.labels) or (old is not None and selector.matches(old.metadata.labels)):
                 self.queue.add((namespace, service_name))
@@ -163,14 +157,6 @@ class EndpointsController:
         # A node we have no object for is not second-guessed: the pod's own Ready says it.
         return node is None or node_condition_ready(node)
 
-    def _pods_in(self, namespace: str) -> list[pod_pb2.Pod]:
-        pods = []
-        for name in self._pod_names.get(namespace, ()):
-            pod = self.pods.get(namespace, name)
-            if pod is not None:
-                pods.append(pod)
-        return pods
-
     async def sync(self, key: ServiceKey) -> None:
         namespace, name = key
         service = self.services.get(namespace, name)
@@ -183,7 +169,7 @@ class EndpointsController:
             return
         if not service.spec.selector:
             return
-        subsets = endpoint_subsets(service, self._pods_in(namespace), self._node_ready)
+        subsets = endpoint_subsets(service, self.pods.in_namespace(namespace), self._node_ready)
         labels = dict(service.metadata.labels)
         if current is not None and list(current.subsets) == subsets and dict(current.metadata.labels) == labels:
             return

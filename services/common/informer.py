@@ -55,6 +55,7 @@ class Informer:
         # B, everything up to B has arrived.
         self._resume_from = 0
         self._objects: dict[ObjectKey, Any] = {}
+        self._by_namespace: dict[str, dict[str, Any]] = {}  # namespace -> name -> object
         self._handlers: list[Handler] = []
         self._synced = asyncio.Event()
         self._retry_initial = retry_initial
@@ -76,6 +77,10 @@ class Informer:
 
     def list(self) -> list[Any]:
         return list(self._objects.values())
+
+    def in_namespace(self, namespace: str) -> list[Any]:
+        """The objects held in one namespace, without scanning the others."""
+        return list(self._by_namespace.get(namespace, {}).values())
 
     async def run(self) -> None:
         """Watches until cancelled, reconnecting with back-off."""
@@ -138,6 +143,9 @@ class Informer:
         """Installs a fresh snapshot, reporting how it differs from what we held."""
         old_objects = self._objects
         self._objects = snapshot
+        self._by_namespace = {}
+        for (namespace, name), obj in snapshot.items():
+            self._by_namespace.setdefault(namespace, {})[name] = obj
         for key, old in old_objects.items():
             if key not in snapshot:
                 await self._notify("DELETED", old, None)
@@ -155,11 +163,13 @@ class Informer:
             if old is None:
                 return  # replayed after a resume: already gone
             self._objects.pop(key, None)
+            self._by_namespace.get(key[0], {}).pop(key[1], None)
             await self._notify("DELETED", obj, None)
             return
         if old is not None and old.metadata.resource_version >= obj.metadata.resource_version:
             return  # replayed after a resume: already applied
         self._objects[key] = obj
+        self._by_namespace.setdefault(key[0], {})[key[1]] = obj
         await self._notify("MODIFIED" if old is not None else "ADDED", obj, old)
 
     async def _notify(self, event_type: str, obj: Any, old: Any) -> None:

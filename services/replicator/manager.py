@@ -100,8 +100,6 @@ class ReplicationManager:
         self.gc_queue: WorkQueue[ObjectKey] = WorkQueue()
         self.expectations: Expectations[ObjectKey] = Expectations(expectations_timeout)
         self._writes = asyncio.Semaphore(concurrency)
-        self._pod_names: dict[str, set[str]] = {}  # namespace -> pod names
-        self._rc_names: dict[str, set[str]] = {}  # namespace -> controller names
         self._synced = False
         self.created = 0
         self.deleted = 0
@@ -112,39 +110,22 @@ class ReplicationManager:
         rc = self.rcs.get(namespace, name)
         return rc if rc is not None and rc.metadata.uid == uid else None
 
-    def _pods_in(self, namespace: str) -> list[pod_pb2.Pod]:
-        pods = []
-        for name in self._pod_names.get(namespace, ()):
-            pod = self.pods.get(namespace, name)
-            if pod is not None:
-                pods.append(pod)
-        return pods
-
     # -- events -----------------------------------------------------------
 
     def _on_rc(self, event_type: str, rc: ReplicationController, old: ReplicationController | None) -> None:
         key = (rc.metadata.namespace, rc.metadata.name)
-        names = self._rc_names.setdefault(key[0], set())
         if event_type == "DELETED":
-            names.discard(key[1])
             self.expectations.forget(key)
             if self._synced:
                 uid = rc.metadata.uid
-                for pod in self._pods_in(key[0]):
+                for pod in self.pods.in_namespace(key[0]):
                     ref = rc_controller_ref(pod)
                     if ref is not None and ref.uid == uid:
                         self.gc_queue.add((pod.metadata.namespace, pod.metadata.name))
-        else:
-            names.add(key[1])
         self.queue.add(key)
 
     def _on_pod(self, event_type: str, pod: pod_pb2.Pod, old: pod_pb2.Pod | None) -> None:
         namespace, name = pod.metadata.namespace, pod.metadata.name
-        names = self._pod_names.setdefault(namespace, set())
-        if event_type == "DELETED":
-            names.discard(name)
-        else:
-            names.add(name)
         ref = rc_controller_ref(pod)
         if ref is not None:
             rc = self._controller(namespace, ref.name, ref.uid)
@@ -167,10 +148,9 @@ class ReplicationManager:
 
     def _queue_matching_controllers(self, pod: pod_pb2.Pod) -> None:
         namespace = pod.metadata.namespace
-        for rc_name in self._rc_names.get(namespace, ()):
-            rc = self.rcs.get(namespace, rc_name)
-            if rc is not None and selector_of(rc).matches(pod.metadata.labels):
-                self.queue.add((namespace, rc_name))
+        for rc in self.rcs.in_namespace(namespace):
+            if selector_of(rc).matches(pod.metadata.labels):
+                self.queue.add((namespace, rc.metadata.name))
 
     # -- sync -------------------------------------------------------------
 
@@ -204,7 +184,7 @@ class ReplicationManager:
         active: list[pod_pb2.Pod] = []
         adopt: list[pod_pb2.Pod] = []
         release: list[pod_pb2.Pod] = []
-        for pod in self._pods_in(rc.metadata.namespace):
+        for pod in self.pods.in_namespace(rc.metadata.namespace):
             ref = controller_ref(pod)
             matches = selector.matches(pod.metadata.labels)
             if ref is not None:
