@@ -15,7 +15,7 @@ from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2, service
 from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, NODES, PODS
 from services.kubelet.naming import LABEL_CONTAINER_NAME, LABEL_POD_UID
-from tests.conftest import BUSYBOX_IMAGE
+from tests.integration.apihelpers import httpd_container, make_rc
 from tests.integration.control_helpers import ControlPlane, pods_in, wait_for
 from tests.integration.kubelet_helpers import KubeletProcess, remove_node_containers
 
@@ -50,28 +50,8 @@ def cluster():
 
 
 def web_rc(namespace: str, replicas: int) -> replication_controller_pb2.ReplicationController:
-    labels = {"app": "web"}
-    return replication_controller_pb2.ReplicationController(
-        metadata=meta_pb2.ObjectMeta(name="web", namespace=namespace),
-        spec=replication_controller_pb2.ReplicationControllerSpec(
-            replicas=replicas,
-            selector=labels,
-            template=pod_pb2.PodTemplateSpec(
-                metadata=meta_pb2.ObjectMeta(labels=labels),
-                spec=pod_pb2.PodSpec(
-                    containers=[
-                        pod_pb2.Container(
-                            name="web",
-                            image=BUSYBOX_IMAGE,
-                            command=["httpd", "-f", "-p", "8080", "-h", "/"],
-                            ports=[pod_pb2.ContainerPort(name="http", container_port=8080)],
-                        )
-                    ],
-                    termination_grace_period_seconds=1,
-                ),
-            ),
-        ),
-    )
+    container = httpd_container(["httpd", "-f", "-p", "8080", "-h", "/"])
+    return make_rc("web", namespace, {"app": "web"}, replicas, container=container, grace_seconds=1)
 
 
 def running_ready(pod: pod_pb2.Pod) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from services.common.resources import REPLICATION_CONTROLLERS
 
 BUSYBOX = "kybernetes/busybox:latest"
 
@@ -31,18 +32,46 @@ def make_service(name: str, namespace: str, selector: dict[str, str], port: int 
     )
 
 
-def make_rc(name: str, namespace: str, labels: dict[str, str], replicas: int = 1) -> replication_controller_pb2.ReplicationController:
+def make_rc(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    replicas: int = 1,
+    container: pod_pb2.Container | None = None,
+    grace_seconds: int | None = None,
+) -> replication_controller_pb2.ReplicationController:
+    spec = pod_pb2.PodSpec(containers=[container or pod_pb2.Container(name="main", image=BUSYBOX)])
+    if grace_seconds is not None:
+        spec.termination_grace_period_seconds = grace_seconds
     return replication_controller_pb2.ReplicationController(
         metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace),
         spec=replication_controller_pb2.ReplicationControllerSpec(
             replicas=replicas,
             selector=labels,
-            template=pod_pb2.PodTemplateSpec(
-                metadata=meta_pb2.ObjectMeta(labels=labels),
-                spec=pod_pb2.PodSpec(containers=[pod_pb2.Container(name="main", image=BUSYBOX)]),
-            ),
+            template=pod_pb2.PodTemplateSpec(metadata=meta_pb2.ObjectMeta(labels=labels), spec=spec),
         ),
     )
+
+
+def httpd_container(command: list[str]) -> pod_pb2.Container:
+    """A busybox web server container with an `http` port on 8080."""
+    return pod_pb2.Container(
+        name="web", image=BUSYBOX, command=command, ports=[pod_pb2.ContainerPort(name="http", container_port=8080)]
+    )
+
+
+async def scale(api: Any, namespace: str, name: str, replicas: int) -> None:
+    """Sets an RC's replicas, retrying a race with the replicator's status writes."""
+    for _ in range(10):
+        rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
+        rc.spec.replicas = replicas
+        try:
+            await api.update(rc)
+            return
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED:
+                raise
+    raise AssertionError(f"could not scale {name}")
 
 
 def make_node(name: str, labels: dict[str, str] | None = None) -> node_pb2.Node:

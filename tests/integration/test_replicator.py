@@ -3,7 +3,6 @@ the test binds pods and writes their status where a test needs them running)."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from kybernetes.v1 import replication_controller_pb2
@@ -11,7 +10,7 @@ from services.common.client import ApiClient
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.replicator.replicas import CREATED_BY_ANNOTATION
 
-from .apihelpers import make_pod, make_rc
+from .apihelpers import make_pod, make_rc, scale
 from .control_helpers import ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status, wait_for
 
 
@@ -25,19 +24,6 @@ def plane():
 @pytest.fixture
 def api_address(plane) -> str:
     return plane.address
-
-
-async def scale(api: ApiClient, namespace: str, name: str, replicas: int) -> None:
-    for _ in range(10):
-        rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
-        rc.spec.replicas = replicas
-        try:
-            await api.update(rc)
-            return
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.ABORTED:  # raced the replicator's status write
-                raise
-    raise AssertionError(f"could not scale {name}")
 
 
 def live_pods(api: ApiClient, namespace: str, count: int, selector: str = "app=web"):

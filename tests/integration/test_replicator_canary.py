@@ -10,10 +10,9 @@ import collections
 import grpc
 import pytest
 
-from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
 from services.common.resources import ENDPOINTS, NODES
 
-from .apihelpers import make_service
+from .apihelpers import httpd_container, make_rc, make_service
 from .control_helpers import FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in, wait_for
 
 STABLE = {"tier": "frontend", "stack": "prod", "canary": "no"}
@@ -34,26 +33,7 @@ def api_address(plane) -> str:
 
 
 def frontend_rc(name: str, namespace: str, labels: dict[str, str], replicas: int):
-    return replication_controller_pb2.ReplicationController(
-        metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace),
-        spec=replication_controller_pb2.ReplicationControllerSpec(
-            replicas=replicas,
-            selector=labels,
-            template=pod_pb2.PodTemplateSpec(
-                metadata=meta_pb2.ObjectMeta(labels=labels),
-                spec=pod_pb2.PodSpec(
-                    containers=[
-                        pod_pb2.Container(
-                            name="web",
-                            image="kybernetes/busybox:latest",
-                            command=["httpd", "-f", "-p", "8080"],
-                            ports=[pod_pb2.ContainerPort(name="http", container_port=8080)],
-                        )
-                    ]
-                ),
-            ),
-        ),
-    )
+    return make_rc(name, namespace, labels, replicas, container=httpd_container(["httpd", "-f", "-p", "8080"]))
 
 
 def names_of(pods) -> set[str]:

@@ -15,7 +15,7 @@ from services.common.informer import Informer
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.replicator.manager import ReplicationManager
 
-from .apihelpers import make_rc
+from .apihelpers import make_rc, scale
 from .control_helpers import ControlPlane, PodCreations, pods_in, wait_for
 
 LAG = 0.2  # per pod event: ten creations take two seconds to show
@@ -71,18 +71,6 @@ async def poke(api: ApiClient, namespace: str, name: str, times: int) -> None:
             if error.code() != grpc.StatusCode.ABORTED:
                 raise
         await asyncio.sleep(0.05)
-
-
-async def scale(api: ApiClient, namespace: str, name: str, replicas: int) -> None:
-    for _ in range(10):
-        rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
-        rc.spec.replicas = replicas
-        try:
-            await api.update(rc)
-            return
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.ABORTED:
-                raise
 
 
 def status_replicas(api: ApiClient, namespace: str, name: str, replicas: int):
