@@ -93,6 +93,21 @@ def duplicate(path: str, value: Any) -> FieldError:
     return FieldError(path, f"Duplicate value: {_show(value)}")
 
 
+def _check_format(path: str, value: str, validator: Callable[[str], str | None], errors: list[FieldError]) -> bool:
+    """Records why value is malformed, if it is; True when it is well formed."""
+    reason = validator(value)
+    if reason:
+        errors.append(invalid(path, value, reason))
+    return reason is None
+
+
+def _check_unique_label(path: str, value: str, seen: set[str], errors: list[FieldError]) -> None:
+    """A DNS-1123 label that no sibling (container, volume, port) already uses."""
+    if _check_format(path, value, validate_dns1123_label, errors) and value in seen:
+        errors.append(duplicate(path, value))
+    seen.add(value)
+
+
 def not_found(path: str, value: Any) -> FieldError:
     return FieldError(path, f"Not found: {_show(value)}")
 
@@ -258,9 +273,7 @@ def validate_object_meta(
         errors.append(required(_child(path, "name"), "name or generateName is required"))
     if namespaced:
         if meta.namespace:
-            reason = validate_dns1123_label(meta.namespace)
-            if reason:
-                errors.append(invalid(_child(path, "namespace"), meta.namespace, reason))
+            _check_format(_child(path, "namespace"), meta.namespace, validate_dns1123_label, errors)
     elif meta.namespace:
         errors.append(forbidden(_child(path, "namespace"), "not allowed on this type"))
     if meta.generation < 0:
@@ -468,12 +481,7 @@ def _validate_volumes(volumes: Iterable[pod_pb2.Volume], path: str, errors: list
         if not volume.name:
             errors.append(required(_child(volume_path, "name")))
         else:
-            reason = validate_dns1123_label(volume.name)
-            if reason:
-                errors.append(invalid(_child(volume_path, "name"), volume.name, reason))
-            elif volume.name in names:
-                errors.append(duplicate(_child(volume_path, "name"), volume.name))
-            names.add(volume.name)
+            _check_unique_label(_child(volume_path, "name"), volume.name, names, errors)
         sources = [s for s in ("empty_dir", "host_path") if volume.HasField(s)]
         if not sources:
             errors.append(required(volume_path, "must specify a volume type"))
@@ -510,12 +518,7 @@ def validate_pod_spec(spec: pod_pb2.PodSpec, path: str = "spec") -> list[FieldEr
         if not container.name:
             errors.append(required(name_path))
         else:
-            reason = validate_dns1123_label(container.name)
-            if reason:
-                errors.append(invalid(name_path, container.name, reason))
-            elif container.name in container_names:
-                errors.append(duplicate(name_path, container.name))
-            container_names.add(container.name)
+            _check_unique_label(name_path, container.name, container_names, errors)
         _validate_container(container, container_path, volume_names, errors)
         # Every container shares the pod's network namespace, so host ports are pod-wide.
         for j, port in enumerate(container.ports):
@@ -534,13 +537,9 @@ def validate_pod_spec(spec: pod_pb2.PodSpec, path: str = "spec") -> list[FieldEr
         )
     errors += validate_labels(spec.node_selector, _child(path, "nodeSelector"))
     if spec.node_name:
-        reason = validate_dns1123_subdomain(spec.node_name)
-        if reason:
-            errors.append(invalid(_child(path, "nodeName"), spec.node_name, reason))
+        _check_format(_child(path, "nodeName"), spec.node_name, validate_dns1123_subdomain, errors)
     if spec.hostname:
-        reason = validate_dns1123_label(spec.hostname)
-        if reason:
-            errors.append(invalid(_child(path, "hostname"), spec.hostname, reason))
+        _check_format(_child(path, "hostname"), spec.hostname, validate_dns1123_label, errors)
     return errors
 
 
@@ -587,12 +586,7 @@ def _validate_named_ports(
             if len(ports) > 1:
                 errors.append(required(name_path, unnamed_reason))
         else:
-            reason = validate_dns1123_label(port.name)
-            if reason:
-                errors.append(invalid(name_path, port.name, reason))
-            elif port.name in names:
-                errors.append(duplicate(name_path, port.name))
-            names.add(port.name)
+            _check_unique_label(name_path, port.name, names, errors)
         _validate_port_number(_child(port_path, "port"), port.port, errors)
         if port.protocol and port.protocol not in protocols:
             errors.append(not_supported(_child(port_path, "protocol"), port.protocol, protocols))
@@ -649,13 +643,11 @@ def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
                 else:
                     _validate_ip(_child(address_path, "ip"), address.ip, errors)
                 if address.hostname:
-                    reason = validate_dns1123_label(address.hostname)
-                    if reason:
-                        errors.append(invalid(_child(address_path, "hostname"), address.hostname, reason))
+                    _check_format(_child(address_path, "hostname"), address.hostname, validate_dns1123_label, errors)
                 if address.node_name:
-                    reason = validate_dns1123_subdomain(address.node_name)
-                    if reason:
-                        errors.append(invalid(_child(address_path, "nodeName"), address.node_name, reason))
+                    _check_format(
+                        _child(address_path, "nodeName"), address.node_name, validate_dns1123_subdomain, errors
+                    )
         ports_path = _child(subset_path, "ports")
         if not subset.ports:
             errors.append(required(ports_path))
