@@ -260,10 +260,11 @@ class Registry:
             updated = mutate(current)
             if updated is None:
                 return current
-            if self.encode(updated) == self.encode(current):
+            value = self.encode(updated)
+            if value == self.encode(current):
                 return current  # a no-op write keeps the resource_version
             revision = await self.storage.update(
-                self._key(namespace, name), self.encode(updated), current.metadata.resource_version
+                self._key(namespace, name), value, current.metadata.resource_version
             )
             if revision is not None:
                 updated.metadata.resource_version = revision
