@@ -30,6 +30,7 @@ from services.common.client import ApiClient
 from services.common.informer import Informer
 from services.common.log import get_logger
 from services.common.resources import NODES, PODS
+from services.common.timestamps import timestamp_at
 
 DEFAULT_GRACE_PERIOD = 20.0
 DEFAULT_EVICTION_TIMEOUT = 30.0
@@ -83,10 +84,6 @@ def node_condition_ready(node: node_pb2.Node) -> bool:
 
 def pod_key(pod: pod_pb2.Pod) -> str:
     return f"{pod.metadata.namespace}/{pod.metadata.name}"
-
-
-def _stamp(epoch: float) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=int(epoch))
 
 
 class NodeLifecycleController:
@@ -232,7 +229,7 @@ class NodeLifecycleController:
             condition.reason, condition.message = REASON_STATUS_UNKNOWN, MESSAGE_STATUS_UNKNOWN
         previous_status = condition.status
         condition.status = "Unknown"
-        condition.last_transition_time.CopyFrom(_stamp(now))
+        condition.last_transition_time.CopyFrom(timestamp_at(now))
         heartbeat = last_heartbeat(node)
         if await self._write(self.client.update_status(updated), node=node.metadata.name):
             log.warning(
@@ -246,7 +243,7 @@ class NodeLifecycleController:
     async def _mark_pod_not_ready(self, pod: pod_pb2.Pod, node_name: str) -> None:
         updated = pod_pb2.Pod()
         updated.CopyFrom(pod)
-        now = _stamp(time.time())
+        now = timestamp_at(time.time())
         for condition in updated.status.conditions:
             if condition.type == READY:
                 break
@@ -273,7 +270,7 @@ class NodeLifecycleController:
                 condition.status = "True" if ready else "False"
                 condition.reason = "" if ready else "ContainersNotReady"
                 condition.message = ""
-                condition.last_transition_time.CopyFrom(_stamp(time.time()))
+                condition.last_transition_time.CopyFrom(timestamp_at(time.time()))
         if await self._write(self.client.update_status(updated), pod=pod_key(pod)):
             log.info("pod_ready_restored", pod=pod_key(pod), node=pod.spec.node_name, ready=ready)
 

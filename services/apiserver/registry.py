@@ -15,13 +15,13 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common import defaults, validation
 from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, PODS, Kind
 from services.common.selectors import FieldSelector, LabelSelector, SelectorError
+from services.common.timestamps import now_timestamp
 
 from .errors import ApiError, already_exists, conflict, invalid, not_found
 from .storage import CompactedError, Storage, prefix_range_end
@@ -59,13 +59,6 @@ def _resource_version_patch(revision: int) -> bytes:
 
 def _length_delimited(field_number: int, data: bytes) -> bytes:
     return bytes([(field_number << 3) | 2]) + _varint(len(data)) + data
-
-
-def now_timestamp() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    stamp.nanos = 0  # Kubernetes timestamps have second precision
-    return stamp
 
 
 def _encode_continue(revision: int, next_key: bytes) -> str:

@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
 from services.common.resources import ALL_KINDS, PODS, REPLICATION_CONTROLLERS, Kind
+from services.common.timestamps import now_timestamp
 
 from .errors import ApiError
-from .registry import Registry, now_timestamp
+from .registry import Registry
 from .storage import Storage
 
 log = get_logger()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import time
 from importlib import metadata
 from typing import Any
 
@@ -21,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kybernetes.v1 import node_pb2
 from services.common.log import get_logger
 from services.common.quantity import format_cpu_millis, format_memory_bytes
+from services.common.timestamps import now_timestamp
 
 log = get_logger(module="kubelet.node")
 
@@ -44,12 +44,6 @@ def kubelet_version() -> str:
         return "v" + metadata.version("kybernetes")
     except metadata.PackageNotFoundError:
         return "v0.0.0"
-
-
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromSeconds(int(time.time()))
-    return stamp
 
 
 def build_node_status(
@@ -105,7 +99,7 @@ class NodeStatusReporter:
     def _status(self) -> node_pb2.NodeStatus:
         status = node_pb2.NodeStatus()
         status.CopyFrom(self._base_status)
-        now = _now()
+        now = now_timestamp()
         if self._ready_since is None:
             self._ready_since = now
         status.conditions.append(node_pb2.NodeCondition(

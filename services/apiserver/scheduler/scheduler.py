@@ -29,13 +29,13 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, service_pb2
 from services.common.client import ApiClient
 from services.common.informer import Informer
 from services.common.log import get_logger
 from services.common.resources import NODES, PODS, SERVICES
+from services.common.timestamps import now_timestamp
 
 from ..nodelifecycle import DEFAULT_GRACE_PERIOD, TERMINATED_PHASES, is_node_ready
 from .cache import PodInfo, PodKey, SchedulerCache
@@ -318,10 +318,7 @@ class Scheduler:
         if condition is None:
             condition = updated.status.conditions.add(type=POD_SCHEDULED)
         if condition.status != "False":
-            stamp = timestamp_pb2.Timestamp()
-            stamp.GetCurrentTime()
-            stamp.nanos = 0
-            condition.last_transition_time.CopyFrom(stamp)
+            condition.last_transition_time.CopyFrom(now_timestamp())
         condition.status, condition.reason, condition.message = "False", REASON_UNSCHEDULABLE, message
         self._spawn(self._write_status(updated), f"unschedulable-{pod.metadata.name}")
         return True
