@@ -20,6 +20,10 @@ from .errors import ApiError
 from .txnbatch import TxnBatcher
 
 _RANGE_END_ALL = b"\0"
+# How long a batch of writes may wait for more under load (see txnbatch):
+# long enough to gather a busy server's in-progress requests, short beside
+# the latency a client sees at that load.
+WRITE_HOLD = 0.005
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -95,7 +99,7 @@ def _unavailable(error: grpc.aio.AioRpcError) -> ApiError:
 class Storage:
     """A connection to etcd with the handful of operations the registry needs."""
 
-    def __init__(self, endpoints: list[str], *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoints: list[str], *, timeout: float = 10.0, write_hold: float = WRITE_HOLD) -> None:
         target = channel_target(endpoints)
         # aetcd builds its target as f"{host}:{port}": split ours at the last colon.
         host, _, port = target.rpartition(":")
@@ -112,8 +116,9 @@ class Storage:
         )
         self._timeout = timeout
         self.target = target
-        # One transaction in flight: writes that arrive meanwhile form the next batch.
-        self._batcher = TxnBatcher(self._txn, max_in_flight=1)
+        # One transaction in flight: writes that arrive meanwhile form the next
+        # batch, held up to write_hold seconds when many clients write at once.
+        self._batcher = TxnBatcher(self._txn, max_in_flight=1, hold=write_hold)
 
     async def connect(self) -> None:
         await self._client.connect()

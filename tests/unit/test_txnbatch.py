@@ -70,3 +70,87 @@ async def test_transport_errors_reach_every_caller():
     batcher = TxnBatcher(broken)
     results = await asyncio.gather(*(create(batcher, f"k{i}".encode()) for i in range(5)), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
+
+
+class GatedEtcd:
+    """Create-if-absent over a set; transactions wait while the test keeps the gate shut."""
+
+    def __init__(self) -> None:
+        self.revision = 1
+        self.transactions: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
+        self.transactions.append(len(request.success))
+        await self.gate.wait()
+        self.revision += 1
+        return rpc.TxnResponse(succeeded=True, header=rpc.ResponseHeader(revision=self.revision))
+
+
+def submit(batcher: TxnBatcher, key: str) -> asyncio.Future:
+    """A write started now, as a future the test can await later."""
+    return asyncio.ensure_future(create(batcher, key.encode()))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def busy(batcher: TxnBatcher, etcd: GatedEtcd) -> None:
+    """Many clients at once: transactions come to carry many writes."""
+    for round_ in range(3):
+        await asyncio.gather(*(submit(batcher, f"busy{round_}-{i}") for i in range(20)))
+    etcd.transactions.clear()
+
+
+async def start_transaction_with_waiting_writes(batcher: TxnBatcher, etcd: GatedEtcd, waiting: int):
+    etcd.gate.clear()
+    first = submit(batcher, "first")
+    await settle()
+    others = [submit(batcher, f"waiting{i}") for i in range(waiting)]
+    await settle()
+    etcd.gate.set()
+    await first
+    return others
+
+
+async def test_a_lone_client_is_never_held():
+    etcd = GatedEtcd()
+    batcher = TxnBatcher(etcd.send, hold=3600, quiet=3600)
+    await busy(batcher, etcd)
+    for i in range(3):
+        await asyncio.wait_for(submit(batcher, f"lone{i}"), 30)
+    assert etcd.transactions == [1, 1, 1]
+
+
+async def test_under_load_writes_arriving_after_a_transaction_join_the_waiting_batch():
+    etcd = GatedEtcd()
+    batcher = TxnBatcher(etcd.send, hold=3600, quiet=0.05)
+    await busy(batcher, etcd)
+    waiting = await start_transaction_with_waiting_writes(batcher, etcd, 4)
+    late = submit(batcher, "late")  # arrives after "first" came back
+    results = await asyncio.wait_for(asyncio.gather(*waiting, late), 30)
+    assert len(set(results)) == 1  # one transaction, one revision
+    assert etcd.transactions == [1, 5]
+
+
+async def test_without_load_waiting_writes_go_at_once():
+    etcd = GatedEtcd()
+    batcher = TxnBatcher(etcd.send, hold=3600, quiet=3600)
+    waiting = await start_transaction_with_waiting_writes(batcher, etcd, 2)
+    await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    assert etcd.transactions == [1, 2]
+
+
+async def test_a_held_batch_goes_when_full():
+    etcd = GatedEtcd()
+    batcher = TxnBatcher(etcd.send, hold=0.2, quiet=3600)
+    await busy(batcher, etcd)
+    waiting = await start_transaction_with_waiting_writes(batcher, etcd, 4)
+    # Fills the held batch and starts another one.
+    more = [submit(batcher, f"more{i}") for i in range(MAX_BATCH_OPS - 4 + 1)]
+    await asyncio.wait_for(asyncio.gather(*waiting, *more[:-1]), 30)
+    assert etcd.transactions[:2] == [1, MAX_BATCH_OPS]
+    await asyncio.wait_for(more[-1], 30)
