@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 
 from services.common.log import configure_logging
+from services.common.servicemain import run_service, stop_on_signals
 
 from .controllers import add_controller_flags
 from .server import ApiServer
@@ -49,10 +48,7 @@ async def serve(args: argparse.Namespace) -> int:
         bookmark_interval=args.bookmark_interval,
         log_requests=not args.no_request_log,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     port = await server.start(args.listen)
     controllers = await start_controllers(args, port)
     log.info("apiserver_serving", listen=args.listen, etcd=server.storage.target, controllers=args.controllers or None)
@@ -77,7 +73,7 @@ async def start_controllers(args: argparse.Namespace, port: int) -> list[asyncio
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(asyncio.run(serve(parse_args(argv))))
+    run_service(serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

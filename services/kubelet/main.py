@@ -11,13 +11,11 @@ next kubelet of the same node name adopts them.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import socket
-import sys
 
 from services.common.flags import duration, positive_int
 from services.common.log import configure_logging
+from services.common.servicemain import run_service, stop_on_signals
 
 from .kubelet import Kubelet, KubeletConfig
 
@@ -81,10 +79,7 @@ async def run(config: KubeletConfig) -> int:
         await kubelet.stop()
         return 1
     log.info("kubelet_started", listen=config.listen, server=config.server or "none", root_dir=config.root_dir)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     log.info("kubelet_stopping")
     await kubelet.stop()
@@ -92,7 +87,7 @@ async def run(config: KubeletConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(asyncio.run(run(parse_args(argv))))
+    run_service(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
-import sys
 
 from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration
 from services.common.informer import Informer
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
+from services.common.servicemain import run_service, stop_on_signals
 
 from .balancer import DEFAULT_AFFINITY_TIMEOUT
 from .proxier import Proxier, ProxyOptions
@@ -96,10 +95,7 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.create_task(endpoints_informer.run(), name="informer-endpoints"),
         asyncio.create_task(run_services(), name="informer-services"),
     }
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     log.info(
         "proxy_started", server=client.server, bind_address=args.bind_address,
@@ -125,7 +121,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(asyncio.run(serve(parse_args(argv))))
+    run_service(serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
+
+
 
 from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration, positive_int
-
-
 from services.common.log import configure_logging
+from services.common.servicemain import run_service, stop_on_signals
 
 from .expectations import DEFAULT_TIMEOUT
 from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS, ReplicationManager
@@ -52,10 +51,7 @@ async def serve(args: argparse.Namespace) -> int:
         resync_period=args.resync_period,
         expectations_timeout=args.expectations_timeout,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     log.info("replicator_starting", server=client.server)
     runner = asyncio.create_task(manager.run(), name="replicator")
     stopping = asyncio.create_task(stop.wait(), name="replicator-stop")
@@ -74,7 +70,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(asyncio.run(serve(parse_args(argv))))
+    run_service(serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

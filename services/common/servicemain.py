@@ -1,0 +1,31 @@
+"""How every long-running service process runs: its event loop, GC and stop signals."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+from typing import Any, Coroutine, NoReturn
+
+# Python's default (700, 10, 10) runs a young-generation collection every 700
+# net allocations. A busy server allocates futures, tasks and messages by the
+# hundred thousand a second, nearly all freed by reference counting, and
+# spent ~10% of its CPU collecting (perf, 1,000 watch streams). Collecting
+# every 50,000 keeps cycles bounded and takes that cost off the hot path:
+# creates/s +15-25% and watch p99 87 -> 56 ms in bench/apiserver.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the service's cue to shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def run_service(main: Coroutine[Any, Any, int | None]) -> NoReturn:
+    gc.set_threshold(*GC_THRESHOLDS)
+    sys.exit(asyncio.run(main))
