@@ -69,6 +69,7 @@ class Component:
 class ClusterPlan:
     state_dir: Path
     nodes: list[str]
+    api: str = f"127.0.0.1:{API_PORT}"
     components: list[Component] = field(default_factory=list)
 
 
@@ -130,7 +131,7 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 health=status_listen,
             )
         )
-    return ClusterPlan(state, nodes, components)
+    return ClusterPlan(state, nodes, api, components)
 
 
 # -- state ----------------------------------------------------------------
@@ -238,9 +239,14 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
         pass
     command = [component.program, *component.args]
     image = args.etcd_image if component.program == "etcd" else args.component_image
+    from services.kubelet.podnetwork import DEFAULT_STATE_DIR
+
     volumes = {str(state): {"bind": str(state), "mode": "rw"}}
-    if component.program == "kubelet":
+    kubelet = component.program == "kubelet"
+    if kubelet:
         volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+        # The pod network: the host's address pool, and its sandboxes' namespaces (by pid).
+        volumes[DEFAULT_STATE_DIR] = {"bind": DEFAULT_STATE_DIR, "mode": "rw"}
     log = component.log_path(state)
     client.containers.run(
         image,
@@ -249,6 +255,10 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
         name=name,
         detach=True,
         network_mode="host",
+        pid_mode="host" if kubelet else None,
+        # Enough to make veths, enter a sandbox's network namespace and write
+        # iptables rules (--privileged wants capabilities some hosts lack).
+        cap_add=["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"] if kubelet else None,
         volumes=volumes,
         labels={CLUSTER_LABEL: str(state)},
     )
@@ -351,9 +361,12 @@ def down(args: argparse.Namespace) -> int:
         if alive(component):
             stop_component(component)
             print(f"  {name:<24} stopped")
+    from services.kubelet.podnetwork import release_node_addresses
+
     removed = remove_node_containers(recorded.get("nodes", []))
     if removed:
         print(f"  removed {removed} pod container(s)")
+    release_node_addresses(set(recorded.get("nodes", [])))
     recorded.update(components={}, nodes=[])
     if state.exists():
         save_state(state, recorded)
@@ -401,15 +414,17 @@ def status(args: argparse.Namespace) -> int:
 
 
 def _print_next_steps(plan: ClusterPlan) -> None:
-    kubecfg = REPO / ".venv" / "bin" / "kubecfg"
+    kubecfg = str(REPO / ".venv" / "bin" / "kubecfg")
+    if plan.api != f"127.0.0.1:{API_PORT}":  # kubecfg's default
+        kubecfg += f" --server {plan.api}"
     print(
         f"""
-cluster is up: {len(plan.nodes)} node(s) {', '.join(plan.nodes)}; API at 127.0.0.1:{API_PORT}
+cluster is up: {len(plan.nodes)} node(s) {', '.join(plan.nodes)}; API at {plan.api}
 try:
   {kubecfg} get nodes
   {kubecfg} apply -f examples/guestbook/
   {kubecfg} get pods -o wide
-  {REPO / '.venv' / 'bin' / 'grpcurl'} -plaintext 127.0.0.1:{API_PORT} list
+  {REPO / '.venv' / 'bin' / 'grpcurl'} -plaintext {plan.api} list
 logs:    {plan.state_dir / 'logs'}/
 status:  make status      stop: make down"""
     )

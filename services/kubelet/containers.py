@@ -17,6 +17,7 @@ from .naming import (
     LABEL_CONTAINER_HASH,
     LABEL_CONTAINER_NAME,
     LABEL_POD_GRACE_PERIOD,
+    LABEL_POD_IP,
     LABEL_POD_NAME,
     LABEL_POD_NAMESPACE,
     LABEL_POD_UID,
@@ -68,6 +69,7 @@ class ContainerInfo:
     started_at: float | None = None
     finished_at: float | None = None
     ip_address: str = ""
+    pid: int = 0  # of the container's first process while it runs (from inspect)
     # The infra container whose namespaces an app container joins ("" for the infra).
     sandbox_id: str = ""
 
@@ -86,6 +88,15 @@ class ContainerInfo:
     @property
     def is_infra(self) -> bool:
         return self.container_name == INFRA_CONTAINER_NAME
+
+    @property
+    def on_pod_network(self) -> bool:
+        """An infra container wired by the kubelet's pod network (not by Docker)."""
+        return LABEL_POD_IP in self.labels
+
+    @property
+    def pod_ip(self) -> str:
+        return self.labels.get(LABEL_POD_IP) or self.ip_address
 
     @property
     def spec_hash(self) -> str:
@@ -168,6 +179,7 @@ def info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
         started_at=parse_docker_time(state.get("StartedAt")),
         finished_at=finished_at if kind == EXITED else None,
         ip_address=ip_address,
+        pid=(state.get("Pid") or 0) if kind == RUNNING else 0,
         sandbox_id=network_mode.removeprefix("container:") if network_mode.startswith("container:") else "",
     )
 

@@ -1,7 +1,9 @@
 """Pod spec -> Docker create arguments (pure: no Docker call here).
 
-The infra container owns the pod's network and IPC namespaces and publishes
-the host ports of every container; app containers join it.
+The infra container owns the pod's network and IPC namespaces; app containers
+join it. On the kubelet's pod network (podnetwork.py) Docker's networking is
+off for the infra container and the kubelet wires it; a pod that publishes
+host ports is left to Docker's bridge and port publishing.
 """
 
 from __future__ import annotations
@@ -48,9 +50,17 @@ def _docker_protocol(protocol: str) -> str:
     return (protocol or "TCP").lower()
 
 
+def pod_hostname(pod: pod_pb2.Pod) -> str:
+    return (pod.spec.hostname or pod.metadata.name)[:63].rstrip("-.")
+
+
+def host_ports(pod: pod_pb2.Pod) -> bool:
+    return any(port.host_port for container in pod.spec.containers for port in container.ports)
+
+
 def infra_request(
     pod: pod_pb2.Pod, *, name: str, labels: dict[str, str], pause_image: str, node_ip: str,
-    runtime_default_seccomp: bool = False,
+    runtime_default_seccomp: bool = False, network_disabled: bool = False,
 ) -> CreateRequest:
     """The infra ("pause") container: holds the network namespace and the
     published ports of every container of the pod.
@@ -68,12 +78,16 @@ def infra_request(
             if port.host_port:
                 key = f"{port.container_port}/{protocol}"
                 bindings.setdefault(key, []).append((port.host_ip or node_ip, port.host_port))
-    hostname = (pod.spec.hostname or pod.metadata.name)[:63].rstrip("-.")
     return CreateRequest(
         name=name,
         image=pause_image,
         labels=labels,
-        container_kwargs={"hostname": hostname, "ports": exposed or None},
+        container_kwargs={
+            "hostname": pod_hostname(pod),
+            "ports": exposed or None,
+            # A new network namespace with only lo: the kubelet's pod network wires it.
+            "network_disabled": network_disabled or None,
+        },
         host_config_kwargs={
             "port_bindings": bindings or None,
             # Shareable so the pod's containers can join its IPC namespace.
@@ -101,8 +115,13 @@ def _resources(container: pod_pb2.Container) -> dict[str, Any]:
     return kwargs
 
 
-def _mounts(container: pod_pb2.Container, volume_paths: dict[str, str]) -> list[Mount]:
-    mounts = []
+def _mounts(container: pod_pb2.Container, volume_paths: dict[str, str], managed_files: dict[str, str]) -> list[Mount]:
+    own_targets = {posixpath.normpath(mount.mount_path) for mount in container.volume_mounts}
+    mounts = [
+        Mount(target=target, source=source, type="bind")
+        for target, source in managed_files.items()
+        if target not in own_targets
+    ]
     for mount in container.volume_mounts:
         source = volume_paths.get(mount.name)
         if source is None:
@@ -130,8 +149,13 @@ def container_request(
     infra_id: str,
     volume_paths: dict[str, str],
     runtime_default_seccomp: bool = False,
+    managed_files: dict[str, str] | None = None,
 ) -> CreateRequest:
     """An app container joined to the infra container's network and IPC namespaces.
+
+    managed_files: files the kubelet writes for the pod (/etc/hosts,
+    /etc/resolv.conf) by path in the container, each bind-mounted unless the
+    container mounts a volume there itself.
 
     command replaces the image's entrypoint and args its cmd, as in Kubernetes;
     Docker drops the image's cmd when the entrypoint is replaced, which is also
@@ -148,7 +172,7 @@ def container_request(
     host_config_kwargs: dict[str, Any] = {
         "network_mode": f"container:{infra_id}",
         "ipc_mode": f"container:{infra_id}",
-        "mounts": _mounts(container, volume_paths) or None,
+        "mounts": _mounts(container, volume_paths, managed_files or {}) or None,
         "log_config": LOG_CONFIG,
         "security_opt": _security_opt(runtime_default_seccomp),
         **_resources(container),

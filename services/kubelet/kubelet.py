@@ -36,6 +36,7 @@ from .sources import (
     pod_source,
 )
 from .naming import static_pod_name
+from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork
 from .statusmanager import StatusManager
 from .volumes import VolumeManager
 
@@ -58,6 +59,12 @@ class KubeletConfig:
     restart_backoff_initial: float = 10.0
     restart_backoff_max: float = 300.0
     docker_concurrency: int = 4
+    # "kubenet": the kubelet wires each pod sandbox itself (podnetwork.py);
+    # "docker": every sandbox on Docker's bridge, as Docker networks containers.
+    network_plugin: str = "kubenet"
+    pod_cidr: str = DEFAULT_POD_CIDR
+    pod_bridge: str = DEFAULT_BRIDGE
+    network_state_dir: str = DEFAULT_STATE_DIR
     node_ip: str = "127.0.0.1"
     docker_host: str | None = None
     seccomp_default: bool = False
@@ -72,6 +79,10 @@ class Kubelet:
         self.volumes = VolumeManager(config.root_dir, node)
         self.backoff = BackOff(config.restart_backoff_initial, config.restart_backoff_max)
         self.probes = ProbeManager(self.runtime, self._poke)
+        self.network = (
+            PodNetwork(node, config.pod_cidr, config.pod_bridge, config.network_state_dir)
+            if config.network_plugin == "kubenet" else None
+        )
         self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
         self.client: ApiClient | None = ApiClient(config.server) if config.server else None
         self.mirror: MirrorManager | None = None
@@ -97,7 +108,7 @@ class Kubelet:
             node=node, node_ip=config.node_ip, pause_image=config.pause_image, runtime=self.runtime,
             cache=self.cache, volumes=self.volumes, probes=self.probes, backoff=self.backoff,
             publish_status=self.status.publish, source_of=pod_source,
-            runtime_default_seccomp=config.seccomp_default,
+            runtime_default_seccomp=config.seccomp_default, network=self.network,
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
@@ -117,6 +128,10 @@ class Kubelet:
             "kubelet_starting", docker=self.runtime.version, containers_found=len(adopted),
             pods_found=len({c.pod_uid for c in adopted}),
         )
+        if self.network is not None:
+            await self.network.setup()
+            # Addresses of pods gone while no kubelet watched (any node's: the pool is the host's).
+            await self.network.collect_garbage(await self.runtime.pod_uids_on_host())
         self._started = True
         await self.server_source.load()
         port = await self.server.start()

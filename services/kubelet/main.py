@@ -18,6 +18,7 @@ from services.common.log import configure_logging
 from services.common.servicemain import run_service, stop_on_signals
 
 from .kubelet import Kubelet, KubeletConfig
+from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
 
 def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser = argparse.ArgumentParser(prog="kubelet", description="Runs the pods bound to this node on Docker.")
@@ -42,7 +43,19 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--seccomp-default", action="store_true",
                         help="run every container under Docker's default seccomp profile "
                              "(default: Unconfined, as Kubernetes does unless this is set)")
+    parser.add_argument("--network-plugin", choices=("kubenet", "docker"), default="kubenet",
+                        help="kubenet: the kubelet wires each pod into its bridge (default); "
+                             "docker: Docker's bridge networking for every pod")
+    parser.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR,
+                        help="kubenet: the pods' addresses; kubelets on one host share it (default %(default)s)")
+    parser.add_argument("--pod-bridge", default=DEFAULT_BRIDGE, help="kubenet: the node's bridge (default %(default)s)")
+    parser.add_argument("--network-state-dir", default=DEFAULT_STATE_DIR,
+                        help="kubenet: the host's address pool, shared by its kubelets (default %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        PodNetwork(args.node_name, args.pod_cidr, args.pod_bridge, args.network_state_dir)
+    except PodNetworkError as error:
+        parser.error(str(error))
     if args.restart_backoff_max < args.restart_backoff_initial:
         parser.error("--restart-backoff-max must be at least --restart-backoff-initial")
     for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency", "sync_frequency"):
@@ -66,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         node_ip=args.node_ip,
         docker_host=args.docker_host,
         seccomp_default=args.seccomp_default,
+        network_plugin=args.network_plugin,
+        pod_cidr=args.pod_cidr,
+        pod_bridge=args.pod_bridge,
+        network_state_dir=args.network_state_dir,
     )
 
 

@@ -28,6 +28,9 @@ LABEL_CONTAINER_HASH = "io.kybernetes.container.hash"
 # 0 for the first container, +1 for every restart. Restart counts survive a
 # kubelet restart because they live here.
 LABEL_RESTART_COUNT = "io.kybernetes.container.restart-count"
+# On an infra container wired by the kubelet's pod network: the pod's address
+# (Docker knows none), so a restarted kubelet knows the pod IP without asking.
+LABEL_POD_IP = "io.kybernetes.pod.ip"
 
 # The name of the infra container inside a pod (as Kubernetes' "POD").
 INFRA_CONTAINER_NAME = "POD"

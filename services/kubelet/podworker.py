@@ -21,15 +21,17 @@ from services.common.log import get_logger
 
 from .backoff import BackOff
 from .containers import CREATED, ContainerCache, ContainerInfo
-from .dockerspec import ContainerConfigError, container_request, infra_request
+from .dockerspec import ContainerConfigError, container_request, host_ports, infra_request, pod_hostname
 from .naming import (
     INFRA_CONTAINER_NAME,
+    LABEL_POD_IP,
     container_hash,
     container_labels,
     docker_name,
     grace_period_seconds,
     sandbox_hash,
 )
+from .podnetwork import PodNetwork, PodNetworkError
 from .probes import ProbeManager
 from .runtime import DockerRuntime, ImageMissingError, RuntimeCallError, call_priority
 from .status import (
@@ -74,6 +76,8 @@ class NodeContext:
     # Docker's default seccomp profile for every container; off: Unconfined,
     # Kubernetes' default (the kubelet's --seccomp-default).
     runtime_default_seccomp: bool = False
+    # The kubelet's own pod network; None: Docker's bridge for every sandbox.
+    network: PodNetwork | None = None
 
 
 @dataclass
@@ -206,6 +210,13 @@ class PodWorker:
         await self._kill_changed(pod, grace)
         await self._handle_sandbox_change(pod, grace)
 
+        sandbox = self._running_sandbox()
+        if sandbox is not None and sandbox.on_pod_network and not (
+            context.network is not None and context.network.attached(sandbox.id)
+        ):
+            # Started but never wired (the kubelet stopped in between): wire it or replace it.
+            await self._attach_or_stop(sandbox, time.time())
+
         # 2. Decide, per container, what to do.
         now = time.time()
         to_start, waiting, wake_at = self._plan(pod, now)
@@ -216,11 +227,11 @@ class PodWorker:
             if retry_at is not None:
                 wake_at = min(wake_at or retry_at, retry_at)
         sandbox = self._running_sandbox()
-        if sandbox is not None and not sandbox.ip_address:
+        if sandbox is not None and not sandbox.on_pod_network and not sandbox.ip_address:
             # Not read when it started (a failed inspect): read it now.
             sandbox = await context.runtime.inspect(sandbox.id)
-        if sandbox is not None and sandbox.ip_address:
-            self._pod_ip = sandbox.ip_address
+        if sandbox is not None and sandbox.pod_ip:
+            self._pod_ip = sandbox.pod_ip
 
         # 4. A pod that is over keeps no sandbox (and so frees its host ports).
         sandbox = self._running_sandbox()
@@ -397,15 +408,38 @@ class PodWorker:
             attempt = current.restart_count + 1 if current is not None else 0
         name = docker_name(context.node, pod.metadata.namespace, pod.metadata.name, INFRA_CONTAINER_NAME, self.uid, attempt)
         labels = container_labels(context.node, pod, context.source_of(pod), INFRA_CONTAINER_NAME, expected, attempt)
-        request = infra_request(
-            pod, name=name, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip,
-            runtime_default_seccomp=context.runtime_default_seccomp,
-        )
+        on_pod_network = context.network is not None and not host_ports(pod)
         try:
+            if on_pod_network:
+                labels[LABEL_POD_IP] = await context.network.address_for(self.uid)  # type: ignore[union-attr]
+            request = infra_request(
+                pod, name=name, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip,
+                runtime_default_seccomp=context.runtime_default_seccomp, network_disabled=on_pod_network,
+            )
             return await context.runtime.create(request)
-        except (ImageMissingError, RuntimeCallError) as error:
+        except (ImageMissingError, RuntimeCallError, PodNetworkError, OSError) as error:
             message = f'pause image "{context.pause_image}" is not present' if isinstance(error, ImageMissingError) else str(error)
             return self._sandbox_failed(key, expected, message, now)
+
+    async def _attach_or_stop(self, sandbox: ContainerInfo, now: float) -> bool:
+        """Wires a running sandbox into the pod network before any app container
+        starts in it; one that cannot be wired is removed, and the failure
+        recorded and retried with back-off like any sandbox failure."""
+        context = self.context
+        try:
+            if context.network is None:
+                raise PodNetworkError("the kubelet's pod network is off (--network-plugin=docker)")
+            inspected = await context.runtime.inspect(sandbox.id)
+            if inspected is None or not inspected.running or not inspected.pid:
+                raise PodNetworkError("the sandbox stopped before its network was set up")
+            await context.network.attach(sandbox.id, inspected.pid, sandbox.pod_ip)
+        except Exception as error:  # any failure leaves a sandbox no container can use
+            await context.runtime.remove(sandbox)
+            key = (self.uid, INFRA_CONTAINER_NAME, sandbox.spec_hash)
+            self._sandbox_failed(key, sandbox.spec_hash, f"pod network: {error}", now)
+            return False
+        self._log.info("pod_sandbox_started", id=sandbox.id[:12], ip=sandbox.pod_ip)
+        return True
 
     async def _start_sandbox(self, info: ContainerInfo, now: float) -> ContainerInfo | None:
         """Starts a created infra container; None when it did not start (recorded)."""
@@ -418,6 +452,8 @@ class PodWorker:
         if not info.running:
             await context.runtime.remove(info)
             return self._sandbox_failed(key, info.spec_hash, info.error or f"exited with {info.exit_code}", now)
+        if info.on_pod_network and not await self._attach_or_stop(info, now):
+            return None
         if self._sandbox_failure is not None:
             context.backoff.reset(key)
             self._sandbox_failure = None
@@ -439,8 +475,14 @@ class PodWorker:
             new_sandbox = await self._create_sandbox(pod, now)
             if new_sandbox is None:
                 return self._sandbox_not_ready(to_start, waiting)
-        sandbox_id = sandbox.id if sandbox is not None else new_sandbox.id  # type: ignore[union-attr]
-        creating = self._create_containers(pod, to_start, sandbox_id, waiting)
+        the_sandbox = sandbox or new_sandbox
+        assert the_sandbox is not None
+        managed_files: dict[str, str] = {}
+        if the_sandbox.on_pod_network and self.context.network is not None:
+            managed_files = await self.context.network.write_pod_files(
+                self.context.volumes.pod_dir(self.uid), the_sandbox.pod_ip, pod_hostname(pod)
+            )
+        creating = self._create_containers(pod, to_start, the_sandbox.id, waiting, managed_files)
         if new_sandbox is not None:
             started, creation = await asyncio.gather(
                 self._start_sandbox(new_sandbox, now), creating, return_exceptions=True
@@ -458,14 +500,16 @@ class PodWorker:
             await self._remove_all([info for _, info in created])
             return self._sandbox_not_ready(to_start, waiting)
         steps = [self._run_container(spec, info) for spec, info in created]
-        if new_sandbox is not None:
-            steps.append(self.context.runtime.inspect(sandbox.id))  # for the pod IP
+        # Docker's bridge: read the pod IP while the containers start.
+        inspect_sandbox = new_sandbox is not None and not sandbox.on_pod_network
+        if inspect_sandbox:
+            steps.append(self.context.runtime.inspect(sandbox.id))
         results = await asyncio.gather(*steps, return_exceptions=True)
         for result, (spec, _) in zip(results, created):
             if isinstance(result, BaseException):
                 self._log.error("container_start_failed", container=spec.name, error=repr(result))
                 retry_at = min(retry_at or float("inf"), time.time() + 1.0)
-        if new_sandbox is not None:
+        if inspect_sandbox:
             inspected = results[-1]
             if isinstance(inspected, BaseException):
                 self._log.warning("pod_sandbox_inspect_failed", error=repr(inspected))
@@ -515,7 +559,8 @@ class PodWorker:
         return failure.failed_at + self.context.backoff.delay((self.uid, spec.name, failure.spec_hash))
 
     async def _create_containers(
-        self, pod: pod_pb2.Pod, specs: list[pod_pb2.Container], sandbox_id: str, waiting: dict[str, tuple[str, str]]
+        self, pod: pod_pb2.Pod, specs: list[pod_pb2.Container], sandbox_id: str, waiting: dict[str, tuple[str, str]],
+        managed_files: dict[str, str],
     ) -> tuple[float | None, list[tuple[pod_pb2.Container, ContainerInfo]]]:
         """Prepares the volumes and creates the containers (joined to sandbox_id);
         when to retry what could not be created, and what was."""
@@ -524,7 +569,8 @@ class PodWorker:
         if volume_paths is None:
             return None, []  # recorded; the worker wakes itself for the retry
         results = await asyncio.gather(
-            *(self._create_container(pod, spec, sandbox_id, volume_paths) for spec in specs), return_exceptions=True
+            *(self._create_container(pod, spec, sandbox_id, volume_paths, managed_files) for spec in specs),
+            return_exceptions=True,
         )
         created: list[tuple[pod_pb2.Container, ContainerInfo]] = []
         for spec, result in zip(specs, results):
@@ -542,7 +588,8 @@ class PodWorker:
         return retry_at, created
 
     async def _create_container(
-        self, pod: pod_pb2.Pod, spec: pod_pb2.Container, sandbox_id: str, volume_paths: dict[str, str]
+        self, pod: pod_pb2.Pod, spec: pod_pb2.Container, sandbox_id: str, volume_paths: dict[str, str],
+        managed_files: dict[str, str],
     ) -> ContainerInfo | tuple[str, str]:
         """Creates one container; (reason, message) when it could not be created."""
         context = self.context
@@ -568,7 +615,7 @@ class PodWorker:
             try:
                 request = container_request(
                     pod, spec, name=name, labels=labels, infra_id=sandbox_id, volume_paths=volume_paths,
-                    runtime_default_seccomp=context.runtime_default_seccomp,
+                    runtime_default_seccomp=context.runtime_default_seccomp, managed_files=managed_files,
                 )
                 info = await context.runtime.create(request)
             except ImageMissingError:
@@ -673,6 +720,8 @@ class PodWorker:
         if left:
             self.poke_at(time.time() + 1.0)
             return False
+        if context.network is not None:
+            await context.network.release(self.uid)
         if containers:
             self._log.info("pod_removed")
         return True

@@ -27,7 +27,7 @@ from services.common.log import get_logger
 
 from .containers import CREATED, EXITED, RUNNING, ContainerCache, ContainerInfo, info_from_inspect, summary_state
 from .dockerspec import CreateRequest
-from .naming import node_filter
+from .naming import LABEL_POD_UID, node_filter
 
 log = get_logger(module="kubelet.runtime")
 
@@ -178,6 +178,11 @@ class DockerRuntime:
         summaries = await self.call(self._api.containers, all=True, filters=self._filters)
         infos = await asyncio.gather(*(self.inspect(summary["Id"]) for summary in summaries))
         return [info for info in infos if info is not None]
+
+    async def pod_uids_on_host(self) -> set[str]:
+        """The pods with a container on this Docker daemon, whatever their node."""
+        summaries = await self.call(self._api.containers, all=True, filters={"label": [LABEL_POD_UID]})
+        return {(summary.get("Labels") or {}).get(LABEL_POD_UID, "") for summary in summaries} - {""}
 
     async def resync(self) -> None:
         """Catches up with anything the event stream missed: one list call, and

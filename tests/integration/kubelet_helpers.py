@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
+from services.kubelet.podnetwork import release_node_addresses
 from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE, REPO, free_port, wait_for_port
 
 NODE_LABEL = "io.kybernetes.node"
@@ -161,6 +162,7 @@ class KubeletProcess:
     def cleanup(self) -> None:
         self.stop()
         remove_node_containers(self.node)
+        release_node_addresses({self.node})
         # A test that failed may leave a Memory emptyDir (tmpfs) mounted.
         with open("/proc/mounts") as mounts:
             for line in mounts:

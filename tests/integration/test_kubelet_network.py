@@ -1,0 +1,92 @@
+"""The kubelet's pod network (kubenet style) on the real Docker daemon: each pod
+an address of the pod CIDR on the node's bridge, pods reaching each other, a
+managed /etc/hosts, and the address back in the pool when the pod goes."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+
+import pytest
+
+from services.kubelet.podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR
+from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+    KubeletProcess,
+    container,
+    docker_client,
+    is_running,
+    kubelet,
+    make_pod,
+    node_containers,
+    node_name,
+    unique_node,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+
+async def running_pod(kubelet: KubeletProcess, name: str):
+    pod = await kubelet.get_pod(name)
+    return pod if is_running(pod) else None
+
+
+def container_logs(node: str, container_name: str) -> str:
+    for summary in node_containers(node):
+        if summary["Labels"].get("io.kybernetes.container.name") == container_name:
+            return docker_client().containers.get(summary["Id"]).logs().decode(errors="replace")
+    return ""
+
+
+async def logs_containing(node: str, container_name: str, text: str) -> str | None:
+    logs = await asyncio.to_thread(container_logs, node, container_name)
+    return logs if text in logs else None
+
+
+def allocation_file(address: str) -> str:
+    return os.path.join(DEFAULT_STATE_DIR, DEFAULT_BRIDGE, address)
+
+
+async def released(address: str) -> bool:
+    return not os.path.exists(allocation_file(address))
+
+
+async def test_pods_reach_each_other_on_the_pod_network(kubelet: KubeletProcess) -> None:
+    server = container("web", "sh", "-c", "echo served-by-$(hostname) > /index.html; exec httpd -f -p 8080 -h /")
+    await kubelet.submit(make_pod("server", server))
+    server_pod = await wait_for(lambda: running_pod(kubelet, "server"), what="server running")
+    server_ip = server_pod.status.pod_ip
+    assert ipaddress.ip_address(server_ip) in ipaddress.ip_network(DEFAULT_POD_CIDR)
+    assert os.path.exists(allocation_file(server_ip))
+
+    fetch = (
+        "cat /etc/hosts; "
+        f"until wget -q -O - http://{server_ip}:8080/index.html; do sleep 0.2; done; "
+        "trap 'exit 0' TERM; while true; do sleep 1; done"
+    )
+    await kubelet.submit(make_pod("client", container("fetch", "sh", "-c", fetch)))
+    client_pod = await wait_for(lambda: running_pod(kubelet, "client"), what="client running")
+    assert client_pod.status.pod_ip != server_ip
+
+    logs = await wait_for(
+        lambda: logs_containing(kubelet.node, "fetch", "served-by"), what="client fetched the server's page by pod IP"
+    )
+    assert f"served-by-server-{kubelet.node}" in logs
+    # The kubelet's hosts file names the pod at its address.
+    assert f"{client_pod.status.pod_ip}\tclient-{kubelet.node}" in logs
+
+    await kubelet.delete(f"server-{kubelet.node}")
+    await wait_for(lambda: released(server_ip), what="address back in the pool")
+
+
+async def test_docker_network_plugin_puts_pods_on_dockers_bridge(node_name: str) -> None:
+    kubelet = KubeletProcess(node_name, "--network-plugin", "docker")
+    try:
+        await kubelet.submit(make_pod("web", container("main", "sh", "-c", "exec httpd -f -p 8080 -h /")))
+        pod = await wait_for(lambda: running_pod(kubelet, "web"), what="pod running")
+        assert pod.status.pod_ip
+        assert ipaddress.ip_address(pod.status.pod_ip) not in ipaddress.ip_network(DEFAULT_POD_CIDR)
+    finally:
+        kubelet.cleanup()
+
