@@ -119,9 +119,10 @@ def run_proxy(bulk_port: int, short_port: int, use_splice: bool) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     from services.common.log import configure_logging
+    from services.common.servicemain import run_service
 
     configure_logging("kube-proxy", level="warning")
-    asyncio.run(serve())
+    run_service(serve())  # as services.proxy.main runs it (its GC settings included)
 
 
 def _free_port() -> int:

@@ -2,8 +2,11 @@
 
 asyncio's add_reader/remove_reader cost ~6 us of Python per pair, and a proxied
 connection needs several as its sockets switch between waiting to read and
-waiting to write. Here every socket is registered once, edge-triggered for both
-directions, and never modified: closing it removes it from the set. The epoll
+waiting to write. Here every socket is registered once, edge-triggered, and
+closing it removes it from the set. A socket is watched for writing only when
+its owner asks (`watch_writes`: typically once a write to it cannot complete),
+so write-side changes nobody waits for (the ACK of our FIN, room freed in a
+buffer we are not filling) raise no event, which would cost a callback. The epoll
 descriptor itself is one reader of the asyncio loop, so everything still runs
 on the loop's thread, between its other callbacks (gRPC, watches).
 
@@ -26,9 +29,11 @@ Handler = Callable[[int], None]
 READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _BOTH_EDGE = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-_READ_EDGE = select.EPOLLIN | select.EPOLLET
+_READ_EDGE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 # Events taken per loop turn: bounded, so the rest of the loop keeps its turn.
 MAX_EVENTS = 256
+# Polls per loop turn while handlers keep adding descriptors.
+DISPATCH_POLLS = 4
 
 
 class Reactor:
@@ -41,12 +46,18 @@ class Reactor:
         self._closed = False
         self._forgotten: set[int] = set()  # during a dispatch: fds closed since its poll
         self._dispatching = False
+        self._added = False  # during a dispatch: a descriptor was added since its poll
         self.loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def add(self, fd: int, handler: Handler, *, write: bool = True) -> None:
-        """Watches fd (edge-triggered) until it is closed."""
+        """Watches fd (edge-triggered) until it is closed: for reading, and for writing unless write=False."""
         self._handlers[fd] = handler
         self._epoll.register(fd, _BOTH_EDGE if write else _READ_EDGE)
+        self._added = True
+
+    def watch_writes(self, fd: int, write: bool) -> None:
+        """Starts or stops watching fd for writing (always for reading); reports at once what is ready already."""
+        self._epoll.modify(fd, _BOTH_EDGE if write else _READ_EDGE)
 
     def forget(self, fd: int) -> None:
         """Drops fd's handler; call right before closing fd (closing unregisters it)."""
@@ -70,14 +81,23 @@ class Reactor:
     def _dispatch(self) -> None:
         handlers = self._handlers
         forgotten = self._forgotten
+        poll = self._epoll.poll
         self._dispatching = True
         try:
-            for fd, events in self._epoll.poll(0, MAX_EVENTS):
-                if forgotten and fd in forgotten:
-                    continue
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(events)
+            for _ in range(DISPATCH_POLLS):
+                self._added = False
+                for fd, events in poll(0, MAX_EVENTS):
+                    if forgotten and fd in forgotten:
+                        continue
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        handler(events)
+                if not self._added:
+                    break
+                # A socket added meanwhile is often ready already (a loopback
+                # connect is established, an accepted client has sent its
+                # request): serve it now rather than on another loop turn.
+                forgotten.clear()
         finally:
             self._dispatching = False
             forgotten.clear()

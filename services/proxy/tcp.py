@@ -122,6 +122,9 @@ def bind_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
         # Rebinding right after a restart must not wait for TIME_WAIT to clear;
         # a port another socket listens on still fails with EADDRINUSE.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Forward small writes at once: a reply split in two must not wait for an
+        # ACK. Accepted sockets inherit the option (Linux): one call per port.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -291,6 +294,7 @@ class TcpConnection:
             except OSError as error:
                 self._connect_failed(backend, error.errno or 0)
                 continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as bind_tcp's clients
             code = sock.connect_ex(backend)
             if code == 0 or code == errno.EINPROGRESS:
                 self.backend, self.backend_sock, self.backend_fd = backend, sock, sock.fileno()
@@ -368,17 +372,12 @@ class TcpConnection:
         if listener.trace:
             listener.log.debug("connection_opened", client=self.client_ip, backend=f"{self.backend[0]}:{self.backend[1]}")
         client = self.client
-        try:
-            # Forward small writes at once: a reply split in two must not wait for an ACK.
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            backend_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         counters = listener.counters
         self.upstream = _Pump(self, client, backend_sock, counters, inbound=True)
         self.downstream = _Pump(self, backend_sock, client, counters, inbound=False)
         # Registering reports what is already readable, e.g. the client's request.
-        self.reactor.add(self.client_fd, self._on_client_event)
+        # Writes to the client are watched once one cannot complete (see _Pump._wait_for_dst).
+        self.reactor.add(self.client_fd, self._on_client_event, write=False)
 
     # Ending ---------------------------------------------------------------
 
@@ -437,7 +436,7 @@ class _Pump:
 
     __slots__ = (
         "connection", "reactor", "src", "dst", "src_fd", "dst_fd", "counters", "inbound",
-        "pending", "pipe", "in_pipe", "blocked", "finished", "splice_ok",
+        "pending", "pipe", "in_pipe", "blocked", "dst_watched", "bulk", "finished", "splice_ok",
     )
 
     def __init__(
@@ -461,6 +460,9 @@ class _Pump:
         self.pipe: tuple[int, int] | None = None  # splice stage
         self.in_pipe = 0
         self.blocked = False  # waiting for dst to take more
+        # Whether dst is watched for writes: the backend is from its connect, the client on demand.
+        self.dst_watched = inbound
+        self.bulk = False
         self.finished = False
         self.splice_ok = connection.listener.use_splice
 
@@ -486,6 +488,8 @@ class _Pump:
             self.connection.abort()
             return
         self.blocked = False
+        if self.bulk:
+            self._unwatch_dst()
         self._run(0)
 
     def _resume(self) -> None:
@@ -531,14 +535,10 @@ class _Pump:
                 return
             if sent < n:
                 self.pending = bytes(_scratch_view[sent:n])
-                self.blocked = True
+                self._wait_for_dst()
                 return
-            if n >= SPLICE_THRESHOLD and self.splice_ok:
-                # This direction carries a bulk stream: move it in the kernel from now on.
-                try:
-                    self.pipe = _pipe_pool.take()
-                except OSError:
-                    self.splice_ok = False  # out of descriptors: keep copying
+            if n >= SPLICE_THRESHOLD and not self.bulk:
+                self._become_bulk()
             if n < COPY_CHUNK and events and not events & _RDHUP:
                 return
         self.reactor.again(self._resume)
@@ -564,8 +564,34 @@ class _Pump:
         except OSError:
             self.connection.abort()
             return False
-        self.blocked = True
+        self._wait_for_dst()
         return False
+
+    def _become_bulk(self) -> None:
+        """This direction carries a bulk stream: move it in the kernel from now on (splice).
+
+        And watch dst for writes only while blocked on it: otherwise every ACK
+        that frees room in its buffer (dozens per MiB) wakes us for nothing
+        while we wait for src.
+        """
+        self.bulk = True
+        self._unwatch_dst()
+        if self.splice_ok:
+            try:
+                self.pipe = _pipe_pool.take()
+            except OSError:
+                self.splice_ok = False  # out of descriptors: keep copying
+
+    def _wait_for_dst(self) -> None:
+        self.blocked = True
+        if not self.dst_watched:
+            self.dst_watched = True
+            self.reactor.watch_writes(self.dst_fd, True)
+
+    def _unwatch_dst(self) -> None:
+        if self.dst_watched:
+            self.dst_watched = False
+            self.reactor.watch_writes(self.dst_fd, False)
 
     def _drain_pipe(self) -> bool:
         assert self.pipe is not None and _SPLICE is not None
