@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import urllib.request
 
 import pytest
 
@@ -25,6 +26,11 @@ from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.docker
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return response.read().decode()
 
 
 async def running_pod(kubelet: KubeletProcess, name: str):
@@ -90,3 +96,26 @@ async def test_docker_network_plugin_puts_pods_on_dockers_bridge(node_name: str)
     finally:
         kubelet.cleanup()
 
+
+
+async def test_a_killed_sandbox_is_replaced_and_the_pod_keeps_its_address(kubelet: KubeletProcess) -> None:
+    web = container("web", "sh", "-c", "echo alive > /index.html; exec httpd -f -p 8080 -h /")
+    await kubelet.submit(make_pod("web", web))
+    pod = await wait_for(lambda: running_pod(kubelet, "web"), what="pod running")
+    address = pod.status.pod_ip
+    infra = next(c for c in node_containers(kubelet.node) if c["Labels"]["io.kybernetes.container.name"] == "POD")
+    await asyncio.to_thread(docker_client().containers.get(infra["Id"]).kill)
+
+    async def served_by_a_new_sandbox() -> bool:
+        sandboxes = [
+            c for c in node_containers(kubelet.node, all=False) if c["Labels"]["io.kybernetes.container.name"] == "POD"
+        ]
+        if not sandboxes or sandboxes[0]["Id"] == infra["Id"]:
+            return False
+        try:
+            return "alive" in await asyncio.to_thread(http_get, f"http://{address}:8080/index.html")
+        except OSError:
+            return False
+
+    await wait_for(served_by_a_new_sandbox, what="the pod served again at its address from a new sandbox")
+    assert (await kubelet.get_pod("web")).status.pod_ip == address
