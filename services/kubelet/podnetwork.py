@@ -268,10 +268,6 @@ class PodNetwork:
     async def address_for(self, pod_uid: str) -> str:
         return await asyncio.to_thread(self.pool.allocate, pod_uid)
 
-    def address_of(self, pod_uid: str) -> str | None:
-        """The address the pod holds (None: none yet)."""
-        return self.pool.find(pod_uid)
-
     async def release(self, pod_uid: str) -> None:
         await asyncio.to_thread(self.pool.release, pod_uid)
 
