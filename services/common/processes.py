@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,11 +41,18 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
 
 
 class ManagedProcess:
-    """A child process logging to a file, stopped with SIGTERM then SIGKILL."""
+    """A child process logging to a file, stopped with SIGTERM then SIGKILL.
 
-    def __init__(self, name: str, argv: list[str], log_path: str | os.PathLike, env: dict[str, str] | None = None) -> None:
+    Without a log_path it logs to a temporary file, removed when it stops."""
+
+    def __init__(
+        self, name: str, argv: list[str], log_path: str | os.PathLike | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
+        self._owns_log = log_path is None
+        if log_path is None:
+            log_path = tempfile.mktemp(prefix=f"kyb-{name}-", suffix=".log")
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
@@ -65,6 +73,9 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -80,6 +91,8 @@ class ManagedProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        if self._owns_log:
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
 
     def kill(self) -> None:
@@ -132,11 +145,6 @@ class ApiServerProcess(ManagedProcess):
     ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self._owns_log = log_path is None  # a temporary log goes when the server stops
-        if log_path is None:
-            import tempfile
-
-            log_path = tempfile.mktemp(prefix="kyb-apiserver-", suffix=".log")
         super().__init__(
             "apiserver",
             python_module_argv(
@@ -149,12 +157,3 @@ class ApiServerProcess(ManagedProcess):
         except Exception as error:
             self.stop()
             raise RuntimeError(f"the API server did not start: {error}\n{self.log_tail()}") from error
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        code = super().stop(timeout)
-        if self._owns_log:
-            self.log_path.unlink(missing_ok=True)
-        return code

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,9 @@ import grpc
 import pytest
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
+from services.common.processes import ManagedProcess
 from services.kubelet.podnetwork import release_node_addresses
-from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE, REPO, free_port, wait_for_port
+from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE, free_port, wait_for_port
 
 NODE_LABEL = "io.kybernetes.node"
 
@@ -80,7 +80,7 @@ class KubeletProcess:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.root_dir, "kubelet.log")
-        self.process: subprocess.Popen | None = None
+        self.process: ManagedProcess | None = None
         self._channel: grpc.aio.Channel | None = None
         self.start()
 
@@ -100,12 +100,11 @@ class KubeletProcess:
         return argv
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        env = dict(os.environ, KYBERNETES_LOG_LEVEL="debug")
-        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        log.close()
+        self.process = ManagedProcess(
+            f"kubelet-{self.node}", self.argv(), self.log_path, env={"KYBERNETES_LOG_LEVEL": "debug"}
+        )
         try:
-            wait_for_port(self.port, self.process, timeout=30)
+            wait_for_port(self.port, self.process.process, timeout=30)
         except Exception:
             print(self.log_text()[-4000:], file=sys.stderr)
             raise
@@ -113,23 +112,13 @@ class KubeletProcess:
     def kill(self) -> None:
         """SIGKILL: no chance to clean anything up."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        self.process.kill()
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return self.process.stop() if self.process is not None else None
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.alive()
 
     def log_text(self) -> str:
         return Path(self.log_path).read_text(errors="replace") if os.path.exists(self.log_path) else ""

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import grpc
 import pytest
@@ -16,27 +13,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, SERVICES
+from services.common.processes import ManagedProcess, python_module_argv
 from tests.conftest import REPO, free_port, wait_for_port
 
 from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, exchange, name_handler, wait_until
 
 
-class ProxyProcess:
+class ProxyProcess(ManagedProcess):
+    """`kube-proxy` as its own process, logging to a temporary file."""
+
     def __init__(self, server: str, *extra: str) -> None:
         self.status_port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="kyb-proxy-", suffix=".log")[1])
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "services.proxy.main",
+        super().__init__(
+            "proxy",
+            python_module_argv(
+                "services.proxy.main",
                 "--server", server,
                 "--bind-address", LOOPBACK,
                 "--node-name", "proxy-test-node",
                 "--status-listen", f"{LOOPBACK}:{self.status_port}",
                 "--connect-timeout", "1",
                 *extra,
-            ],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            ),
         )
         try:
             wait_for_port(self.status_port, self.process, timeout=30)
@@ -57,24 +55,10 @@ class ProxyProcess:
     async def wait_exit(self, timeout: float = 30.0) -> int:
         return await asyncio.to_thread(self.process.wait, timeout)
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
-
 
 def test_bad_flag_is_refused_with_its_name():
     result = subprocess.run(
-        [sys.executable, "-m", "services.proxy.main", "--udp-idle-timeout", "0"],
+        python_module_argv("services.proxy.main", "--udp-idle-timeout", "0"),
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert result.returncode == 2
