@@ -50,6 +50,23 @@ class Allocation:
     pod_uid: str
 
 
+def read_allocations(directory: Path) -> list[Allocation]:
+    """The allocations recorded in one bridge's pool directory."""
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            address = ipaddress.IPv4Address(entry.name)
+            node, _, pod_uid = Path(entry.path).read_text().strip().partition(" ")
+        except (ValueError, OSError):
+            continue
+        found.append(Allocation(str(address), node, pod_uid))
+    return found
+
+
 class AddressPool:
     """Host-local addresses: <directory>/<address> holds "<node> <pod uid>".
 
@@ -96,20 +113,7 @@ class AddressPool:
         raise PodNetworkError(f"pod network {self.network} has no free address")
 
     def allocations(self) -> list[Allocation]:
-        found = []
-        try:
-            entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            try:
-                address = ipaddress.IPv4Address(entry.name)
-                node, _, pod_uid = Path(entry.path).read_text().strip().partition(" ")
-            except (ValueError, OSError):
-                continue
-            if address in self.network:
-                found.append(Allocation(str(address), node, pod_uid))
-        return found
+        return [a for a in read_allocations(self.directory) if ipaddress.IPv4Address(a.address) in self.network]
 
     def find(self, pod_uid: str) -> str | None:
         return self.load().get(pod_uid)
@@ -150,13 +154,9 @@ def release_node_addresses(nodes: set[str], state_dir: str = DEFAULT_STATE_DIR) 
     (their cluster was torn down); how many."""
     freed = 0
     for bridge_dir in Path(state_dir).glob("*"):
-        for entry in bridge_dir.glob("*"):
-            try:
-                owner = entry.read_text().split(" ", 1)[0]
-            except OSError:
-                continue
-            if owner in nodes:
-                entry.unlink(missing_ok=True)
+        for allocation in read_allocations(bridge_dir):
+            if allocation.node in nodes:
+                (bridge_dir / allocation.address).unlink(missing_ok=True)
                 freed += 1
     return freed
 
