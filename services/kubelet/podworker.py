@@ -211,9 +211,7 @@ class PodWorker:
         await self._handle_sandbox_change(pod, grace)
 
         sandbox = self._running_sandbox()
-        if sandbox is not None and sandbox.on_pod_network and not (
-            context.network is not None and context.network.attached(sandbox.id)
-        ):
+        if sandbox is not None and sandbox.on_pod_network and not self._wired(sandbox):
             # Started but never wired (the kubelet stopped in between): wire it or replace it.
             await self._attach_or_stop(sandbox, time.time())
 
@@ -421,6 +419,10 @@ class PodWorker:
             message = f'pause image "{context.pause_image}" is not present' if isinstance(error, ImageMissingError) else str(error)
             return self._sandbox_failed(key, expected, message, now)
 
+    def _wired(self, sandbox: ContainerInfo) -> bool:
+        network = self.context.network
+        return network is not None and network.attached(sandbox.id)
+
     async def _attach_or_stop(self, sandbox: ContainerInfo, now: float) -> bool:
         """Wires a running sandbox into the pod network before any app container
         starts in it; one that cannot be wired is removed, and the failure
@@ -467,22 +469,22 @@ class PodWorker:
 
         Docker's calls for one pod overlap where Docker allows it: the app
         containers are created while the new sandbox starts (they only need its
-        id), and they start while its IP is read; so a pod costs three Docker
-        round trips in a row instead of five."""
+        id). On the pod network they start once the sandbox is wired; on
+        Docker's bridge they start while its IP is read."""
         sandbox = self._running_sandbox()
         new_sandbox: ContainerInfo | None = None
         if sandbox is None:
             new_sandbox = await self._create_sandbox(pod, now)
             if new_sandbox is None:
                 return self._sandbox_not_ready(to_start, waiting)
-        the_sandbox = sandbox or new_sandbox
-        assert the_sandbox is not None
+        joined = sandbox or new_sandbox  # the sandbox the containers join
+        assert joined is not None
         managed_files: dict[str, str] = {}
-        if the_sandbox.on_pod_network and self.context.network is not None:
+        if joined.on_pod_network and self.context.network is not None:
             managed_files = await self.context.network.write_pod_files(
-                self.context.volumes.pod_dir(self.uid), the_sandbox.pod_ip, pod_hostname(pod)
+                self.context.volumes.pod_dir(self.uid), joined.pod_ip, pod_hostname(pod)
             )
-        creating = self._create_containers(pod, to_start, the_sandbox.id, waiting, managed_files)
+        creating = self._create_containers(pod, to_start, joined.id, waiting, managed_files)
         if new_sandbox is not None:
             started, creation = await asyncio.gather(
                 self._start_sandbox(new_sandbox, now), creating, return_exceptions=True
