@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-from typing import Awaitable, Callable
+from typing import Callable
 
-from services.common.client import resolve_server
+from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration
 from services.common.log import configure_logging, get_logger
+from services.common.runtime import Controller, Manager
+from services.common.servicemain import run_service, run_until_signalled
 
-from . import endpoints_controller, nodelifecycle, scheduler
-from .nodelifecycle import DEFAULT_EVICTION_TIMEOUT, DEFAULT_GRACE_PERIOD
-from .scheduler.scheduler import DEFAULT_BIND_CONCURRENCY
+from .endpoints_controller import EndpointsController
+from .nodelifecycle import DEFAULT_EVICTION_TIMEOUT, DEFAULT_GRACE_PERIOD, NodeLifecycleController
+from .scheduler.scheduler import DEFAULT_BIND_CONCURRENCY, Scheduler
 
 log = get_logger()
-
-ControllerFactory = Callable[[str, argparse.Namespace], Awaitable[None]]
 
 
 def _option(args: argparse.Namespace, name: str, default: float) -> float:
@@ -33,31 +32,29 @@ def _option(args: argparse.Namespace, name: str, default: float) -> float:
     return getattr(args, name, default)
 
 
-async def _run_scheduler(api_address: str, args: argparse.Namespace) -> None:
-    await scheduler.run(
-        api_address,
+def _scheduler(args: argparse.Namespace) -> Controller:
+    return Scheduler(
         node_grace_period=_option(args, "node_monitor_grace_period", DEFAULT_GRACE_PERIOD),
         bind_concurrency=int(_option(args, "scheduler_bind_concurrency", DEFAULT_BIND_CONCURRENCY)),
     )
 
 
-async def _run_endpoints(api_address: str, args: argparse.Namespace) -> None:
-    await endpoints_controller.run(api_address)
+def _endpoints(args: argparse.Namespace) -> Controller:
+    return EndpointsController()
 
 
-async def _run_nodelifecycle(api_address: str, args: argparse.Namespace) -> None:
-    await nodelifecycle.run(
-        api_address,
+def _nodelifecycle(args: argparse.Namespace) -> Controller:
+    return NodeLifecycleController(
         grace_period=_option(args, "node_monitor_grace_period", DEFAULT_GRACE_PERIOD),
         eviction_timeout=_option(args, "pod_eviction_timeout", DEFAULT_EVICTION_TIMEOUT),
     )
 
 
-# name -> coroutine factory(api_address, args)
-CONTROLLERS: dict[str, ControllerFactory] = {
-    "scheduler": _run_scheduler,
-    "endpoints": _run_endpoints,
-    "nodelifecycle": _run_nodelifecycle,
+# name -> factory(args): every controller this package can run.
+CONTROLLERS: dict[str, Callable[[argparse.Namespace], Controller]] = {
+    "scheduler": _scheduler,
+    "endpoints": _endpoints,
+    "nodelifecycle": _nodelifecycle,
 }
 
 
@@ -86,30 +83,29 @@ def add_controller_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _guarded(name: str, factory: ControllerFactory, api_address: str, args: argparse.Namespace) -> None:
-    """A controller that dies is logged and restarted: one bug must not leave the cluster unmanaged."""
-    delay = 1.0
-    while True:
-        try:
-            await factory(api_address, args)
-            log.warning("controller_exited", controller=name, restart_in=delay)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("controller_failed", controller=name, restart_in=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+async def run(names: list[str], api_address: str, args: argparse.Namespace) -> None:
+    """Runs the named controllers on one manager (one informer per kind for all of them) until cancelled."""
+    client = ApiClient(api_address, timeout=30.0)
+    manager = Manager(client, name="controllers")
+    for name in names:
+        manager.add(CONTROLLERS[name](args))
+    try:
+        await manager.run()
+    finally:
+        await client.close()
 
 
 async def start(names: list[str], api_address: str, args: argparse.Namespace) -> list[asyncio.Task]:
-    tasks = []
+    """Starts the known controllers among `names` in the background (unknown ones are logged)."""
+    known = []
     for name in names:
-        factory = CONTROLLERS.get(name)
-        if factory is None:
+        if name in CONTROLLERS:
+            known.append(name)
+        else:
             log.warning("controller_unavailable", controller=name, known=",".join(CONTROLLERS))
-            continue
-        tasks.append(asyncio.create_task(_guarded(name, factory, api_address, args), name=f"controller-{name}"))
-    return tasks
+    if not known:
+        return []
+    return [asyncio.create_task(run(known, api_address, args), name="controllers")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,23 +130,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--controllers: unknown {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     server = resolve_server(args.server)
-    tasks = await start(names, server, args)
-    log.info("controllers_started", server=server, controllers=",".join(names))
-    await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("controllers_starting", server=server, controllers=",".join(names))
+    code = await run_until_signalled(run(names, server, args), name="controllers")
     log.info("controllers_stopped")
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(asyncio.run(_serve(parse_args(argv))))
+    run_service(_serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

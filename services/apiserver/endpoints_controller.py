@@ -19,20 +19,17 @@ Endpoints whose service is deleted are deleted, as are leftovers found at start.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Callable, Iterable
 
 import grpc
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, service_pb2
-from services.common.client import ApiClient
-from services.common.informer import Informer
 from services.common.log import get_logger
+from services.common.podutil import is_pod_ready, is_terminated, node_condition_ready
 from services.common.resources import ENDPOINTS, NODES, PODS, SERVICES
+from services.common.runtime import Manager, WorkQueue, run_workers
+from services.common.runtime.informer import Informer
 from services.common.selectors import LabelSelector
-from services.common.workqueue import WorkQueue, run_workers
-
-from .nodelifecycle import READY, TERMINATED_PHASES, node_condition_ready
 
 ServiceKey = tuple[str, str]
 PortKey = tuple[tuple[str, int, str], ...]  # ((name, port, protocol), ...) in service order
@@ -54,12 +51,6 @@ def resolve_target_port(service_port: service_pb2.ServicePort, pod: pod_pb2.Pod)
     return None
 
 
-def is_pod_ready(pod: pod_pb2.Pod) -> bool:
-    if pod.status.phase != "Running":
-        return False
-    return any(c.type == READY and c.status == "True" for c in pod.status.conditions)
-
-
 def endpoint_subsets(
     service: service_pb2.Service,
     pods: Iterable[pod_pb2.Pod],
@@ -71,7 +62,7 @@ def endpoint_subsets(
     for pod in pods:
         if pod.metadata.namespace != service.metadata.namespace or not selector.matches(pod.metadata.labels):
             continue
-        if not pod.status.pod_ip or not pod.spec.node_name or pod.status.phase in TERMINATED_PHASES:
+        if not pod.status.pod_ip or not pod.spec.node_name or is_terminated(pod):
             continue
         ports: list[tuple[str, int, str]] = []
         for service_port in service.spec.ports:
@@ -90,13 +81,13 @@ def endpoint_subsets(
         ready, not_ready = groups.setdefault(tuple(ports), ([], []))
         (ready if is_pod_ready(pod) and node_ready(pod.spec.node_name) else not_ready).append(address)
 
-    def order(address: endpoints_pb2.EndpointAddress) -> tuple[str, str]:
-        return (address.ip, address.target_ref.name)
+    def ordered(addresses: list[endpoints_pb2.EndpointAddress]) -> list[endpoints_pb2.EndpointAddress]:
+        return sorted(addresses, key=lambda address: (address.ip, address.target_ref.name))
 
     return [
         endpoints_pb2.EndpointSubset(
-            addresses=sorted(ready, key=order),
-            not_ready_addresses=sorted(not_ready, key=order),
+            addresses=ordered(ready),
+            not_ready_addresses=ordered(not_ready),
             ports=[endpoints_pb2.EndpointPort(name=name, port=port, protocol=protocol) for name, port, protocol in ports],
         )
         for ports, (ready, not_ready) in sorted(groups.items())
@@ -104,16 +95,24 @@ def endpoint_subsets(
 
 
 class EndpointsController:
-    def __init__(self, client: ApiClient, *, workers: int = DEFAULT_WORKERS) -> None:
-        self.client = client
+    name = "endpoints"
+
+    def __init__(self, *, workers: int = DEFAULT_WORKERS) -> None:
         self.workers = workers
-        self.services = Informer(client, SERVICES)
-        self.pods = Informer(client, PODS)
-        self.endpoints = Informer(client, ENDPOINTS)
-        self.nodes = Informer(client, NODES)
         self.queue: WorkQueue[ServiceKey] = WorkQueue()
         self._selectors: dict[str, dict[str, LabelSelector]] = {}  # namespace -> service -> selector
         self._orphaned: set[ServiceKey] = set()  # endpoints whose service is gone: delete them
+
+    def setup(self, manager: Manager) -> None:
+        self.client = manager.client
+        self.services: Informer = manager.informer(SERVICES)
+        self.pods: Informer = manager.informer(PODS)
+        self.endpoints: Informer = manager.informer(ENDPOINTS)
+        self.nodes: Informer = manager.informer(NODES)
+        self.services.add_handler(self._on_service)
+        self.pods.add_handler(self._on_pod)
+        self.endpoints.add_handler(self._on_endpoints)
+        self.nodes.add_handler(self._on_node)
 
     # -- events -----------------------------------------------------------
 
@@ -214,33 +213,11 @@ class EndpointsController:
     # -- the loop ---------------------------------------------------------
 
     async def run(self) -> None:
-        self.services.add_handler(self._on_service)
-        self.pods.add_handler(self._on_pod)
-        self.endpoints.add_handler(self._on_endpoints)
-        self.nodes.add_handler(self._on_node)
-        informers = [
-            asyncio.create_task(informer.run(), name=f"endpoints-{informer.kind.plural}")
-            for informer in (self.services, self.pods, self.endpoints, self.nodes)
-        ]
-        try:
-            for informer in (self.services, self.pods, self.endpoints, self.nodes):
-                await informer.wait_synced()
-            for endpoints in self.endpoints.list():
-                key = (endpoints.metadata.namespace, endpoints.metadata.name)
-                if self.services.get(*key) is None:
-                    self._orphaned.add(key)  # left over from a service deleted while we were away
-                    self.queue.add(key)
-            log.info("endpoints_controller_started", services=len(self.services.list()))
-            await run_workers(self.queue, self.sync, workers=self.workers, name="endpoints")
-        finally:
-            for task in informers:
-                task.cancel()
-            await asyncio.gather(*informers, return_exceptions=True)
-
-
-async def run(api_address: str) -> None:
-    client = ApiClient(api_address, timeout=30.0)
-    try:
-        await EndpointsController(client).run()
-    finally:
-        await client.close()
+        """Runs once the informers are synced: deletes leftovers, then syncs services until cancelled."""
+        for endpoints in self.endpoints.list():
+            key = (endpoints.metadata.namespace, endpoints.metadata.name)
+            if self.services.get(*key) is None:
+                self._orphaned.add(key)  # left over from a service deleted while we were away
+                self.queue.add(key)
+        log.info("endpoints_controller_started", services=len(self.services))
+        await run_workers(self.queue, self.sync, workers=self.workers, name="endpoints")

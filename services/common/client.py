@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -41,7 +41,7 @@ class ApiClient:
         self._stubs: dict[str, Any] = {}
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self) -> "ApiClient":
         return self
@@ -111,6 +111,7 @@ class ApiClient:
         )
         return await self.stub(PODS).Bind(binding, timeout=self.timeout)
 
-    def watch(self, kind: Kind, options: meta_pb2.ListOptions) -> AsyncIterator[Any]:
-        """The raw event stream; see informer.Informer for a resuming, caching watch."""
-        return self.stub(kind).Watch(options)
+    def watch(self, kind: Kind, options: meta_pb2.ListOptions) -> grpc.aio.UnaryStreamCall:
+        """The raw event stream; see runtime.informer.Informer for a resuming, caching watch."""
+        call: grpc.aio.UnaryStreamCall = self.stub(kind).Watch(options)
+        return call

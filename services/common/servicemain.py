@@ -26,6 +26,24 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def run_until_signalled(main: Coroutine[Any, Any, None], *, name: str) -> int:
+    """Runs a service's main coroutine until SIGTERM/SIGINT (0) or until it dies (its
+    exception is raised, so the process exits non-zero and its supervisor notices)."""
+    stop = stop_on_signals()
+    runner = asyncio.create_task(main, name=name)
+    stopping = asyncio.create_task(stop.wait(), name=f"{name}-stop")
+    try:
+        done, _ = await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()
+            return 1  # returned on its own: not what a service does
+        return 0
+    finally:
+        for task in (runner, stopping):
+            task.cancel()
+        await asyncio.gather(runner, stopping, return_exceptions=True)
+
+
 def run_service(main: Coroutine[Any, Any, int | None]) -> NoReturn:
     gc.set_threshold(*GC_THRESHOLDS)
     sys.exit(asyncio.run(main))

@@ -18,7 +18,7 @@ from kybernetes.v1 import pod_pb2
 from services.common.client import ApiClient
 from services.common.log import get_logger
 
-from .backoff import BackOff
+from services.common.runtime.backoff import Backoff
 from .containers import ContainerCache, ContainerInfo
 from .mirror import MirrorManager
 from .node import NodeStatusReporter
@@ -77,7 +77,7 @@ class Kubelet:
         self.cache = ContainerCache(self._on_pod_containers_changed)
         self.runtime = DockerRuntime(node, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host)
         self.volumes = VolumeManager(config.root_dir, node)
-        self.backoff = BackOff(config.restart_backoff_initial, config.restart_backoff_max)
+        self.backoff = Backoff(config.restart_backoff_initial, config.restart_backoff_max)
         self.probes = ProbeManager(self.runtime, self._poke)
         self.network = (
             PodNetwork(node, config.pod_cidr, config.pod_bridge, config.network_state_dir)

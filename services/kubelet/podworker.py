@@ -19,7 +19,7 @@ from typing import Callable
 from kybernetes.v1 import pod_pb2
 from services.common.log import get_logger
 
-from .backoff import BackOff
+from services.common.runtime.backoff import Backoff
 from .containers import CREATED, ContainerCache, ContainerInfo
 from .dockerspec import ContainerConfigError, container_request, host_ports, infra_request, pod_hostname
 from .naming import (
@@ -68,7 +68,7 @@ class NodeContext:
     cache: ContainerCache
     volumes: VolumeManager
     probes: ProbeManager
-    backoff: BackOff
+    backoff: Backoff
     # publish_status(uid, pod, status): the pod's newly computed status.
     publish_status: Callable[[str, pod_pb2.Pod, pod_pb2.PodStatus], None]
     # The source a pod came from ("api", "file", "http", "server"), for labels.

@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from kybernetes.v1 import pod_pb2
 from services.common.validation import validate_pod
 from services.common.defaults import default_pod
-from services.common.informer import Informer
+from services.common.runtime.informer import Informer
 from services.common.log import get_logger
 from services.common.manifests import ManifestError, load_manifests, manifest_paths
 from services.common.resources import DEFAULT_NAMESPACE, PODS

@@ -8,7 +8,7 @@ import socket
 
 from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration
-from services.common.informer import Informer
+from services.common.runtime.informer import Informer
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
 from services.common.servicemain import run_service, stop_on_signals

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-
-
 
 from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration, positive_int
 from services.common.log import configure_logging
-from services.common.servicemain import run_service, stop_on_signals
+from services.common.runtime import Manager
+from services.common.servicemain import run_service, run_until_signalled
 
 from .expectations import DEFAULT_TIMEOUT
 from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS, ReplicationManager
@@ -44,29 +42,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> int:
     log = configure_logging("replicator")
     client = ApiClient(resolve_server(args.server), timeout=30.0)
-    manager = ReplicationManager(
-        client,
+    replicator = ReplicationManager(
         workers=args.workers,
         concurrency=args.concurrency,
         resync_period=args.resync_period,
         expectations_timeout=args.expectations_timeout,
     )
-    stop = stop_on_signals()
+    manager = Manager(client, name="replicator")
+    manager.add(replicator)
     log.info("replicator_starting", server=client.server)
-    runner = asyncio.create_task(manager.run(), name="replicator")
-    stopping = asyncio.create_task(stop.wait(), name="replicator-stop")
     try:
-        done, _ = await asyncio.wait({runner, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done:
-            runner.result()  # a crash: raise it (exit non-zero)
-            return 1
+        code = await run_until_signalled(manager.run(), name="replicator")
     finally:
-        for task in (runner, stopping):
-            task.cancel()
-        await asyncio.gather(runner, stopping, return_exceptions=True)
         await client.close()
-    log.info("replicator_stopped", created=manager.created, deleted=manager.deleted)
-    return 0
+    log.info("replicator_stopped", created=replicator.created, deleted=replicator.deleted)
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,17 +29,17 @@ from typing import Awaitable, Callable
 import grpc
 
 from kybernetes.v1 import pod_pb2, replication_controller_pb2
-from services.common.client import ApiClient
-from services.common.informer import Informer
 from services.common.log import get_logger
+from services.common.podutil import is_active
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
+from services.common.runtime import Manager, WorkQueue, run_workers
+from services.common.runtime.informer import Informer
 
 from .expectations import DEFAULT_TIMEOUT, Expectations
 from .replicas import (
     compute_status,
     controller_ref,
     deletion_order,
-    is_active,
     is_being_deleted,
     new_pod,
     owner_reference,
@@ -47,7 +47,6 @@ from .replicas import (
     replica_diff,
     selector_of,
 )
-from services.common.workqueue import WorkQueue, run_workers
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 ReplicationController = replication_controller_pb2.ReplicationController
@@ -80,22 +79,18 @@ class SyncError(Exception):
 
 
 class ReplicationManager:
+    name = "replicator"
+
     def __init__(
         self,
-        client: ApiClient,
         *,
         workers: int = DEFAULT_WORKERS,
         concurrency: int = DEFAULT_CONCURRENCY,
         resync_period: float = DEFAULT_RESYNC_PERIOD,
         expectations_timeout: float = DEFAULT_TIMEOUT,
-        rc_informer: Informer | None = None,
-        pod_informer: Informer | None = None,
     ) -> None:
-        self.client = client
         self.workers = workers
         self.resync_period = resync_period
-        self.rcs = rc_informer or Informer(client, REPLICATION_CONTROLLERS)
-        self.pods = pod_informer or Informer(client, PODS)
         self.queue: WorkQueue[ObjectKey] = WorkQueue()
         self.gc_queue: WorkQueue[ObjectKey] = WorkQueue()
         self.expectations: Expectations[ObjectKey] = Expectations(expectations_timeout)
@@ -103,6 +98,13 @@ class ReplicationManager:
         self._synced = False
         self.created = 0
         self.deleted = 0
+
+    def setup(self, manager: Manager) -> None:
+        self.client = manager.client
+        self.rcs: Informer = manager.informer(REPLICATION_CONTROLLERS)
+        self.pods: Informer = manager.informer(PODS)
+        self.rcs.add_handler(self._on_rc)
+        self.pods.add_handler(self._on_pod)
 
     # -- lookups ----------------------------------------------------------
 
@@ -372,24 +374,12 @@ class ReplicationManager:
             self._scan_for_garbage()
 
     async def run(self) -> None:
-        self.rcs.add_handler(self._on_rc)
-        self.pods.add_handler(self._on_pod)
-        informers = [
-            asyncio.create_task(self.rcs.run(), name="replicator-rcs"),
-            asyncio.create_task(self.pods.run(), name="replicator-pods"),
-        ]
-        try:
-            await self.rcs.wait_synced()
-            await self.pods.wait_synced()
-            self._synced = True
-            self._scan_for_garbage()
-            log.info("replicator_started", controllers=len(self.rcs.list()), pods=len(self.pods.list()))
-            await asyncio.gather(
-                run_workers(self.queue, self.sync, workers=self.workers, name="replicator"),
-                run_workers(self.gc_queue, self.collect, workers=2, name="replicator-gc"),
-                self._resync(),
-            )
-        finally:
-            for task in informers:
-                task.cancel()
-            await asyncio.gather(*informers, return_exceptions=True)
+        """Runs once the informers are synced: collects garbage, syncs controllers until cancelled."""
+        self._synced = True
+        self._scan_for_garbage()
+        log.info("replicator_started", controllers=len(self.rcs), pods=len(self.pods))
+        await asyncio.gather(
+            run_workers(self.queue, self.sync, workers=self.workers, name="replicator"),
+            run_workers(self.gc_queue, self.collect, workers=2, name="replicator-gc"),
+            self._resync(),
+        )

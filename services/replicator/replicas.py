@@ -12,42 +12,14 @@ from __future__ import annotations
 import time
 
 from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
+from services.common.podutil import has_ready_condition, is_pod_available
 from services.common.resources import API_VERSION, REPLICATION_CONTROLLERS
 from services.common.selectors import LabelSelector
 
 CREATED_BY_ANNOTATION = "kybernetes.io/created-by"
-TERMINATED_PHASES = ("Succeeded", "Failed")
 _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 
 ReplicationController = replication_controller_pb2.ReplicationController
-
-
-def is_active(pod: pod_pb2.Pod) -> bool:
-    """Counts toward replicas: not finished and not on its way out."""
-    return pod.status.phase not in TERMINATED_PHASES and not pod.metadata.HasField("deletion_timestamp")
-
-
-def _ready_condition(pod: pod_pb2.Pod) -> pod_pb2.PodCondition | None:
-    for condition in pod.status.conditions:
-        if condition.type == "Ready":
-            return condition
-    return None
-
-
-def is_ready(pod: pod_pb2.Pod) -> bool:
-    condition = _ready_condition(pod)
-    return condition is not None and condition.status == "True"
-
-
-def is_available(pod: pod_pb2.Pod, min_ready_seconds: int, now: float) -> bool:
-    """Ready for at least min_ready_seconds."""
-    condition = _ready_condition(pod)
-    if condition is None or condition.status != "True":
-        return False
-    if min_ready_seconds <= 0:
-        return True
-    since = condition.last_transition_time.seconds
-    return since > 0 and now - since >= min_ready_seconds
 
 
 def controller_ref(pod: pod_pb2.Pod) -> meta_pb2.OwnerReference | None:
@@ -120,7 +92,7 @@ def deletion_order(pods: list[pod_pb2.Pod]) -> list[pod_pb2.Pod]:
         return (
             1 if pod.spec.node_name else 0,  # unscheduled first
             _PHASE_RANK.get(pod.status.phase, 0),  # then pending, unknown, running
-            1 if is_ready(pod) else 0,  # then not ready
+            1 if has_ready_condition(pod) else 0,  # then not ready
             -_restarts(pod),  # then the ones that crash most
             -seconds,  # then the newest
             -nanos,
@@ -146,7 +118,7 @@ def compute_status(
         fully_labeled_replicas=sum(
             1 for pod in active if all(pod.metadata.labels.get(k) == v for k, v in template_labels.items())
         ),
-        ready_replicas=sum(1 for pod in active if is_ready(pod)),
-        available_replicas=sum(1 for pod in active if is_available(pod, rc.spec.min_ready_seconds, now)),
+        ready_replicas=sum(1 for pod in active if has_ready_condition(pod)),
+        available_replicas=sum(1 for pod in active if is_pod_available(pod, rc.spec.min_ready_seconds, now)),
         observed_generation=rc.metadata.generation,
     )

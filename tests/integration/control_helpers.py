@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2
 from services.common.client import ApiClient
-from services.common.informer import Informer
+from services.common.runtime.informer import Informer
 from services.common.processes import ApiServerProcess, EtcdProcess, ManagedProcess, python_module_argv
 from services.common.resources import NODES, PODS
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.common.client import ApiClient
-from services.common.informer import Informer
+from services.common.runtime.informer import Informer
 from services.common.processes import ApiServerProcess
 from services.common.resources import PODS
 

@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from services.common.client import ApiClient
-from services.common.informer import Informer
+from services.common.runtime import Manager
+from services.common.runtime.informer import Informer
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.replicator.manager import ReplicationManager
 
@@ -52,9 +53,12 @@ def api_address(plane) -> str:
 @pytest.fixture
 async def lagging_replicator(plane):
     client = SlowStatusClient(plane.address)
-    manager = ReplicationManager(client, pod_informer=LaggingInformer(client, PODS), resync_period=0.3)
+    manager = Manager(client, name="test-replicator")
+    manager.use_informer(LaggingInformer(client, PODS))
+    replicator = ReplicationManager(resync_period=0.3)
+    manager.add(replicator)
     task = asyncio.create_task(manager.run())
-    yield manager
+    yield replicator
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await client.close()

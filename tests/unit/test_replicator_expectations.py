@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.replicator.expectations import Expectations
-from services.common.workqueue import WorkQueue, run_workers
+from services.common.runtime.workqueue import WorkQueue, run_workers
 
 KEY = ("ns", "web")
 

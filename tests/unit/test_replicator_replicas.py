@@ -6,11 +6,11 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
+from services.common.podutil import is_active
 from services.replicator.replicas import (
     CREATED_BY_ANNOTATION,
     compute_status,
     deletion_order,
-    is_active,
     new_pod,
     rc_controller_ref,
     replica_diff,

@@ -4,6 +4,6 @@
 them, and `scheduler` is the loop that ties them to the API.
 """
 
-from .scheduler import Scheduler, run
+from .scheduler import Scheduler
 
-__all__ = ["Scheduler", "run"]
+__all__ = ["Scheduler"]

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from kybernetes.v1 import node_pb2, pod_pb2
+from services.common.podutil import is_terminated, last_heartbeat, node_condition_ready
 from services.common.quantity import QuantityError, parse_cpu_millis, parse_memory_bytes, parse_quantity
 from services.common.selectors import LabelSelector
-
-from ..nodelifecycle import TERMINATED_PHASES, last_heartbeat, ready_condition
 
 PodKey = tuple[str, str]  # (namespace, name)
 
@@ -157,8 +156,7 @@ class NodeInfo:
         self.node = node
         self.labels = dict(node.metadata.labels)
         self.unschedulable = node.spec.unschedulable
-        condition = ready_condition(node)
-        self.ready = condition is not None and condition.status == "True"
+        self.ready = node_condition_ready(node)
         self.heartbeat = last_heartbeat(node)
         allocatable = node.status.allocatable or node.status.capacity
         capacity = node.status.capacity
@@ -167,7 +165,7 @@ class NodeInfo:
         self.allocatable_pods = _node_quantity(_whole, allocatable, capacity, "pods")
 
     def is_ready(self, now: float, grace_period: float) -> bool:
-        """Same rule as nodelifecycle.is_node_ready, on the precomputed fields."""
+        """Same rule as podutil.is_node_ready, on the precomputed fields."""
         return self.ready and self.heartbeat is not None and now - self.heartbeat <= grace_period
 
     def add(self, pod: PodInfo) -> None:
@@ -289,7 +287,7 @@ class SchedulerCache:
     def set_bound_pod(self, pod: pod_pb2.Pod) -> bool:
         """Records a pod the watch shows bound; returns True when this freed room on a node."""
         key = (pod.metadata.namespace, pod.metadata.name)
-        terminated = pod.status.phase in TERMINATED_PHASES
+        terminated = is_terminated(pod)
         placed = self._placements.get(key)
         if (
             placed is not None

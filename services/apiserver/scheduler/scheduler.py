@@ -31,18 +31,18 @@ from typing import Any
 import grpc
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, service_pb2
-from services.common.client import ApiClient
-from services.common.informer import Informer
 from services.common.log import get_logger
+from services.common.podutil import POD_SCHEDULED, find_condition, is_node_ready, is_terminated
 from services.common.resources import NODES, PODS, SERVICES
+from services.common.runtime import Backoff, Manager, TaskGroup
+from services.common.runtime.informer import Informer
 from services.common.timestamps import now_timestamp
 
-from ..nodelifecycle import DEFAULT_GRACE_PERIOD, TERMINATED_PHASES, is_node_ready
+from ..nodelifecycle import DEFAULT_GRACE_PERIOD
 from .cache import PodInfo, PodKey, SchedulerCache
 from .filters import find_feasible, unschedulable_message
 from .scores import select_node
 
-POD_SCHEDULED = "PodScheduled"
 REASON_UNSCHEDULABLE = "Unschedulable"
 DEFAULT_BIND_CONCURRENCY = 64
 DEFAULT_RETRY_PERIOD = 30.0
@@ -80,38 +80,41 @@ def _pod_spec_changed(old: pod_pb2.Pod | None, pod: pod_pb2.Pod) -> bool:
 
 
 def scheduled_condition(pod: pod_pb2.Pod) -> pod_pb2.PodCondition | None:
-    for condition in pod.status.conditions:
-        if condition.type == POD_SCHEDULED:
-            return condition
-    return None
+    return find_condition(pod.status.conditions, POD_SCHEDULED)
 
 
 class Scheduler:
+    name = "scheduler"
+
     def __init__(
         self,
-        client: ApiClient,
         *,
         node_grace_period: float = DEFAULT_GRACE_PERIOD,
         bind_concurrency: int = DEFAULT_BIND_CONCURRENCY,
         retry_period: float = DEFAULT_RETRY_PERIOD,
         rng: random.Random | None = None,
     ) -> None:
-        self.client = client
         self.node_grace_period = node_grace_period
         self.retry_period = retry_period
         self.cache = SchedulerCache()
-        self.pods = Informer(client, PODS)
-        self.nodes = Informer(client, NODES)
-        self.services = Informer(client, SERVICES)
         self._rng = rng or random.Random()
         self._active: collections.deque[PodKey] = collections.deque()
         self._active_set: set[PodKey] = set()
         self._unschedulable: set[PodKey] = set()
-        self._failures: dict[PodKey, int] = {}
+        self._backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(bind_concurrency)
-        self._tasks: set[asyncio.Task] = set()
+        self._writes = TaskGroup("scheduler-writes")
         self.bound = 0  # binds that succeeded, for the curious (bench, tests)
+
+    def setup(self, manager: Manager) -> None:
+        self.client = manager.client
+        self.pods: Informer = manager.informer(PODS)
+        self.nodes: Informer = manager.informer(NODES)
+        self.services: Informer = manager.informer(SERVICES)
+        self.pods.add_handler(self._on_pod)
+        self.nodes.add_handler(self._on_node)
+        self.services.add_handler(self._on_service)
 
     # -- queue ------------------------------------------------------------
 
@@ -125,13 +128,10 @@ class Scheduler:
     def _drop(self, key: PodKey) -> None:
         self._active_set.discard(key)  # left in the deque; skipped when popped
         self._unschedulable.discard(key)
-        self._failures.pop(key, None)
+        self._backoff.reset(key)
 
     def _retry_later(self, key: PodKey) -> None:
-        failures = self._failures.get(key, 0)
-        self._failures[key] = failures + 1
-        delay = min(_RETRY_INITIAL * 2**failures, _RETRY_MAX)
-        asyncio.get_running_loop().call_later(delay, self._enqueue, key)
+        asyncio.get_running_loop().call_later(self._backoff.failure(key), self._enqueue, key)
 
     def _cluster_changed(self) -> None:
         """Room may have appeared: every parked pod gets another try."""
@@ -155,7 +155,7 @@ class Scheduler:
             if self.cache.set_bound_pod(pod):
                 self._cluster_changed()
             return
-        if pod.status.phase in TERMINATED_PHASES:
+        if is_terminated(pod):
             self._drop(key)
             self.cache.remove_pod(key)
             return
@@ -187,28 +187,17 @@ class Scheduler:
     # -- the loop ---------------------------------------------------------
 
     async def run(self) -> None:
-        self.pods.add_handler(self._on_pod)
-        self.nodes.add_handler(self._on_node)
-        self.services.add_handler(self._on_service)
-        informers = [
-            asyncio.create_task(informer.run(), name=f"scheduler-{informer.kind.plural}")
-            for informer in (self.nodes, self.services, self.pods)
-        ]
-        retry = asyncio.create_task(self._retry_parked(), name="scheduler-retry")
+        """Runs once the informers are synced: schedules pending pods until cancelled."""
+        log.info(
+            "scheduler_started",
+            nodes=len(self.cache.registered_nodes()),
+            pending=len(self._active_set),
+            grace_period=self.node_grace_period,
+        )
         try:
-            for informer in (self.nodes, self.services, self.pods):
-                await informer.wait_synced()
-            log.info(
-                "scheduler_started",
-                nodes=len(self.cache.registered_nodes()),
-                pending=len(self._active_set),
-                grace_period=self.node_grace_period,
-            )
-            await self._schedule_forever()
+            await asyncio.gather(self._schedule_forever(), self._retry_parked())
         finally:
-            for task in [*informers, retry, *self._tasks]:
-                task.cancel()
-            await asyncio.gather(*informers, retry, *self._tasks, return_exceptions=True)
+            await self._writes.close()
 
     async def _retry_parked(self) -> None:
         while True:
@@ -248,7 +237,7 @@ class Scheduler:
     def schedule_one(self, key: PodKey) -> bool:
         """Decides for one pod; returns True when it started a task that holds a slot."""
         pod = self.pods.get(*key)
-        if pod is None or pod.spec.node_name or pod.status.phase in TERMINATED_PHASES or self.cache.is_assumed(key):
+        if pod is None or pod.spec.node_name or is_terminated(pod) or self.cache.is_assumed(key):
             return False
         info = self.cache.pod_info(pod)
         nodes = self.cache.registered_nodes()
@@ -258,13 +247,8 @@ class Scheduler:
             return self._report_unschedulable(pod, unschedulable_message(len(nodes), failures))
         node = select_node(info, feasible, self._rng)
         self.cache.assume(info, node.name)
-        self._spawn(self._bind(info, node.name), f"bind-{_name(key)}")
+        self._writes.spawn(self._bind(info, node.name), name=f"bind-{_name(key)}")
         return True
-
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- writes -----------------------------------------------------------
 
@@ -277,7 +261,7 @@ class Scheduler:
         try:
             await self.client.stub(PODS).Bind(binding, timeout=self.client.timeout)
             self.bound += 1
-            self._failures.pop(key, None)
+            self._backoff.reset(key)
             log.info("pod_bound", pod=_name(key), node=node_name)
         except grpc.aio.AioRpcError as error:
             code = error.code()
@@ -320,7 +304,7 @@ class Scheduler:
         if condition.status != "False":
             condition.last_transition_time.CopyFrom(now_timestamp())
         condition.status, condition.reason, condition.message = "False", REASON_UNSCHEDULABLE, message
-        self._spawn(self._write_status(updated), f"unschedulable-{pod.metadata.name}")
+        self._writes.spawn(self._write_status(updated), name=f"unschedulable-{pod.metadata.name}")
         return True
 
     async def _write_status(self, pod: pod_pb2.Pod) -> None:
@@ -339,15 +323,3 @@ class Scheduler:
         finally:
             self._slots.release()
 
-
-async def run(
-    api_address: str,
-    *,
-    node_grace_period: float = DEFAULT_GRACE_PERIOD,
-    bind_concurrency: int = DEFAULT_BIND_CONCURRENCY,
-) -> None:
-    client = ApiClient(api_address, timeout=30.0)
-    try:
-        await Scheduler(client, node_grace_period=node_grace_period, bind_concurrency=bind_concurrency).run()
-    finally:
-        await client.close()

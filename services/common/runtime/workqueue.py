@@ -14,6 +14,8 @@ from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 from services.common.log import get_logger
 
+from .backoff import Backoff
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -23,10 +25,8 @@ class WorkQueue(Generic[K]):
         self._queued: set[K] = set()
         self._processing: set[K] = set()
         self._requeue: set[K] = set()
-        self._failures: dict[K, int] = {}
+        self._backoff = Backoff(retry_initial, retry_max)
         self._timers: dict[K, asyncio.TimerHandle] = {}
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -58,15 +58,13 @@ class WorkQueue(Generic[K]):
 
     def retry(self, key: K) -> float:
         """Adds the key again after its back-off; returns the delay."""
-        failures = self._failures.get(key, 0)
-        self._failures[key] = failures + 1
-        delay = min(self._retry_initial * (2**failures), self._retry_max)
+        delay = self._backoff.failure(key)
         self.add_after(key, delay)
         return delay
 
     def forget(self, key: K) -> None:
         """The key synced cleanly: its next failure starts the back-off over."""
-        self._failures.pop(key, None)
+        self._backoff.reset(key)
 
     async def get(self) -> K:
         key = await self._ready.get()

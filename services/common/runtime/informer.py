@@ -10,16 +10,18 @@ difference against what it held, so handlers never miss a deletion.
 from __future__ import annotations
 
 import asyncio
-import random
+import builtins
 from typing import Any, Awaitable, Callable
 
 import grpc
 
 from kybernetes.v1 import meta_pb2
 
-from .client import ApiClient
-from .log import get_logger
-from .resources import INITIAL_EVENTS_END_ANNOTATION, Kind
+from services.common.client import ApiClient
+from services.common.log import get_logger
+from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
+
+from .backoff import Backoff
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 # handler(event_type, obj, old): event_type is ADDED, MODIFIED or DELETED;
@@ -58,8 +60,7 @@ class Informer:
         self._by_namespace: dict[str, dict[str, Any]] = {}  # namespace -> name -> object
         self._handlers: list[Handler] = []
         self._synced = asyncio.Event()
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._backoff = Backoff(retry_initial, retry_max, jitter=0.5)
         self._log = get_logger(informer=kind.plural, selector=field_selector or label_selector or None)
 
     def add_handler(self, handler: Handler) -> None:
@@ -75,25 +76,24 @@ class Informer:
     def get(self, namespace: str, name: str) -> Any | None:
         return self._objects.get((namespace, name))
 
-    def list(self) -> list[Any]:
+    def list(self) -> builtins.list[Any]:
         return list(self._objects.values())
 
-    def in_namespace(self, namespace: str) -> list[Any]:
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def in_namespace(self, namespace: str) -> builtins.list[Any]:
         """The objects held in one namespace, without scanning the others."""
         return list(self._by_namespace.get(namespace, {}).values())
 
     async def run(self) -> None:
         """Watches until cancelled, reconnecting with back-off."""
-        delay = self._retry_initial
         need_snapshot = True
         while True:
             try:
-                if need_snapshot:
-                    await self._watch(snapshot=True)
-                else:
-                    await self._watch(snapshot=False)
+                await self._watch(snapshot=need_snapshot)
                 # The server ended the stream cleanly (e.g. shutting down): resume.
-                delay = self._retry_initial
+                self._backoff.reset()
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.OUT_OF_RANGE:
@@ -103,9 +103,9 @@ class Informer:
                 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
                     self._log.error("watch_rejected", code=code.name, detail=error.details())
                     raise
+                delay = self._backoff.failure()
                 self._log.warning("watch_broken", code=code.name, detail=error.details(), retry_in=round(delay, 2))
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self._retry_max)
+                await asyncio.sleep(delay)
                 continue
             need_snapshot = self.revision == 0
 
@@ -121,6 +121,8 @@ class Informer:
         pending: dict[ObjectKey, Any] | None = {} if snapshot else None
         try:
             async for event in call:
+                if self._backoff.failures():
+                    self._backoff.reset()  # the stream works again: the next break starts short
                 obj = event.object
                 if event.type == "BOOKMARK":
                     self.revision = max(self.revision, obj.metadata.resource_version)
