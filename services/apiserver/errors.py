@@ -33,3 +33,9 @@ def conflict(kind_plural: str, name: str, expected: int, actual: int) -> ApiErro
 def invalid(kind_name: str, name: str, errors: list) -> ApiError:
     details = "; ".join(str(e) for e in errors)
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f'{kind_name} "{name}" is invalid: {details}')
+
+
+def require_name(name: str) -> None:
+    """A request that names one object must name it."""
+    if not name:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "name: required")

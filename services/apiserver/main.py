@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--watch-queue", type=int, default=10_000, help="events a watcher may fall behind before it is cut off"
     )
     parser.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between idle watch bookmarks")
-    parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM")
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM"
+    )
     parser.add_argument("--no-request-log", action="store_true", help="do not log one line per request")
     add_controller_flags(parser)
     return parser.parse_args(argv)

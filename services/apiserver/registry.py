@@ -4,6 +4,12 @@ Writes are etcd transactions guarded by revision (optimistic concurrency);
 List reads etcd at one revision (consistent, paginated); Watch is served from
 the kind's watch cache. Stored values are the serialized message with
 metadata.resource_version cleared: the revision lives in etcd's mod_revision.
+
+What differs between kinds is the kind's `Strategy` (defaults, status,
+validation, extra subresources, delete hooks; see strategies.py): this module
+never names a kind. List splices each item's revision onto its stored bytes;
+the field numbers it needs are read from the kind's descriptors when the
+registry is built, and a kind that does not fit fails then, not on a List.
 """
 
 from __future__ import annotations
@@ -12,30 +18,37 @@ import base64
 import json
 import secrets
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, ClassVar, Generic, Iterable, Mapping, Sequence, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.descriptor import FieldDescriptor
 
-from kybernetes.v1 import meta_pb2, pod_pb2
-from services.common import defaults, validation
-from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, PODS, Kind
+from kybernetes.v1 import meta_pb2
+from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, Kind
 from services.common.selectors import FieldSelector, LabelSelector, SelectorError
 from services.common.timestamps import now_timestamp
+from services.common.validation import FieldError
 
-from .errors import ApiError, already_exists, conflict, invalid, not_found
+from .errors import ApiError, already_exists, conflict, invalid, not_found, require_name
 from .storage import CompactedError, Storage, prefix_range_end
 from .watchcache import WatchCache, WatchFilter
 
+# A kind's message. protobuf's stubs cannot say "a message with a metadata
+# field", so the generic code reads it as Any; strategies use the real classes.
+ApiObject: TypeAlias = Any
+T = TypeVar("T")
+
 # Kubernetes' alphabet for generated name suffixes: no vowels, no look-alikes.
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-_PROPAGATION_POLICIES = ("", "Background", "Orphan")
+BACKGROUND, ORPHAN = "Background", "Orphan"
+_PROPAGATION_POLICIES = ("", BACKGROUND, ORPHAN)
 _CONFLICT_RETRIES = 16
-# Every kind's message has `metadata` as field 3, and ObjectMeta has
-# resource_version as field 5: List splices the revision onto stored bytes.
-_METADATA_FIELD = 3
-_RESOURCE_VERSION_FIELD = 5
-_LIST_ITEMS_FIELD = 4
+
+# -- List's wire layout -------------------------------------------------------
+
+_WIRE_VARINT, _WIRE_LENGTH_DELIMITED = 0, 2
+_VARINT_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64)
 
 
 def _varint(value: int) -> bytes:
@@ -50,15 +63,65 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _resource_version_patch(revision: int) -> bytes:
-    """Bytes that, appended to a serialized object, set its resource_version
-    (protobuf merges a repeated sub-message field into the first)."""
-    inner = bytes([_RESOURCE_VERSION_FIELD << 3]) + _varint(revision)
-    return bytes([(_METADATA_FIELD << 3) | 2]) + _varint(len(inner)) + inner
+def _tag(field: Any, wire_type: int) -> bytes:
+    return _varint((field.number << 3) | wire_type)
 
 
-def _length_delimited(field_number: int, data: bytes) -> bytes:
-    return bytes([(field_number << 3) | 2]) + _varint(len(data)) + data
+class LayoutError(TypeError):
+    """A kind whose messages do not fit what List's byte splicing assumes."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireLayout:
+    """Field keys List writes around stored bytes, read from one kind's descriptors."""
+
+    metadata_tag: bytes  # the kind's `metadata` (an ObjectMeta), length-delimited
+    resource_version_tag: bytes  # ObjectMeta.resource_version, a varint
+    items_tag: bytes  # the list message's `repeated <kind> items`
+
+    def resource_version_patch(self, revision: int) -> bytes:
+        """Bytes that, appended to a serialized object, set its resource_version
+        (protobuf merges a repeated sub-message field into the first)."""
+        inner = self.resource_version_tag + _varint(revision)
+        return self.metadata_tag + _varint(len(inner)) + inner
+
+    def item(self, data: bytes) -> bytes:
+        """One serialized object as an entry of the list message's items."""
+        return self.items_tag + _varint(len(data)) + data
+
+
+def wire_layout(kind: Kind) -> WireLayout:
+    """The layout of kind's messages; LayoutError naming the kind and field when they do not fit."""
+    message = kind.message.DESCRIPTOR
+    list_message = kind.list_message.DESCRIPTOR
+
+    # Descriptors are typed as Any: protobuf's stubs give them as a union of
+    # the pure-Python and upb classes, and message_type as optional.
+    def expect(container: Any, name: str, *, of: Any = None, repeated: bool = False) -> Any:
+        """container's field `name`: a message field of type `of`, or an integer when of is None."""
+        what = ("repeated " if repeated else "a singular ") + (of.full_name if of is not None else "int64")
+        found = container.fields_by_name.get(name)
+        if found is None:
+            raise LayoutError(f"kind {kind.name}: {container.full_name} has no field {name!r} (List needs {what})")
+        if of is None:
+            fits = found.type in _VARINT_TYPES
+        else:
+            fits = found.type == FieldDescriptor.TYPE_MESSAGE and found.message_type.full_name == of.full_name
+        if not fits or found.is_repeated != repeated:
+            raise LayoutError(
+                f"kind {kind.name}: field {found.full_name} (number {found.number}) must be {what} for List"
+            )
+        return found
+
+    metadata = expect(message, "metadata", of=meta_pb2.ObjectMeta.DESCRIPTOR)
+    resource_version = expect(metadata.message_type, "resource_version")
+    items = expect(list_message, "items", of=message, repeated=True)
+    expect(list_message, "metadata", of=meta_pb2.ListMeta.DESCRIPTOR)
+    return WireLayout(
+        metadata_tag=_tag(metadata, _WIRE_LENGTH_DELIMITED),
+        resource_version_tag=_tag(resource_version, _WIRE_VARINT),
+        items_tag=_tag(items, _WIRE_LENGTH_DELIMITED),
+    )
 
 
 def _encode_continue(revision: int, next_key: bytes) -> str:
@@ -77,25 +140,132 @@ def _decode_continue(token: str, prefix: bytes) -> tuple[int, bytes]:
     return revision, start
 
 
-class Registry:
-    """Storage semantics of one kind."""
+# -- what the registry asks of a kind -------------------------------------------
 
-    def __init__(self, kind: Kind, storage: Storage, **cache_options: Any) -> None:
+
+class SubresourceREST:
+    """An extra RPC of one kind beside the verbs every kind has (Kubernetes'
+    StatusREST, BindingREST), served over that kind's registry."""
+
+    name: ClassVar[str]  # Kubernetes' subresource name: "status", "binding"
+    rpc: ClassVar[str]  # the gRPC method that serves it: "UpdateStatus", "Bind"
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def handle(self, request: Any) -> Any:
+        raise NotImplementedError
+
+
+class StatusREST(SubresourceREST):
+    """UpdateStatus: the stored object with what the strategy's status_fields name
+    taken from the request; everything else (spec, metadata) as stored."""
+
+    name = "status"
+    rpc = "UpdateStatus"
+
+    async def handle(self, request: Any) -> Any:
+        registry = self.registry
+        require_name(request.metadata.name)
+        namespace = registry.namespace_of(request.metadata.namespace)
+
+        def mutate(current: ApiObject) -> ApiObject:
+            updated = type(current)()
+            updated.CopyFrom(current)
+            registry.strategy.prepare_for_status_update(updated, request)
+            registry.check(updated)
+            return updated
+
+        return await registry.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
+
+
+class Strategy(Generic[T]):
+    """How one kind is created, updated, validated and deleted (after Kubernetes'
+    RESTCreateStrategy / RESTUpdateStrategy / RESTDeleteStrategy).
+
+    The registry has already set the server-owned metadata when it calls
+    prepare_for_create (namespace, uid, creation_timestamp, generation 1) and
+    prepare_for_update (everything stored that a client may not change, and
+    generation as stored). The prepare_* methods change obj in place; the
+    validate_* methods return every problem (empty: it may be stored).
+    """
+
+    # Extra RPCs of this kind; each class is built once per registry.
+    subresources: ClassVar[tuple[type[SubresourceREST], ...]] = ()
+    # The top-level fields the status subresource copies from the request.
+    status_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, kind: Kind) -> None:
         self.kind = kind
+
+    def prepare_for_create(self, obj: T) -> None:
+        """Defaults and the status a new object starts with."""
+
+    def prepare_for_update(self, obj: T, old: T) -> None:
+        """Defaults, the status kept from old, the generation bump."""
+
+    def validate(self, obj: T) -> list[FieldError]:
+        raise NotImplementedError
+
+    def validate_update(self, obj: T, old: T) -> list[FieldError]:
+        return self.validate(obj)
+
+    def keep_status(self, obj: T, old: T) -> None:
+        """On update, the status fields stay as stored: only the status subresource writes them."""
+        for name in self.status_fields:
+            getattr(obj, name).CopyFrom(getattr(old, name))
+
+    def prepare_for_status_update(self, obj: T, request: T) -> None:
+        """obj is a copy of the stored object: takes the status fields from request."""
+        for name in self.status_fields:
+            getattr(obj, name).CopyFrom(getattr(request, name))
+
+    async def before_delete(self, registry: Registry, obj: T, propagation_policy: str) -> None:
+        """Runs before each attempt to delete obj (it may run again after a lost race)."""
+
+
+# -- the registry -------------------------------------------------------------------
+
+
+class Registry:
+    """Storage semantics of one kind, with its strategy."""
+
+    def __init__(
+        self,
+        strategy: Strategy[Any],
+        storage: Storage,
+        *,
+        peers: Mapping[str, Registry] | None = None,
+        **cache_options: Any,
+    ) -> None:
+        self.strategy = strategy
+        self.kind = kind = strategy.kind
         self.storage = storage
+        # Fails at start-up, naming the kind and field, if List's splicing cannot work.
+        self.layout = wire_layout(kind)
         self.cache = WatchCache(kind, storage, self.decode, **cache_options)
-        # Kind-specific steps, set by the server: e.g. orphaning pods when an RC goes.
-        self.before_delete: Callable[[Any, str], Awaitable[None]] | None = None
+        # The other kinds' registries in this server, for hooks that reach across kinds.
+        self._peers: Mapping[str, Registry] = peers if peers is not None else {kind.name: self}
+        self.subresources: dict[str, SubresourceREST] = {}
+        for subresource in strategy.subresources:
+            self.subresources[subresource.rpc] = subresource(self)
+
+    def peer(self, kind: Kind) -> Registry:
+        """The registry of another kind served beside this one."""
+        try:
+            return self._peers[kind.name]
+        except KeyError:
+            raise LookupError(f"{self.kind.plural}: no {kind.plural} registry beside this one") from None
 
     # -- encoding ---------------------------------------------------------
 
-    def decode(self, value: bytes, revision: int) -> Any:
-        obj = self.kind.message.FromString(value)
+    def decode(self, value: bytes, revision: int) -> ApiObject:
+        obj: ApiObject = self.kind.message.FromString(value)
         obj.metadata.resource_version = revision
         return obj
 
     @staticmethod
-    def encode(obj: Message) -> bytes:
+    def encode(obj: ApiObject) -> bytes:
         revision = obj.metadata.resource_version
         obj.metadata.resource_version = 0
         try:
@@ -103,7 +273,8 @@ class Registry:
         finally:
             obj.metadata.resource_version = revision
 
-    def _namespace(self, namespace: str) -> str:
+    def namespace_of(self, namespace: str) -> str:
+        """Where an object named in a request lives: "" for a cluster-scoped kind."""
         if not self.kind.namespaced:
             return ""
         return namespace or DEFAULT_NAMESPACE
@@ -111,21 +282,17 @@ class Registry:
     def _key(self, namespace: str, name: str) -> bytes:
         return self.kind.key(namespace, name).encode()
 
-    def _require_name(self, name: str) -> None:
-        if not name:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "name: required")
-
     # -- reads ------------------------------------------------------------
 
-    async def _read(self, namespace: str, name: str) -> Any:
+    async def _read(self, namespace: str, name: str) -> ApiObject:
         kv = await self.storage.get(self._key(namespace, name))
         if kv is None:
             raise not_found(self.kind.plural, namespace, name)
         return self.decode(kv.value, kv.mod_revision)
 
-    async def get(self, request: meta_pb2.GetRequest) -> Any:
-        self._require_name(request.name)
-        return await self._read(self._namespace(request.namespace), request.name)
+    async def get(self, request: meta_pb2.GetRequest) -> ApiObject:
+        require_name(request.name)
+        return await self._read(self.namespace_of(request.namespace), request.name)
 
     def _selectors(self, options: meta_pb2.ListOptions) -> tuple[LabelSelector | None, FieldSelector | None]:
         try:
@@ -155,6 +322,7 @@ class Registry:
             revision, start = _decode_continue(options.continue_token, prefix)
         limit = options.limit
         filtering = labels is not None or fields is not None
+        resource_version_patch = self.layout.resource_version_patch
         items: list[bytes] = []
         next_token = ""
         while True:
@@ -170,12 +338,12 @@ class Registry:
             kvs = result.kvs
             for index, kv in enumerate(kvs):
                 if filtering:
-                    obj = self.kind.message.FromString(kv.value)
+                    obj: ApiObject = self.kind.message.FromString(kv.value)
                     if labels is not None and not labels.matches(obj.metadata.labels):
                         continue
                     if fields is not None and not fields.matches(self.kind.fields(obj)):
                         continue
-                items.append(kv.value + _resource_version_patch(kv.mod_revision))
+                items.append(kv.value + resource_version_patch(kv.mod_revision))
                 if limit and len(items) == limit:
                     if index + 1 < len(kvs) or result.more:
                         next_token = _encode_continue(revision, kv.key + b"\0")
@@ -188,7 +356,8 @@ class Registry:
             kind=f"{self.kind.name}List",
             metadata=meta_pb2.ListMeta(resource_version=revision, continue_token=next_token),
         ).SerializeToString()
-        return header + b"".join(_length_delimited(_LIST_ITEMS_FIELD, item) for item in items)
+        item = self.layout.item
+        return header + b"".join(item(data) for data in items)
 
     def watch(self, options: meta_pb2.ListOptions) -> AsyncIterator[bytes]:
         labels, fields = self._selectors(options)
@@ -200,36 +369,31 @@ class Registry:
 
     # -- writes -----------------------------------------------------------
 
-    def _check(self, obj: Any) -> None:
-        errors = validation.validate(obj)
-        if errors:
-            raise invalid(self.kind.name, obj.metadata.name or obj.metadata.generate_name, errors)
+    def check(self, obj: ApiObject) -> None:
+        """Raises INVALID_ARGUMENT with every problem the strategy finds."""
+        self._raise_invalid(obj, self.strategy.validate(obj))
 
-    async def create(self, request: Any) -> Any:
+    def _raise_invalid(self, obj: ApiObject, errors: Sequence[FieldError]) -> None:
+        if errors:
+            raise invalid(self.kind.name, obj.metadata.name or obj.metadata.generate_name, [*errors])
+
+    async def create(self, request: ApiObject) -> ApiObject:
         obj = type(request)()
         obj.CopyFrom(request)
         meta = obj.metadata
-        if self.kind.namespaced:
-            meta.namespace = meta.namespace or DEFAULT_NAMESPACE
-        else:
-            meta.namespace = ""
+        meta.namespace = self.namespace_of(meta.namespace)
         if meta.resource_version:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "metadata.resourceVersion: must be empty on create")
-        defaults.apply_defaults(obj)
         meta.uid = str(uuid.uuid4())
         meta.creation_timestamp.CopyFrom(now_timestamp())
         meta.ClearField("deletion_timestamp")
         meta.generation = 1
-        if self.kind is PODS:
-            obj.status.Clear()
-            obj.status.phase = "Pending"
-        elif self.kind.has_status and self.kind.name == "ReplicationController":
-            obj.status.Clear()
+        self.strategy.prepare_for_create(obj)
         generated = not meta.name and bool(meta.generate_name)
         for _ in range(_CONFLICT_RETRIES if generated else 1):
             if generated:
                 meta.name = meta.generate_name + "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
-            self._check(obj)
+            self.check(obj)
             revision = await self.storage.create(self._key(meta.namespace, meta.name), self.encode(obj))
             if revision is not None:
                 meta.resource_version = revision
@@ -241,8 +405,8 @@ class Registry:
         namespace: str,
         name: str,
         expected_revision: int,
-        mutate: Callable[[Any], Any | None],
-    ) -> Any:
+        mutate: Callable[[ApiObject], ApiObject | None],
+    ) -> ApiObject:
         """Reads, applies mutate(current) -> new object (None: nothing to do),
         and writes if nobody wrote meanwhile; retries a lost race unless the
         caller named the revision it expects."""
@@ -267,11 +431,11 @@ class Registry:
                 raise conflict(self.kind.plural, name, expected_revision, latest.metadata.resource_version)
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{name}": too many concurrent writers')
 
-    async def update(self, request: Any) -> Any:
-        self._require_name(request.metadata.name)
-        namespace = self._namespace(request.metadata.namespace)
+    async def update(self, request: ApiObject) -> ApiObject:
+        require_name(request.metadata.name)
+        namespace = self.namespace_of(request.metadata.namespace)
 
-        def mutate(current: Any) -> Any:
+        def mutate(current: ApiObject) -> ApiObject:
             updated = type(request)()
             updated.CopyFrom(request)
             meta, old = updated.metadata, current.metadata
@@ -289,78 +453,28 @@ class Registry:
             else:
                 meta.ClearField("deletion_timestamp")
             meta.resource_version = old.resource_version
-            if self.kind.has_status:
-                updated.status.CopyFrom(current.status)
-            defaults.apply_defaults(updated)
-            if self.kind is PODS and current.spec.node_name and updated.spec.node_name != current.spec.node_name:
-                raise ApiError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f'Pod "{meta.name}" is invalid: spec.nodeName: field is immutable once bound '
-                    f"(bound to {current.spec.node_name})",
-                )
-            spec_changed = updated.spec.SerializeToString(deterministic=True) != current.spec.SerializeToString(
-                deterministic=True
-            ) if hasattr(updated, "spec") else False
-            meta.generation = old.generation + 1 if spec_changed else old.generation
-            self._check(updated)
+            meta.generation = old.generation
+            self.strategy.prepare_for_update(updated, current)
+            self._raise_invalid(updated, self.strategy.validate_update(updated, current))
             return updated
 
         return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
 
-    async def update_status(self, request: Any) -> Any:
-        self._require_name(request.metadata.name)
-        namespace = self._namespace(request.metadata.namespace)
-
-        def mutate(current: Any) -> Any:
-            updated = type(current)()
-            updated.CopyFrom(current)
-            updated.status.CopyFrom(request.status)
-            self._check(updated)
-            return updated
-
-        return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
-
-    async def bind(self, binding: pod_pb2.Binding) -> Any:
-        name = binding.metadata.name
-        self._require_name(name)
-        namespace = self._namespace(binding.metadata.namespace)
-        node = binding.target.name
-        if not node:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "target.name: required (the node to bind to)")
-        if binding.target.kind not in ("", "Node"):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f'target.kind: must be "Node", not "{binding.target.kind}"')
-
-        def mutate(pod: Any) -> Any:
-            if pod.spec.node_name:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f'pod "{name}" in namespace {namespace} is already bound to node "{pod.spec.node_name}"',
-                )
-            if binding.metadata.uid and binding.metadata.uid != pod.metadata.uid:
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f'pod "{name}" was replaced (uid differs)')
-            updated = type(pod)()
-            updated.CopyFrom(pod)
-            updated.spec.node_name = node
-            _set_pod_condition(updated, "PodScheduled", "True", "", "")
-            return updated
-
-        return await self.guarded_write(namespace, name, binding.metadata.resource_version, mutate)
-
-    async def delete(self, request: meta_pb2.DeleteRequest) -> Any:
-        self._require_name(request.name)
+    async def delete(self, request: meta_pb2.DeleteRequest) -> ApiObject:
+        require_name(request.name)
         if request.propagation_policy not in _PROPAGATION_POLICIES:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f'propagationPolicy: "{request.propagation_policy}" is not one of Background, Orphan',
+                f'propagationPolicy: "{request.propagation_policy}" is not one of {BACKGROUND}, {ORPHAN}',
             )
-        namespace = self._namespace(request.namespace)
+        namespace = self.namespace_of(request.namespace)
+        policy = request.propagation_policy or BACKGROUND
         for _ in range(_CONFLICT_RETRIES):
             current = await self._read(namespace, request.name)
             stored = current.metadata.resource_version
             if request.resource_version and stored != request.resource_version:
                 raise conflict(self.kind.plural, request.name, request.resource_version, stored)
-            if self.before_delete is not None:
-                await self.before_delete(current, request.propagation_policy or "Background")
+            await self.strategy.before_delete(self, current, policy)
             revision = await self.storage.delete(self._key(namespace, request.name), stored)
             if revision is not None:
                 current.metadata.resource_version = revision
@@ -368,13 +482,11 @@ class Registry:
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{request.name}": too many concurrent writers')
 
 
-def _set_pod_condition(pod: pod_pb2.Pod, type_: str, status: str, reason: str, message: str) -> None:
-    for condition in pod.status.conditions:
-        if condition.type == type_:
-            if condition.status != status:
-                condition.last_transition_time.CopyFrom(now_timestamp())
-            condition.status, condition.reason, condition.message = status, reason, message
-            return
-    pod.status.conditions.add(
-        type=type_, status=status, reason=reason, message=message, last_transition_time=now_timestamp()
-    )
+def build_registries(
+    strategies: Iterable[Strategy[Any]], storage: Storage, **cache_options: Any
+) -> dict[str, Registry]:
+    """One registry per strategy, by kind name, each able to reach the others (peer)."""
+    registries: dict[str, Registry] = {}
+    for strategy in strategies:
+        registries[strategy.kind.name] = Registry(strategy, storage, peers=registries, **cache_options)
+    return registries

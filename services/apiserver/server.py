@@ -2,7 +2,10 @@
 
 Handlers are registered from the service descriptors rather than the
 generated add_*_to_server helpers, so List and Watch can send bytes that were
-encoded once (a watch event is encoded once for all of its watchers).
+encoded once (a watch event is encoded once for all of its watchers). Each
+method is served by the kind's registry: the verbs every kind has, plus the
+subresources its strategy declares (strategies.py); a method nothing serves,
+or a subresource with no method, fails at start-up.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from grpc_reflection.v1alpha import reflection
 
 from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
-from services.common.resources import ALL_KINDS, PODS, REPLICATION_CONTROLLERS, Kind
-from services.common.timestamps import now_timestamp
+from services.common.resources import ALL_KINDS, Kind
 
 from .errors import ApiError
-from .registry import Registry
+from .registry import Registry, build_registries
 from .storage import Storage
+from .strategies import STRATEGIES
 
 log = get_logger()
 
@@ -56,18 +59,16 @@ class ApiServer:
         log_requests: bool = True,
     ) -> None:
         self.storage = Storage(etcd_servers)
-        self.registries: dict[str, Registry] = {
-            kind.name: Registry(
-                kind,
-                self.storage,
-                history=watch_history,
-                watcher_capacity=watcher_capacity,
-                bookmark_interval=bookmark_interval,
-            )
-            for kind in ALL_KINDS
-        }
-        self.registries[REPLICATION_CONTROLLERS.name].before_delete = self._orphan_pods_if_asked
+        self.registries: dict[str, Registry] = build_registries(
+            STRATEGIES.values(),
+            self.storage,
+            history=watch_history,
+            watcher_capacity=watcher_capacity,
+            bookmark_interval=bookmark_interval,
+        )
         self.log_requests = log_requests
+        # Built now so that a method nothing serves fails before anything starts.
+        self._handlers = [self._service_handler(kind) for kind in ALL_KINDS]
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._cache_tasks: list[asyncio.Task] = []
@@ -136,9 +137,11 @@ class ApiServer:
             "List": registry.list,
             "Update": registry.update,
             "Delete": registry.delete,
-            "UpdateStatus": registry.update_status,
-            "Bind": registry.bind,
         }
+        for rpc, subresource in registry.subresources.items():
+            if rpc not in service.methods_by_name:
+                raise RuntimeError(f"{kind.service_name} has no {rpc} method for the {subresource.name} subresource")
+            behaviours[rpc] = subresource.handle
         handlers = {}
         for method in service.methods:
             message_class = _message_class(method.input_type.full_name)
@@ -147,57 +150,15 @@ class ApiServer:
                 handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                     self._watch(kind, registry), request_deserializer=deserializer, response_serializer=_passthrough
                 )
-            else:
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    self._unary(kind, method.name, behaviours[method.name]),
-                    request_deserializer=deserializer,
-                    response_serializer=_passthrough,
-                )
-        return grpc.method_handlers_generic_handler(kind.service_name, handlers)
-
-    async def _orphan_pods_if_asked(self, controller: Any, policy: str) -> None:
-        """--cascade=false: the controller's pods stay, with the owner reference removed."""
-        if policy != "Orphan":
-            return
-        # Mark the controller as being deleted before releasing its pods, so its
-        # replication manager stops adopting and replacing them (as Kubernetes'
-        # orphan finalizer does); Delete's retry loop then deletes it.
-        uid = controller.metadata.uid
-
-        def mark(current: Any) -> Any:
-            if current.metadata.uid != uid or current.metadata.HasField("deletion_timestamp"):
-                return None
-            updated = type(current)()
-            updated.CopyFrom(current)
-            updated.metadata.deletion_timestamp.CopyFrom(now_timestamp())
-            return updated
-
-        await self.registries[REPLICATION_CONTROLLERS.name].guarded_write(
-            controller.metadata.namespace, controller.metadata.name, 0, mark
-        )
-        pods = self.registries[PODS.name]
-        listing = PODS.list_message.FromString(
-            await pods.list(meta_pb2.ListOptions(namespace=controller.metadata.namespace))
-        )
-        for pod in listing.items:
-            if not any(ref.uid == uid for ref in pod.metadata.owner_references):
                 continue
-
-            def release(current: Any) -> Any:
-                kept = [ref for ref in current.metadata.owner_references if ref.uid != uid]
-                if len(kept) == len(current.metadata.owner_references):
-                    return None
-                updated = type(current)()
-                updated.CopyFrom(current)
-                del updated.metadata.owner_references[:]
-                updated.metadata.owner_references.extend(kept)
-                return updated
-
-            try:
-                await pods.guarded_write(pod.metadata.namespace, pod.metadata.name, 0, release)
-            except ApiError as error:
-                if error.code != grpc.StatusCode.NOT_FOUND:
-                    raise
+            if method.name not in behaviours:
+                raise RuntimeError(f"{kind.service_name}.{method.name}: no registry method or subresource serves it")
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                self._unary(kind, method.name, behaviours[method.name]),
+                request_deserializer=deserializer,
+                response_serializer=_passthrough,
+            )
+        return grpc.method_handlers_generic_handler(kind.service_name, handlers)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -215,10 +176,11 @@ class ApiServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.server.add_generic_rpc_handlers([self._service_handler(kind) for kind in ALL_KINDS])
+        self.server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            [kind.service_name for kind in ALL_KINDS] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [kind.service_name for kind in ALL_KINDS] + [health_service, reflection.SERVICE_NAME],
             self.server,
         )
         port = self.server.add_insecure_port(listen)

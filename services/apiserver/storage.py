@@ -105,7 +105,7 @@ class Storage:
         host, _, port = target.rpartition(":")
         self._client = aetcd.Client(
             host=host,
-            port=port,  # type: ignore[arg-type]
+            port=port,
             timeout=timeout,
             options={
                 "grpc.lb_policy_name": "round_robin",

@@ -20,10 +20,15 @@ from google.protobuf.message import Message
 from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
+from services.common.runtime import Backoff
 from services.common.selectors import FieldSelector, LabelSelector
 
 from .errors import ApiError
 from .storage import CompactedError, Storage, prefix_range_end
+
+# Retries of etcd's list and watch while etcd is away.
+_RETRY_INITIAL = 0.1
+_RETRY_MAX = 5.0
 
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
@@ -181,19 +186,19 @@ class WatchCache:
         bookmarks = asyncio.create_task(self._bookmark_loop())
         try:
             await self._relist()
-            delay = 0.1
+            backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
             while True:
                 try:
                     async for batch in self.storage.watch(self.prefix, self.revision + 1):
                         self._apply(batch.events)
-                        delay = 0.1
+                        backoff.reset()
                 except CompactedError:
                     self._log.warning("watch_cache_history_compacted", revision=self.revision)
                     await self._relist()
                 except ApiError as error:
+                    delay = backoff.failure()
                     self._log.warning("watch_cache_etcd_watch_broken", detail=error.message, retry_in=delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
         finally:
             bookmarks.cancel()
             self.end_watches()
@@ -204,15 +209,15 @@ class WatchCache:
             watcher.close(END_OF_STREAM)
 
     async def _relist(self) -> None:
-        delay = 0.1
+        backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         while True:
             try:
                 result = await self.storage.range(self.prefix, prefix_range_end(self.prefix))
                 break
             except ApiError as error:
+                delay = backoff.failure()
                 self._log.warning("watch_cache_list_failed", detail=error.message, retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         objects = {}
         for kv in result.kvs:
             objects[kv.key] = CachedObject(self.kind, self.decode(kv.value, kv.mod_revision))

@@ -1,0 +1,468 @@
+"""The API server's per-kind strategies and List's wire layout, without etcd.
+
+Tables of what each kind does on create and update, which subresources it has,
+the pod binding and the RC's orphaning delete (against a fake registry), and the
+descriptor check that List's byte splicing relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from services.apiserver.errors import ApiError
+from services.apiserver.registry import BACKGROUND, ORPHAN, LayoutError, WireLayout, wire_layout
+from services.apiserver.strategies import STRATEGIES, bind_pod, check_binding, strategy_for
+from services.common.defaults import apply_defaults
+from services.common.resources import (
+    ALL_KINDS,
+    ENDPOINTS,
+    NODES,
+    PODS,
+    REPLICATION_CONTROLLERS,
+    SERVICES,
+    Kind,
+)
+
+NOW = Timestamp(seconds=1_700_000_000)
+
+
+def pod(node: str = "", phase: str = "", **meta: Any) -> pod_pb2.Pod:
+    return pod_pb2.Pod(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default", **meta),
+        spec=pod_pb2.PodSpec(containers=[pod_pb2.Container(name="c", image="busybox")], node_name=node),
+        status=pod_pb2.PodStatus(phase=phase, pod_ip="10.244.0.5" if phase else ""),
+    )
+
+
+def rc(replicas: int = 2, status_replicas: int = 0) -> replication_controller_pb2.ReplicationController:
+    return replication_controller_pb2.ReplicationController(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default", uid="rc-uid"),
+        spec=replication_controller_pb2.ReplicationControllerSpec(
+            replicas=replicas,
+            template=pod_pb2.PodTemplateSpec(
+                metadata=meta_pb2.ObjectMeta(labels={"app": "web"}),
+                spec=pod_pb2.PodSpec(containers=[pod_pb2.Container(name="c", image="busybox")]),
+            ),
+        ),
+        status=replication_controller_pb2.ReplicationControllerStatus(replicas=status_replicas),
+    )
+
+
+def node(unschedulable: bool = False, cpu: str = "") -> node_pb2.Node:
+    return node_pb2.Node(
+        metadata=meta_pb2.ObjectMeta(name="n1"),
+        spec=node_pb2.NodeSpec(unschedulable=unschedulable),
+        status=node_pb2.NodeStatus(capacity={"cpu": cpu} if cpu else {}),
+    )
+
+
+def service(port: int = 80) -> service_pb2.Service:
+    return service_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default"),
+        spec=service_pb2.ServiceSpec(ports=[service_pb2.ServicePort(port=port)], selector={"app": "web"}),
+    )
+
+
+def endpoints(ip: str = "10.244.0.5") -> endpoints_pb2.Endpoints:
+    return endpoints_pb2.Endpoints(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default"),
+        subsets=[
+            endpoints_pb2.EndpointSubset(
+                addresses=[endpoints_pb2.EndpointAddress(ip=ip)], ports=[endpoints_pb2.EndpointPort(port=80)]
+            )
+        ],
+    )
+
+
+# -- the table ---------------------------------------------------------------------
+
+
+def test_every_kind_has_its_strategy() -> None:
+    assert [strategy.kind for strategy in STRATEGIES.values()] == list(ALL_KINDS)
+    for kind in ALL_KINDS:
+        assert strategy_for(kind).kind is kind
+
+
+# -- prepare for create ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "given", "check"),
+    [
+        pytest.param(
+            PODS, pod(node="", phase="Running"),
+            lambda p: p.status == pod_pb2.PodStatus(phase="Pending") and p.spec.restart_policy == "Always",
+            id="pod-status-cleared-to-pending-and-defaulted",
+        ),
+        pytest.param(
+            REPLICATION_CONTROLLERS, rc(status_replicas=5),
+            lambda r: r.status == replication_controller_pb2.ReplicationControllerStatus()
+            and dict(r.spec.selector) == {"app": "web"},
+            id="rc-status-cleared-selector-from-template",
+        ),
+        pytest.param(
+            NODES, node(cpu="4"), lambda n: dict(n.status.capacity) == {"cpu": "4"} and n.kind == "Node",
+            id="node-status-kept-on-registration",
+        ),
+        pytest.param(
+            SERVICES, service(), lambda s: s.spec.type == "ClusterIP" and s.spec.ports[0].target_port == "80",
+            id="service-defaults",
+        ),
+        pytest.param(
+            ENDPOINTS, endpoints(), lambda e: e.subsets[0].ports[0].protocol == "TCP",
+            id="endpoints-defaults",
+        ),
+    ],
+)
+def test_prepare_for_create(kind: Kind, given: Message, check: Callable[[Any], bool]) -> None:
+    strategy_for(kind).prepare_for_create(given)
+    assert check(given), given
+    assert strategy_for(kind).validate(given) == []
+
+
+# -- prepare for update ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "old", "new", "generation", "check"),
+    [
+        pytest.param(
+            PODS, pod(phase="Running"), pod(phase="Failed", node="n1"), 8,
+            lambda p: p.status.phase == "Running", id="pod-spec-changed-status-kept",
+        ),
+        pytest.param(
+            PODS, pod(phase="Running"), pod(), 7, lambda p: p.status.pod_ip == "10.244.0.5",
+            id="pod-spec-same",
+        ),
+        pytest.param(
+            REPLICATION_CONTROLLERS, rc(replicas=2, status_replicas=2), rc(replicas=3, status_replicas=9), 8,
+            lambda r: r.status.replicas == 2, id="rc-scaled-status-kept",
+        ),
+        pytest.param(
+            NODES, node(cpu="4"), node(unschedulable=True), 8, lambda n: dict(n.status.capacity) == {"cpu": "4"},
+            id="node-cordoned-status-kept",
+        ),
+        pytest.param(
+            SERVICES, service(port=80), service(port=81), 8, lambda s: s.spec.ports[0].target_port == "81",
+            id="service-port-changed",
+        ),
+        pytest.param(
+            ENDPOINTS, endpoints("10.244.0.5"), endpoints("10.244.0.6"), 7, lambda e: True,
+            id="endpoints-no-spec-no-bump",
+        ),
+    ],
+)
+def test_prepare_for_update(
+    kind: Kind, old: Any, new: Any, generation: int, check: Callable[[Any], bool]
+) -> None:
+    strategy = strategy_for(kind)
+    apply_defaults(old)  # as stored
+    old.metadata.generation = 7
+    new.metadata.generation = 7  # what the registry carries over before asking the strategy
+    strategy.prepare_for_update(new, old)
+    assert new.metadata.generation == generation
+    assert check(new), new
+
+
+def test_bound_pod_node_is_immutable_and_reported_alone() -> None:
+    strategy = strategy_for(PODS)
+    old = pod(node="n1")
+    new = pod(node="n2")
+    new.spec.containers[0].image = ""  # also invalid, but the immutable node is what is said
+    errors = strategy.validate_update(new, old)
+    assert [str(e) for e in errors] == ["spec.nodeName: field is immutable once bound (bound to n1)"]
+    unbound = pod()
+    assert strategy.validate_update(pod(node="n2"), unbound) == strategy.validate(pod(node="n2"))
+
+
+# -- subresources --------------------------------------------------------------------
+
+SUBRESOURCES = {
+    PODS.name: {"status": "UpdateStatus", "binding": "Bind"},
+    SERVICES.name: {},
+    ENDPOINTS.name: {},
+    REPLICATION_CONTROLLERS.name: {"status": "UpdateStatus"},
+    NODES.name: {"status": "UpdateStatus"},
+}
+STANDARD_METHODS = {"Create", "Get", "List", "Update", "Delete", "Watch"}
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
+def test_subresources(kind: Kind) -> None:
+    strategy = strategy_for(kind)
+    declared = {sub.name: sub.rpc for sub in strategy.subresources}
+    assert declared == SUBRESOURCES[kind.name]
+    # The service has a method for each, and nothing else beyond the standard verbs.
+    service = descriptor_pool.Default().FindServiceByName(kind.service_name)
+    assert {m.name for m in service.methods} == STANDARD_METHODS | set(declared.values())
+    # A status subresource exactly where the kind has a status, and it copies it.
+    assert ("status" in declared) == kind.has_status
+    assert strategy.status_fields == (("status",) if kind.has_status else ())
+
+
+def test_status_subresource_copies_only_status() -> None:
+    strategy = strategy_for(PODS)
+    stored = pod(node="n1", phase="Pending")
+    request = pod(node="elsewhere", phase="Running", labels={"new": "label"})
+    strategy.prepare_for_status_update(stored, request)
+    assert stored.status.phase == "Running"
+    assert stored.spec.node_name == "n1"
+    assert dict(stored.metadata.labels) == {}
+
+
+# -- binding -------------------------------------------------------------------------
+
+
+def binding(target: str = "n1", kind: str = "", uid: str = "") -> pod_pb2.Binding:
+    return pod_pb2.Binding(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default", uid=uid),
+        target=pod_pb2.ObjectReference(kind=kind, name=target),
+    )
+
+
+def test_bind_sets_node_and_scheduled_condition() -> None:
+    stored = pod(uid="u1")
+    bound = bind_pod(stored, binding(uid="u1"), "default", NOW)
+    assert bound.spec.node_name == "n1"
+    assert [(c.type, c.status, c.last_transition_time.seconds) for c in bound.status.conditions] == [
+        ("PodScheduled", "True", NOW.seconds)
+    ]
+    assert stored.spec.node_name == ""  # the stored message is left alone
+
+
+@pytest.mark.parametrize(
+    ("stored", "request_", "code", "message"),
+    [
+        pytest.param(
+            pod(node="n2"), binding(), grpc.StatusCode.FAILED_PRECONDITION,
+            'pod "web" in namespace default is already bound to node "n2"', id="already-bound",
+        ),
+        pytest.param(
+            pod(uid="u1"), binding(uid="u2"), grpc.StatusCode.FAILED_PRECONDITION,
+            'pod "web" was replaced (uid differs)', id="replaced",
+        ),
+    ],
+)
+def test_bind_refused(stored: pod_pb2.Pod, request_: pod_pb2.Binding, code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        bind_pod(stored, request_, "default", NOW)
+    assert (raised.value.code, raised.value.message) == (code, message)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        pytest.param(binding(target=""), "target.name: required (the node to bind to)", id="no-node"),
+        pytest.param(binding(kind="Pod"), 'target.kind: must be "Node", not "Pod"', id="not-a-node"),
+        pytest.param(binding(kind="Node"), None, id="node"),
+        pytest.param(binding(), None, id="kind-omitted"),
+    ],
+)
+def test_check_binding(request_: pod_pb2.Binding, message: str | None) -> None:
+    if message is None:
+        check_binding(request_)
+        return
+    with pytest.raises(ApiError) as raised:
+        check_binding(request_)
+    assert (raised.value.code, raised.value.message) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+# -- the RC's delete hook (orphaning) -------------------------------------------------
+
+
+class FakeRegistry:
+    """What the RC's delete hook uses of a registry: guarded_write, list and peer."""
+
+    def __init__(self, objects: dict[str, Any], peers: dict[str, FakeRegistry]) -> None:
+        self.objects = objects
+        self.peers = peers
+        self.writes: list[str] = []
+
+    def peer(self, kind: Kind) -> FakeRegistry:
+        return self.peers[kind.name]
+
+    async def guarded_write(self, namespace: str, name: str, expected: int, mutate: Callable[[Any], Any]) -> Any:
+        updated = mutate(self.objects[name])
+        if updated is not None:
+            self.objects[name] = updated
+            self.writes.append(name)
+        return updated
+
+    async def list(self, options: meta_pb2.ListOptions) -> bytes:
+        return pod_pb2.PodList(items=self.objects.values()).SerializeToString()
+
+
+def owned_pod(name: str, *owners: str) -> pod_pb2.Pod:
+    refs = [meta_pb2.OwnerReference(kind="ReplicationController", name="web", uid=uid) for uid in owners]
+    return pod_pb2.Pod(metadata=meta_pb2.ObjectMeta(name=name, namespace="default", owner_references=refs))
+
+
+@pytest.mark.parametrize(
+    ("policy", "rc_marked", "owners"),
+    [
+        pytest.param(
+            ORPHAN, True, {"mine": [], "shared": ["other-uid"], "theirs": ["other-uid"]}, id="orphan",
+        ),
+        pytest.param(
+            BACKGROUND, False, {"mine": ["rc-uid"], "shared": ["other-uid", "rc-uid"], "theirs": ["other-uid"]},
+            id="background",
+        ),
+    ],
+)
+async def test_rc_delete_hook(policy: str, rc_marked: bool, owners: dict[str, list[str]]) -> None:
+    peers: dict[str, FakeRegistry] = {}
+    controllers = peers[REPLICATION_CONTROLLERS.name] = FakeRegistry({"web": rc()}, peers)
+    pods = peers[PODS.name] = FakeRegistry(
+        {
+            "mine": owned_pod("mine", "rc-uid"),
+            "shared": owned_pod("shared", "other-uid", "rc-uid"),
+            "theirs": owned_pod("theirs", "other-uid"),
+        },
+        peers,
+    )
+    await strategy_for(REPLICATION_CONTROLLERS).before_delete(controllers, rc(), policy)  # type: ignore[arg-type]
+    assert controllers.objects["web"].metadata.HasField("deletion_timestamp") == rc_marked
+    assert {name: [ref.uid for ref in p.metadata.owner_references] for name, p in pods.objects.items()} == owners
+    assert pods.writes == [name for name in ("mine", "shared") if rc_marked]
+
+
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if k is not REPLICATION_CONTROLLERS], ids=lambda k: k.name)
+async def test_other_kinds_have_no_delete_hook(kind: Kind) -> None:
+    # The hook never touches the registry it is given.
+    await strategy_for(kind).before_delete(None, kind.message(), ORPHAN)  # type: ignore[arg-type]
+
+
+# -- List's wire layout ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
+def test_every_kind_fits_list_splicing(kind: Kind) -> None:
+    layout = wire_layout(kind)
+    obj: Any = kind.message(metadata=meta_pb2.ObjectMeta(name="a", labels={"x": "y"}))
+    items = [obj.SerializeToString(), obj.SerializeToString()]
+    header = kind.list_message(metadata=meta_pb2.ListMeta(resource_version=9)).SerializeToString()
+    data = header + b"".join(
+        layout.item(item + layout.resource_version_patch(revision))
+        for item, revision in zip(items, (5, 300), strict=True)
+    )
+    parsed: Any = kind.list_message.FromString(data)
+    assert [i.metadata.resource_version for i in parsed.items] == [5, 300]
+    assert [dict(i.metadata.labels) for i in parsed.items] == [{"x": "y"}, {"x": "y"}]
+    assert parsed.metadata.resource_version == 9
+
+
+def _pool_with(*files: Any) -> descriptor_pool.DescriptorPool:
+    """A fresh pool holding the given files and everything they import."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for file in files:
+        add(file)
+    return pool
+
+
+def made_up_kind(metadata_type: str, metadata_number: int = 3, items_number: int = 4) -> Kind:
+    """A kind whose messages are built here: Thing { <metadata_type> metadata }, ThingList { items }."""
+    pool = _pool_with(meta_pb2.DESCRIPTOR)
+    field = descriptor_pb2.FieldDescriptorProto
+    thing_metadata = (
+        field(name="metadata", number=metadata_number, type=field.TYPE_STRING)
+        if metadata_type == "string"
+        else field(name="metadata", number=metadata_number, type=field.TYPE_MESSAGE, type_name=metadata_type)
+    )
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="test/made_up.proto",
+        package="test",
+        dependency=[meta_pb2.DESCRIPTOR.name],
+        message_type=[
+            descriptor_pb2.DescriptorProto(
+                name="Thing",
+                field=[thing_metadata, field(name="note", number=1, type=field.TYPE_STRING)],
+            ),
+            descriptor_pb2.DescriptorProto(
+                name="ThingList",
+                field=[
+                    field(name="metadata", number=1, type=field.TYPE_MESSAGE, type_name=".kybernetes.v1.ListMeta"),
+                    field(
+                        name="items", number=items_number, type=field.TYPE_MESSAGE, type_name=".test.Thing",
+                        label=field.LABEL_REPEATED,
+                    ),
+                ],
+            ),
+        ],
+    )
+    pool.Add(proto)
+    return dataclasses.replace(
+        PODS,
+        name="Thing",
+        message=message_factory.GetMessageClass(pool.FindMessageTypeByName("test.Thing")),
+        list_message=message_factory.GetMessageClass(pool.FindMessageTypeByName("test.ThingList")),
+    )
+
+
+def test_layout_follows_the_descriptors() -> None:
+    kind = made_up_kind(".kybernetes.v1.ObjectMeta", metadata_number=7, items_number=20)
+    layout = wire_layout(kind)
+    assert layout == WireLayout(metadata_tag=bytes([7 << 3 | 2]), resource_version_tag=bytes([5 << 3]),
+                                items_tag=bytes([0xA2, 0x01]))  # field 20: a two-byte key
+    thing: Any = kind.message(note="n")
+    thing.metadata.name = "a"
+    data = layout.item(thing.SerializeToString() + layout.resource_version_patch(42))
+    parsed: Any = kind.list_message.FromString(data)
+    assert (parsed.items[0].note, parsed.items[0].metadata.name, parsed.items[0].metadata.resource_version) == (
+        "n", "a", 42,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        pytest.param(
+            made_up_kind("string"),
+            "kind Thing: field test.Thing.metadata (number 3) must be a singular kybernetes.v1.ObjectMeta for List",
+            id="metadata-not-object-meta",
+        ),
+        pytest.param(
+            made_up_kind(".kybernetes.v1.ListMeta"),
+            "kind Thing: field test.Thing.metadata (number 3) must be a singular kybernetes.v1.ObjectMeta for List",
+            id="metadata-of-another-message",
+        ),
+        pytest.param(
+            dataclasses.replace(PODS, message=pod_pb2.PodSpec, list_message=pod_pb2.PodList),
+            "kind Pod: kybernetes.v1.PodSpec has no field 'metadata' (List needs a singular kybernetes.v1.ObjectMeta)",
+            id="no-metadata",
+        ),
+        pytest.param(
+            dataclasses.replace(PODS, list_message=service_pb2.ServiceList),
+            "kind Pod: field kybernetes.v1.ServiceList.items (number 4) must be repeated kybernetes.v1.Pod for List",
+            id="items-of-another-kind",
+        ),
+        pytest.param(
+            dataclasses.replace(PODS, list_message=pod_pb2.Pod),
+            "kind Pod: kybernetes.v1.Pod has no field 'items' (List needs repeated kybernetes.v1.Pod)",
+            id="list-without-items",
+        ),
+    ],
+)
+def test_layout_rejects_kinds_that_do_not_fit(kind: Kind, message: str) -> None:
+    with pytest.raises(LayoutError) as raised:
+        wire_layout(kind)
+    assert str(raised.value) == message
