@@ -14,7 +14,7 @@ ETCD_IMAGE ?= kybernetes/etcd:latest
 BASE_IMAGE ?= kybernetes/python-base:bookworm
 PYTEST_ARGS ?=
 
-.PHONY: deps dockerd venv generate images test unit up down status bench clean
+.PHONY: deps dockerd venv generate images check test unit up down status bench clean
 
 deps:
 	@bash scripts/ensure-deps.sh
@@ -43,20 +43,32 @@ images: dockerd venv
 unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test: deps venv images
+# The gates CI runs before any test: lint, types, and the import contract
+# (components never import each other, common imports no component, services
+# never import tools/; see [tool.importlinter] in pyproject.toml). All three
+# run, so one failure does not hide another.
+check: venv
+	@status=0; \
+	  echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	  echo "mypy services tools"; $(PY) -m mypy services tools || status=1; \
+	  echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
+	  exit $$status
+
+# Prerequisites are made in order: deps, venv and images, then the gates, then pytest.
+test: deps venv images check
 	KYBERNETES_BUSYBOX_IMAGE=$(BUSYBOX_IMAGE) KYBERNETES_PAUSE_IMAGE=$(PAUSE_IMAGE) \
 	  $(PY) -m pytest -q $(PYTEST_ARGS)
 
 up: deps venv images
-	$(PY) -m services.common.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
+	$(PY) -m tools.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
 	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE) \
 	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE)
 
 down: venv
-	$(PY) -m services.common.localcluster down --state-dir $(STATE_DIR)
+	$(PY) -m tools.localcluster down --state-dir $(STATE_DIR)
 
 status: venv
-	$(PY) -m services.common.localcluster status --state-dir $(STATE_DIR)
+	$(PY) -m tools.localcluster status --state-dir $(STATE_DIR)
 
 bench: deps venv images
 	$(PY) -m bench.apiserver

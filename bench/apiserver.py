@@ -21,7 +21,7 @@ import grpc
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
-from services.common.processes import ApiServerProcess, EtcdProcess
+from tools.processes import ApiServerProcess, EtcdProcess
 from services.common.resources import PODS
 
 IMAGE = "kybernetes/busybox:latest"
@@ -181,12 +181,16 @@ def fmt_ms(seconds: float) -> str:
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="kyb-bench-") as state:
         etcd = EtcdProcess(state)
-        api = ApiServerProcess(etcd.endpoint, "--controllers=", "--no-request-log", log_path=os.path.join(state, "api.log"))
+        api = ApiServerProcess(
+            etcd.endpoint, "--controllers=", "--no-request-log", log_path=os.path.join(state, "api.log")
+        )
         try:
             value = make_pod("pod-00000", "bench-raw").SerializeToString()
             print(f"# API server benchmark ({args.pods} pods per run, pod object {len(value)} bytes)")
             print("creates:")
-            print(f"  {'concurrency':>11} {'api creates/s':>14} {'p50':>9} {'p99':>9} {'raw etcd txn/s':>15} {'ratio':>6}")
+            print(
+                f"  {'concurrency':>11} {'api creates/s':>14} {'p50':>9} {'p99':>9} {'raw etcd txn/s':>15} {'ratio':>6}"
+            )
             for concurrency in args.concurrency:
                 raw = await bench_raw_etcd(etcd.endpoint, args.pods, concurrency, value)
                 rate, latencies = await bench_creates(api.address, args.pods, concurrency)
@@ -199,10 +203,15 @@ async def main_async(args: argparse.Namespace) -> None:
                 stub = client.stub(PODS)
                 await run_concurrently(args.pods, 64, lambda i: stub.Create(make_pod(f"l-{i}", namespace)))
             count, times = await bench_list(api.address, namespace)
-            print(f"list: {count} pods in {fmt_ms(statistics.median(times))} (median of {len(times)}, best {fmt_ms(min(times))})")
+            print(
+                f"list: {count} pods in {fmt_ms(statistics.median(times))} "
+                f"(median of {len(times)}, best {fmt_ms(min(times))})"
+            )
             print("watch delay, write to event (steady creates):")
             for watchers in args.watchers:
-                delays = await bench_watch(api.address, watchers, args.watch_events, args.watch_rate, args.watch_processes)
+                delays = await bench_watch(
+                    api.address, watchers, args.watch_events, args.watch_rate, args.watch_processes
+                )
                 print(
                     f"  {watchers:>5} watchers: {len(delays)} events at {args.watch_rate:.0f} writes/s, "
                     f"p50 {fmt_ms(percentile(delays, 0.5))}, p99 {fmt_ms(percentile(delays, 0.99))}"

@@ -39,7 +39,7 @@ from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, replication_controller_pb2
 from services.common.client import ApiClient
-from services.common.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, python_module_argv
+from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, python_module_argv
 from services.common.resources import NODES, PODS, REPLICATION_CONTROLLERS
 from services.kubelet.naming import LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_UID
 
@@ -117,7 +117,8 @@ async def bench_scheduler(etcd_endpoint: str, mode: str, nodes: int, pods: int, 
             listing = await api.list(PODS, namespace)
             already = sum(1 for p in listing.items if p.spec.node_name)
             seen: set[str] = set()
-            call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version))
+            options = meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version)
+            call = api.watch(PODS, options)
             if already:
                 raise RuntimeError(f"{already} pods were bound before the scheduler started")
             async for event in call:
@@ -443,7 +444,9 @@ async def bench_convergence(
     return ours, theirs, swarm.initialised
 
 
-def print_convergence(sizes: list[int], ours: dict[int, list[Convergence]], theirs: dict[int, list[Convergence]]) -> None:
+def print_convergence(
+    sizes: list[int], ours: dict[int, list[Convergence]], theirs: dict[int, list[Convergence]]
+) -> None:
     for size in sizes:
         our_time = statistics.median(run.seconds for run in ours[size])
         swarm_time = statistics.median(run.seconds for run in theirs[size])
@@ -451,7 +454,7 @@ def print_convergence(sizes: list[int], ours: dict[int, list[Convergence]], thei
         per_round = ""
         if rounds > 1:
             per_round = "   per round: " + ", ".join(
-                f"{mine.seconds:.2f}/{other.seconds:.2f}" for mine, other in zip(ours[size], theirs[size])
+                f"{mine.seconds:.2f}/{other.seconds:.2f}" for mine, other in zip(ours[size], theirs[size], strict=True)
             )
         print(
             f"  {size:3d} replicas: kybernetes {our_time:6.2f} s (2 containers per pod)   "

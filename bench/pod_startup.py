@@ -35,7 +35,7 @@ import docker
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
-from services.common.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, wait_for_port
+from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, wait_for_port
 from services.common.resources import PODS
 
 BUSYBOX_IMAGE = os.environ.get("KYBERNETES_BUSYBOX_IMAGE", "kybernetes/busybox:latest")
@@ -264,8 +264,10 @@ async def main_async(args: argparse.Namespace) -> int:
     single_ratio = summary(single_ours)["p50"] / summary(single_docker)["p50"]
     burst_ratio = summary(burst_ours)["p99"] / summary(burst_docker)["p99"]
     burst_p99 = summary(burst_ours)["p99"]
-    print(f"single p50 ratio kubelet/docker: {single_ratio:.2f}  (target <= 1.3: {'ok' if single_ratio <= 1.3 else 'MISSED'})")
-    print(f"burst p99 ratio kubelet/docker:  {burst_ratio:.2f}  (target <= 1.3: {'ok' if burst_ratio <= 1.3 else 'MISSED'})")
+    single_verdict = "ok" if single_ratio <= 1.3 else "MISSED"
+    burst_verdict = "ok" if burst_ratio <= 1.3 else "MISSED"
+    print(f"single p50 ratio kubelet/docker: {single_ratio:.2f}  (target <= 1.3: {single_verdict})")
+    print(f"burst p99 ratio kubelet/docker:  {burst_ratio:.2f}  (target <= 1.3: {burst_verdict})")
     print(f"burst p99: {burst_p99:.2f}s  (target < 5 s: {'ok' if burst_p99 < 5 else 'MISSED'})")
     print(f"kubelet CPU per burst of {args.burst}: " + ", ".join(f"{seconds:.2f}s" for seconds in kubelet_cpu))
     return 0
@@ -276,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="single-pod trials")
     parser.add_argument("--burst", type=int, default=30, help="pods created at once")
     parser.add_argument("--burst-rounds", type=int, default=1, help="bursts of each kind, alternating")
-    parser.add_argument("--docker-concurrency", type=int, default=4, help="kubelet --docker-concurrency and baseline threads")
+    parser.add_argument(
+        "--docker-concurrency", type=int, default=4, help="kubelet --docker-concurrency and baseline threads"
+    )
     parser.add_argument("--kubelet-arg", action="append", default=[], metavar="FLAG",
                         help="one more kubelet flag, e.g. --kubelet-arg=--seccomp-default (repeatable; "
                              "--seccomp-default also gives the Docker baseline Docker's default profile)")

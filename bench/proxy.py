@@ -113,7 +113,8 @@ def run_proxy(bulk_port: int, short_port: int, use_splice: bool) -> None:
                 spec=service_pb2.ServiceSpec(ports=[service_pb2.ServicePort(port=proxy_port)]),
             ))
             ports.append(proxy_port)
-        while any(p.listener is None for p in proxier.ports.values()):
+        # The proxier has no "listening" event: a setup step, polled.
+        while any(p.listener is None for p in proxier.ports.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         print(*ports, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -256,13 +257,15 @@ def _measure(target: Target, figure: str, seconds: float, backends_pid: int) -> 
         units = value * (time.monotonic() - started) / 8  # GB
     after = _cpu_snapshot(target, backends_pid)
     target.samples.setdefault(figure, []).append(value)
-    target.cpu.setdefault(figure, []).append(tuple((a - b) / units for a, b in zip(after, before)))
+    target.cpu.setdefault(figure, []).append(tuple((a - b) / units for a, b in zip(after, before, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one sample (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="samples per figure and target, interleaved (default %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="samples per figure and target, interleaved (default %(default)s)"
+    )
     parser.add_argument("--role", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
@@ -310,7 +313,7 @@ def main() -> None:
             bulk = unit == "Gbit/s"
             cells = []
             for target in targets:
-                columns = [statistics.median(column) for column in zip(*target.cpu[figure])]
+                columns = [statistics.median(column) for column in zip(*target.cpu[figure], strict=True)]
                 texts = [f"{c:.2f} s" if bulk else f"{c * 1e6:.0f} us" for c in columns]
                 if target.proxy is None:
                     texts[0] = "-"

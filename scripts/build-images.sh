@@ -51,7 +51,13 @@ build_components() {
       -not -path '*/__pycache__/*' | sort | xargs sha256sum; echo "$base_image") | sha256sum | cut -c1-16)"
   [ "$(current_digest "$component_image")" = "$digest" ] && return 0
   cp "$here/images/kybernetes/Dockerfile" "$ctx/"
-  "$python" -m pip wheel -q --wheel-dir "$ctx/wheels" "$here" 2>&1 | grep -v -i warning >&2 || true
+  # The wheel is built from a clean copy of what the components are made of:
+  # setuptools reuses ./build/lib, where modules moved or deleted since an
+  # earlier build linger and would ship; and tools/ (the dev launcher, which no
+  # component imports: `make check` enforces it) stays out of the image.
+  mkdir "$ctx/src"
+  (cd "$here" && cp -r pyproject.toml README.md services generated "$ctx/src/")
+  "$python" -m pip wheel -q --wheel-dir "$ctx/wheels" "$ctx/src" 2>&1 | grep -v -i warning >&2 || true
   ls "$ctx"/wheels/kybernetes-*.whl >/dev/null
   docker_build "$component_image" "$ctx" "$digest" --build-arg "BASE_IMAGE=$base_image"
 }

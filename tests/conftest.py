@@ -1,7 +1,10 @@
 """Fixtures shared by every test tier: real etcd, a real API server, Docker.
 
 Each test run starts its own etcd on a free loopback port with a temporary
-data dir, so tests can run beside a `make up` cluster.
+data dir, so tests can run beside a `make up` cluster. Tier-specific fixtures
+are in tests/integration/conftest.py and tests/e2e/conftest.py; process
+helpers (free_port, ManagedProcess...) come from tools.processes, waiting
+from tests.polling.
 """
 
 from __future__ import annotations
@@ -15,13 +18,7 @@ from typing import Iterator
 import pytest
 
 from services.common.client import ApiClient
-from services.common.processes import (  # noqa: F401  (re-exported for tests)
-    REPO,
-    ApiServerProcess,
-    EtcdProcess,
-    free_port,
-    wait_for_port,
-)
+from tools.processes import ApiServerProcess, EtcdProcess
 
 BUSYBOX_IMAGE = os.environ.get("KYBERNETES_BUSYBOX_IMAGE", "kybernetes/busybox:latest")
 PAUSE_IMAGE = os.environ.get("KYBERNETES_PAUSE_IMAGE", "kybernetes/pause:latest")

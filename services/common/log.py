@@ -9,7 +9,9 @@ import sys
 import structlog
 
 
-def configure_logging(component: str, level: str | None = None, json: bool | None = None) -> structlog.stdlib.BoundLogger:
+def configure_logging(
+    component: str, level: str | None = None, json: bool | None = None
+) -> structlog.stdlib.BoundLogger:
     """Configures structlog for a process and returns its root logger.
 
     KYBERNETES_LOG_LEVEL and KYBERNETES_LOG_FORMAT=json override the defaults.

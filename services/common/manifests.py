@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 import yaml
 from google.protobuf import json_format
@@ -186,7 +186,9 @@ def _timestamp_string(value: Any, path: str) -> str:
         try:
             Timestamp().FromJsonString(value)
         except ValueError:
-            raise _FieldError(path, f'invalid timestamp "{value}" (expected RFC 3339, e.g. 2024-05-01T12:00:00Z)') from None
+            raise _FieldError(
+                path, f'invalid timestamp "{value}" (expected RFC 3339, e.g. 2024-05-01T12:00:00Z)'
+            ) from None
         return value
     raise _FieldError(path, f"expected an RFC 3339 timestamp, got {_type_name(value)}")
 
@@ -230,10 +232,12 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, *, in_map: bool = Fal
             raise _FieldError(path, f"expected a number, got {_type_name(value)}")
         return value
     if kind == FieldDescriptor.TYPE_ENUM:
-        names = [v.name for v in field.enum_type.values]
+        enum_type = field.enum_type
+        assert enum_type is not None  # an enum field always has its enum's descriptor
+        names = [v.name for v in enum_type.values]
         if isinstance(value, str) and value in names:
             return value
-        if isinstance(value, int) and not isinstance(value, bool) and field.enum_type.values_by_number.get(value):
+        if isinstance(value, int) and not isinstance(value, bool) and enum_type.values_by_number.get(value):
             return value
         raise _FieldError(path, f"expected one of {', '.join(names)}, got {value!r}")
     if kind == FieldDescriptor.TYPE_BYTES:
@@ -345,8 +349,13 @@ def _objects(document: dict, path: str) -> Iterator[tuple[str, Message]]:
     yield path, _parse(_kind_message(kind_name, "kind"), document, path)
 
 
+def _descriptor(message: Message | type[Message]) -> Descriptor:
+    # The stubs type DESCRIPTOR as the pure-Python or the upb class; both have what we read.
+    return cast(Descriptor, message.DESCRIPTOR)
+
+
 def _parse(message_type: type[Message], document: dict, path: str) -> Message:
-    checked = _message(message_type.DESCRIPTOR, document, path)
+    checked = _message(_descriptor(message_type), document, path)
     message = message_type()
     try:
         json_format.ParseDict(checked, message)
@@ -443,7 +452,7 @@ def _ints_as_numbers(document: dict[str, Any], descriptor: Descriptor) -> None:
 def to_dict(msg: Message) -> dict[str, Any]:
     """The object as Kubernetes prints it: camelCase, defaults omitted, apiVersion/kind set."""
     body = json_format.MessageToDict(msg)
-    _ints_as_numbers(body, msg.DESCRIPTOR)
+    _ints_as_numbers(body, _descriptor(msg))
     try:
         kind = kind_of_message(msg)
     except KeyError:

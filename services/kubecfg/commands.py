@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Sequence, TextIO, TypeVar
 
 import grpc
-from google.protobuf.message import Message
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, meta_pb2
 
@@ -45,6 +44,10 @@ KIND_LIST = "pods (po), services (svc), replicationcontrollers (rc), nodes (no),
 CASCADE_POLICIES = {"true": "Background", "background": "Background", "false": "Orphan", "orphan": "Orphan"}
 
 T = TypeVar("T")
+# An API object: the message of one of the kinds, with `metadata` (and `status` where the
+# kind has one). protobuf's Message type cannot say that; like the API client's results,
+# it is Any to the type checker.
+ApiObject = Any
 
 
 @dataclass
@@ -104,7 +107,7 @@ def parse_resources(args: Sequence[str], *, allow_all: bool = True) -> list[Reso
         return []
     if "/" in args[0]:
         grouped: dict[str, list[str]] = {}
-        kinds: dict[str, Kind] = {}
+        kinds_by_name: dict[str, Kind] = {}
         for arg in args:
             kind_name, slash, name = arg.partition("/")
             if not slash or not kind_name or not name or "/" in name:
@@ -112,9 +115,9 @@ def parse_resources(args: Sequence[str], *, allow_all: bool = True) -> list[Reso
                     f'error: arguments in resource/name form must have a single resource and name, got "{arg}"'
                 )
             kind = lookup_kind(kind_name)
-            kinds[kind.name] = kind
+            kinds_by_name[kind.name] = kind
             grouped.setdefault(kind.name, []).append(name)
-        return [ResourceRequest(kinds[k], tuple(names)) for k, names in grouped.items()]
+        return [ResourceRequest(kinds_by_name[k], tuple(names)) for k, names in grouped.items()]
     kinds_arg, names = args[0], tuple(args[1:])
     for name in names:
         if "/" in name:
@@ -429,9 +432,9 @@ def load(paths: Sequence[str], verb: str) -> list[Manifest]:
     return manifests
 
 
-def place(ctx: Context, manifest: Manifest) -> tuple[Kind, Message]:
+def place(ctx: Context, manifest: Manifest) -> tuple[Kind, ApiObject]:
     """The manifest's object in its namespace: its own, else -n's; they must agree."""
-    obj = manifest.message
+    obj: ApiObject = manifest.message
     kind = kind_of_message(obj)
     meta = obj.metadata
     if not kind.namespaced:
@@ -446,7 +449,7 @@ def place(ctx: Context, manifest: Manifest) -> tuple[Kind, Message]:
     return kind, obj
 
 
-def last_applied(obj: Message) -> str:
+def last_applied(obj: ApiObject) -> str:
     """The applied configuration as recorded in the annotation (without the annotation itself)."""
     config = type(obj)()
     config.CopyFrom(obj)
@@ -454,7 +457,7 @@ def last_applied(obj: Message) -> str:
     return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
 
 
-def desired_update(obj: Message, stored: Message, kind: Kind) -> Message:
+def desired_update(obj: ApiObject, stored: ApiObject, kind: Kind) -> ApiObject:
     """The manifest as an update of the stored object: identity, owners and status kept."""
     desired = type(obj)()
     desired.CopyFrom(obj)
@@ -488,7 +491,11 @@ async def _apply_one(ctx: Context, manifest: Manifest) -> None:
             stored = await rpc(ctx, ctx.client.get(kind, name, obj.metadata.namespace))
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
-                ctx.fail(server_error(error, kind, name, action="retrieving current configuration of", origin=manifest.source))
+                ctx.fail(
+                    server_error(
+                        error, kind, name, action="retrieving current configuration of", origin=manifest.source
+                    )
+                )
                 return
             try:
                 await rpc(ctx, ctx.client.create(obj))
@@ -707,7 +714,8 @@ def pick_container(pod: Any, requested: str) -> str:
     if requested:
         if requested not in names:
             raise CommandError(
-                f'error: container {requested} is not valid for pod {pod.metadata.name} (choose one of: {" ".join(names)})'
+                f"error: container {requested} is not valid for pod {pod.metadata.name} "
+                f'(choose one of: {" ".join(names)})'
             )
         return requested
     if len(names) != 1:

@@ -288,7 +288,7 @@ def describe_service(service: service_pb2.Service, endpoints: endpoints_pb2.Endp
 def _port_endpoints(endpoints: endpoints_pb2.Endpoints | None, port_name: str) -> str:
     if endpoints is None:
         return NONE
-    pairs = []
+    pairs: list[str] = []
     for subset in endpoints.subsets:
         for port in subset.ports:
             if port.name == port_name:
@@ -350,7 +350,9 @@ def _share(resource: str, amount: int, allocatable: Mapping[str, str]) -> str:
     return f"{text} ({amount * 100 // total}%)" if total else text
 
 
-def describe_node(node: node_pb2.Node, pods: Sequence[pod_pb2.Pod], now: dt.datetime, tz: dt.tzinfo | None = None) -> str:
+def describe_node(
+    node: node_pb2.Node, pods: Sequence[pod_pb2.Pod], now: dt.datetime, tz: dt.tzinfo | None = None
+) -> str:
     w = _Writer(tz)
     _metadata(w, node.metadata, namespaced=False)
     w.field(0, "Roles", node_roles(node))
@@ -408,8 +410,8 @@ def describe_node(node: node_pb2.Node, pods: Sequence[pod_pb2.Pod], now: dt.date
             )
     totals = {key: 0 for key in _RESOURCE_KEYS}
     for pod in running:
-        for key, value in _pod_resources(pod).items():
-            totals[key] += value
+        for resource_key, value in _pod_resources(pod).items():
+            totals[resource_key] += value
     w.line(0, "Allocated resources:")
     w.line(1, "(Total limits may be over 100 percent, i.e., overcommitted.)")
     w.line(1, "Resource", "Requests", "Limits")

@@ -14,7 +14,7 @@ import asyncio
 import os
 import sys
 from importlib import metadata
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import grpc
 
@@ -30,7 +30,7 @@ PROG = "kubecfg"
 class _Parser(argparse.ArgumentParser):
     """Usage errors as kubectl prints them: `error: ...` and where to find help."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(1, f"error: {message}\nSee '{self.prog} --help' for usage.\n")
 
 
@@ -43,9 +43,9 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f'expected true or false, got "{text}"')
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     """Flags every verb takes, after the verb too (`kubecfg get pods -n x`)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a flag given before the verb is not reset by the verb's parser.
     common.add_argument("--server", "-s", default=argparse.SUPPRESS, help="API server host:port")
     common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: default)")
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", "-s", default=None, help="API server host:port (default: $KYBERNETES_SERVER or 127.0.0.1:8080)")
+    parser.add_argument(
+        "--server", "-s", default=None, help="API server host:port (default: $KYBERNETES_SERVER or 127.0.0.1:8080)"
+    )
     parser.add_argument("-n", "--namespace", default=None, help="namespace (default: default)")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     common = [_common()]
@@ -138,31 +140,32 @@ async def run(args: argparse.Namespace) -> int:
         elif verb == "create":
             await commands.create(ctx, args.filename)
         elif verb == "get":
-            options = commands.GetOptions(
+            get_options = commands.GetOptions(
                 label_selector=args.selector, field_selector=args.field_selector, output=args.output,
                 all_namespaces=args.all_namespaces, watch=args.watch, watch_only=args.watch_only,
                 show_labels=args.show_labels, no_headers=args.no_headers,
                 output_watch_events=args.output_watch_events,
             )
-            await commands.get(ctx, commands.parse_resources(args.resources), options)
+            await commands.get(ctx, commands.parse_resources(args.resources), get_options)
         elif verb == "describe":
             await commands.describe(
                 ctx, commands.parse_resources(args.resources),
                 label_selector=args.selector, all_namespaces=args.all_namespaces,
             )
         elif verb == "delete":
-            options = commands.DeleteOptions(
+            delete_options = commands.DeleteOptions(
                 label_selector=args.selector, all=args.all, cascade=args.cascade,
                 ignore_not_found=args.ignore_not_found, wait=args.wait, timeout=args.timeout,
             )
-            await commands.delete(ctx, commands.parse_resources(args.resources, allow_all=False), args.filename, options)
+            resources = commands.parse_resources(args.resources, allow_all=False)
+            await commands.delete(ctx, resources, args.filename, delete_options)
         elif verb == "scale":
             await commands.scale(ctx, commands.parse_resources(args.resources), args.replicas, args.current_replicas)
         elif verb == "logs":
-            options = commands.LogsOptions(
+            logs_options = commands.LogsOptions(
                 container=args.container, follow=args.follow, tail=args.tail, timestamps=args.timestamps
             )
-            await commands.logs(ctx, args.pod, options)
+            await commands.logs(ctx, args.pod, logs_options)
     except grpc.aio.AioRpcError as error:  # a request no verb handled itself
         if error.code() in CONNECTION_CODES:
             raise unreachable(error, "the API server", client.server) from None

@@ -238,7 +238,7 @@ def format_endpoints(endpoints: endpoints_pb2.Endpoints, limit: int = MAX_ENDPOI
     """Ready ip:port pairs, the first few and "+ N more..." as kubectl shows them."""
     pairs = []
     for subset in endpoints.subsets:
-        ports = [p.port for p in subset.ports] or [None]
+        ports: list[int | None] = [p.port for p in subset.ports] or [None]
         for port in ports:
             for address in subset.addresses:
                 pairs.append(address.ip if port is None else f"{address.ip}:{port}")

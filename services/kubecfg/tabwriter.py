@@ -14,7 +14,9 @@ TABLE_MIN_WIDTH, TABLE_PADDING = 6, 3
 DESCRIBE_MIN_WIDTH, DESCRIBE_PADDING = 0, 2
 
 
-def column_widths(rows: list[list[str]], *, min_width: int = TABLE_MIN_WIDTH, padding: int = TABLE_PADDING) -> list[int]:
+def column_widths(
+    rows: list[list[str]], *, min_width: int = TABLE_MIN_WIDTH, padding: int = TABLE_PADDING
+) -> list[int]:
     """Widths of all but the last column of rows that form one block (a table)."""
     widths: list[int] = []
     for row in rows:

@@ -75,7 +75,9 @@ class Kubelet:
         self.config = config
         node = config.node_name
         self.cache = ContainerCache(self._on_pod_containers_changed)
-        self.runtime = DockerRuntime(node, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host)
+        self.runtime = DockerRuntime(
+            node, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host
+        )
         self.volumes = VolumeManager(config.root_dir, node)
         self.backoff = Backoff(config.restart_backoff_initial, config.restart_backoff_max)
         self.probes = ProbeManager(self.runtime, self._poke)
@@ -221,7 +223,10 @@ class Kubelet:
         worker = self.workers.get(uid)
         if worker is not None:
             worker.poke()
-        elif self._started and self.pod_config.all_ready and self.pod_config.get(uid) is None and self.cache.for_pod(uid):
+        elif (
+            self._started and self.pod_config.all_ready and self.pod_config.get(uid) is None
+            and self.cache.for_pod(uid)
+        ):
             self._log.info("orphan_pod_containers_found", pod_uid=uid)
             self._new_worker(uid).update(None)
 

@@ -38,8 +38,12 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
                         help="delay of the second restart of a crashing container (the first is at once)")
     parser.add_argument("--restart-backoff-max", type=duration, default=300.0, help="cap of the restart back-off")
     parser.add_argument("--docker-concurrency", type=positive_int, default=4, help="Docker calls in flight at most")
-    parser.add_argument("--node-ip", default="127.0.0.1", help="the node's address: reported, pods' hostIP and hostPorts")
-    parser.add_argument("--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)")
+    parser.add_argument(
+        "--node-ip", default="127.0.0.1", help="the node's address: reported, pods' hostIP and hostPorts"
+    )
+    parser.add_argument(
+        "--docker-host", default=None, help="Docker daemon URL (default: $DOCKER_HOST or the local socket)"
+    )
     parser.add_argument("--seccomp-default", action="store_true",
                         help="run every container under Docker's default seccomp profile "
                              "(default: Unconfined, as Kubernetes does unless this is set)")

@@ -201,7 +201,9 @@ class ProbeManager:
                 if new_result != worker.result:
                     worker.result = new_result
                     worker.detail = detail
-                    log.info("probe_result_changed", result="success" if new_result else "failure", detail=detail or None)
+                    log.info(
+                        "probe_result_changed", result="success" if new_result else "failure", detail=detail or None
+                    )
                     self._on_change(worker.uid)
                 await asyncio.sleep(period)
         except asyncio.CancelledError:

@@ -32,7 +32,9 @@ from .naming import LABEL_POD_UID, node_filter
 log = get_logger(module="kubelet.runtime")
 
 # Events that say nothing about a container's lifecycle (probes' execs, attach...).
-_IGNORED_EVENT_PREFIXES = ("exec_", "attach", "detach", "resize", "top", "export", "commit", "copy", "archive", "extract")
+_IGNORED_EVENT_PREFIXES = (
+    "exec_", "attach", "detach", "resize", "top", "export", "commit", "copy", "archive", "extract",
+)
 # How long to wait for a container to be gone after SIGKILL before asking Docker.
 _KILL_WAIT_SECONDS = 10.0
 
@@ -82,7 +84,7 @@ class DockerRuntime:
         # threads so they never delay starting or stopping pods.
         self._exec_executor = ThreadPoolExecutor(max_workers=probe_concurrency, thread_name_prefix="docker-exec")
         self._pool_size = concurrency + probe_concurrency + 2
-        self._api: docker.APIClient = None  # type: ignore[assignment]  # made by connect()
+        self._api: docker.APIClient = None  # made by connect()
         self._filters = node_filter(node)
         # Docker names of containers we are creating right now: their `create`
         # events need no inspect.

@@ -38,7 +38,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
     def __init__(self, kubelet: "Kubelet") -> None:
         self.kubelet = kubelet
 
-    async def ListPods(self, request: kubelet_pb2.KubeletListPodsRequest, context: grpc.aio.ServicerContext) -> pod_pb2.PodList:
+    async def ListPods(
+        self, request: kubelet_pb2.KubeletListPodsRequest, context: grpc.aio.ServicerContext
+    ) -> pod_pb2.PodList:
         return pod_pb2.PodList(api_version="v1", kind="PodList", items=self.kubelet.list_pods())
 
     async def SubmitPod(self, request: pod_pb2.Pod, context: grpc.aio.ServicerContext) -> pod_pb2.Pod:
@@ -49,7 +51,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
             await context.abort(_SUBMIT_CODES[error.code], str(error))
             raise  # unreachable: abort raises
 
-    async def DeleteStaticPod(self, request: kubelet_pb2.StaticPodRequest, context: grpc.aio.ServicerContext) -> pod_pb2.Pod:
+    async def DeleteStaticPod(
+        self, request: kubelet_pb2.StaticPodRequest, context: grpc.aio.ServicerContext
+    ) -> pod_pb2.Pod:
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: Required value")
         try:
@@ -58,7 +62,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
             await context.abort(_SUBMIT_CODES[error.code], str(error))
             raise
 
-    async def Logs(self, request: kubelet_pb2.PodLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[kubelet_pb2.LogChunk]:
+    async def Logs(
+        self, request: kubelet_pb2.PodLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kubelet_pb2.LogChunk]:
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: Required value (the pod)")
         if request.tail_lines < 0:
@@ -66,7 +72,9 @@ class KubeletService(kubelet_pb2_grpc.KubeletServicer):
         namespace = request.namespace or "default"
         pod = self.kubelet.find_pod(namespace, request.name)
         if pod is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f'pod "{namespace}/{request.name}" does not run on this node')
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f'pod "{namespace}/{request.name}" does not run on this node'
+            )
         names = [container.name for container in pod.spec.containers]
         container = request.container
         if not container:

@@ -384,7 +384,7 @@ class ServerSource:
         self.config.mark_ready(SOURCE_SERVER)
 
     def _load(self) -> list[pod_pb2.Pod]:
-        pods = []
+        pods: list[pod_pb2.Pod] = []
         if not os.path.isdir(self.directory):
             return pods
         for name in sorted(os.listdir(self.directory)):

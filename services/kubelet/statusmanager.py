@@ -69,7 +69,12 @@ class StatusManager:
             return  # the running sender picks the newest status up before it ends
         task = asyncio.get_running_loop().create_task(self._send_loop(uid))
         self._senders[uid] = task
-        task.add_done_callback(lambda done, uid=uid: self._senders.pop(uid, None) if self._senders.get(uid) is done else None)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._senders.get(uid) is done:
+                del self._senders[uid]
+
+        task.add_done_callback(forget)
 
     def _target(self, uid: str, pod: pod_pb2.Pod) -> pod_pb2.Pod | None:
         """The API object this pod's status goes to, if there is one now."""
@@ -82,6 +87,9 @@ class StatusManager:
         return self._mirror_pod(namespace, name)
 
     async def _send_loop(self, uid: str) -> None:
+        client = self.client
+        if client is None:
+            return  # no API server: statuses stay local (senders are only scheduled with one)
         delay = _RETRY_INITIAL
         while True:
             pod, status = self._pods.get(uid), self._statuses.get(uid)
@@ -98,7 +106,7 @@ class StatusManager:
             )
             key = f"{pod.metadata.namespace}/{pod.metadata.name}"
             try:
-                await self.client.update_status(request)
+                await client.update_status(request)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.NOT_FOUND:

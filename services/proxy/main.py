@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--server", default=None,
         help="API server address (default: $KYBERNETES_SERVER, else 127.0.0.1:8080)",
     )
-    parser.add_argument("--bind-address", default="0.0.0.0", help="address the service ports listen on (default %(default)s)")
+    parser.add_argument(
+        "--bind-address", default="0.0.0.0", help="address the service ports listen on (default %(default)s)"
+    )
     parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
     parser.add_argument(
         "--status-listen", default=DEFAULT_STATUS_LISTEN,
@@ -105,8 +107,8 @@ async def serve(args: argparse.Namespace) -> int:
     done, _ = await asyncio.wait(tasks | {stop_task}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     for task in done - {stop_task}:
-        error = task.exception() if not task.cancelled() else None
-        log.error("informer_stopped", task=task.get_name(), error=str(error) if error else "ended")
+        failure = task.exception() if not task.cancelled() else None
+        log.error("informer_stopped", task=task.get_name(), error=str(failure) if failure else "ended")
         exit_code = 1
 
     log.info("proxy_stopping", open_connections=proxier.active_connections())

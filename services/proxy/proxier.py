@@ -184,7 +184,9 @@ class ServicePortProxy:
                 failures += 1
                 reason = error.strerror or str(error)
                 self.error = f"cannot listen on {address}: {reason}"
-                self._log.warning("listen_failed", address=address, error=reason, attempt=failures, retry_in=round(delay, 2))
+                self._log.warning(
+                    "listen_failed", address=address, error=reason, attempt=failures, retry_in=round(delay, 2)
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, options.bind_retry_max)
                 continue
@@ -198,7 +200,9 @@ class ServicePortProxy:
         listener: Listener
         if spec.protocol == "UDP":
             sock = bind_udp(options.bind_address, spec.port)
-            listener = UdpListener(sock, self.balancer, self.counters, idle_timeout=options.udp_idle_timeout, log=self._log)
+            listener = UdpListener(
+                sock, self.balancer, self.counters, idle_timeout=options.udp_idle_timeout, log=self._log
+            )
         else:
             sock = bind_tcp(options.bind_address, spec.port)
             listener = TcpListener(
@@ -331,7 +335,9 @@ class Proxier:
         self.ports.clear()
         self._applied.clear()
         deadline = time.monotonic() + grace
-        while self.active_connections() and time.monotonic() < deadline:
+        # Connections leave their listener's set with no event to wait on (a TCP close, a UDP
+        # session's idle timeout); polled for the grace period of a shutdown only.
+        while self.active_connections() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         remaining = self.active_connections()
         for listener in self._retired:

@@ -19,7 +19,9 @@ class ProxyStatusServicer(proxy_pb2_grpc.ProxyServicer):
         self.proxier = proxier
         self.node_name = node_name
 
-    async def Status(self, request: proxy_pb2.ProxyStatusRequest, context: grpc.aio.ServicerContext) -> proxy_pb2.ProxyStatus:
+    async def Status(
+        self, request: proxy_pb2.ProxyStatusRequest, context: grpc.aio.ServicerContext
+    ) -> proxy_pb2.ProxyStatus:
         return proxy_pb2.ProxyStatus(node_name=self.node_name, ports=self.proxier.status())
 
 

@@ -370,7 +370,8 @@ class TcpConnection:
         assert backend_sock is not None and self.backend is not None
         listener.balancer.succeeded(self.client_ip, self.backend)
         if listener.trace:
-            listener.log.debug("connection_opened", client=self.client_ip, backend=f"{self.backend[0]}:{self.backend[1]}")
+            backend = f"{self.backend[0]}:{self.backend[1]}"
+            listener.log.debug("connection_opened", client=self.client_ip, backend=backend)
         client = self.client
         counters = listener.counters
         self.upstream = _Pump(self, client, backend_sock, counters, inbound=True)

@@ -1,26 +1,35 @@
 """A whole local cluster for end-to-end tests, started as `make up` starts one.
 
 The cluster uses its own ports, loopback network and node names, so it can run
-beside a `make up` cluster.
+beside a `make up` cluster. The `local_cluster` fixture (conftest.py) starts
+them and takes them down after the test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import docker
 
-from services.common.localcluster import NODE_LABEL
-from services.common.processes import REPO, free_port
+from tools.localcluster import NODE_LABEL
+from tools.processes import REPO, free_port
+
+# How e2e tests wait (`eventually_blocking(check, what=..., **CLUSTER_WAIT)`): a whole
+# cluster converges in tens of seconds, each check runs kubecfg or an HTTP request, and
+# while it converges a check may meet a refused connection (OSError), an empty reply
+# (ValueError from json) or an object without the field yet (KeyError, IndexError).
+CLUSTER_WAIT: dict[str, Any] = {
+    "timeout": 90.0,
+    "interval": 0.5,
+    "retry_on": (OSError, ValueError, KeyError, IndexError),
+}
 
 KUBECFG = str(Path(sys.executable).parent / "kubecfg")
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -51,7 +60,7 @@ class LocalCluster:
 
     def localcluster(self, command: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "services.common.localcluster", command, *args],
+            [sys.executable, "-m", "tools.localcluster", command, *args],
             capture_output=True, text=True, timeout=300, cwd=REPO,
         )
 
@@ -83,21 +92,6 @@ class LocalCluster:
             container.remove(force=True)
 
 
-def wait_for(condition, timeout: float = 90.0, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (AssertionError, OSError, ValueError, KeyError, IndexError) as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
-
-
 def running_and_ready(pods: list[dict]) -> bool:
     return all(
         p.get("status", {}).get("phase") == "Running"
@@ -111,14 +105,3 @@ def fetch(url: str) -> str:
         return response.read().decode().strip()
 
 
-@contextlib.contextmanager
-def running_cluster(tmp_path: Path, nodes: int, mode: str = "processes") -> Iterator[LocalCluster]:
-    """A cluster that is up for the block and gone, with every container, after it."""
-    cluster = LocalCluster(tmp_path, nodes=nodes, mode=mode)
-    try:
-        started = cluster.up()
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield cluster
-    finally:
-        cluster.down()
-        cluster.remove_leftovers()

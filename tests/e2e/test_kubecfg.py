@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc
-
-from tests.conftest import REPO, free_port
+from tools.processes import REPO, free_port
 
 # A generous bound for a command to finish; not a speed assertion.
 COMMAND_TIMEOUT = 60
@@ -162,7 +161,8 @@ def test_apply_get_describe_scale_delete(kubecfg: Kubecfg, tmp_path: Path, uniqu
     assert excluded.out.splitlines() == ["pod/db-1"]
 
     as_yaml = yaml.safe_load(kubecfg("get", "pod", "web-1", "-o", "yaml").out)
-    assert (as_yaml["kind"], as_yaml["metadata"]["name"], as_yaml["metadata"]["namespace"]) == ("Pod", "web-1", namespace)
+    metadata = as_yaml["metadata"]
+    assert (as_yaml["kind"], metadata["name"], metadata["namespace"]) == ("Pod", "web-1", namespace)
     assert as_yaml["metadata"]["labels"]["version"] == "2"
     assert as_yaml["spec"]["restartPolicy"] == "Always"  # defaulted by the server
     listing = json.loads(kubecfg("get", "svc,rc", "-o", "json").out)
@@ -218,16 +218,21 @@ def test_errors_are_one_line_with_a_non_zero_exit(kubecfg: Kubecfg, tmp_path: Pa
     assert len(rejected.err.splitlines()) == 1
     assert kubecfg("get", "pod", "typo").code == 1  # nothing was created
 
-    invalid = kubecfg("create", "-f", "-", stdin="apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers: [{name: a}]\n")
+    no_image = "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage}\nspec:\n  containers: [{name: a}]\n"
+    invalid = kubecfg("create", "-f", "-", stdin=no_image)
     assert invalid.code == 1
-    assert invalid.err.startswith('Error from server (Invalid): error when creating "<stdin>": Pod "noimage" is invalid:')
+    assert invalid.err.startswith(
+        'Error from server (Invalid): error when creating "<stdin>": Pod "noimage" is invalid:'
+    )
     assert "spec.containers[0].image" in invalid.err
 
     duplicate = "apiVersion: v1\nkind: Pod\nmetadata: {name: twice}\nspec:\n  containers: [{name: a, image: x}]\n"
     assert kubecfg("create", "-f", "-", stdin=duplicate).code == 0
     again = kubecfg("create", "-f", "-", stdin=duplicate)
     assert again.code == 1
-    assert again.err == 'Error from server (AlreadyExists): error when creating "<stdin>": pods "twice" already exists\n'
+    assert again.err == (
+        'Error from server (AlreadyExists): error when creating "<stdin>": pods "twice" already exists\n'
+    )
 
     bad_selector = kubecfg("get", "pods", "-l", "tier in (")
     assert bad_selector.code == 1 and bad_selector.err.startswith("Error from server (Invalid):")
@@ -270,7 +275,7 @@ class FakeKubelet(kubelet_pb2_grpc.KubeletServicer):
     def __init__(self) -> None:
         self.requests: list[kubelet_pb2.PodLogsRequest] = []
 
-    async def Logs(self, request, context):  # noqa: N802 (gRPC method name)
+    async def Logs(self, request, context):
         self.requests.append(request)
         for i in range(3):
             yield kubelet_pb2.LogChunk(data=f"{request.container} line {i}\n".encode())
@@ -308,7 +313,9 @@ spec:
         assert (await kubecfg.run_async("apply", "-f", str(manifest_path))).code == 0
         ambiguous = await kubecfg.run_async("logs", "chatty")
         assert ambiguous.code == 1
-        assert ambiguous.err == "error: a container name must be specified for pod chatty, choose one of: [app sidecar]\n"
+        assert ambiguous.err == (
+            "error: a container name must be specified for pod chatty, choose one of: [app sidecar]\n"
+        )
 
         result = await kubecfg.run_async("logs", "chatty", "-c", "sidecar", "--tail", "2", "-f")
         assert (result.code, result.out) == (0, "sidecar line 0\nsidecar line 1\nsidecar line 2\n"), result.err

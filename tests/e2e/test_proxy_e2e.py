@@ -9,27 +9,31 @@ from collections import Counter
 import docker
 import pytest
 
-from .cluster import EXAMPLES, fetch, running_and_ready, running_cluster, wait_for
+from tests.polling import eventually_blocking
+
+from .cluster import CLUSTER_WAIT, EXAMPLES, fetch, running_and_ready
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    with running_cluster(tmp_path, nodes=1) as cluster:
-        yield cluster
+def cluster(local_cluster):
+    return local_cluster(nodes=1)
 
 
 @pytest.mark.docker
 def test_round_robin_over_pods_and_no_failed_request_when_one_dies(cluster):
     cluster.kubecfg("apply", "-f", str(EXAMPLES / "guestbook" / "frontend-rc.yaml"))
     cluster.kubecfg("apply", "-f", str(EXAMPLES / "guestbook" / "frontend-service.yaml"))
-    pods = wait_for(
+    pods = eventually_blocking(
         lambda: (found := cluster.pods("app=guestbook,tier=frontend")) and len(found) == 3
         and running_and_ready(found) and found,
         what="3 frontend pods running and ready",
+        **CLUSTER_WAIT,
     )
     names = {p["metadata"]["name"] for p in pods}
     url = f"http://{cluster.node_ip(0)}:8001/"
-    wait_for(lambda: len({fetch(url) for _ in range(3)}) == 3, what="the proxy forwarding to all 3 pods")
+    eventually_blocking(
+        lambda: len({fetch(url) for _ in range(3)}) == 3, what="the proxy forwarding to all 3 pods", **CLUSTER_WAIT
+    )
 
     replies = Counter(fetch(url).split()[-1] for _ in range(30))
     assert replies == {name: 10 for name in names}
@@ -53,12 +57,15 @@ def test_round_robin_over_pods_and_no_failed_request_when_one_dies(cluster):
 
     # A deleted pod is replaced, and the service serves the new set in turn.
     cluster.kubecfg("delete", "pod", victim)
-    pods = wait_for(
+    pods = eventually_blocking(
         lambda: (found := cluster.pods("app=guestbook,tier=frontend")) and len(found) == 3
         and running_and_ready(found) and victim not in {p["metadata"]["name"] for p in found} and found,
         what="a replacement pod",
+        **CLUSTER_WAIT,
     )
     names = {p["metadata"]["name"] for p in pods}
-    wait_for(lambda: {fetch(url).split()[-1] for _ in range(6)} == names, what="the replacement serving")
+    eventually_blocking(
+        lambda: {fetch(url).split()[-1] for _ in range(6)} == names, what="the replacement serving", **CLUSTER_WAIT
+    )
     replies = Counter(fetch(url).split()[-1] for _ in range(30))
     assert replies == {name: 10 for name in names}

@@ -16,14 +16,18 @@ from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, NODES, PODS
 from services.kubelet.naming import LABEL_CONTAINER_NAME, LABEL_POD_UID
 from tests.integration.apihelpers import httpd_container, make_rc
-from tests.integration.control_helpers import ControlPlane, pods_in, wait_for
+from tests.integration.control_helpers import ControlPlane, pods_in
 from tests.integration.kubelet_helpers import KubeletProcess, remove_node_containers
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 
 GRACE = 4  # --node-monitor-grace-period: the kubelets heartbeat every second
 EVICTION = 4  # --pod-eviction-timeout
 TIMEOUT = 90  # generous bound for Docker to start or replace pods
+API_WAIT = 30  # bound for the API's view (endpoints) to follow the pods
+# A check that meets an API error (say an object not there yet) is not done yet.
+NOT_YET = (grpc.aio.AioRpcError,)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def cluster():
             kubelets[node] = KubeletProcess(node, server=plane.address)
         yield plane, kubelets
     finally:
-        for node, kubelet in kubelets.items():
+        for kubelet in kubelets.values():
             kubelet.cleanup()
         for node in nodes:
             remove_node_containers(node)  # also what a kubelet stopped for good left running
@@ -65,7 +69,8 @@ def spread_of(api: ApiClient, namespace: str, expected: dict[str, int]):
         pods = await pods_in(api, namespace, "app=web")
         ready = [p for p in pods if running_ready(p)]
         placed = collections.Counter(p.spec.node_name for p in ready)
-        return pods if len(pods) == sum(expected.values()) and placed == expected else str(dict(placed))
+        assert len(pods) == sum(expected.values()) and placed == expected, f"ready pods per node: {dict(placed)}"
+        return pods
 
     return check
 
@@ -77,14 +82,15 @@ def endpoints_match(api: ApiClient, namespace: str):
         pods = [p for p in await pods_in(api, namespace, "app=web") if running_ready(p)]
         try:
             endpoints = await api.get(ENDPOINTS, "web", namespace)
-        except grpc.aio.AioRpcError:
-            return "no endpoints"
+        except grpc.aio.AioRpcError as error:
+            raise AssertionError("no endpoints") from error
         listed = sorted((a.ip, a.target_ref.name) for s in endpoints.subsets for a in s.addresses)
         wanted = sorted((p.status.pod_ip, p.metadata.name) for p in pods)
         ports = {(p.port, p.name) for s in endpoints.subsets for p in s.ports}
-        if listed == wanted and len(listed) == 6 and ports == {(8080, "http")}:
-            return endpoints
-        return f"listed {listed}, ready pods {wanted}"
+        assert listed == wanted and len(listed) == 6 and ports == {(8080, "http")}, (
+            f"listed {listed}, ready pods {wanted}"
+        )
+        return endpoints
 
     return check
 
@@ -109,7 +115,10 @@ async def test_replication_controller_on_two_real_kubelets(cluster, namespace):
     node_a, node_b = kubelets
     api = ApiClient(plane.address)
     try:
-        await wait_for(lambda: _both_nodes_ready(api, [node_a, node_b]), "both kubelets to register", timeout=TIMEOUT)
+        await eventually(
+            lambda: _both_nodes_ready(api, [node_a, node_b]), what="both kubelets to register", timeout=TIMEOUT,
+            retry_on=NOT_YET,
+        )
         service = service_pb2.Service(
             metadata=meta_pb2.ObjectMeta(name="web", namespace=namespace),
             spec=service_pb2.ServiceSpec(
@@ -120,8 +129,13 @@ async def test_replication_controller_on_two_real_kubelets(cluster, namespace):
         await api.create(web_rc(namespace, 6))
 
         # An RC of 6 spreads 3 and 3, and the service lists all six.
-        await wait_for(spread_of(api, namespace, {node_a: 3, node_b: 3}), "3 running pods per node", timeout=TIMEOUT)
-        endpoints = await wait_for(endpoints_match(api, namespace), "endpoints of the 6 pods")
+        await eventually(
+            spread_of(api, namespace, {node_a: 3, node_b: 3}), what="3 running pods per node", timeout=TIMEOUT,
+            retry_on=NOT_YET,
+        )
+        endpoints = await eventually(
+            endpoints_match(api, namespace), what="endpoints of the 6 pods", timeout=API_WAIT, retry_on=NOT_YET
+        )
         first_ip = endpoints.subsets[0].addresses[0].ip
         assert await serves_http(first_ip)
 
@@ -140,7 +154,7 @@ async def test_replication_controller_on_two_real_kubelets(cluster, namespace):
             pod = await api.get(PODS, victim.metadata.name, namespace)
             return pod if restart_count(pod) > restart_count(victim) and running_ready(pod) else None
 
-        await wait_for(restarted, "the killed container to run again", timeout=TIMEOUT)
+        await eventually(restarted, what="the killed container to run again", timeout=TIMEOUT, retry_on=NOT_YET)
 
         # A deleted pod is replaced, and the endpoints follow.
         doomed = (await pods_in(api, namespace, "app=web"))[1]
@@ -151,14 +165,23 @@ async def test_replication_controller_on_two_real_kubelets(cluster, namespace):
             names = {p.metadata.name for p in pods}
             return pods if len(pods) == 6 and doomed.metadata.name not in names else None
 
-        await wait_for(replaced, "a replacement pod running", timeout=TIMEOUT)
-        endpoints = await wait_for(endpoints_match(api, namespace), "endpoints without the deleted pod")
+        await eventually(replaced, what="a replacement pod running", timeout=TIMEOUT, retry_on=NOT_YET)
+        endpoints = await eventually(
+            endpoints_match(api, namespace), what="endpoints without the deleted pod", timeout=API_WAIT,
+            retry_on=NOT_YET,
+        )
         assert doomed.metadata.name not in {a.target_ref.name for s in endpoints.subsets for a in s.addresses}
 
         # A kubelet stopped for good: its pods are recreated on the other node.
         kubelets[node_b].kill()
-        await wait_for(spread_of(api, namespace, {node_a: 6}), "all 6 pods on the live node", timeout=TIMEOUT)
-        endpoints = await wait_for(endpoints_match(api, namespace), "endpoints on the live node only")
+        await eventually(
+            spread_of(api, namespace, {node_a: 6}), what="all 6 pods on the live node", timeout=TIMEOUT,
+            retry_on=NOT_YET,
+        )
+        endpoints = await eventually(
+            endpoints_match(api, namespace), what="endpoints on the live node only", timeout=API_WAIT,
+            retry_on=NOT_YET,
+        )
         assert {a.node_name for s in endpoints.subsets for a in s.addresses} == {node_a}
         condition = [c for c in (await api.get(NODES, node_b)).status.conditions if c.type == "Ready"][0]
         assert condition.status == "Unknown"

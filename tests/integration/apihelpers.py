@@ -13,7 +13,9 @@ from services.common.resources import REPLICATION_CONTROLLERS
 BUSYBOX = "kybernetes/busybox:latest"
 
 
-def make_pod(name: str, namespace: str, labels: dict[str, str] | None = None, node: str = "", **spec: Any) -> pod_pb2.Pod:
+def make_pod(
+    name: str, namespace: str, labels: dict[str, str] | None = None, node: str = "", **spec: Any
+) -> pod_pb2.Pod:
     pod = pod_pb2.Pod(
         metadata=meta_pb2.ObjectMeta(name=name, namespace=namespace, labels=labels or {}),
         spec=pod_pb2.PodSpec(

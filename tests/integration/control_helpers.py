@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2
 from services.common.client import ApiClient
 from services.common.runtime.informer import Informer
-from services.common.processes import ApiServerProcess, EtcdProcess, ManagedProcess, python_module_argv
+from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, python_module_argv
 from services.common.resources import NODES, PODS
 
 FAR_GRACE = "--node-monitor-grace-period=3600"  # nodes stay ready without heartbeats

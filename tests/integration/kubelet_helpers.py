@@ -1,27 +1,27 @@
 """Shared pieces of the kubelet's integration tests: a kubelet process, pod
-builders, waiting, and cleanup of every container labelled with a test's node."""
+builders, and cleanup of every container labelled with a test's node.
+
+The fixtures built on them (`node_name`, `kubelet`) are in conftest.py; waiting
+is `tests.polling.eventually`."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import docker
 import grpc
-import pytest
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
-from services.common.processes import ManagedProcess
 from services.kubelet.podnetwork import release_node_addresses
-from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE, free_port, wait_for_port
+from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE
+from tools.processes import ManagedProcess, free_port, wait_for_port
 
 NODE_LABEL = "io.kybernetes.node"
 
@@ -129,7 +129,8 @@ class KubeletProcess:
 
     async def list_pods(self) -> list[pod_pb2.Pod]:
         async with grpc.aio.insecure_channel(self.address) as channel:
-            response = await kubelet_pb2_grpc.KubeletStub(channel).ListPods(kubelet_pb2.KubeletListPodsRequest(), timeout=10)
+            stub = kubelet_pb2_grpc.KubeletStub(channel)
+            response = await stub.ListPods(kubelet_pb2.KubeletListPodsRequest(), timeout=10)
             return list(response.items)
 
     async def get_pod(self, name: str, namespace: str = "default") -> pod_pb2.Pod | None:
@@ -163,39 +164,6 @@ class KubeletProcess:
 
 def unique_node(prefix: str = "kt") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def node_name() -> Iterator[str]:
-    """A node name no other test uses; its containers are removed afterwards, pass or fail."""
-    node = unique_node()
-    yield node
-    remove_node_containers(node)
-
-
-@pytest.fixture
-def kubelet(node_name: str) -> Iterator[KubeletProcess]:
-    """A kubelet with no API server (static pods only)."""
-    process = KubeletProcess(node_name)
-    yield process
-    failed_log = process.log_text()
-    process.cleanup()
-    if os.environ.get("KYB_SHOW_KUBELET_LOG"):
-        print(failed_log[-8000:], file=sys.stderr)
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"
-) -> Any:
-    """Polls an async condition until it returns something truthy; its last value on timeout is shown."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await condition()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
 
 
 def container(name: str, *command: str, image: str = BUSYBOX_IMAGE, **fields: Any) -> pod_pb2.Container:

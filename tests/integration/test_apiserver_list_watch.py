@@ -7,13 +7,12 @@ import os
 import signal
 
 import grpc
-import pytest
 
-from kybernetes.v1 import meta_pb2, pod_pb2
+from kybernetes.v1 import meta_pb2
 from services.common.client import ApiClient
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, PODS
+from tools.processes import ApiServerProcess
 
-from ..conftest import ApiServerProcess
 from .apihelpers import collect_events, expect_error, make_pod
 
 
@@ -39,7 +38,9 @@ async def test_label_selectors(api, namespace):
     assert await select("!canary,stack==prod") == {"front-prod", "back-prod"}
     assert await select("tier notin (frontend)") == {"back-prod"}
     assert await select("") == set(pods)
-    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.list(PODS, namespace, label_selector="tier in ("))
+    message = await expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, api.list(PODS, namespace, label_selector="tier in (")
+    )
     assert "labelSelector" in message
 
 
@@ -136,7 +137,8 @@ async def test_list_then_watch_misses_nothing(api, namespace):
     await asyncio.sleep(0.2)
     listing = await api.list(PODS, namespace)
     state = {p.metadata.name: p.metadata.resource_version for p in listing.items}
-    call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version))
+    options = meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version)
+    call = api.watch(PODS, options)
     await asyncio.sleep(0.3)
     stop.set()
     await churner
@@ -191,7 +193,8 @@ async def test_field_selector_watch_sees_binding_as_added_and_unbinding_as_delet
 
 async def test_label_change_out_of_selector_is_deleted_for_the_watcher(api, namespace):
     pod = await api.create(make_pod("web", namespace, {"app": "web"}))
-    call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, label_selector="app=web", send_initial_events=True))
+    options = meta_pb2.ListOptions(namespace=namespace, label_selector="app=web", send_initial_events=True)
+    call = api.watch(PODS, options)
     pod.metadata.labels["app"] = "other"
     await api.update(pod)
     events = await collect_events(call, 2)
@@ -221,7 +224,8 @@ async def test_bookmarks_carry_the_latest_revision(etcd_endpoint, namespace):
     client = ApiClient(server.address)
     try:
         created = await client.create(make_pod("web", namespace))
-        call = client.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=created.metadata.resource_version))
+        options = meta_pb2.ListOptions(namespace=namespace, resource_version=created.metadata.resource_version)
+        call = client.watch(PODS, options)
 
         async def first_bookmark():
             async for event in call:

@@ -8,7 +8,7 @@ import pytest
 
 from services.common.client import ApiClient
 from services.common.runtime.informer import Informer
-from services.common.processes import ApiServerProcess
+from tools.processes import ApiServerProcess
 from services.common.resources import PODS
 
 from .apihelpers import make_pod

@@ -8,16 +8,14 @@ import grpc
 import pytest
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
-from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
     is_running,
-    kubelet,
     make_pod,
-    node_name,
     sleeper,
-    wait_for,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -41,13 +39,13 @@ async def test_logs_tail_and_follow(kubelet: KubeletProcess) -> None:
         "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.5; done",
     )
     await kubelet.submit(make_pod("talk", talker, sleeper("quiet")))
-    await wait_for(lambda: _running(kubelet, "talk"), what="pod running")
+    await eventually(lambda: _running(kubelet, "talk"), what="pod running")
 
     async def has_ticks() -> bytes | None:
         data = await _logs(kubelet, kubelet_pb2.PodLogsRequest(name="talk", container="talker"))
         return data if b"tick-2" in data else None
 
-    everything = await wait_for(has_ticks, what="logs with ticks")
+    everything = await eventually(has_ticks, what="logs with ticks")
     lines = everything.split(b"\n")
     assert b"to-stderr" in lines  # stderr too, in no fixed order against stdout
     assert [line for line in lines if line != b"to-stderr"][:5] == [b"line-%d" % i for i in range(1, 6)]
@@ -55,7 +53,9 @@ async def test_logs_tail_and_follow(kubelet: KubeletProcess) -> None:
     last = await _logs(kubelet, kubelet_pb2.PodLogsRequest(name="talk", container="talker", tail_lines=1))
     assert last.count(b"\n") == 1 and last.startswith(b"tick-"), last
 
-    stamped = await _logs(kubelet, kubelet_pb2.PodLogsRequest(name="talk", container="talker", tail_lines=1, timestamps=True))
+    stamped = await _logs(
+        kubelet, kubelet_pb2.PodLogsRequest(name="talk", container="talker", tail_lines=1, timestamps=True)
+    )
     assert stamped[:4].isdigit() and b" tick-" in stamped, stamped  # "2026-...Z tick-N"
 
     # Follow: new lines keep arriving on the same stream.
@@ -79,7 +79,7 @@ async def test_logs_tail_and_follow(kubelet: KubeletProcess) -> None:
 
 async def test_logs_errors(kubelet: KubeletProcess) -> None:
     await kubelet.submit(make_pod("two", sleeper("a"), sleeper("b")))
-    await wait_for(lambda: _running(kubelet, "two"), what="pod running")
+    await eventually(lambda: _running(kubelet, "two"), what="pod running")
     cases = [
         (kubelet_pb2.PodLogsRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
         (kubelet_pb2.PodLogsRequest(name="two"), grpc.StatusCode.INVALID_ARGUMENT, "container"),

@@ -12,18 +12,15 @@ import urllib.request
 import pytest
 
 from services.kubelet.podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR
-from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
     docker_client,
     is_running,
-    kubelet,
     make_pod,
     node_containers,
-    node_name,
-    unique_node,
-    wait_for,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -54,17 +51,17 @@ def allocation_file(address: str) -> str:
     return os.path.join(DEFAULT_STATE_DIR, DEFAULT_BRIDGE, address)
 
 
-async def released(address: str) -> bool:
+def released(address: str) -> bool:
     return not os.path.exists(allocation_file(address))
 
 
 async def test_pods_reach_each_other_on_the_pod_network(kubelet: KubeletProcess) -> None:
     server = container("web", "sh", "-c", "echo served-by-$(hostname) > /index.html; exec httpd -f -p 8080 -h /")
     await kubelet.submit(make_pod("server", server))
-    server_pod = await wait_for(lambda: running_pod(kubelet, "server"), what="server running")
+    server_pod = await eventually(lambda: running_pod(kubelet, "server"), what="server running")
     server_ip = server_pod.status.pod_ip
     assert ipaddress.ip_address(server_ip) in ipaddress.ip_network(DEFAULT_POD_CIDR)
-    assert os.path.exists(allocation_file(server_ip))
+    assert await asyncio.to_thread(os.path.exists, allocation_file(server_ip))
 
     fetch = (
         "cat /etc/hosts; "
@@ -72,10 +69,10 @@ async def test_pods_reach_each_other_on_the_pod_network(kubelet: KubeletProcess)
         "trap 'exit 0' TERM; while true; do sleep 1; done"
     )
     await kubelet.submit(make_pod("client", container("fetch", "sh", "-c", fetch)))
-    client_pod = await wait_for(lambda: running_pod(kubelet, "client"), what="client running")
+    client_pod = await eventually(lambda: running_pod(kubelet, "client"), what="client running")
     assert client_pod.status.pod_ip != server_ip
 
-    logs = await wait_for(
+    logs = await eventually(
         lambda: logs_containing(kubelet.node, "fetch", "served-by"), what="client fetched the server's page by pod IP"
     )
     assert f"served-by-server-{kubelet.node}" in logs
@@ -83,14 +80,14 @@ async def test_pods_reach_each_other_on_the_pod_network(kubelet: KubeletProcess)
     assert f"{client_pod.status.pod_ip}\tclient-{kubelet.node}" in logs
 
     await kubelet.delete(f"server-{kubelet.node}")
-    await wait_for(lambda: released(server_ip), what="address back in the pool")
+    await eventually(lambda: released(server_ip), what="address back in the pool")
 
 
 async def test_docker_network_plugin_puts_pods_on_dockers_bridge(node_name: str) -> None:
     kubelet = KubeletProcess(node_name, "--network-plugin", "docker")
     try:
         await kubelet.submit(make_pod("web", container("main", "sh", "-c", "exec httpd -f -p 8080 -h /")))
-        pod = await wait_for(lambda: running_pod(kubelet, "web"), what="pod running")
+        pod = await eventually(lambda: running_pod(kubelet, "web"), what="pod running")
         assert pod.status.pod_ip
         assert ipaddress.ip_address(pod.status.pod_ip) not in ipaddress.ip_network(DEFAULT_POD_CIDR)
     finally:
@@ -101,7 +98,7 @@ async def test_docker_network_plugin_puts_pods_on_dockers_bridge(node_name: str)
 async def test_a_killed_sandbox_is_replaced_and_the_pod_keeps_its_address(kubelet: KubeletProcess) -> None:
     web = container("web", "sh", "-c", "echo alive > /index.html; exec httpd -f -p 8080 -h /")
     await kubelet.submit(make_pod("web", web))
-    pod = await wait_for(lambda: running_pod(kubelet, "web"), what="pod running")
+    pod = await eventually(lambda: running_pod(kubelet, "web"), what="pod running")
     address = pod.status.pod_ip
     infra = next(c for c in node_containers(kubelet.node) if c["Labels"]["io.kybernetes.container.name"] == "POD")
     await asyncio.to_thread(docker_client().containers.get(infra["Id"]).kill)
@@ -117,5 +114,5 @@ async def test_a_killed_sandbox_is_replaced_and_the_pod_keeps_its_address(kubele
         except OSError:
             return False
 
-    await wait_for(served_by_a_new_sandbox, what="the pod served again at its address from a new sandbox")
+    await eventually(served_by_a_new_sandbox, what="the pod served again at its address from a new sandbox")
     assert (await kubelet.get_pod("web")).status.pod_ip == address

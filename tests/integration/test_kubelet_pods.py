@@ -12,20 +12,18 @@ import grpc
 import pytest
 
 from kybernetes.v1 import pod_pb2
-from tests.conftest import free_port
-from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
     container_status,
     is_running,
-    kubelet,
     make_pod,
     node_containers,
-    node_name,
     sleeper,
     unique_node,
-    wait_for,
 )
+from tests.polling import eventually
+from tools.processes import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -49,11 +47,11 @@ async def test_two_containers_share_localhost_and_an_empty_dir(kubelet: KubeletP
     submitted = await kubelet.submit(make_pod("web", server, client, volumes=[volume]))
     assert submitted.metadata.name == f"web-{kubelet.node}"
 
-    pod = await wait_for(lambda: _running(kubelet, "web"), what="pod running")
+    pod = await eventually(lambda: _running(kubelet, "web"), what="pod running")
     assert pod.status.pod_ip and pod.status.host_ip == "127.0.0.1"
     # The client reached the server on localhost and wrote into the volume both share.
     fetched = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid, "volumes", "shared", "fetched")
-    await wait_for(lambda: _file_has(fetched, "hello-from-server"), what="client fetched the page over localhost")
+    await eventually(lambda: _file_has(fetched, "hello-from-server"), what="client fetched the page over localhost")
     # The pod's IP is reachable from the host.
     assert "hello-from-server" in await asyncio.to_thread(_http_get, f"http://{pod.status.pod_ip}:8080/index.html")
     # One infra container plus one per spec container, all labelled with the node.
@@ -66,7 +64,7 @@ async def _running(kubelet: KubeletProcess, name: str) -> pod_pb2.Pod | None:
     return pod if is_running(pod) else None
 
 
-async def _file_has(path: str, text: str) -> bool:
+def _file_has(path: str, text: str) -> bool:
     try:
         with open(path) as handle:
             return text in handle.read()
@@ -81,7 +79,7 @@ async def test_host_port_is_reachable_from_the_host(kubelet: KubeletProcess) -> 
         ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)],
     )
     await kubelet.submit(make_pod("hostport", server))
-    await wait_for(lambda: _running(kubelet, "hostport"), what="pod running")
+    await eventually(lambda: _running(kubelet, "hostport"), what="pod running")
 
     async def fetch() -> str | None:
         try:
@@ -89,7 +87,7 @@ async def test_host_port_is_reachable_from_the_host(kubelet: KubeletProcess) -> 
         except OSError:
             return None
 
-    assert "on-host-port" in await wait_for(fetch, what=f"127.0.0.1:{port} answering")
+    assert "on-host-port" in await eventually(fetch, what=f"127.0.0.1:{port} answering")
 
 
 async def test_exited_container_is_restarted_under_always(kubelet: KubeletProcess) -> None:
@@ -99,7 +97,7 @@ async def test_exited_container_is_restarted_under_always(kubelet: KubeletProces
         status = container_status(await kubelet.get_pod("crasher"), "main")
         return status if status is not None and status.restart_count >= 2 else None
 
-    status = await wait_for(restarted_twice, what="two restarts")
+    status = await eventually(restarted_twice, what="two restarts")
     assert status.last_state.terminated.exit_code == 3
     assert status.last_state.terminated.reason == "Error"
     pod = await kubelet.get_pod("crasher")
@@ -116,10 +114,11 @@ async def test_exited_container_is_not_restarted_under_never(kubelet: KubeletPro
         pod = await kubelet.get_pod("once")
         return pod if pod is not None and pod.status.phase == "Failed" else None
 
-    pod = await wait_for(failed, what="pod Failed")
+    pod = await eventually(failed, what="pod Failed")
     status = container_status(pod, "main")
     assert status.state.terminated.exit_code == 4
     assert status.restart_count == 0
+    # Longer than the restart back-off (1s here) and a resync: a fixed wait, as a restart not made leaves no event.
     await asyncio.sleep(3)
     pod = await kubelet.get_pod("once")
     assert container_status(pod, "main").restart_count == 0
@@ -134,14 +133,14 @@ async def test_completed_pod_succeeds_under_on_failure(kubelet: KubeletProcess) 
         pod = await kubelet.get_pod("job")
         return pod if pod is not None and pod.status.phase == "Succeeded" else None
 
-    pod = await wait_for(succeeded, what="pod Succeeded")
+    pod = await eventually(succeeded, what="pod Succeeded")
     assert container_status(pod, "main").state.terminated.reason == "Completed"
 
 
 async def test_changed_image_or_command_restarts_the_container(kubelet: KubeletProcess) -> None:
     pod = make_pod("change", sleeper("main"))
     await kubelet.submit(pod)
-    first = await wait_for(lambda: _running(kubelet, "change"), what="pod running")
+    first = await eventually(lambda: _running(kubelet, "change"), what="pod running")
     first_id = container_status(first, "main").container_id
 
     pod.spec.containers[0].command[:] = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 2; done"]
@@ -154,11 +153,13 @@ async def test_changed_image_or_command_restarts_the_container(kubelet: KubeletP
             return current
         return None
 
-    second = await wait_for(replaced, what="container replaced")
+    second = await eventually(replaced, what="container replaced")
     assert container_status(second, "main").restart_count == 1
     # The sandbox did not change: the pod keeps its IP.
     assert second.status.pod_ip == first.status.pod_ip
-    running = [c for c in node_containers(kubelet.node, all=False) if c["Labels"]["io.kybernetes.container.name"] == "main"]
+    running = [
+        c for c in node_containers(kubelet.node, all=False) if c["Labels"]["io.kybernetes.container.name"] == "main"
+    ]
     assert len(running) == 1
     assert "sleep 2" in running[0]["Command"]
 
@@ -181,13 +182,13 @@ async def test_host_path_memory_volume_env_and_limits(kubelet: KubeletProcess, t
         pod_pb2.Volume(name="fast", empty_dir=pod_pb2.EmptyDirVolumeSource(medium="Memory")),
     ]
     submitted = await kubelet.submit(make_pod("vols", main, volumes=volumes))
-    await wait_for(lambda: _running(kubelet, "vols"), what="pod running")
-    await wait_for(lambda: _file_has(str(host_dir / "mounts"), "tmpfs"), what="memory volume is a tmpfs")
+    await eventually(lambda: _running(kubelet, "vols"), what="pod running")
+    await eventually(lambda: _file_has(str(host_dir / "mounts"), "tmpfs"), what="memory volume is a tmpfs")
     assert (host_dir / "copied").read_text() == "hello"
     assert (host_dir / "env").read_text() == "hi there\n"
     assert (host_dir / "pwd").read_text() == "/fast\n"
     fast_dir = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid, "volumes", "fast")
-    assert os.path.ismount(fast_dir)
+    assert await asyncio.to_thread(os.path.ismount, fast_dir)
     [app] = [c for c in node_containers(kubelet.node) if c["Labels"]["io.kybernetes.container.name"] == "main"]
     client = docker.from_env()
     try:
@@ -197,7 +198,7 @@ async def test_host_path_memory_volume_env_and_limits(kubelet: KubeletProcess, t
     assert host_config["NanoCpus"] == 250_000_000 and host_config["Memory"] == 32 * 2**20
 
     await kubelet.delete("vols")
-    await wait_for(lambda: _gone(kubelet, fast_dir), what="pod removed and its tmpfs unmounted")
+    await eventually(lambda: _gone(kubelet, fast_dir), what="pod removed and its tmpfs unmounted")
     assert (host_dir / "from-host").exists()  # a hostPath is never deleted
 
 
@@ -223,13 +224,13 @@ async def test_seccomp_is_unconfined_unless_the_kubelet_asks_for_dockers_default
         await kubelet.submit(reporter(str(default_out)))
         await strict.submit(reporter(str(strict_out)))
         # /proc/self/status: 0 is no filter, 2 is a filter in force.
-        await wait_for(lambda: _file_has(str(default_out / "seccomp"), "Seccomp:\t0"), what="an unconfined container")
-        await wait_for(lambda: _file_has(str(strict_out / "seccomp"), "Seccomp:\t2"), what="a filtered container")
+        await eventually(lambda: _file_has(str(default_out / "seccomp"), "Seccomp:\t0"), what="an unconfined container")
+        await eventually(lambda: _file_has(str(strict_out / "seccomp"), "Seccomp:\t2"), what="a filtered container")
     finally:
         strict.cleanup()
 
 
-async def _gone(kubelet: KubeletProcess, path: str) -> bool:
+def _gone(kubelet: KubeletProcess, path: str) -> bool:
     return not node_containers(kubelet.node) and not os.path.exists(path)
 
 
@@ -238,17 +239,17 @@ async def test_deleted_pod_leaves_no_container_or_directory(kubelet: KubeletProc
     main = sleeper("main")
     main.volume_mounts.add(name="scratch", mount_path="/scratch")
     submitted = await kubelet.submit(make_pod("doomed", main, sleeper("side"), volumes=[volume]))
-    await wait_for(lambda: _running(kubelet, "doomed"), what="pod running")
+    await eventually(lambda: _running(kubelet, "doomed"), what="pod running")
     pod_dir = os.path.join(kubelet.root_dir, "pods", submitted.metadata.uid)
-    assert os.path.isdir(pod_dir)
+    assert await asyncio.to_thread(os.path.isdir, pod_dir)
 
     deleted = await kubelet.delete("doomed")
     assert deleted.metadata.uid == submitted.metadata.uid
 
-    async def gone() -> bool:
+    def gone() -> bool:
         return not node_containers(kubelet.node) and not os.path.exists(pod_dir)
 
-    await wait_for(gone, what="containers and pod directory removed")
+    await eventually(gone, what="containers and pod directory removed")
     assert await kubelet.get_pod("doomed") is None
 
 
@@ -261,7 +262,7 @@ async def test_missing_image_and_bad_command_are_reported_and_others_keep_runnin
         status = container_status(await kubelet.get_pod("noimage"), "main")
         return status if status is not None and status.state.waiting.reason == "ErrImageNeverPull" else None
 
-    status = await wait_for(image_reported, what="ErrImageNeverPull")
+    status = await eventually(image_reported, what="ErrImageNeverPull")
     assert "kybernetes/no-such-image:never" in status.state.waiting.message
     assert (await kubelet.get_pod("noimage")).status.phase == "Pending"
 
@@ -269,7 +270,7 @@ async def test_missing_image_and_bad_command_are_reported_and_others_keep_runnin
         pod = await kubelet.get_pod("badcmd")
         return pod if pod is not None and pod.status.phase == "Failed" else None
 
-    pod = await wait_for(command_reported, what="bad command reported")
+    pod = await eventually(command_reported, what="bad command reported")
     terminated = container_status(pod, "main").state.terminated
     assert terminated.exit_code == 127
     assert terminated.reason == "ContainerCannotRun"
@@ -282,16 +283,18 @@ async def test_missing_image_and_bad_command_are_reported_and_others_keep_runnin
 
 async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     port = free_port()
-    web = container("main", "sh", "-c", "exec httpd -f -p 80 -h /", ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)])
+    web = container(
+        "main", "sh", "-c", "exec httpd -f -p 80 -h /", ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)]
+    )
     await kubelet.submit(make_pod("first", web))
-    await wait_for(lambda: _running(kubelet, "first"), what="first pod running")
+    await eventually(lambda: _running(kubelet, "first"), what="first pod running")
     await kubelet.submit(make_pod("second", web))
 
     async def reported() -> pod_pb2.Pod | None:
         pod = await kubelet.get_pod("second")
         return pod if pod is not None and "port is already allocated" in pod.status.message else None
 
-    pod = await wait_for(reported, what="port conflict reported")
+    pod = await eventually(reported, what="port conflict reported")
     assert pod.status.phase == "Pending"
     assert pod.status.reason == "CreatePodSandboxError"
     assert container_status(pod, "main").state.waiting.reason == "ContainerCreating"
@@ -299,7 +302,7 @@ async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     # Once the port is free, the pod starts cleanly: what was made for the
     # sandboxes that failed is never started, nor counted as a restart.
     await kubelet.delete("first")
-    pod = await wait_for(lambda: _running(kubelet, "second"), what="second pod running once the port is free")
+    pod = await eventually(lambda: _running(kubelet, "second"), what="second pod running once the port is free")
     assert container_status(pod, "main").restart_count == 0
     second = [c for c in node_containers(kubelet.node) if c["Labels"].get("io.kybernetes.pod.uid") == pod.metadata.uid]
     assert sorted(c["State"] for c in second) == ["running", "running"], second

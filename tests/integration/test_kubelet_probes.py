@@ -7,15 +7,13 @@ import asyncio
 import pytest
 
 from kybernetes.v1 import pod_pb2
-from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
     container_status,
-    kubelet,
     make_pod,
-    node_name,
-    wait_for,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -29,8 +27,10 @@ def _condition(pod: pod_pb2.Pod, kind: str) -> str:
 
 async def test_failing_exec_liveness_probe_restarts_the_container(kubelet: KubeletProcess) -> None:
     # Healthy for two seconds, then the probe's file goes away.
-    main = container("main", "sh", "-c", "trap 'exit 0' TERM; mkdir -p /tmp; touch /tmp/healthy; sleep 2; rm /tmp/healthy; "
-                                         "while true; do sleep 1; done")
+    main = container(
+        "main", "sh", "-c",
+        "trap 'exit 0' TERM; mkdir -p /tmp; touch /tmp/healthy; sleep 2; rm /tmp/healthy; while true; do sleep 1; done",
+    )
     main.liveness_probe.CopyFrom(pod_pb2.Probe(
         exec=pod_pb2.ExecAction(command=["cat", "/tmp/healthy"]), period_seconds=1, failure_threshold=2,
     ))
@@ -40,7 +40,7 @@ async def test_failing_exec_liveness_probe_restarts_the_container(kubelet: Kubel
         status = container_status(await kubelet.get_pod("live"), "main")
         return status if status is not None and status.restart_count >= 1 and status.state.HasField("running") else None
 
-    status = await wait_for(restarted, what="restart after liveness failure")
+    status = await eventually(restarted, what="restart after liveness failure")
     assert status.last_state.HasField("terminated")
     assert "liveness_probe_failed_restarting" in kubelet.log_text()
 
@@ -56,17 +56,20 @@ async def test_tcp_liveness_probe_keeps_a_listening_container_alive(kubelet: Kub
         status = container_status(await kubelet.get_pod("tcp"), "main")
         return status if status is not None and status.ready else None
 
-    await wait_for(probed_a_while, what="container running")
-    # Several probe periods pass without a restart.
+    await eventually(probed_a_while, what="container running")
+    # Several probe periods pass without a restart. A fixed wait: a successful probe is not logged.
     await asyncio.sleep(4)
     assert container_status(await kubelet.get_pod("tcp"), "main").restart_count == 0
 
 
 async def test_failing_readiness_probe_unreadies_without_restarting(kubelet: KubeletProcess) -> None:
     # Serves /ready for a few seconds, then stops serving it (HTTP 404).
-    web = container("web", "sh", "-c", "mkdir -p /tmp; echo ok > /tmp/ready; httpd -p 8080 -h /tmp; sleep 5; rm /tmp/ready; "
-                                       "trap 'exit 0' TERM; while true; do sleep 1; done",
-                    ports=[pod_pb2.ContainerPort(name="http", container_port=8080)])
+    web = container(
+        "web", "sh", "-c",
+        "mkdir -p /tmp; echo ok > /tmp/ready; httpd -p 8080 -h /tmp; sleep 5; rm /tmp/ready; "
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ports=[pod_pb2.ContainerPort(name="http", container_port=8080)],
+    )
     web.readiness_probe.CopyFrom(pod_pb2.Probe(
         http_get=pod_pb2.HTTPGetAction(path="/ready", port="http"), period_seconds=1, failure_threshold=1,
     ))
@@ -77,14 +80,14 @@ async def test_failing_readiness_probe_unreadies_without_restarting(kubelet: Kub
         pod = await kubelet.get_pod("ready")
         return pod if pod is not None and _condition(pod, "Ready") == "True" else None
 
-    pod = await wait_for(ready, what="pod Ready")
+    pod = await eventually(ready, what="pod Ready")
     assert container_status(pod, "web").ready and container_status(pod, "other").ready
 
     async def unready() -> pod_pb2.Pod | None:
         pod = await kubelet.get_pod("ready")
         return pod if pod is not None and _condition(pod, "Ready") == "False" else None
 
-    pod = await wait_for(unready, what="pod not Ready")
+    pod = await eventually(unready, what="pod not Ready")
     web_status = container_status(pod, "web")
     assert not web_status.ready and web_status.state.HasField("running")
     assert web_status.restart_count == 0

@@ -13,14 +13,15 @@ import pytest
 
 from kybernetes.v1 import pod_pb2
 from tests.conftest import BUSYBOX_IMAGE
-from tests.integration.kubelet_helpers import (  # noqa: F401  (fixtures)
+from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container_status,
     is_running,
+    make_pod,
     node_containers,
-    node_name,
-    wait_for,
+    sleeper,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -48,6 +49,11 @@ async def _running(kubelet: KubeletProcess, name: str) -> pod_pb2.Pod | None:
     return pod if is_running(pod) else None
 
 
+def _write(directory: str, name: str, text: str) -> None:
+    with open(os.path.join(directory, name), "w") as handle:
+        handle.write(text)
+
+
 @pytest.fixture
 def manifest_dir(tmp_path) -> str:
     path = tmp_path / "manifests"
@@ -56,33 +62,30 @@ def manifest_dir(tmp_path) -> str:
 
 
 async def test_manifest_directory_source(node_name: str, manifest_dir: str) -> None:
-    with open(os.path.join(manifest_dir, "one.yaml"), "w") as handle:
-        handle.write(manifest("one"))
+    await asyncio.to_thread(_write, manifest_dir, "one.yaml", manifest("one"))
     kubelet = KubeletProcess(node_name, "--manifest-path", manifest_dir)
     try:
-        pod = await wait_for(lambda: _running(kubelet, "one"), what="pod from the file running")
+        pod = await eventually(lambda: _running(kubelet, "one"), what="pod from the file running")
         assert pod.metadata.name == f"one-{node_name}"
         assert pod.metadata.annotations["kubernetes.io/config.source"] == "file"
         first_id = container_status(pod, "main").container_id
 
         # A bad file is reported and changes nothing else.
-        with open(os.path.join(manifest_dir, "bad.yaml"), "w") as handle:
-            handle.write(manifest("bad").replace("containers:", "containerz:"))
-        await wait_for(lambda: _logged(kubelet, "manifest_invalid", "containerz"), what="bad manifest logged")
+        await asyncio.to_thread(_write, manifest_dir, "bad.yaml", manifest("bad").replace("containers:", "containerz:"))
+        await eventually(lambda: _logged(kubelet, "manifest_invalid", "containerz"), what="bad manifest logged")
 
         # A second file adds a pod; an edit of the first replaces its container.
-        with open(os.path.join(manifest_dir, "two.yml"), "w") as handle:
-            handle.write(manifest("two"))
-        with open(os.path.join(manifest_dir, "one.yaml"), "w") as handle:
-            handle.write(manifest("one", command="while true; do sleep 2; done"))
-        await wait_for(lambda: _running(kubelet, "two"), what="second pod running")
+        await asyncio.to_thread(_write, manifest_dir, "two.yml", manifest("two"))
+        edited = manifest("one", command="while true; do sleep 2; done")
+        await asyncio.to_thread(_write, manifest_dir, "one.yaml", edited)
+        await eventually(lambda: _running(kubelet, "two"), what="second pod running")
 
         async def replaced() -> pod_pb2.Pod | None:
             pod = await _running(kubelet, "one")
             status = container_status(pod, "main")
             return pod if status is not None and status.container_id != first_id else None
 
-        pod = await wait_for(replaced, what="edited pod's container replaced")
+        pod = await eventually(replaced, what="edited pod's container replaced")
         assert container_status(pod, "main").restart_count == 1
         assert {p.metadata.name for p in await kubelet.list_pods()} == {f"one-{node_name}", f"two-{node_name}"}
 
@@ -93,14 +96,19 @@ async def test_manifest_directory_source(node_name: str, manifest_dir: str) -> N
             names = {c["Labels"]["io.kybernetes.pod.name"] for c in node_containers(node_name)}
             return names == {f"one-{node_name}"}
 
-        await wait_for(two_gone, what="removed manifest's containers gone")
+        await eventually(two_gone, what="removed manifest's containers gone")
         assert is_running(await kubelet.get_pod("one"))
     finally:
         kubelet.cleanup()
 
 
 async def _logged(kubelet: KubeletProcess, *fragments: str) -> bool:
-    return any(all(fragment in line for fragment in fragments) for line in kubelet.log_text().splitlines())
+    return _log_count(kubelet, *fragments) > 0
+
+
+def _log_count(kubelet: KubeletProcess, *fragments: str) -> int:
+    """Lines of the kubelet's log (all its runs: the file is appended to) holding every fragment."""
+    return sum(all(fragment in line for fragment in fragments) for line in kubelet.log_text().splitlines())
 
 
 class _ManifestServer:
@@ -108,10 +116,12 @@ class _ManifestServer:
 
     def __init__(self) -> None:
         self.body = b""
+        self.requests = 0  # GETs answered: the kubelet fetches once a period
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:  # http.server's naming
+                owner.requests += 1
                 body = owner.body
                 self.send_response(200)
                 self.send_header("Content-Type", "application/yaml")
@@ -143,19 +153,21 @@ async def test_manifest_url_source(node_name: str, manifest_server: _ManifestSer
     manifest_server.body = (manifest("alpha") + "---\n" + manifest("beta", namespace="other")).encode()
     kubelet = KubeletProcess(node_name, "--manifest-url", manifest_server.url)
     try:
-        alpha = await wait_for(lambda: _running(kubelet, "alpha"), what="alpha running")
+        alpha = await eventually(lambda: _running(kubelet, "alpha"), what="alpha running")
         assert alpha.metadata.annotations["kubernetes.io/config.source"] == "http"
 
         async def beta_running() -> pod_pb2.Pod | None:
             pod = await kubelet.get_pod("beta", namespace="other")
             return pod if is_running(pod) else None
 
-        await wait_for(beta_running, what="beta running")
+        await eventually(beta_running, what="beta running")
 
         # A bad body is reported; what ran keeps running.
         manifest_server.body = b"apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec: {containers: 3}\n"
-        await wait_for(lambda: _logged(kubelet, "manifest_invalid", "source=http"), what="bad body logged")
-        await asyncio.sleep(2)
+        await eventually(lambda: _logged(kubelet, "manifest_invalid", "source=http"), what="bad body logged")
+        # Two more fetches of the bad body (one a second): the kubelet had every chance to act on it.
+        fetched = manifest_server.requests
+        await eventually(lambda: manifest_server.requests >= fetched + 2, what="the bad body fetched twice more")
         assert is_running(await kubelet.get_pod("alpha"))
 
         # Dropping a pod from the body removes it.
@@ -166,29 +178,29 @@ async def test_manifest_url_source(node_name: str, manifest_server: _ManifestSer
                 c for c in node_containers(node_name) if c["Labels"]["io.kybernetes.pod.namespace"] == "other"
             ]
 
-        await wait_for(beta_gone, what="beta removed")
+        await eventually(beta_gone, what="beta removed")
         assert is_running(await kubelet.get_pod("alpha"))
     finally:
         kubelet.cleanup()
 
 
 async def test_submitted_pods_survive_a_kubelet_restart(node_name: str) -> None:
-    from tests.integration.kubelet_helpers import make_pod, sleeper
-
     kubelet = KubeletProcess(node_name)
     try:
         await kubelet.submit(make_pod("kept", sleeper()))
-        pod = await wait_for(lambda: _running(kubelet, "kept"), what="submitted pod running")
+        pod = await eventually(lambda: _running(kubelet, "kept"), what="submitted pod running")
         container_id = container_status(pod, "main").container_id
         kubelet.stop()
         kubelet.start()
-        pod = await wait_for(lambda: _running(kubelet, "kept"), what="submitted pod listed again")
+        pod = await eventually(lambda: _running(kubelet, "kept"), what="submitted pod listed again")
         assert container_status(pod, "main").container_id == container_id
         await kubelet.delete("kept")
-        await wait_for(lambda: _no_containers(node_name), what="pod removed")
+        await eventually(lambda: _no_containers(node_name), what="pod removed")
         kubelet.stop()
         kubelet.start()
-        await asyncio.sleep(1)
+        # The third run has read its submitted pods back from disk (and found none).
+        await eventually(lambda: _log_count(kubelet, "pod_source_ready", "source=server") >= 3,
+                         what="the restarted kubelet's submitted pods loaded")
         assert await kubelet.list_pods() == []
     finally:
         kubelet.cleanup()

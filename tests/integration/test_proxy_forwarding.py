@@ -20,10 +20,12 @@ import pytest
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.proxy.proxier import Proxier, ProxyOptions
 from services.proxy.status import StatusServer
-from tests.conftest import free_port
+from tests.polling import eventually
+from tools.processes import free_port
 
 NAMESPACE = "proxy-test"
 LOOPBACK = "127.0.0.1"
+WAIT = 20.0  # seconds: everything here is in-process on loopback
 
 
 # Builders ------------------------------------------------------------------------------------
@@ -40,7 +42,9 @@ def make_service(name: str, *ports: tuple[str, int, str], affinity: str = "") ->
     )
 
 
-def make_endpoints(name: str, backend_ports: list[int], port_name: str = "", ip: str = LOOPBACK) -> endpoints_pb2.Endpoints:
+def make_endpoints(
+    name: str, backend_ports: list[int], port_name: str = "", ip: str = LOOPBACK
+) -> endpoints_pb2.Endpoints:
     """One ready address (ip) per backend port, as the endpoints controller writes pods with different target ports."""
     return endpoints_pb2.Endpoints(
         metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name=name),
@@ -124,14 +128,6 @@ async def exchange(port: int, payload: bytes = b"", timeout: float = 30.0) -> by
         writer.close()
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def refused_port() -> int:
     """A loopback port nothing listens on (connects are refused)."""
     return free_port()
@@ -167,15 +163,18 @@ async def backends():
         await backend.stop()
 
 
-async def serve_service(proxier: Proxier, service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None) -> None:
+async def serve_service(
+    proxier: Proxier, service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None
+) -> None:
     """Applies service (+ endpoints) and waits until every one of its ports listens."""
     if endpoints is not None:
         proxier.set_endpoints(endpoints)
     proxier.set_service(service)
     name = service.metadata.name
-    await wait_until(
+    await eventually(
         lambda: all(p.listener is not None for k, p in proxier.ports.items() if k[1] == name),
         what=f"service {name} listening",
+        timeout=WAIT,
     )
 
 
@@ -316,11 +315,13 @@ async def test_port_already_taken_is_retried_while_other_services_work(proxier, 
     taken_port = taken.getsockname()[1]
     other_port = free_port()
     try:
-        await serve_service(proxier, make_service("other", ("", other_port, "TCP")), make_endpoints("other", [backend.port]))
+        await serve_service(
+            proxier, make_service("other", ("", other_port, "TCP")), make_endpoints("other", [backend.port])
+        )
         proxier.set_endpoints(make_endpoints("blocked", [backend.port]))
         proxier.set_service(make_service("blocked", ("", taken_port, "TCP")))
 
-        await wait_until(lambda: port_status(proxier, "blocked").error != "", what="bind error reported")
+        await eventually(lambda: port_status(proxier, "blocked").error != "", what="bind error reported", timeout=WAIT)
         status = port_status(proxier, "blocked")
         assert not status.listening
         assert str(taken_port) in status.error and "in use" in status.error
@@ -328,7 +329,7 @@ async def test_port_already_taken_is_retried_while_other_services_work(proxier, 
     finally:
         taken.close()
 
-    await wait_until(lambda: port_status(proxier, "blocked").listening, what="bind retried")
+    await eventually(lambda: port_status(proxier, "blocked").listening, what="bind retried", timeout=WAIT)
     assert port_status(proxier, "blocked").error == ""
     assert await exchange(taken_port) == b"ok"
 
@@ -360,7 +361,9 @@ async def test_ports_matched_by_name_in_a_multi_port_service(proxier, backends):
                    endpoints_pb2.EndpointPort(name="web", port=web.port)],
         )],
     )
-    await serve_service(proxier, make_service("multi", ("web", web_port, "TCP"), ("admin", admin_port, "TCP")), endpoints)
+    await serve_service(
+        proxier, make_service("multi", ("web", web_port, "TCP"), ("admin", admin_port, "TCP")), endpoints
+    )
     assert await exchange(web_port) == b"web"
     assert await exchange(admin_port) == b"admin"
 
@@ -484,7 +487,9 @@ async def test_reset_by_the_backend_resets_the_client(proxier):
             writer.write(b"more")
             await writer.drain()
         writer.close()
-        await wait_until(lambda: port_status(proxier, "rst").connections_active == 0, what="connection closed")
+        await eventually(
+            lambda: port_status(proxier, "rst").connections_active == 0, what="connection closed", timeout=WAIT
+        )
     finally:
         await backend.stop()
 
@@ -544,13 +549,17 @@ async def test_backend_that_speaks_first_is_heard(proxier):
 async def test_many_concurrent_connections_all_complete(proxier, backends):
     started = [await backends(echo_handler) for _ in range(3)]
     port = free_port()
-    await serve_service(proxier, make_service("many", ("", port, "TCP")), make_endpoints("many", [b.port for b in started]))
+    await serve_service(
+        proxier, make_service("many", ("", port, "TCP")), make_endpoints("many", [b.port for b in started])
+    )
 
     payloads = [os.urandom(100 + i) for i in range(300)]
     replies = await asyncio.gather(*(exchange(port, p) for p in payloads))
 
     assert replies == payloads
-    await wait_until(lambda: port_status(proxier, "many").connections_active == 0, what="connections closed")
+    await eventually(
+        lambda: port_status(proxier, "many").connections_active == 0, what="connections closed", timeout=WAIT
+    )
     assert port_status(proxier, "many").connections_total == 300
     assert sum(b.connections for b in started) == 300
 
@@ -599,7 +608,9 @@ async def test_udp_round_trip_and_per_client_sessions(proxier):
         ports.append(transport.get_extra_info("sockname")[1])
     port = free_port()
     try:
-        await serve_service(proxier, make_service("dns", ("dns", port, "UDP")), make_endpoints("dns", ports, port_name="dns"))
+        await serve_service(
+            proxier, make_service("dns", ("dns", port, "UDP")), make_endpoints("dns", ports, port_name="dns")
+        )
 
         first = await udp_request(port, [b"a", b"b", b"c"])
         second = await udp_request(port, [b"d"])
@@ -612,7 +623,9 @@ async def test_udp_round_trip_and_per_client_sessions(proxier):
         assert status.protocol == "UDP" and status.connections_total == 2
         assert status.bytes_in == 4 and status.bytes_out == sum(len(r) for r in first + second)
         # Idle sessions are closed after the idle timeout (0.5 s here).
-        await wait_until(lambda: port_status(proxier, "dns", "dns").connections_active == 0, what="sessions expired")
+        await eventually(
+            lambda: port_status(proxier, "dns", "dns").connections_active == 0, what="sessions expired", timeout=WAIT
+        )
     finally:
         for transport in transports:
             transport.close()
@@ -628,7 +641,9 @@ async def test_udp_backend_that_refuses_is_skipped(proxier):
     dead.close()  # nothing there: the kernel answers ICMP port unreachable
     port = free_port()
     try:
-        await serve_service(proxier, make_service("udp2", ("", port, "UDP")), make_endpoints("udp2", [dead_port, live_port]))
+        await serve_service(
+            proxier, make_service("udp2", ("", port, "UDP")), make_endpoints("udp2", [dead_port, live_port])
+        )
         replies = []
         for _ in range(4):
             try:
@@ -647,9 +662,13 @@ async def test_udp_backend_that_refuses_is_skipped(proxier):
 async def test_status_rpc_reports_ports_and_counters(proxier, backends):
     backend = await backends(echo_handler)
     port = free_port()
-    await serve_service(proxier, make_service("stat", ("http", port, "TCP")), make_endpoints("stat", [backend.port], port_name="http"))
+    await serve_service(
+        proxier, make_service("stat", ("http", port, "TCP")), make_endpoints("stat", [backend.port], port_name="http")
+    )
     assert await exchange(port, b"12345") == b"12345"
-    await wait_until(lambda: port_status(proxier, "stat", "http").connections_active == 0, what="connection closed")
+    await eventually(
+        lambda: port_status(proxier, "stat", "http").connections_active == 0, what="connection closed", timeout=WAIT
+    )
 
     server = StatusServer(proxier, "node-a")
     status_port = await server.start(f"{LOOPBACK}:0")

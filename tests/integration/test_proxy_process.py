@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+from typing import Any, Awaitable, Callable
 
 import grpc
 import pytest
@@ -13,10 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, SERVICES
-from services.common.processes import ManagedProcess, python_module_argv
-from tests.conftest import REPO, free_port, wait_for_port
+from tests.polling import eventually
+from tools.processes import REPO, ManagedProcess, free_port, python_module_argv, wait_for_port
 
-from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, exchange, name_handler, wait_until
+from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, exchange, name_handler
+
+WAIT = 30.0  # seconds for the proxy process to apply a change it watched
 
 
 class ProxyProcess(ManagedProcess):
@@ -123,7 +126,7 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
             status = await proxy.port_status(namespace, "web")
             return len(status.endpoints) if status is not None and status.listening else -1
 
-        await wait_for(lambda: endpoint_count(), 3, "3 endpoints applied")
+        await eventually(lambda: returns(endpoint_count, 3), what="3 endpoints applied", timeout=WAIT)
         replies = [await exchange(port) for _ in range(30)]
         assert all(replies.count(name) == 10 for name in names), replies
 
@@ -131,12 +134,14 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
         current = await api.get(ENDPOINTS, "web", namespace)
         del current.subsets[:2]
         await api.update(current)
-        await wait_for(lambda: endpoint_count(), 1, "1 endpoint applied")
+        await eventually(lambda: returns(endpoint_count, 1), what="1 endpoint applied", timeout=WAIT)
         assert {await exchange(port) for _ in range(5)} == {b"charlie"}
 
         # The service goes: its port closes.
         await api.delete(SERVICES, "web", namespace)
-        await wait_for(lambda: proxy.port_status(namespace, "web"), None, "service removed")
+        await eventually(
+            lambda: returns(lambda: proxy.port_status(namespace, "web"), None), what="service removed", timeout=WAIT
+        )
         with pytest.raises(ConnectionRefusedError):
             await exchange(port)
 
@@ -144,15 +149,17 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
         echo_port = free_port()
         await api.create(make_service(namespace, "echo", echo_port))
         await api.create(make_endpoints(namespace, "echo", [echo.port]))
-        await wait_for(
-            lambda: proxy.port_status(namespace, "echo"), True, "echo service listening",
-            check=lambda status: status is not None and status.listening and len(status.endpoints) == 1,
-        )
+        async def echo_listening() -> bool:
+            status = await proxy.port_status(namespace, "echo")
+            assert status is not None and status.listening and len(status.endpoints) == 1, status
+            return True
+
+        await eventually(echo_listening, what="echo service listening", timeout=WAIT)
         reader, writer = await asyncio.open_connection(LOOPBACK, echo_port)
         writer.write(b"first")
         assert await reader.readexactly(5) == b"first"
         proxy.process.send_signal(signal.SIGTERM)
-        await wait_until(lambda: _refused(echo_port), what="listener closed after SIGTERM")
+        await eventually(lambda: _refused(echo_port), what="listener closed after SIGTERM", timeout=20)
         writer.write(b"last words")
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 10) == b"last words"
@@ -167,16 +174,11 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
             await backend.stop()
 
 
-async def wait_for(fetch, expected, what: str, check=None, timeout: float = 30.0) -> None:
-    """Polls an async fetch until it returns expected (or check(value) holds)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    value = None
-    while asyncio.get_running_loop().time() < deadline:
-        value = await fetch()
-        if (check(value) if check else value == expected):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
+async def returns(fetch: Callable[[], Awaitable[Any]], expected: Any) -> bool:
+    """A check for `eventually`: done when `await fetch()` equals expected."""
+    value = await fetch()
+    assert value == expected, f"got {value!r}"
+    return True
 
 
 def _refused(port: int) -> bool:

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from services.common.client import ApiClient
-from services.common.runtime import Manager
 from services.common.runtime.informer import Informer
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
+from services.common.runtime import Manager
 from services.replicator.manager import ReplicationManager
 
 from .apihelpers import make_rc, scale

@@ -9,7 +9,7 @@ import pytest
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
-from services.common.processes import ManagedProcess, python_module_argv
+from tools.processes import ManagedProcess, python_module_argv
 from services.common.resources import NODES, PODS
 
 from .apihelpers import make_pod, make_service

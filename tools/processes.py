@@ -1,4 +1,4 @@
-"""Starting and stopping the cluster's processes: used by `make up`, tests and benches."""
+"""Starting and stopping the cluster's processes (dev only): used by `make up`, tests and benches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -29,7 +29,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen | None = None, timeout: float = 30.0, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -121,11 +123,15 @@ def etcd_argv(data_dir: str | os.PathLike, client_port: int, peer_port: int) -> 
 class EtcdProcess(ManagedProcess):
     """etcd on loopback with its own data dir."""
 
-    def __init__(self, data_dir: str | os.PathLike, client_port: int | None = None, log_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike, client_port: int | None = None, log_path: str | os.PathLike | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = client_port or free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        super().__init__("etcd", etcd_argv(self.data_dir / "data", self.port, free_port()), log_path or self.data_dir / "etcd.log")
+        super().__init__(
+            "etcd", etcd_argv(self.data_dir / "data", self.port, free_port()), log_path or self.data_dir / "etcd.log"
+        )
         wait_for_port(self.port, self.process)
 
 

@@ -1,0 +1,31 @@
+"""Fixtures for the end-to-end tests, on top of tests/conftest.py (etcd, apiserver, namespace)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.e2e.cluster import LocalCluster
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Starts whole clusters as `make up` does: `local_cluster(nodes=3)` returns one that is up.
+
+    After the test each is taken down with every container it made, pass or fail.
+    """
+    started: list[LocalCluster] = []
+
+    def start(nodes: int, mode: str = "processes") -> LocalCluster:
+        cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", nodes=nodes, mode=mode)
+        started.append(cluster)
+        result = cluster.up()
+        assert result.returncode == 0, result.stdout + result.stderr
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.down()
+        cluster.remove_leftovers()
