@@ -12,13 +12,12 @@ import asyncio
 import itertools
 import socket
 from dataclasses import dataclass
-from typing import Any, Awaitable
 
 from kybernetes.v1 import pod_pb2
 from services.common.client import ApiClient
 from services.common.log import get_logger
+from services.common.runtime import Backoff, TaskGroup
 
-from services.common.runtime.backoff import Backoff
 from .containers import ContainerCache, ContainerInfo
 from .mirror import MirrorManager
 from .node import NodeStatusReporter
@@ -115,7 +114,9 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
         self.server = KubeletServer(self, config.listen)
-        self._tasks: set[asyncio.Task] = set()
+        # The kubelet's loops (sources, mirror, heartbeat, resync) are guarded: one that
+        # dies is logged and restarted with back-off; one-off jobs are held until done.
+        self.tasks = TaskGroup("kubelet")
         self._started = False
         self._log = log.bind(node=node)
 
@@ -138,26 +139,20 @@ class Kubelet:
         await self.server_source.load()
         port = await self.server.start()
         if self.file_source is not None:
-            self._spawn(self.file_source.run(), "file-source")
+            self.tasks.guard(self.file_source.run, name="file-source")
         if self.http_source is not None:
-            self._spawn(self.http_source.run(), "http-source")
+            self.tasks.guard(self.http_source.run, name="http-source")
         if self.api_source is not None and self.mirror is not None and self.client is not None:
-            self._spawn(self._run_api_source(), "api-source")
-            self._spawn(self.mirror.run(), "mirror-pods")
+            self.tasks.spawn(self._mark_mirror_synced(), name="mirror-synced")
+            self.tasks.guard(self.api_source.run, name="api-source")
+            self.tasks.guard(self.mirror.run, name="mirror-pods")
             reporter = NodeStatusReporter(
                 self.client, self.config.node_name, node_ip=self.config.node_ip, hostname=socket.gethostname(),
                 kubelet_port=port, runtime_version=self.runtime.version,
                 frequency=self.config.node_status_frequency,
             )
-            self._spawn(reporter.run(), "node-status")
-        self._spawn(self._resync_loop(), "resync")
-
-    async def _run_api_source(self) -> None:
-        assert self.api_source is not None and self.mirror is not None
-        synced = asyncio.get_running_loop().create_task(self._mark_mirror_synced())
-        self._tasks.add(synced)
-        synced.add_done_callback(self._tasks.discard)
-        await self.api_source.run()
+            self.tasks.guard(reporter.run, name="node-status")
+        self.tasks.guard(self._resync_loop, name="resync")
 
     async def _mark_mirror_synced(self) -> None:
         assert self.api_source is not None and self.mirror is not None
@@ -167,29 +162,13 @@ class Kubelet:
     async def stop(self) -> None:
         """Stops the kubelet; its pods keep running (a new kubelet adopts them)."""
         await self.server.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
         await asyncio.gather(*(worker.stop() for worker in list(self.workers.values())), return_exceptions=True)
         self.probes.close()
         await self.status.close()
         await self.runtime.close()
         if self.client is not None:
             await self.client.close()
-
-    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(self._guard(coroutine, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _guard(self, coroutine: Awaitable[Any], name: str) -> None:
-        try:
-            await coroutine
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._log.exception("kubelet_loop_failed", loop=name)
 
     # --- desired pods -> workers -----------------------------------------------------------
 
@@ -241,7 +220,7 @@ class Kubelet:
     # --- housekeeping ------------------------------------------------------------------------
 
     def request_resync(self) -> None:
-        self._spawn(self._resync_once(), "resync-now")
+        self.tasks.spawn(self._resync_once(), name="resync-now")
 
     async def _resync_loop(self) -> None:
         while True:
@@ -261,7 +240,7 @@ class Kubelet:
 
     def _cleanup_orphans_soon(self) -> None:
         if self._started and self.pod_config.all_ready:
-            self._spawn(self._cleanup_orphans(), "orphans")
+            self.tasks.spawn(self._cleanup_orphans(), name="orphans")
 
     async def _cleanup_orphans(self) -> None:
         """Containers and pod directories of pods that no source wants."""

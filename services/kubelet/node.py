@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kybernetes.v1 import node_pb2
 from services.common.log import get_logger
 from services.common.quantity import format_cpu_millis, format_memory_bytes
+from services.common.runtime import Backoff
 from services.common.timestamps import now_timestamp
 
 log = get_logger(module="kubelet.node")
@@ -139,20 +140,21 @@ class NodeStatusReporter:
         await self.client.update_status(node)
 
     async def run(self) -> None:
-        delay = 0.5
+        # Retries come quicker than heartbeats, never slower.
+        backoff = Backoff(min(0.5, self.frequency), self.frequency)
         while True:
             try:
                 if not self._registered:
                     await self.register()
                 else:
                     await self.heartbeat()
-                delay = 0.5
+                backoff.reset()
                 await asyncio.sleep(self.frequency)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     self._registered = False  # deleted by someone: register again
                     self._log.warning("node_object_gone_registering_again")
                     continue
+                delay = backoff.failure()
                 self._log.warning("node_status_failed", code=error.code().name, detail=error.details(), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.frequency)

@@ -15,6 +15,7 @@ import grpc
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.log import get_logger
+from services.common.runtime import Backoff
 
 from .sources import SOURCE_API, pod_source
 
@@ -90,7 +91,7 @@ class StatusManager:
         client = self.client
         if client is None:
             return  # no API server: statuses stay local (senders are only scheduled with one)
-        delay = _RETRY_INITIAL
+        backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         while True:
             pod, status = self._pods.get(uid), self._statuses.get(uid)
             if pod is None or status is None or self._sent.get(uid) == status:
@@ -116,10 +117,10 @@ class StatusManager:
                     log.error("pod_status_rejected", pod=key, code=code.name, detail=error.details())
                     self._sent[uid] = status  # the same status would be rejected again
                     continue
+                delay = backoff.failure()
                 log.warning("pod_status_update_failed", pod=key, code=code.name, detail=error.details(), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
                 continue
             self._sent[uid] = status
-            delay = _RETRY_INITIAL
+            backoff.reset()
             log.debug("pod_status_sent", pod=key, phase=status.phase)

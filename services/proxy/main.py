@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 
 from services.common.client import ApiClient, resolve_server
 from services.common.flags import positive_duration
-from services.common.runtime.informer import Informer
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
-from services.common.servicemain import run_service, stop_on_signals
+from services.common.runtime import TaskFailed, TaskGroup
+from services.common.runtime.informer import Informer
+from services.common.servicemain import run_service, run_until_signalled
 
 from .balancer import DEFAULT_AFFINITY_TIMEOUT
 from .proxier import Proxier, ProxyOptions
@@ -93,28 +93,21 @@ async def serve(args: argparse.Namespace) -> int:
         await endpoints_informer.wait_synced()
         await services_informer.run()
 
-    tasks = {
-        asyncio.create_task(endpoints_informer.run(), name="informer-endpoints"),
-        asyncio.create_task(run_services(), name="informer-services"),
-    }
-    stop = stop_on_signals()
-    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    # A watch the API server rejects leaves the proxy blind: exit so a supervisor notices.
+    tasks = TaskGroup("kube-proxy")
+    tasks.guard(endpoints_informer.run, name="informer-endpoints", fatal=True)
+    tasks.guard(run_services, name="informer-services", fatal=True)
     log.info(
         "proxy_started", server=client.server, bind_address=args.bind_address,
         status_listen=args.status_listen, data_path="copy" if args.no_splice else "splice",
     )
-
-    done, _ = await asyncio.wait(tasks | {stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    exit_code = 0
-    for task in done - {stop_task}:
-        failure = task.exception() if not task.cancelled() else None
-        log.error("informer_stopped", task=task.get_name(), error=str(failure) if failure else "ended")
+    try:
+        exit_code = await run_until_signalled(tasks.wait(), name="kube-proxy")
+    except TaskFailed as failure:
+        log.error("informer_stopped", error=str(failure))
         exit_code = 1
-
     log.info("proxy_stopping", open_connections=proxier.active_connections())
-    for task in tasks | {stop_task}:
-        task.cancel()
-    await asyncio.gather(*tasks, stop_task, return_exceptions=True)
+    await tasks.close()
     await proxier.shutdown(args.shutdown_grace)
     await status.stop(grace=1.0)
     await client.close()

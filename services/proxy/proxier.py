@@ -20,6 +20,7 @@ from typing import Any, Union
 from kybernetes.v1 import endpoints_pb2, proxy_pb2, service_pb2
 
 from services.common.log import get_logger
+from services.common.runtime import Backoff
 
 from .balancer import DEFAULT_AFFINITY_TIMEOUT, Backend, RoundRobinBalancer
 from .counters import PortCounters
@@ -174,23 +175,23 @@ class ServicePortProxy:
 
     async def _bind_until_bound(self) -> None:
         spec, options = self.spec, self.options
-        delay = options.bind_retry_initial
+        backoff = Backoff(options.bind_retry_initial, max(options.bind_retry_initial, options.bind_retry_max))
         address = f"{options.bind_address}:{spec.port}/{spec.protocol}"
-        failures = 0
         while True:
             try:
                 self.listener = self._listen()
             except OSError as error:
-                failures += 1
+                delay = backoff.failure()
+                failures = backoff.failures()
                 reason = error.strerror or str(error)
                 self.error = f"cannot listen on {address}: {reason}"
                 self._log.warning(
                     "listen_failed", address=address, error=reason, attempt=failures, retry_in=round(delay, 2)
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, options.bind_retry_max)
                 continue
             self.error = ""
+            failures = backoff.failures()
             if failures:  # the normal case is already told by service_added
                 self._log.info("listening", address=address, after_attempts=failures + 1)
             return
