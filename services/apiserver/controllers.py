@@ -113,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m services.apiserver.controllers",
         description="Runs the API server's controllers on their own, against an API server.",
     )
-    parser.add_argument("--server", default=None, help="API server address (default $KYBERNETES_SERVER or 127.0.0.1:8080)")
+    parser.add_argument(
+        "--server", default=None, help="API server address (default $KYBERNETES_SERVER or 127.0.0.1:8080)"
+    )
     parser.add_argument(
         "--controllers",
         default=",".join(CONTROLLERS),

@@ -88,7 +88,9 @@ def endpoint_subsets(
         endpoints_pb2.EndpointSubset(
             addresses=ordered(ready),
             not_ready_addresses=ordered(not_ready),
-            ports=[endpoints_pb2.EndpointPort(name=name, port=port, protocol=protocol) for name, port, protocol in ports],
+            ports=[
+                endpoints_pb2.EndpointPort(name=name, port=port, protocol=protocol) for name, port, protocol in ports
+            ],
         )
         for ports, (ready, not_ready) in sorted(groups.items())
     ]

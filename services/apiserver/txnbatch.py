@@ -156,7 +156,7 @@ class TxnBatcher:
                 *(self._send(rpc.TxnRequest(compare=[w.compare], success=[w.op])) for w in writes),
                 return_exceptions=True,
             )
-            for w, response in zip(writes, responses):
+            for w, response in zip(writes, responses, strict=True):
                 if isinstance(response, BaseException):
                     _fail(w.result, response)
                 else:

@@ -143,7 +143,9 @@ async def test_pods_of_a_node_that_comes_back_in_time_are_ready_again_and_stay(a
             def endpoint_ready(ready: bool):
                 async def check():
                     ep = await api.get(ENDPOINTS, "web", namespace)
-                    names = {a.target_ref.name for s in ep.subsets for a in (s.addresses if ready else s.not_ready_addresses)}
+                    names = {
+                        a.target_ref.name for s in ep.subsets for a in (s.addresses if ready else s.not_ready_addresses)
+                    }
                     return ep if names == {"web"} else str(names)
 
                 return check

@@ -207,12 +207,16 @@ async def test_two_schedulers_racing_bind_each_pod_once(plane, api, nodes, names
     )
     binds: dict[str, list[str]] = collections.defaultdict(list)
     listing = await api.list(PODS, namespace)
-    call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version))
+    call = api.watch(
+        PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version)
+    )
 
     async def record() -> None:
         async for event in call:
             pod = event.object
-            if pod.spec.node_name and (not binds[pod.metadata.name] or binds[pod.metadata.name][-1] != pod.spec.node_name):
+            if pod.spec.node_name and (
+                not binds[pod.metadata.name] or binds[pod.metadata.name][-1] != pod.spec.node_name
+            ):
                 binds[pod.metadata.name].append(pod.spec.node_name)
 
     recorder = asyncio.create_task(record())

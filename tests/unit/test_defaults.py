@@ -19,7 +19,10 @@ def defaulted(message_type: type[Message], manifest: dict[str, Any]) -> dict[str
     return json_format.MessageToDict(message)
 
 
-MINIMAL_POD = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]}}
+MINIMAL_POD = {
+    "metadata": {"name": "p"},
+    "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]},
+}
 
 
 def test_pod_defaults() -> None:
@@ -57,7 +60,10 @@ def test_pod_values_given_are_kept() -> None:
 
 
 def test_invalid_values_are_not_papered_over() -> None:
-    manifest = {"metadata": {"name": "p"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "c", "image": "i"}]}}
+    manifest = {
+        "metadata": {"name": "p"},
+        "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "c", "image": "i"}]},
+    }
     message = apply_defaults(json_format.ParseDict(manifest, pod_pb2.Pod()))
     assert message.spec.restart_policy == "Sometimes"
     assert [e.path for e in validate(message)] == ["spec.restartPolicy"]
@@ -142,7 +148,10 @@ def test_node_stays_cluster_scoped() -> None:
     [
         (pod_pb2.Pod, MINIMAL_POD),
         (service_pb2.Service, {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}),
-        (replication_controller_pb2.ReplicationController, {"metadata": {"name": "r"}, "spec": {"template": RC_TEMPLATE}}),
+        (
+            replication_controller_pb2.ReplicationController,
+            {"metadata": {"name": "r"}, "spec": {"template": RC_TEMPLATE}},
+        ),
         (node_pb2.Node, {"metadata": {"name": "n"}}),
     ],
 )

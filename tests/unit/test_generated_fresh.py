@@ -17,9 +17,15 @@ def _files(root: Path) -> set[str]:
 
 def test_generated_stubs_match_protos(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
-    subprocess.run(["bash", str(REPO / "scripts" / "generate.sh"), str(tmp_path)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "generate.sh"), str(tmp_path)], check=True, env=env, capture_output=True
+    )
     committed = REPO / "generated"
     fresh_files, committed_files = _files(tmp_path / "kybernetes"), _files(committed / "kybernetes")
     assert fresh_files == committed_files, "generated/ has missing or extra files: run `make generate`"
-    stale = [f for f in sorted(fresh_files) if not filecmp.cmp(tmp_path / "kybernetes" / f, committed / "kybernetes" / f, shallow=False)]
+    stale = [
+        f
+        for f in sorted(fresh_files)
+        if not filecmp.cmp(tmp_path / "kybernetes" / f, committed / "kybernetes" / f, shallow=False)
+    ]
     assert not stale, f"generated/ is stale for {stale}: run `make generate` and commit"

@@ -170,7 +170,9 @@ async def test_get_and_delete_by_selector(ctx, tmp_path) -> None:
     path.write_text(MANIFEST)
     await commands.apply(ctx, [str(path)])
     lines(ctx.out)
-    await commands.get(ctx, [commands.ResourceRequest(PODS)], commands.GetOptions(label_selector="app=solo", output="name"))
+    await commands.get(
+        ctx, [commands.ResourceRequest(PODS)], commands.GetOptions(label_selector="app=solo", output="name")
+    )
     assert lines(ctx.out) == ["pod/solo"]
     await commands.get(ctx, [commands.ResourceRequest(PODS)], commands.GetOptions(label_selector="app=none"))
     assert lines(ctx.out) == [] and lines(ctx.err) == ["No resources found in default namespace."]

@@ -159,9 +159,8 @@ def test_service_rc_node_and_endpoints_tables() -> None:
     subset.not_ready_addresses.add(ip="10.1.0.99")
     subset.ports.add(port=8080)
     assert format_endpoints(endpoints) == "10.1.0.0:8080,10.1.0.1:8080,10.1.0.2:8080 + 2 more..."
-    assert format_objects(ENDPOINTS, [endpoints_pb2.Endpoints(metadata=meta("empty"))], NOW, TableOptions())[1].split() == [
-        "empty", "<none>", "5m",
-    ]
+    table = format_objects(ENDPOINTS, [endpoints_pb2.Endpoints(metadata=meta("empty"))], NOW, TableOptions())
+    assert table[1].split() == ["empty", "<none>", "5m"]
 
 
 def test_node_status_without_heartbeat_is_unknown() -> None:

@@ -45,7 +45,9 @@ def test_inspect_states() -> None:
     assert round(exited.ran_for(), 3) == 10.0
 
     # Docker leaves a container whose start failed in "created", with the error.
-    failed = info_from_inspect(_inspect("created", exit_code=127, error="exec: not found", started="0001-01-01T00:00:00Z"))
+    failed = info_from_inspect(
+        _inspect("created", exit_code=127, error="exec: not found", started="0001-01-01T00:00:00Z")
+    )
     assert failed.state == EXITED and failed.failed_to_start and failed.exit_code == 127
     assert failed.finished_at == failed.created_at
 
@@ -64,7 +66,9 @@ def test_inspect_names_the_sandbox_an_app_container_joins() -> None:
 
 
 def _info(state: str, **extra) -> ContainerInfo:
-    return ContainerInfo(id="abc", name="n", labels={"io.kybernetes.pod.uid": "u"}, state=state, created_at=1.0, **extra)
+    return ContainerInfo(
+        id="abc", name="n", labels={"io.kybernetes.pod.uid": "u"}, state=state, created_at=1.0, **extra
+    )
 
 
 def test_cache_never_goes_back_to_an_older_state_and_notifies_per_pod() -> None:

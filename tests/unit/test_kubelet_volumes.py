@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -26,14 +27,15 @@ async def test_empty_dirs_are_made_and_removed_per_node(tmp_path) -> None:
     scratch = pod_pb2.Volume(name="scratch", empty_dir=pod_pb2.EmptyDirVolumeSource())
     paths = await mine.prepare(_pod("uid-1", scratch, sub_path="sub"))
     assert paths == {"scratch": str(tmp_path / "pods" / "uid-1" / "volumes" / "scratch")}
-    assert os.path.isdir(os.path.join(paths["scratch"], "sub"))  # subPath made for the bind mount
+    # subPath made for the bind mount
+    assert await asyncio.to_thread(os.path.isdir, os.path.join(paths["scratch"], "sub"))
     await theirs.prepare(_pod("uid-2", scratch))
     os.makedirs(tmp_path / "pods" / "no-marker")
     assert mine.pod_uids_on_disk() == ["uid-1"]
     assert theirs.pod_uids_on_disk() == ["uid-2"]
     await mine.cleanup("uid-1")
-    assert not os.path.exists(tmp_path / "pods" / "uid-1")
-    assert os.path.exists(tmp_path / "pods" / "uid-2")
+    assert not await asyncio.to_thread(os.path.exists, tmp_path / "pods" / "uid-1")
+    assert await asyncio.to_thread(os.path.exists, tmp_path / "pods" / "uid-2")
 
 
 async def test_host_path_types(tmp_path) -> None:

@@ -206,7 +206,10 @@ def test_pod_with_every_supported_field() -> None:
 def test_service_with_named_target_port_and_rc_with_template() -> None:
     service = load_one(SERVICE_YAML)
     assert isinstance(service, service_pb2.Service)
-    assert [(p.name, p.port, p.target_port) for p in service.spec.ports] == [("http", 80, "http"), ("metrics", 9100, "9100")]
+    assert [(p.name, p.port, p.target_port) for p in service.spec.ports] == [
+        ("http", 80, "http"),
+        ("metrics", 9100, "9100"),
+    ]
     assert service.spec.ports[0].node_port == 30080 and service.spec.ports[1].protocol == "UDP"
     rc = load_one(RC_YAML)
     assert isinstance(rc, replication_controller_pb2.ReplicationController)
@@ -275,11 +278,26 @@ def test_unknown_field_in_a_list_item() -> None:
         ),
         ("apiVersion: v1\nkind: Pod\nspec: {containers: {name: a}}\n", "spec.containers: expected a list, got object"),
         ("apiVersion: v1\nkind: Pod\nmetadata: [a]\n", "metadata: expected an object, got list"),
-        ("apiVersion: v1\nkind: Node\nspec: {unschedulable: 'yes'}\n", 'spec.unschedulable: expected true or false, got string "yes"'),
-        ("apiVersion: v1\nkind: Pod\nspec: {containers: [{name: a, command: [[x]]}]}\n", "command[0]: expected a string, got list"),
-        ("apiVersion: v1\nkind: Service\nspec: {ports: [{port: 99999999999}]}\n", "spec.ports[0].port: 99999999999 is out of range"),
-        ("apiVersion: v1\nkind: Pod\nspec: {nodeName: a, node_name: b}\n", 'spec.node_name: given twice (also as "nodeName")'),
-        ("apiVersion: v1\nkind: Pod\nmetadata: {creationTimestamp: soon}\n", 'metadata.creationTimestamp: invalid timestamp "soon"'),
+        (
+            "apiVersion: v1\nkind: Node\nspec: {unschedulable: 'yes'}\n",
+            'spec.unschedulable: expected true or false, got string "yes"',
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nspec: {containers: [{name: a, command: [[x]]}]}\n",
+            "command[0]: expected a string, got list",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nspec: {ports: [{port: 99999999999}]}\n",
+            "spec.ports[0].port: 99999999999 is out of range",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nspec: {nodeName: a, node_name: b}\n",
+            'spec.node_name: given twice (also as "nodeName")',
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {creationTimestamp: soon}\n",
+            'metadata.creationTimestamp: invalid timestamp "soon"',
+        ),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: a, name: b}\n", "duplicate key 'name'"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: [\n", "pod.yaml: invalid YAML at line"),
         ("- just\n- a list\n", "pod.yaml[0]: expected an object with apiVersion and kind, got list"),
@@ -291,7 +309,9 @@ def test_errors_name_the_field_and_the_reason(text: str, expected: str) -> None:
 
 
 def test_null_means_unset() -> None:
-    pod = load_one("apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  creationTimestamp: null\n  labels:\nspec:\n  containers:\n")
+    pod = load_one(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  creationTimestamp: null\n  labels:\nspec:\n  containers:\n"
+    )
     assert pod.metadata.name == "a" and not pod.metadata.labels and not pod.spec.containers
     assert not pod.metadata.HasField("creation_timestamp")
 

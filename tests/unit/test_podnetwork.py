@@ -108,7 +108,9 @@ def test_a_sandbox_on_the_pod_network_has_dockers_networking_off_and_one_with_ho
     pod = pod_pb2.Pod()
     pod.metadata.name = "web"
     container = pod.spec.containers.add(name="main", image="busybox")
-    request = infra_request(pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1", network_disabled=True)
+    request = infra_request(
+        pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1", network_disabled=True
+    )
     assert request.container_kwargs["network_disabled"] is True
     assert not host_ports(pod)
     container.ports.add(container_port=80, host_port=8080)

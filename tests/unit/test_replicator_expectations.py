@@ -6,6 +6,7 @@ import asyncio
 
 from services.replicator.expectations import Expectations
 from services.common.runtime.workqueue import WorkQueue, run_workers
+from tests.polling import eventually
 
 KEY = ("ns", "web")
 
@@ -87,15 +88,13 @@ async def test_work_queue_dedupes_and_never_syncs_one_key_twice_at_once():
         queue.add(key)
     workers = asyncio.create_task(run_workers(queue, sync, workers=3, name="test"))
     try:
-        while len(synced) < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(synced) >= 2, what="two keys synced")
         queue.add("a")  # "a" is being synced: queued again for after
         queue.add("a")
         await asyncio.sleep(0.05)
         assert synced == ["a", "b"]
         release.set()
-        while len(synced) < 3:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(synced) >= 3, what='"a" synced again')
         await asyncio.sleep(0.05)
         assert synced == ["a", "b", "a"]
         assert overlaps == 0

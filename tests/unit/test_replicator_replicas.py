@@ -51,14 +51,19 @@ def pod(
 ) -> pod_pb2.Pod:
     p = pod_pb2.Pod(
         metadata=meta_pb2.ObjectMeta(
-            name=name, namespace="prod", uid=f"uid-{name}", labels=labels if labels is not None else {"app": "web", "tier": "frontend"},
+            name=name,
+            namespace="prod",
+            uid=f"uid-{name}",
+            labels=labels if labels is not None else {"app": "web", "tier": "frontend"},
             creation_timestamp=timestamp_pb2.Timestamp(seconds=created),
         ),
         spec=pod_pb2.PodSpec(node_name=node),
         status=pod_pb2.PodStatus(phase=phase),
     )
     p.status.conditions.add(
-        type="Ready", status="True" if ready else "False", last_transition_time=timestamp_pb2.Timestamp(seconds=ready_since)
+        type="Ready",
+        status="True" if ready else "False",
+        last_transition_time=timestamp_pb2.Timestamp(seconds=ready_since),
     )
     p.status.container_statuses.add(name="main", restart_count=restarts)
     return p

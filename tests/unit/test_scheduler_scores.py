@@ -72,7 +72,7 @@ def test_spread_of_one_controller(placed, expected):
     bind(cache, owned("stranger", "rc-2"), "c")  # another controller's pod is not a peer
     info = cache.pod_info(owned("new", "rc-1"))
     nodes = cache.registered_nodes()
-    assert dict(zip((n.name for n in nodes), spread(info, nodes))) == expected
+    assert dict(zip((n.name for n in nodes), spread(info, nodes), strict=True)) == expected
 
 
 def test_service_selector_makes_pods_of_different_controllers_peers():

@@ -44,7 +44,10 @@ def spread(pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[float]:
 
 
 def score_nodes(pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[float]:
-    return [least + spreading for least, spreading in zip((least_requested(pod, n) for n in nodes), spread(pod, nodes))]
+    return [
+        least + spreading
+        for least, spreading in zip((least_requested(pod, n) for n in nodes), spread(pod, nodes), strict=True)
+    ]
 
 
 def select_node(pod: PodInfo, nodes: Sequence[NodeInfo], rng: random.Random | None = None) -> NodeInfo:
@@ -52,7 +55,7 @@ def select_node(pod: PodInfo, nodes: Sequence[NodeInfo], rng: random.Random | No
     scores = score_nodes(pod, nodes)
     best = max(scores)
     # Scores are sums of floats: equal within rounding is equal.
-    top = [node for node, score in zip(nodes, scores) if score >= best - 1e-9]
+    top = [node for node, score in zip(nodes, scores, strict=True) if score >= best - 1e-9]
     if len(top) == 1:
         return top[0]
     return (rng or random).choice(top)
