@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local images (no registry needed):
-#   busybox and the pod infra ("pause") image, FROM scratch with Debian's busybox-static;
+#   busybox, FROM scratch with Debian's dynamically linked busybox and the glibc it needs
+#   (so that names resolve: wget http://backend/ works in a pod), and the pod infra
+#   ("pause") image, FROM scratch with Debian's busybox-static;
 #   the component image (every Kybernetes command) and an etcd image, on a Python base.
 # Each build is skipped when an image with the same inputs exists.
 set -euo pipefail
@@ -32,12 +34,41 @@ docker_build() {  # docker_build IMAGE CONTEXT DIGEST [build args...]
   fi
 }
 
-build_busybox_based() {  # IMAGE DIR
+dynamic_busybox() {  # prints the path of Debian's dynamically linked busybox, fetched once
+  # Debian's busybox-static resolves names through a static glibc, which cannot
+  # load the NSS modules: in a pod, wget of a name fails or crashes. The
+  # dynamically linked busybox uses the glibc beside it in the image instead.
+  # It conflicts with busybox-static as a package, so it is unpacked, not installed.
+  local cache="${KYBERNETES_CACHE_DIR:-/var/cache/kybernetes}/busybox"
+  if [ ! -x "$cache/bin/busybox" ]; then
+    mkdir -p "$cache"
+    (cd "$cache" && { apt-get download -qq busybox >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get download -qq busybox >/dev/null; }; } \
+      && dpkg-deb -x busybox_*.deb . && rm -f busybox_*.deb) >&2
+  fi
+  echo "$cache/bin/busybox"
+}
+
+copy_with_libraries() {  # BINARY ROOT: the binary as ROOT/bin/busybox, and the shared libraries it loads
+  local binary="$1" root="$2" lib
+  mkdir -p "$root/bin"
+  cp "$binary" "$root/bin/busybox"
+  for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+build_busybox_based() {  # IMAGE DIR [dynamic]
   local image="$1" ctx digest
   ctx="$(mktemp -d)"
   trap 'rm -rf "$ctx"' RETURN
   cp -r "$here/images/$2"/. "$ctx"/
-  cp /bin/busybox "$ctx/busybox"
+  if [ "${3:-}" = dynamic ]; then
+    copy_with_libraries "$(dynamic_busybox)" "$ctx/rootfs"
+  else
+    mkdir -p "$ctx/rootfs/bin" && cp /bin/busybox "$ctx/rootfs/bin/busybox"
+  fi
   digest="$(inputs_digest "$ctx")"
   [ "$(current_digest "$image")" = "$digest" ] || docker_build "$image" "$ctx" "$digest"
 }
@@ -69,7 +100,7 @@ build_etcd() {
   docker_build "$etcd_image" "$here/images/etcd" "$digest" --build-arg "BASE_IMAGE=$base_image"
 }
 
-build_busybox_based "$busybox_image" busybox
+build_busybox_based "$busybox_image" busybox dynamic
 build_busybox_based "$pause_image" pause
 if [ "${PODS_IMAGES_ONLY:-}" != "1" ]; then
   if [ "$base_image" = "kybernetes/python-base:bookworm" ]; then
