@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Iterable
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -118,26 +118,6 @@ async def kubecfg(address: str, namespace: str, *args: str) -> str:
     if process.returncode != 0:
         raise AssertionError(f"kubecfg {' '.join(args)} exited {process.returncode}: {err.decode()}")
     return out.decode()
-
-
-# -- waiting ---------------------------------------------------------------------
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Calls `check` until it returns a result (returned): anything but None, False or a
-    string (a string says what it saw instead, for the failure message)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-        except grpc.aio.AioRpcError as error:
-            last = f"{error.code().name}: {error.details()}"
-        if last is not None and last is not False and not isinstance(last, str):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
 
 
 # -- playing the kubelet ---------------------------------------------------------------

@@ -8,9 +8,10 @@ import pytest
 from kybernetes.v1 import endpoints_pb2, meta_pb2, service_pb2
 from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, NODES, PODS, SERVICES
+from tests.polling import eventually
 
 from .apihelpers import make_pod, make_service
-from .control_helpers import ControlPlane, add_node, heartbeat, set_pod_status, wait_for
+from .control_helpers import ControlPlane, add_node, heartbeat, set_pod_status
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,10 @@ def endpoints_become(api: ApiClient, namespace: str, name: str, expected: list[t
             endpoints = await api.get(ENDPOINTS, name, namespace)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return "no endpoints yet"
+                raise AssertionError("no endpoints yet") from error
             raise
-        return endpoints if summary(endpoints) == expected else str(summary(endpoints))
+        assert summary(endpoints) == expected, str(summary(endpoints))
+        return endpoints
 
     return check
 
@@ -68,28 +70,62 @@ async def test_endpoints_follow_pods_as_they_come_ready_change_labels_and_go(api
     await set_pod_status(api, namespace, "b", ip="10.1.0.2", ready=False)
     await set_pod_status(api, namespace, "other", ip="10.1.0.9")
 
-    endpoints = await wait_for(
-        endpoints_become(api, namespace, "web", [(["a"], ["b"], [("", 8080, "TCP")])]), "a ready, b not"
+    endpoints = await eventually(
+        endpoints_become(api, namespace, "web", [(["a"], ["b"], [("", 8080, "TCP")])]),
+        what="a ready, b not",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
     )
     address = endpoints.subsets[0].addresses[0]
     assert (address.ip, address.node_name, address.target_ref.kind) == ("10.1.0.1", "n1", "Pod")
     assert address.target_ref.uid == (await api.get(PODS, "a", namespace)).metadata.uid
 
     await set_pod_status(api, namespace, "b", ip="10.1.0.2", ready=True)
-    await wait_for(endpoints_become(api, namespace, "web", [(["a", "b"], [], [("", 8080, "TCP")])]), "b ready")
+    await eventually(
+        endpoints_become(api, namespace, "web", [(["a", "b"], [], [("", 8080, "TCP")])]),
+        what="b ready",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     relabelled = await api.get(PODS, "a", namespace)
     relabelled.metadata.labels["app"] = "debug"
     await api.update(relabelled)
-    await wait_for(endpoints_become(api, namespace, "web", [(["b"], [], [("", 8080, "TCP")])]), "a relabelled away")
+    await eventually(
+        endpoints_become(api, namespace, "web", [(["b"], [], [("", 8080, "TCP")])]),
+        what="a relabelled away",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await set_pod_status(api, namespace, "b", phase="Failed", ip="10.1.0.2", ready=False)
-    await wait_for(endpoints_become(api, namespace, "web", []), "a finished pod to leave")
+    await eventually(
+        endpoints_become(api, namespace, "web", []),
+        what="a finished pod to leave",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await set_pod_status(api, namespace, "starting", ip="10.1.0.3")
-    await wait_for(endpoints_become(api, namespace, "web", [(["starting"], [], [("", 8080, "TCP")])]), "starting")
+    await eventually(
+        endpoints_become(api, namespace, "web", [(["starting"], [], [("", 8080, "TCP")])]),
+        what="starting",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     await api.delete(PODS, "starting", namespace)
-    await wait_for(endpoints_become(api, namespace, "web", []), "a deleted pod to leave")
+    await eventually(
+        endpoints_become(api, namespace, "web", []),
+        what="a deleted pod to leave",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
 
 async def test_named_target_ports_are_resolved_per_pod(api, namespace):
@@ -110,7 +146,7 @@ async def test_named_target_ports_are_resolved_per_pod(api, namespace):
     for index, name in enumerate(("old", "new", "bare")):
         await set_pod_status(api, namespace, name, ip=f"10.2.0.{index + 1}")
 
-    endpoints = await wait_for(
+    endpoints = await eventually(
         endpoints_become(
             api,
             namespace,
@@ -121,7 +157,10 @@ async def test_named_target_ports_are_resolved_per_pod(api, namespace):
                 (["bare"], [], [("metrics", 9100, "TCP")]),
             ],
         ),
-        "one subset per set of resolved ports",
+        what="one subset per set of resolved ports",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
     )
     assert dict(endpoints.metadata.labels) == {"team": "a"}
 
@@ -133,22 +172,52 @@ async def test_pods_on_a_node_that_is_not_ready_are_not_ready(api, namespace):
         await api.create(make_service("web", namespace, {"app": "web"}))
         await api.create(make_pod("p", namespace, {"app": "web"}, node=node))
         await set_pod_status(api, namespace, "p", ip="10.3.0.1")
-        await wait_for(endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]), "p ready")
+        await eventually(
+            endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
+            what="p ready",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
 
         await heartbeat(api, node, "Unknown")
-        await wait_for(endpoints_become(api, namespace, "web", [([], ["p"], [("", 80, "TCP")])]), "p not ready")
+        await eventually(
+            endpoints_become(api, namespace, "web", [([], ["p"], [("", 80, "TCP")])]),
+            what="p not ready",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         await heartbeat(api, node, "True")
-        await wait_for(endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]), "p ready again")
+        await eventually(
+            endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
+            what="p ready again",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
     finally:
         await api.delete(NODES, node)
 
 
 async def test_endpoints_are_recreated_if_deleted_and_removed_with_their_service(api, namespace):
     await api.create(make_service("web", namespace, {"app": "web"}))
-    await wait_for(endpoints_become(api, namespace, "web", []), "empty endpoints for a service with no pods")
+    await eventually(
+        endpoints_become(api, namespace, "web", []),
+        what="empty endpoints for a service with no pods",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await api.delete(ENDPOINTS, "web", namespace)
-    await wait_for(endpoints_become(api, namespace, "web", []), "the endpoints to be put back")
+    await eventually(
+        endpoints_become(api, namespace, "web", []),
+        what="the endpoints to be put back",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await api.delete(SERVICES, "web", namespace)
 
@@ -156,10 +225,13 @@ async def test_endpoints_are_recreated_if_deleted_and_removed_with_their_service
         try:
             await api.get(ENDPOINTS, "web", namespace)
         except grpc.aio.AioRpcError as error:
-            return error.code() == grpc.StatusCode.NOT_FOUND
-        return False
+            assert error.code() == grpc.StatusCode.NOT_FOUND, error.code().name
+            return True
+        raise AssertionError("the endpoints are still there")
 
-    await wait_for(gone, "the endpoints to go with their service")
+    await eventually(
+        gone, what="the endpoints to go with their service", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
 
 
 async def test_a_service_without_selector_keeps_hand_made_endpoints(api, namespace):
@@ -179,6 +251,12 @@ async def test_a_service_without_selector_keeps_hand_made_endpoints(api, namespa
     await api.create(make_service("web", namespace, {"app": "web"}))
     await api.create(make_pod("p", namespace, {"app": "web"}, node="n1"))
     await set_pod_status(api, namespace, "p", ip="10.4.0.1")
-    await wait_for(endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]), "web's endpoints")
+    await eventually(
+        endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
+        what="web's endpoints",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     kept = await api.get(ENDPOINTS, "external", namespace)
     assert kept.metadata.resource_version == created.metadata.resource_version

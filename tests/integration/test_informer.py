@@ -10,16 +10,9 @@ from services.common.client import ApiClient
 from services.common.runtime.informer import Informer
 from tools.processes import ApiServerProcess
 from services.common.resources import PODS
+from tests.polling import eventually
 
 from .apihelpers import make_pod
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def record(log: list):
@@ -41,7 +34,7 @@ async def test_snapshot_then_live_changes(apiserver, namespace):
             assert events == [("ADDED", "before")]
             await api.create(make_pod("after", namespace))
             await api.delete(PODS, "before", namespace)
-            await wait_until(lambda: len(events) == 3)
+            await eventually(lambda: len(events) == 3, what="3 events", timeout=20, interval=0.05)
             assert events[1:] == [("ADDED", "after"), ("DELETED", "before")]
             assert [p.metadata.name for p in informer.list()] == ["after"]
         finally:
@@ -60,12 +53,12 @@ async def test_resumes_across_an_api_server_restart_without_missing_or_repeating
         await informer.wait_synced(10)
         # Concurrent creates may commit in one etcd transaction (one revision).
         await asyncio.gather(*(api.create(make_pod(f"a-{i}", namespace)) for i in range(20)))
-        await wait_until(lambda: len(events) == 20)
+        await eventually(lambda: len(events) == 20, what="20 events", timeout=20, interval=0.05)
         server.stop()
         server = ApiServerProcess(etcd_endpoint, "--controllers=", port=port)
         await asyncio.gather(*(api.create(make_pod(f"b-{i}", namespace)) for i in range(20)))
         await api.delete(PODS, "a-0", namespace)
-        await wait_until(lambda: ("DELETED", "a-0") in events)
+        await eventually(lambda: ("DELETED", "a-0") in events, what="a-0 to be DELETED", timeout=20, interval=0.05)
         names = sorted(n for t, n in events if t == "ADDED")
         assert names == sorted([f"a-{i}" for i in range(20)] + [f"b-{i}" for i in range(20)])
         assert len({p.metadata.name for p in informer.list()}) == 39
@@ -98,8 +91,13 @@ async def test_lost_history_resyncs_and_reports_deletions(etcd_endpoint, namespa
                 await writer.create(make_pod(f"new-{i}", namespace))
         other.stop()
         server = ApiServerProcess(etcd_endpoint, "--controllers=", f"--watch-history={history}", port=port)
-        await wait_until(lambda: ("DELETED", "gone") in events)
-        await wait_until(lambda: len(informer.list()) == 1 + 2 * history)
+        await eventually(lambda: ("DELETED", "gone") in events, what="gone to be DELETED", timeout=20, interval=0.05)
+        await eventually(
+            lambda: len(informer.list()) == 1 + 2 * history,
+            what=f"{1 + 2 * history} pods in the informer",
+            timeout=20,
+            interval=0.05,
+        )
         task.cancel()
     finally:
         await api.close()

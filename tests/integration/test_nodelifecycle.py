@@ -13,6 +13,7 @@ import pytest
 from kybernetes.v1 import node_pb2
 from services.common.client import ApiClient
 from services.common.resources import ENDPOINTS, NODES, PODS
+from tests.polling import eventually
 
 from .apihelpers import make_pod, make_rc, make_service
 from .control_helpers import (
@@ -22,7 +23,6 @@ from .control_helpers import (
     add_node,
     pods_in,
     ready_condition,
-    wait_for,
 )
 
 GRACE = 3
@@ -56,9 +56,8 @@ def node_ready(node: node_pb2.Node) -> node_pb2.NodeCondition | None:
 def node_status_becomes(api: ApiClient, name: str, status: str):
     async def check():
         condition = node_ready(await api.get(NODES, name))
-        if condition is not None and condition.status == status:
-            return condition
-        return f"Ready={condition.status if condition else None}"
+        assert condition is not None and condition.status == status, f"Ready={condition.status if condition else None}"
+        return condition
 
     return check
 
@@ -78,11 +77,18 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
                     await kubelets.start_bound_pods()
                     pods = [p for p in await pods_in(api, namespace, "app=web") if p.status.phase == "Running"]
                     placed = collections.Counter(p.spec.node_name for p in pods)
-                    return pods if placed == expected else str(dict(placed))
+                    assert placed == expected, str(dict(placed))
+                    return pods or True  # an empty list would read as "not yet"
 
                 return check
 
-            await wait_for(running_on({live: 2, silent: 2}), "2 pods running on each node")
+            await eventually(
+                running_on({live: 2, silent: 2}),
+                what="2 pods running on each node",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
 
             def endpoints(ready: int, not_ready: int):
                 async def check():
@@ -91,32 +97,66 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
                         sum(len(s.addresses) for s in ep.subsets),
                         sum(len(s.not_ready_addresses) for s in ep.subsets),
                     )
-                    return ep if counts == (ready, not_ready) else str(counts)
+                    assert counts == (ready, not_ready), str(counts)
+                    return ep
 
                 return check
 
-            await wait_for(endpoints(4, 0), "4 ready endpoints")
+            await eventually(
+                endpoints(4, 0), what="4 ready endpoints", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            )
             silent_pods = {p.metadata.name for p in await pods_in(api, namespace) if p.spec.node_name == silent}
 
             # The silent node's kubelet stops: no heartbeats, no pods started there.
             beats.names.discard(silent)
             kubelets.nodes.discard(silent)
-            condition = await wait_for(node_status_becomes(api, silent, "Unknown"), "the silent node to be Unknown")
+            condition = await eventually(
+                node_status_becomes(api, silent, "Unknown"),
+                what="the silent node to be Unknown",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             assert condition.reason == "NodeStatusUnknown"
 
             async def silent_pods_not_ready():
                 pods = [await api.get(PODS, name, namespace) for name in silent_pods]
-                return pods if all(ready_condition(p) == "False" for p in pods) else None
+                assert all(ready_condition(p) == "False" for p in pods), str([ready_condition(p) for p in pods])
+                return True
 
-            await wait_for(silent_pods_not_ready, "the silent node's pods to be marked not ready")
-            ep = await wait_for(endpoints(2, 2), "their endpoints to be not ready")
+            await eventually(
+                silent_pods_not_ready,
+                what="the silent node's pods to be marked not ready",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
+            ep = await eventually(
+                endpoints(2, 2),
+                what="their endpoints to be not ready",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             assert {a.target_ref.name for s in ep.subsets for a in s.not_ready_addresses} == silent_pods
 
             # After the eviction timeout they are deleted and recreated on the live node.
-            await wait_for(running_on({live: 4}), "4 pods running on the live node", timeout=60)
+            await eventually(
+                running_on({live: 4}),
+                what="4 pods running on the live node",
+                timeout=60,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             remaining = {p.metadata.name for p in await pods_in(api, namespace)}
             assert not remaining & silent_pods
-            await wait_for(endpoints(4, 0), "4 ready endpoints again")
+            await eventually(
+                endpoints(4, 0),
+                what="4 ready endpoints again",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             assert node_ready(await api.get(NODES, live)).status == "True"
         finally:
             for name in (live, silent):
@@ -136,7 +176,8 @@ async def test_pods_of_a_node_that_comes_back_in_time_are_ready_again_and_stay(a
             def pod_ready_is(status: str):
                 async def check():
                     pod = await api.get(PODS, "web", namespace)
-                    return pod if ready_condition(pod) == status else ready_condition(pod)
+                    assert ready_condition(pod) == status, f"Ready={ready_condition(pod)!r}"
+                    return pod
 
                 return check
 
@@ -146,17 +187,48 @@ async def test_pods_of_a_node_that_comes_back_in_time_are_ready_again_and_stay(a
                     names = {
                         a.target_ref.name for s in ep.subsets for a in (s.addresses if ready else s.not_ready_addresses)
                     }
-                    return ep if names == {"web"} else str(names)
+                    assert names == {"web"}, str(names)
+                    return ep
 
                 return check
 
-            await wait_for(endpoint_ready(True), "web to be a ready endpoint")
+            await eventually(
+                endpoint_ready(True),
+                what="web to be a ready endpoint",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             beats.names.discard(name)  # heartbeats stop for a while (e.g. a network blip)...
-            await wait_for(pod_ready_is("False"), "web to be marked not ready")
-            await wait_for(endpoint_ready(False), "web to be a not-ready endpoint")
+            await eventually(
+                pod_ready_is("False"),
+                what="web to be marked not ready",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
+            await eventually(
+                endpoint_ready(False),
+                what="web to be a not-ready endpoint",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             beats.names.add(name)  # ...and resume before the eviction timeout: no change to the pod itself
-            await wait_for(pod_ready_is("True"), "web to be ready again")
-            await wait_for(endpoint_ready(True), "web to be a ready endpoint again")
+            await eventually(
+                pod_ready_is("True"),
+                what="web to be ready again",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
+            await eventually(
+                endpoint_ready(True),
+                what="web to be a ready endpoint again",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             await asyncio.sleep(EVICTION + 1)
             await api.get(PODS, "web", namespace)  # not evicted
     finally:
@@ -167,21 +239,41 @@ async def test_a_node_that_comes_back_gets_work_again(api, namespace):
     name = f"{namespace}-flaky"
     await add_node(api, name, labels={"flaky": "yes"})
     try:
-        await wait_for(node_status_becomes(api, name, "Unknown"), "the node to be Unknown without heartbeats")
+        await eventually(
+            node_status_becomes(api, name, "Unknown"),
+            what="the node to be Unknown without heartbeats",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         await api.create(make_pod("web", namespace, node_selector={"flaky": "yes"}))
 
         async def pending_on_not_ready():
             pod = await api.get(PODS, "web", namespace)
             messages = [c.message for c in pod.status.conditions if c.type == "PodScheduled"]
-            return pod if messages == ["0/1 nodes are available: 1 node(s) were not ready."] else str(messages)
+            assert messages == ["0/1 nodes are available: 1 node(s) were not ready."], str(messages)
+            return pod
 
-        await wait_for(pending_on_not_ready, "web to wait for the node")
+        await eventually(
+            pending_on_not_ready,
+            what="web to wait for the node",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         async with Heartbeats(api, [name]):
             async def bound():
                 pod = await api.get(PODS, "web", namespace)
-                return pod if pod.spec.node_name == name else None
+                assert pod.spec.node_name == name, f"bound to {pod.spec.node_name!r}"
+                return pod
 
-            await wait_for(bound, "web to be bound once the node heartbeats again")
+            await eventually(
+                bound,
+                what="web to be bound once the node heartbeats again",
+                timeout=30,
+                interval=0.1,
+                retry_on=(grpc.aio.AioRpcError,),
+            )
             assert node_ready(await api.get(NODES, name)).status == "True"
     finally:
         await api.delete(NODES, name)
@@ -191,7 +283,13 @@ async def test_a_node_that_never_heartbeats_is_marked_unknown(api, namespace):
     name = f"{namespace}-mute"
     await add_node(api, name, ready=None)
     try:
-        condition = await wait_for(node_status_becomes(api, name, "Unknown"), "the mute node to be Unknown")
+        condition = await eventually(
+            node_status_becomes(api, name, "Unknown"),
+            what="the mute node to be Unknown",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         assert condition.reason == "NodeStatusNeverUpdated"
     finally:
         await api.delete(NODES, name)
@@ -204,10 +302,13 @@ async def test_pods_bound_to_a_node_that_does_not_exist_are_deleted(api, namespa
         try:
             await api.get(PODS, "stray", namespace)
         except grpc.aio.AioRpcError as error:
-            return error.code() == grpc.StatusCode.NOT_FOUND
-        return None
+            assert error.code() == grpc.StatusCode.NOT_FOUND, error.code().name
+            return True
+        raise AssertionError("the stray pod is still there")
 
-    await wait_for(gone, "the stray pod to be deleted", timeout=60)
+    await eventually(
+        gone, what="the stray pod to be deleted", timeout=60, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
 
 
 async def test_a_heartbeating_node_stays_ready(api, namespace):

@@ -3,15 +3,17 @@ the test binds pods and writes their status where a test needs them running)."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from kybernetes.v1 import replication_controller_pb2
 from services.common.client import ApiClient
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.replicator.replicas import CREATED_BY_ANNOTATION
+from tests.polling import eventually
 
 from .apihelpers import make_pod, make_rc, scale
-from .control_helpers import ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status, wait_for
+from .control_helpers import ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,8 @@ def api_address(plane) -> str:
 def live_pods(api: ApiClient, namespace: str, count: int, selector: str = "app=web"):
     async def check():
         pods = [p for p in await pods_in(api, namespace, selector) if p.status.phase not in ("Succeeded", "Failed")]
-        return pods if len(pods) == count else f"{len(pods)} live pods"
+        assert len(pods) == count, f"{len(pods)} live pods"
+        return pods or True  # none left (count 0) is done too: an empty list would read as "not yet"
 
     return check
 
@@ -38,14 +41,17 @@ def rc_status(api: ApiClient, namespace: str, name: str, **expected: int):
     async def check():
         rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
         actual = {field: getattr(rc.status, field) for field in expected}
-        return rc if actual == expected else str(actual)
+        assert actual == expected, str(actual)
+        return rc
 
     return check
 
 
 async def test_creates_pods_from_the_template(api, namespace):
     rc = await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
-    pods = await wait_for(live_pods(api, namespace, 3), "3 pods")
+    pods = await eventually(
+        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     for pod in pods:
         assert pod.metadata.name.startswith("web-") and pod.metadata.generate_name == "web-"
         assert dict(pod.metadata.labels) == {"app": "web"}
@@ -55,37 +61,77 @@ async def test_creates_pods_from_the_template(api, namespace):
             "ReplicationController", "web", rc.metadata.uid, True
         )
         assert pod.spec.containers[0].image == rc.spec.template.spec.containers[0].image
-    await wait_for(rc_status(api, namespace, "web", replicas=3, observed_generation=1), "status.replicas")
+    await eventually(
+        rc_status(api, namespace, "web", replicas=3, observed_generation=1),
+        what="status.replicas",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
 
 async def test_scale_down_deletes_unscheduled_then_pending_then_not_ready(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
-    pods = await wait_for(live_pods(api, namespace, 5), "5 pods")
+    pods = await eventually(
+        live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     running_ready, running_not_ready, pending = (p.metadata.name for p in pods[:3])
     for name in (running_ready, running_not_ready, pending):
         await api.bind(namespace, name, "n1")
     await set_pod_status(api, namespace, running_ready, ip="10.9.0.1", ready=True)
     await set_pod_status(api, namespace, running_not_ready, ip="10.9.0.2", ready=False)
-    await wait_for(rc_status(api, namespace, "web", replicas=5, ready_replicas=1), "one ready replica")
+    await eventually(
+        rc_status(api, namespace, "web", replicas=5, ready_replicas=1),
+        what="one ready replica",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await scale(api, namespace, "web", 2)
-    remaining = await wait_for(live_pods(api, namespace, 2), "2 pods after scaling down")
+    remaining = await eventually(
+        live_pods(api, namespace, 2),
+        what="2 pods after scaling down",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert {p.metadata.name for p in remaining} == {running_ready, running_not_ready}
 
     await scale(api, namespace, "web", 1)
-    [survivor] = await wait_for(live_pods(api, namespace, 1), "1 pod after scaling down")
+    [survivor] = await eventually(
+        live_pods(api, namespace, 1),
+        what="1 pod after scaling down",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert survivor.metadata.name == running_ready
-    await wait_for(rc_status(api, namespace, "web", replicas=1, ready_replicas=1, observed_generation=3), "status")
+    await eventually(
+        rc_status(api, namespace, "web", replicas=1, ready_replicas=1, observed_generation=3),
+        what="status",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
 
 async def test_deleted_and_failed_pods_are_replaced(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
-    first, second = await wait_for(live_pods(api, namespace, 2), "2 pods")
+    first, second = await eventually(
+        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     await api.delete(PODS, first.metadata.name, namespace)
     await api.bind(namespace, second.metadata.name, "n1")
     await set_pod_status(api, namespace, second.metadata.name, phase="Failed", ready=False)
 
-    pods = await wait_for(live_pods(api, namespace, 2), "2 live pods again")
+    pods = await eventually(
+        live_pods(api, namespace, 2),
+        what="2 live pods again",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert not {p.metadata.name for p in pods} & {first.metadata.name, second.metadata.name}
     kept = await api.get(PODS, second.metadata.name, namespace)  # a finished pod is left for inspection
     assert kept.status.phase == "Failed"
@@ -93,16 +139,27 @@ async def test_deleted_and_failed_pods_are_replaced(api, namespace):
 
 async def test_deleting_a_controller_deletes_its_pods_and_only_those(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
-    await wait_for(live_pods(api, namespace, 3), "3 pods")
+    await eventually(
+        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     await api.create(make_pod("bystander", namespace, {"app": "other"}))
     await api.delete(REPLICATION_CONTROLLERS, "web", namespace)
-    await wait_for(live_pods(api, namespace, 0), "the controller's pods to be collected")
+    await eventually(
+        live_pods(api, namespace, 0),
+        what="the controller's pods to be collected",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert [p.metadata.name for p in await pods_in(api, namespace)] == ["bystander"]
 
 
 async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
-    originals = {p.metadata.name for p in await wait_for(live_pods(api, namespace, 3), "3 pods")}
+    pods = await eventually(
+        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
+    originals = {p.metadata.name for p in pods}
     await kubecfg(plane.address, namespace, "delete", "rc", "web", "--cascade=false")
     pods = await pods_in(api, namespace, "app=web")
     assert {p.metadata.name for p in pods} == originals
@@ -110,7 +167,13 @@ async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, n
 
     # Proof the replicator has looked since: it served another controller in this namespace.
     await api.create(make_rc("probe", namespace, {"app": "probe"}, replicas=1))
-    await wait_for(live_pods(api, namespace, 1, "app=probe"), "the probe's pod")
+    await eventually(
+        live_pods(api, namespace, 1, "app=probe"),
+        what="the probe's pod",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert {p.metadata.name for p in await pods_in(api, namespace, "app=web")} == originals
 
     async with PodCreations(api, namespace) as creations:
@@ -120,50 +183,88 @@ async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, n
         async def adopted():
             pods = await pods_in(api, namespace, "app=web")
             owners = {p.metadata.owner_references[0].uid for p in pods if p.metadata.owner_references}
-            return pods if len(pods) == 3 and owners == {adopter.metadata.uid} and all(
-                p.metadata.owner_references for p in pods) else None
+            owned = sum(1 for p in pods if p.metadata.owner_references)
+            assert len(pods) == 3 and owners == {adopter.metadata.uid} and all(
+                p.metadata.owner_references for p in pods), f"{owned}/{len(pods)} pods owned, by {owners}"
+            return pods
 
-        pods = await wait_for(adopted, "the orphans to be adopted")
-        await wait_for(rc_status(api, namespace, "web-v2", replicas=3), "the adopter's status")
+        pods = await eventually(
+            adopted, what="the orphans to be adopted", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
+        await eventually(
+            rc_status(api, namespace, "web-v2", replicas=3),
+            what="the adopter's status",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         assert {p.metadata.name for p in pods} == originals
         assert len(creations.names) == before  # adopted, not created
 
 
 async def test_a_pod_relabelled_out_of_the_selector_is_released_and_replaced(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
-    first, _ = await wait_for(live_pods(api, namespace, 2), "2 pods")
+    first, _ = await eventually(
+        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     first.metadata.labels["app"] = "debug"
     await api.update(first)
-    await wait_for(live_pods(api, namespace, 2), "a replacement")
+    await eventually(
+        live_pods(api, namespace, 2), what="a replacement", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
 
     async def released():
         pod = await api.get(PODS, first.metadata.name, namespace)
-        return pod if not pod.metadata.owner_references else None
+        assert not pod.metadata.owner_references, f"still owned by {pod.metadata.owner_references[0].name}"
+        return pod
 
-    await wait_for(released, "the relabelled pod to be released")
+    await eventually(
+        released, what="the relabelled pod to be released", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
 
 
 async def test_replicator_restart_creates_no_extra_pods(plane, api, namespace):
     async with PodCreations(api, namespace) as creations:
         await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
-        await wait_for(live_pods(api, namespace, 5), "5 pods")
+        await eventually(
+            live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
         plane.kill_replicator()
         plane.start_replicator()
         await scale(api, namespace, "web", 6)  # the new process acts only after it has synced
-        await wait_for(live_pods(api, namespace, 6), "6 pods")
-        await wait_for(rc_status(api, namespace, "web", replicas=6), "status.replicas=6")
+        await eventually(
+            live_pods(api, namespace, 6), what="6 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
+        await eventually(
+            rc_status(api, namespace, "web", replicas=6),
+            what="status.replicas=6",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         assert len(creations.names) == 6, creations.names
 
 
 async def test_api_server_restart_creates_and_deletes_nothing_extra(plane, api, namespace):
     async with PodCreations(api, namespace) as creations:
         await api.create(make_rc("web", namespace, {"app": "web"}, replicas=4))
-        originals = {p.metadata.name for p in await wait_for(live_pods(api, namespace, 4), "4 pods")}
+        pods = await eventually(
+            live_pods(api, namespace, 4), what="4 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
+        originals = {p.metadata.name for p in pods}
         plane.stop_apiserver()
         plane.start_apiserver()
         await scale(api, namespace, "web", 5)
-        pods = await wait_for(live_pods(api, namespace, 5), "5 pods")
-        await wait_for(rc_status(api, namespace, "web", replicas=5), "status.replicas=5")
+        pods = await eventually(
+            live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
+        await eventually(
+            rc_status(api, namespace, "web", replicas=5),
+            what="status.replicas=5",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         assert originals < {p.metadata.name for p in pods}
         assert len(creations.names) == 5, creations.names
     assert plane.replicator is not None and plane.replicator.alive()
@@ -173,8 +274,18 @@ async def test_scale_to_zero_and_back(api, namespace):
     rc = make_rc("web", namespace, {"app": "web"}, replicas=0)
     assert isinstance(rc, replication_controller_pb2.ReplicationController)
     await api.create(rc)
-    await wait_for(rc_status(api, namespace, "web", replicas=0, observed_generation=1), "status of an empty rc")
+    await eventually(
+        rc_status(api, namespace, "web", replicas=0, observed_generation=1),
+        what="status of an empty rc",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     await scale(api, namespace, "web", 2)
-    await wait_for(live_pods(api, namespace, 2), "2 pods")
+    await eventually(
+        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     await scale(api, namespace, "web", 0)
-    await wait_for(live_pods(api, namespace, 0), "no pods")
+    await eventually(
+        live_pods(api, namespace, 0), what="no pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )

@@ -11,9 +11,10 @@ import grpc
 import pytest
 
 from services.common.resources import ENDPOINTS, NODES
+from tests.polling import eventually
 
 from .apihelpers import httpd_container, make_rc, make_service
-from .control_helpers import FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in, wait_for
+from .control_helpers import FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in
 
 STABLE = {"tier": "frontend", "stack": "prod", "canary": "no"}
 CANARY = {"tier": "frontend", "stack": "prod", "canary": "yes"}
@@ -57,11 +58,14 @@ async def test_canary_behind_one_service(plane, api, namespace):
                 await kubelets.start_bound_pods()
                 pods = await pods_in(api, namespace, SELECTOR)
                 running = [p for p in pods if p.status.phase == "Running"]
-                return pods if len(pods) == count and len(running) == count else f"{len(running)}/{len(pods)} running"
+                assert len(pods) == count and len(running) == count, f"{len(running)}/{len(pods)} running"
+                return pods or True  # an empty list would read as "not yet"
 
             return check
 
-        pods = await wait_for(all_running(10), "10 frontend pods running")
+        pods = await eventually(
+            all_running(10), what="10 frontend pods running", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
         assert collections.Counter(p.spec.node_name for p in pods) == {nodes[0]: 5, nodes[1]: 5}
         stable = names_of(await pods_in(api, namespace, "canary=no"))
         canary = names_of(await pods_in(api, namespace, "canary=yes"))
@@ -73,31 +77,54 @@ async def test_canary_behind_one_service(plane, api, namespace):
             async def check():
                 try:
                     endpoints = await api.get(ENDPOINTS, "frontend", namespace)
-                except grpc.aio.AioRpcError:
-                    return "no endpoints yet"
+                except grpc.aio.AioRpcError as error:
+                    raise AssertionError("no endpoints yet") from error
                 ready = {a.target_ref.name for s in endpoints.subsets for a in s.addresses}
                 ports = {(p.port, p.protocol) for s in endpoints.subsets for p in s.ports}
-                return endpoints if ready == expected and ports == {(8080, "TCP")} else f"{len(ready)} ready"
+                assert ready == expected and ports == {(8080, "TCP")}, f"{len(ready)} ready"
+                return endpoints
 
             return check
 
-        await wait_for(endpoints_cover(stable | canary), "the service to cover all 10 pods")
+        await eventually(
+            endpoints_cover(stable | canary),
+            what="the service to cover all 10 pods",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
 
         # The canary scales alone: the stable pods are untouched.
         await kubecfg(plane.address, namespace, "scale", "rc", "frontend-canary", "--replicas", "2")
-        await wait_for(all_running(11), "11 frontend pods running")
+        await eventually(
+            all_running(11), what="11 frontend pods running", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
         assert names_of(await pods_in(api, namespace, "canary=no")) == stable
         canary = names_of(await pods_in(api, namespace, "canary=yes"))
         assert len(canary) == 2
-        await wait_for(endpoints_cover(stable | canary), "the service to cover 11 pods")
+        await eventually(
+            endpoints_cover(stable | canary),
+            what="the service to cover 11 pods",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
 
         # And so does the stable controller.
         await kubecfg(plane.address, namespace, "scale", "rc", "frontend", "--replicas", "5")
-        await wait_for(all_running(7), "7 frontend pods")
+        await eventually(
+            all_running(7), what="7 frontend pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
         remaining_stable = names_of(await pods_in(api, namespace, "canary=no"))
         assert len(remaining_stable) == 5 and remaining_stable < stable
         assert names_of(await pods_in(api, namespace, "canary=yes")) == canary
-        await wait_for(endpoints_cover(remaining_stable | canary), "the service to cover 7 pods")
+        await eventually(
+            endpoints_cover(remaining_stable | canary),
+            what="the service to cover 7 pods",
+            timeout=30,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
     finally:
         for node in nodes:
             await api.delete(NODES, node)

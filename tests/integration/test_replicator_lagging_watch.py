@@ -15,9 +15,10 @@ from services.common.runtime.informer import Informer
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.common.runtime import Manager
 from services.replicator.manager import ReplicationManager
+from tests.polling import eventually
 
 from .apihelpers import make_rc, scale
-from .control_helpers import ControlPlane, PodCreations, pods_in, wait_for
+from .control_helpers import ControlPlane, PodCreations, pods_in
 
 LAG = 0.2  # per pod event: ten creations take two seconds to show
 
@@ -80,7 +81,8 @@ async def poke(api: ApiClient, namespace: str, name: str, times: int) -> None:
 def status_replicas(api: ApiClient, namespace: str, name: str, replicas: int):
     async def check():
         rc = await api.get(REPLICATION_CONTROLLERS, name, namespace)
-        return rc if rc.status.replicas == replicas else f"status.replicas={rc.status.replicas}"
+        assert rc.status.replicas == replicas, f"status.replicas={rc.status.replicas}"
+        return rc
 
     return check
 
@@ -90,14 +92,26 @@ async def test_lagging_watch_never_over_creates_or_over_deletes(lagging_replicat
         await api.create(make_rc("web", namespace, {"app": "web"}, replicas=10))
         await poke(api, namespace, "web", 20)
         # The replicator itself must see all ten before it reports them.
-        await wait_for(status_replicas(api, namespace, "web", 10), "the replicator to see 10 pods", timeout=60)
+        await eventually(
+            status_replicas(api, namespace, "web", 10),
+            what="the replicator to see 10 pods",
+            timeout=60,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         await poke(api, namespace, "web", 5)
         assert len(await pods_in(api, namespace)) == 10
         assert len(creations.names) == 10, creations.names
 
         await scale(api, namespace, "web", 4)
         await poke(api, namespace, "web", 20)
-        await wait_for(status_replicas(api, namespace, "web", 4), "the replicator to see 4 pods", timeout=60)
+        await eventually(
+            status_replicas(api, namespace, "web", 4),
+            what="the replicator to see 4 pods",
+            timeout=60,
+            interval=0.1,
+            retry_on=(grpc.aio.AioRpcError,),
+        )
         await poke(api, namespace, "web", 5)
         assert len(await pods_in(api, namespace)) == 4
         assert len(creations.names) == 10, creations.names  # nothing re-created after the deletions

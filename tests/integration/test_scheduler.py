@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import collections
 
+import grpc
 import pytest
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
 from tools.processes import ManagedProcess, python_module_argv
 from services.common.resources import NODES, PODS
+from tests.polling import eventually
 
 from .apihelpers import make_pod, make_service
-from .control_helpers import FAR_GRACE, ControlPlane, add_node, heartbeat, pods_in, wait_for
+from .control_helpers import FAR_GRACE, ControlPlane, add_node, heartbeat, pods_in
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ async def nodes(api, namespace):
 def bound(api: ApiClient, namespace: str, name: str):
     async def check():
         pod = await api.get(PODS, name, namespace)
-        return pod if pod.spec.node_name else None
+        assert pod.spec.node_name, f"{name} not bound yet"
+        return pod
 
     return check
 
@@ -76,11 +79,12 @@ def pending_with(api: ApiClient, namespace: str, name: str, message: str):
     async def check():
         pod = await api.get(PODS, name, namespace)
         condition = scheduled_condition(pod)
-        if pod.spec.node_name:
-            raise AssertionError(f"{name} was bound to {pod.spec.node_name}")
-        if condition is not None and condition.status == "False" and condition.message == message:
-            return pod
-        return condition.message if condition is not None else "no PodScheduled condition"
+        if pod.spec.node_name:  # a failure at once, not "not yet" (an AssertionError would be retried)
+            pytest.fail(f"{name} was bound to {pod.spec.node_name}")
+        assert condition is not None and condition.status == "False" and condition.message == message, (
+            condition.message if condition is not None else "no PodScheduled condition"
+        )
+        return pod
 
     return check
 
@@ -92,7 +96,9 @@ async def test_binds_to_the_one_ready_schedulable_node(api, nodes, namespace):
     await nodes.add("silent", ready=None)  # registered, never heartbeated
     await api.create(make_pod("web", namespace))
 
-    pod = await wait_for(bound(api, namespace, "web"), "web to be bound")
+    pod = await eventually(
+        bound(api, namespace, "web"), what="web to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     assert pod.spec.node_name == ready
     condition = scheduled_condition(pod)
     assert condition is not None and condition.status == "True"
@@ -103,7 +109,13 @@ async def load_node(api: ApiClient, namespace: str, node_label: str) -> None:
     heavy = make_pod("heavy", namespace, {"app": "other"}, node_selector={"name": node_label})
     heavy.spec.containers[0].resources.requests["cpu"] = "2"
     await api.create(heavy)
-    await wait_for(bound(api, namespace, "heavy"), "heavy to be bound")
+    await eventually(
+        bound(api, namespace, "heavy"),
+        what="heavy to be bound",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
 
 async def test_replicas_of_one_controller_spread_across_nodes(api, nodes, namespace):
@@ -119,9 +131,13 @@ async def test_replicas_of_one_controller_spread_across_nodes(api, nodes, namesp
 
     async def all_bound():
         pods = await pods_in(api, namespace, "app=web")
-        return pods if len(pods) == 4 and all(p.spec.node_name for p in pods) else None
+        bound_pods = [p for p in pods if p.spec.node_name]
+        assert len(pods) == 4 and all(p.spec.node_name for p in pods), f"{len(bound_pods)}/{len(pods)} bound"
+        return pods
 
-    pods = await wait_for(all_bound, "4 pods to be bound")
+    pods = await eventually(
+        all_bound, what="4 pods to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+    )
     assert collections.Counter(p.spec.node_name for p in pods) == {loaded: 2, idle: 2}
 
 
@@ -132,11 +148,23 @@ async def test_pods_selected_by_one_service_spread_across_nodes(api, nodes, name
     await load_node(api, namespace, "loaded")
     # A pod of the service already runs on the idle node (it has another controller).
     await api.create(make_pod("stable", namespace, {"app": "web", "track": "stable"}, node_selector={"name": "idle"}))
-    stable = await wait_for(bound(api, namespace, "stable"), "stable to be bound")
+    stable = await eventually(
+        bound(api, namespace, "stable"),
+        what="stable to be bound",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert stable.spec.node_name == idle
 
     await api.create(make_pod("canary", namespace, {"app": "web", "track": "canary"}))
-    pod = await wait_for(bound(api, namespace, "canary"), "canary to be bound")
+    pod = await eventually(
+        bound(api, namespace, "canary"),
+        what="canary to be bound",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert pod.spec.node_name == loaded  # away from its service peer, despite the load
 
 
@@ -149,7 +177,13 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
     await api.create(pod)
 
     message = "0/3 nodes are available: 2 node(s) didn't match node selector, 1 Insufficient cpu."
-    pending = await wait_for(pending_with(api, namespace, "big", message), "the pending reason")
+    pending = await eventually(
+        pending_with(api, namespace, "big", message),
+        what="the pending reason",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     condition = scheduled_condition(pending)
     assert (condition.reason, pending.status.phase) == ("Unschedulable", "Pending")
 
@@ -158,11 +192,23 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
         for name in nodes.created:
             await heartbeat(api, name)
     await api.create(make_pod("marker", namespace))
-    await wait_for(bound(api, namespace, "marker"), "a later pod to be bound")
+    await eventually(
+        bound(api, namespace, "marker"),
+        what="a later pod to be bound",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert (await api.get(PODS, "big", namespace)).metadata.resource_version == pending.metadata.resource_version
 
     big_ssd = await nodes.add("big-ssd", labels={"disk": "ssd"}, allocatable={"cpu": "4", "memory": "8Gi"})
-    pod = await wait_for(bound(api, namespace, "big"), "big to be bound once a fitting node exists")
+    pod = await eventually(
+        bound(api, namespace, "big"),
+        what="big to be bound once a fitting node exists",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert pod.spec.node_name == big_ssd
 
 
@@ -175,13 +221,31 @@ async def test_pending_on_a_taken_host_port_until_its_holder_goes(api, nodes, na
         return pod
 
     await api.create(with_host_port("first"))
-    await wait_for(bound(api, namespace, "first"), "first to be bound")
+    await eventually(
+        bound(api, namespace, "first"),
+        what="first to be bound",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     await api.create(with_host_port("second"))
     message = "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
-    await wait_for(pending_with(api, namespace, "second", message), "second to wait for the port")
+    await eventually(
+        pending_with(api, namespace, "second", message),
+        what="second to wait for the port",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await api.delete(PODS, "first", namespace)
-    pod = await wait_for(bound(api, namespace, "second"), "second to be bound once the port is free")
+    pod = await eventually(
+        bound(api, namespace, "second"),
+        what="second to be bound once the port is free",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert pod.spec.node_name == only
 
 
@@ -189,10 +253,22 @@ async def test_pod_waits_for_a_node_to_become_ready(api, nodes, namespace):
     name = await nodes.add("late", ready="False")
     await api.create(make_pod("web", namespace))
     message = "0/1 nodes are available: 1 node(s) were not ready."
-    await wait_for(pending_with(api, namespace, "web", message), "web to wait for a ready node")
+    await eventually(
+        pending_with(api, namespace, "web", message),
+        what="web to wait for a ready node",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
 
     await heartbeat(api, name, "True")
-    pod = await wait_for(bound(api, namespace, "web"), "web to be bound once the node is ready")
+    pod = await eventually(
+        bound(api, namespace, "web"),
+        what="web to be bound once the node is ready",
+        timeout=30,
+        interval=0.1,
+        retry_on=(grpc.aio.AioRpcError,),
+    )
     assert pod.spec.node_name == name
 
 
@@ -226,9 +302,15 @@ async def test_two_schedulers_racing_bind_each_pod_once(plane, api, nodes, names
 
         async def all_bound():
             pods = (await api.list(PODS, namespace)).items
-            return len(pods) == 40 and all(p.spec.node_name for p in pods) and len(binds) == 40
+            bound_pods = [p for p in pods if p.spec.node_name]
+            assert len(pods) == 40 and all(p.spec.node_name for p in pods) and len(binds) == 40, (
+                f"{len(bound_pods)}/{len(pods)} bound, {len(binds)} binds seen"
+            )
+            return True
 
-        await wait_for(all_bound, "40 pods to be bound")
+        await eventually(
+            all_bound, what="40 pods to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        )
         assert all(len(nodes_seen) == 1 for nodes_seen in binds.values()), binds
         assert rival.alive()
     finally:
