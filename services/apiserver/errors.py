@@ -30,9 +30,14 @@ def conflict(kind_plural: str, name: str, expected: int, actual: int) -> ApiErro
     )
 
 
-def invalid(kind_name: str, name: str, errors: list) -> ApiError:
+def invalid(
+    kind_name: str, name: str, errors: list, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> ApiError:
+    """Field errors of one object. The code says which kind of problem: INVALID_ARGUMENT
+    for bad input, ALREADY_EXISTS for a requested value another object holds (a
+    cluster IP), RESOURCE_EXHAUSTED for a range with nothing left to allocate."""
     details = "; ".join(str(e) for e in errors)
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f'{kind_name} "{name}" is invalid: {details}')
+    return ApiError(code, f'{kind_name} "{name}" is invalid: {details}')
 
 
 def require_name(name: str) -> None:

@@ -9,6 +9,13 @@ from services.common.log import configure_logging
 from services.common.servicemain import run_service, stop_on_signals
 
 from .controllers import add_controller_flags
+from .ipallocator import (
+    DEFAULT_SERVICE_CLUSTER_IP_RANGE,
+    DEFAULT_SERVICE_NODE_PORT_RANGE,
+    NodePortRange,
+    RangeError,
+    ServiceIPRange,
+)
 from .server import ApiServer
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -37,8 +44,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM"
     )
     parser.add_argument("--no-request-log", action="store_true", help="do not log one line per request")
+    parser.add_argument(
+        "--service-cluster-ip-range",
+        default=DEFAULT_SERVICE_CLUSTER_IP_RANGE,
+        help="CIDR services' cluster IPs are allocated from; its first address is kept for the "
+        "`kubernetes` service (default %(default)s)",
+    )
+    parser.add_argument(
+        "--service-node-port-range",
+        default=DEFAULT_SERVICE_NODE_PORT_RANGE,
+        help="ports NodePort services' node ports are allocated from, FIRST-LAST inclusive (default %(default)s)",
+    )
     add_controller_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked now, so that a bad range stops the server with a usage error before it starts.
+    try:
+        ServiceIPRange.parse(args.service_cluster_ip_range)
+        NodePortRange.parse(args.service_node_port_range)
+    except RangeError as error:
+        parser.error(str(error))
+    return args
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -49,6 +74,8 @@ async def serve(args: argparse.Namespace) -> int:
         watcher_capacity=args.watch_queue,
         bookmark_interval=args.bookmark_interval,
         log_requests=not args.no_request_log,
+        service_cluster_ip_range=args.service_cluster_ip_range,
+        service_node_port_range=args.service_node_port_range,
     )
     stop = stop_on_signals()
     port = await server.start(args.listen)

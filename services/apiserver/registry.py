@@ -10,6 +10,13 @@ validation, extra subresources, delete hooks; see strategies.py): this module
 never names a kind. List splices each item's revision onto its stored bytes;
 the field numbers it needs are read from the kind's descriptors when the
 registry is built, and a kind that does not fit fails then, not on a List.
+
+Side keys: a strategy with `has_side_keys` gives, for each write attempt, keys
+to create and delete in the same etcd transaction as the object (`SideKeys`;
+a service's cluster IP and node ports, see ipallocator.py). Such a write is one
+transaction guarded by the object's revision and by "absent" on each key it
+claims, sent on its own (`Storage.transaction`). Every other kind keeps the
+single-key path through the write batcher, with no extra call or read.
 """
 
 from __future__ import annotations
@@ -31,7 +38,18 @@ from services.common.timestamps import now_timestamp
 from services.common.validation import FieldError
 
 from .errors import ApiError, already_exists, conflict, invalid, not_found, require_name
-from .storage import CompactedError, Storage, prefix_range_end
+from .storage import (
+    CompactedError,
+    KeyValue,
+    Op,
+    Storage,
+    absent,
+    at_revision,
+    delete,
+    delete_if_value,
+    prefix_range_end,
+    put,
+)
 from .watchcache import WatchCache, WatchFilter
 
 # A kind's message. protobuf's stubs cannot say "a message with a metadata
@@ -179,6 +197,36 @@ class StatusREST(SubresourceREST):
         return await registry.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
 
 
+class SideKeys:
+    """Keys a strategy writes in the same etcd transaction as one object.
+
+    claims: created by the write, each guarded by "absent", so the write fails
+    if any is taken. releases: deleted by it, each only while it still holds the
+    value given (so a key that is not the object's is never freed).
+
+    For each attempt the registry calls `done` once (the revision it committed
+    at, or None: it did not commit, and the strategy undoes what it filled in
+    the object); when only claims failed their guard, then `lost`, which raises
+    the error the caller sees or returns to have the registry ask for new side
+    keys and try again.
+    """
+
+    def __init__(self, claims: Mapping[bytes, bytes] | None = None, releases: Mapping[bytes, bytes] | None = None):
+        self.claims: dict[bytes, bytes] = dict(claims or {})
+        self.releases: dict[bytes, bytes] = dict(releases or {})
+
+    def __bool__(self) -> bool:
+        return bool(self.claims or self.releases)
+
+    def done(self, revision: int | None) -> None:
+        """The attempt committed at revision, or (None) did not."""
+
+    async def lost(self, held: Mapping[bytes, KeyValue]) -> None:
+        """held: the claimed keys that exist, as they are now."""
+        taken = ", ".join(sorted(key.decode(errors="replace") for key in held))
+        raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"{taken}: already taken")
+
+
 class Strategy(Generic[T]):
     """How one kind is created, updated, validated and deleted (after Kubernetes'
     RESTCreateStrategy / RESTUpdateStrategy / RESTDeleteStrategy).
@@ -194,6 +242,8 @@ class Strategy(Generic[T]):
     subresources: ClassVar[tuple[type[SubresourceREST], ...]] = ()
     # The top-level fields the status subresource copies from the request.
     status_fields: ClassVar[tuple[str, ...]] = ()
+    # Whether writes carry side_keys (False: the batched single-key path, no extra call).
+    has_side_keys: ClassVar[bool] = False
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
@@ -222,6 +272,15 @@ class Strategy(Generic[T]):
 
     async def before_delete(self, registry: Registry, obj: T, propagation_policy: str) -> None:
         """Runs before each attempt to delete obj (it may run again after a lost race)."""
+
+    async def side_keys(self, registry: Registry, obj: T | None, old: T | None) -> SideKeys:
+        """With has_side_keys: what to write beside obj, for one attempt of a create
+        (old None), an update, or a delete (obj None). Called after validation; it
+        may fill server-owned fields of obj (an allocated IP), which done(None) undoes."""
+        return SideKeys()
+
+    async def repair(self, registry: Registry) -> None:
+        """Runs once when the server starts, before it serves (Kubernetes' repair loops)."""
 
 
 # -- the registry -------------------------------------------------------------------
@@ -390,15 +449,63 @@ class Registry:
         meta.generation = 1
         self.strategy.prepare_for_create(obj)
         generated = not meta.name and bool(meta.generate_name)
+        if self.strategy.has_side_keys:
+            return await self._create_with_side_keys(obj, generated)
         for _ in range(_CONFLICT_RETRIES if generated else 1):
             if generated:
-                meta.name = meta.generate_name + "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
+                meta.name = _generate_name(meta.generate_name)
             self.check(obj)
             revision = await self.storage.create(self._key(meta.namespace, meta.name), self.encode(obj))
             if revision is not None:
                 meta.resource_version = revision
                 return obj
         raise already_exists(self.kind.plural, meta.namespace, meta.name)
+
+    async def _create_with_side_keys(self, obj: ApiObject, generated: bool) -> ApiObject:
+        meta = obj.metadata
+        name_taken = generated  # a generated name is picked on the first attempt
+        for _ in range(_CONFLICT_RETRIES):
+            if name_taken:
+                meta.name = _generate_name(meta.generate_name)
+            self.check(obj)
+            key = self._key(meta.namespace, meta.name)
+            side = await self.strategy.side_keys(self, obj, None)
+            revision, object_changed = await self._write_with_side_keys(key, 0, put(key, self.encode(obj)), side)
+            if revision is not None:
+                meta.resource_version = revision
+                return obj
+            name_taken = object_changed
+            if name_taken and not generated:
+                raise already_exists(self.kind.plural, meta.namespace, meta.name)
+        raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{meta.name}": too many concurrent writers')
+
+    async def _write_with_side_keys(
+        self, key: bytes, expected_revision: int, op: Op, side: SideKeys
+    ) -> tuple[int | None, bool]:
+        """op on the object (guarded by its mod_revision, 0: absent) with side's keys,
+        in one transaction. Returns (revision, False) when it committed, (None, True)
+        when the object was not as expected, (None, False) when only claims were
+        taken and side.lost returned (try again with new side keys)."""
+        revision: int | None = None
+        try:
+            result = await self.storage.transaction(
+                [at_revision(key, expected_revision), *(absent(k) for k in side.claims)],
+                [
+                    op,
+                    *(put(k, v) for k, v in side.claims.items()),
+                    *(delete_if_value(k, v) for k, v in side.releases.items()),
+                ],
+            )
+            if result.succeeded:
+                revision = result.revision
+                return revision, False
+        finally:
+            side.done(revision)
+        now = result.current.get(key)
+        if (now.mod_revision if now is not None else 0) != expected_revision:
+            return None, True
+        await side.lost({k: kv for k in side.claims if (kv := result.current.get(k)) is not None})
+        return None, False
 
     async def guarded_write(
         self,
@@ -417,12 +524,23 @@ class Registry:
             updated = mutate(current)
             if updated is None:
                 return current
-            value = self.encode(updated)
-            if value == self.encode(current):
-                return current  # a no-op write keeps the resource_version
-            revision = await self.storage.update(
-                self._key(namespace, name), value, current.metadata.resource_version
-            )
+            if self.strategy.has_side_keys:
+                key, stored = self._key(namespace, name), current.metadata.resource_version
+                side = await self.strategy.side_keys(self, updated, current)
+                value = self.encode(updated)
+                if not side and value == self.encode(current):
+                    side.done(None)
+                    return current  # a no-op write keeps the resource_version
+                revision, object_changed = await self._write_with_side_keys(key, stored, put(key, value), side)
+                if revision is None and not object_changed:
+                    continue  # a claim was lost: mutate and pick again
+            else:
+                value = self.encode(updated)
+                if value == self.encode(current):
+                    return current  # a no-op write keeps the resource_version
+                revision = await self.storage.update(
+                    self._key(namespace, name), value, current.metadata.resource_version
+                )
             if revision is not None:
                 updated.metadata.resource_version = revision
                 return updated
@@ -475,11 +593,20 @@ class Registry:
             if request.resource_version and stored != request.resource_version:
                 raise conflict(self.kind.plural, request.name, request.resource_version, stored)
             await self.strategy.before_delete(self, current, policy)
-            revision = await self.storage.delete(self._key(namespace, request.name), stored)
+            key = self._key(namespace, request.name)
+            if self.strategy.has_side_keys:
+                side = await self.strategy.side_keys(self, None, current)
+                revision, _ = await self._write_with_side_keys(key, stored, delete(key), side)
+            else:
+                revision = await self.storage.delete(key, stored)
             if revision is not None:
                 current.metadata.resource_version = revision
                 return current
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{request.name}": too many concurrent writers')
+
+
+def _generate_name(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
 
 
 def build_registries(

@@ -26,9 +26,15 @@ from services.common.log import get_logger
 from services.common.resources import ALL_KINDS, Kind
 
 from .errors import ApiError
+from .ipallocator import (
+    DEFAULT_SERVICE_CLUSTER_IP_RANGE,
+    DEFAULT_SERVICE_NODE_PORT_RANGE,
+    NodePortRange,
+    ServiceIPRange,
+)
 from .registry import Registry, build_registries
 from .storage import Storage
-from .strategies import STRATEGIES
+from .strategies import build_strategies
 
 log = get_logger()
 
@@ -57,10 +63,17 @@ class ApiServer:
         watcher_capacity: int = 10_000,
         bookmark_interval: float = 5.0,
         log_requests: bool = True,
+        service_cluster_ip_range: str = DEFAULT_SERVICE_CLUSTER_IP_RANGE,
+        service_node_port_range: str = DEFAULT_SERVICE_NODE_PORT_RANGE,
     ) -> None:
+        # A bad range is a ValueError (RangeError) naming the flag, before anything starts.
+        strategies = build_strategies(
+            cluster_ip_range=ServiceIPRange.parse(service_cluster_ip_range),
+            node_port_range=NodePortRange.parse(service_node_port_range),
+        )
         self.storage = Storage(etcd_servers)
         self.registries: dict[str, Registry] = build_registries(
-            STRATEGIES.values(),
+            strategies.values(),
             self.storage,
             history=watch_history,
             watcher_capacity=watcher_capacity,
@@ -165,6 +178,11 @@ class ApiServer:
     async def start(self, listen: str) -> int:
         """Connects to etcd, fills the watch caches and starts serving; returns the port."""
         await self.storage.connect()
+        for registry in self.registries.values():
+            try:
+                await registry.strategy.repair(registry)
+            except ApiError as error:  # etcd not there yet: serving matters more; the next start repairs
+                log.warning("repair_failed", kind=registry.kind.name, code=error.code.name, error=error.message)
         for registry in self.registries.values():
             self._cache_tasks.append(asyncio.create_task(registry.cache.run(), name=f"cache-{registry.kind.plural}"))
         self.server = grpc.aio.server(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence, TypeAlias
 
 import aetcd
 import grpc
@@ -80,6 +80,50 @@ class WatchBatch:
 
     events: list[WatchEvent]
     revision: int
+
+
+@dataclass(slots=True)
+class TxnResult:
+    """A multi-key transaction's outcome (Storage.transaction)."""
+
+    succeeded: bool
+    revision: int  # the revision it committed at, or the store's when it did not
+    # When it did not: every guarded key as it is now (None: absent), read in the same transaction.
+    current: dict[bytes, KeyValue | None]
+
+
+# One guard and one operation of a multi-key transaction. They are etcd's
+# messages, built only by the functions below: callers need not know etcd.
+Compare: TypeAlias = rpc.Compare
+Op: TypeAlias = rpc.RequestOp
+
+
+def absent(key: bytes) -> Compare:
+    """Guard: key does not exist."""
+    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)
+
+
+def at_revision(key: bytes, mod_revision: int) -> Compare:
+    """Guard: key was last written at mod_revision (0: it does not exist)."""
+    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=mod_revision)
+
+
+def put(key: bytes, value: bytes) -> Op:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+
+
+def delete(key: bytes) -> Op:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def delete_if_value(key: bytes, value: bytes) -> Op:
+    """Deletes key only while it holds value (a nested transaction: never fails the outer one)."""
+    return rpc.RequestOp(
+        request_txn=rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=value)],
+            success=[delete(key)],
+        )
+    )
 
 
 class CompactedError(Exception):
@@ -206,6 +250,29 @@ class Storage:
             rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)),
             len(key),
         )
+
+    async def transaction(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        """All of ops, at one revision, if every compare holds; else nothing, and
+        the guarded keys as they are (read by the same transaction, so no race).
+
+        Sent on its own, not through the write batcher: a batch's failed guard
+        is retried write by write, which a many-key write cannot be split into.
+        Meant for rare writes (a service with its allocations); single-key
+        writes go through create/update/delete.
+        """
+        request = rpc.TxnRequest(
+            compare=list(compares),
+            success=list(ops),
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=c.key)) for c in compares],
+        )
+        response = await self._txn(request)
+        if response.succeeded:
+            return TxnResult(True, response.header.revision, {})
+        current: dict[bytes, KeyValue | None] = {}
+        for compare, op in zip(compares, response.responses, strict=True):
+            kvs = op.response_range.kvs
+            current[compare.key] = _kv(kvs[0]) if kvs else None
+        return TxnResult(False, response.header.revision, current)
 
     async def compact(self, revision: int) -> None:
         await self._kv_stub.Compact(rpc.CompactionRequest(revision=revision, physical=True), timeout=self._timeout)

@@ -145,6 +145,7 @@ HOST_PATH_TYPES = (
 STORAGE_MEDIA = ("", "Memory")
 POD_PHASES = ("Failed", "Pending", "Running", "Succeeded", "Unknown")
 SERVICE_TYPES = ("ClusterIP", "NodePort")
+HEADLESS_CLUSTER_IP = "None"  # spec.clusterIP of a headless service: no virtual IP
 SESSION_AFFINITIES = ("ClientIP", "None")
 URI_SCHEMES = ("HTTP", "HTTPS")
 TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024
@@ -604,6 +605,7 @@ def validate_service(svc: service_pb2.Service) -> list[FieldError]:
         spec.ports, ports_path, SERVICE_PROTOCOLS, "a name is required when a service has more than one port", errors
     )
     port_protocols: set[tuple[int, str]] = set()
+    node_ports: set[tuple[int, str]] = set()
     for i, port in enumerate(spec.ports):
         port_path = _index(ports_path, i)
         key = (port.port, port.protocol or "TCP")
@@ -613,12 +615,22 @@ def validate_service(svc: service_pb2.Service) -> list[FieldError]:
         if port.target_port:
             _validate_int_or_port_name(_child(port_path, "targetPort"), port.target_port, errors)
         if port.node_port:
+            node_port_path = _child(port_path, "nodePort")
             if spec.type in ("", "ClusterIP"):
-                errors.append(forbidden(_child(port_path, "nodePort"), "may not be used when `type` is 'ClusterIP'"))
+                errors.append(forbidden(node_port_path, "may not be used when `type` is 'ClusterIP'"))
             else:
-                _validate_port_number(_child(port_path, "nodePort"), port.node_port, errors)
+                _validate_port_number(node_port_path, port.node_port, errors)
+            # One node port may serve a TCP and a UDP port of the service, as in Kubernetes.
+            node_key = (port.node_port, port.protocol or "TCP")
+            if node_key in node_ports:
+                errors.append(duplicate(node_port_path, port.node_port))
+            node_ports.add(node_key)
     errors += validate_labels(spec.selector, "spec.selector")
-    if spec.cluster_ip and spec.cluster_ip != "None":
+    # The range an IP must be in is the API server's flag: the server checks it when it allocates.
+    if spec.cluster_ip == HEADLESS_CLUSTER_IP:
+        if spec.type == "NodePort":
+            errors.append(invalid("spec.clusterIP", spec.cluster_ip, "may not be set to 'None' for NodePort services"))
+    elif spec.cluster_ip:
         _validate_ip("spec.clusterIP", spec.cluster_ip, errors)
     if spec.type and spec.type not in SERVICE_TYPES:
         errors.append(not_supported("spec.type", spec.type, SERVICE_TYPES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import subprocess
@@ -169,7 +170,9 @@ def test_apply_get_describe_scale_delete(kubecfg: Kubecfg, tmp_path: Path, uniqu
     assert listing["kind"] == "List" and [i["kind"] for i in listing["items"]] == ["Service", "ReplicationController"]
 
     services = kubecfg("get", "services")
-    assert table(services.out)[1][:5] == ["frontend", "ClusterIP", "<none>", "80/TCP", "stack=prod,tier=frontend"]
+    row = table(services.out)[1]
+    assert row[:5] == ["frontend", "ClusterIP", row[2], "80/TCP", "stack=prod,tier=frontend"]
+    assert ipaddress.ip_address(row[2]) in ipaddress.ip_network("10.96.0.0/12")  # allocated by the server
 
     described = kubecfg("describe", "pod", "web-1")
     assert described.code == 0, described.err

@@ -1,13 +1,16 @@
 """The API server's per-kind strategies and List's wire layout, without etcd.
 
 Tables of what each kind does on create and update, which subresources it has,
-the pod binding and the RC's orphaning delete (against a fake registry), and the
-descriptor check that List's byte splicing relies on.
+the pod binding and the RC's orphaning delete (against a fake registry), a
+service's allocations (over fake taken views), and the descriptor check that
+List's byte splicing relies on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import random
 from typing import Any, Callable
 
 import grpc
@@ -18,8 +21,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
 from services.apiserver.errors import ApiError
+from services.apiserver.ipallocator import NodePortRange, ServiceIPRange, TakenView, owner_record
 from services.apiserver.registry import BACKGROUND, ORPHAN, LayoutError, WireLayout, wire_layout
-from services.apiserver.strategies import STRATEGIES, bind_pod, check_binding, strategy_for
+from services.apiserver.storage import KeyValue
+from services.apiserver.strategies import (
+    STRATEGIES,
+    ServiceAllocator,
+    ServiceStrategy,
+    bind_pod,
+    build_strategies,
+    check_binding,
+    patch_allocated_values,
+    strategy_for,
+)
 from services.common.defaults import apply_defaults
 from services.common.resources import (
     ALL_KINDS,
@@ -466,3 +480,222 @@ def test_layout_rejects_kinds_that_do_not_fit(kind: Kind, message: str) -> None:
     with pytest.raises(LayoutError) as raised:
         wire_layout(kind)
     assert str(raised.value) == message
+
+
+# -- services: cluster IPs and node ports -------------------------------------------------
+
+
+class ListedOnce:
+    """A TakenView loader over a fixed list of names."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = list(names)
+        self.calls = 0
+
+    async def __call__(self) -> tuple[int, list[str]]:
+        self.calls += 1
+        return 10, list(self.names)
+
+
+def allocator(ips: tuple[str, ...] = (), ports: tuple[str, ...] = ()) -> ServiceAllocator:
+    ip_range, port_range = ServiceIPRange.parse("10.0.0.0/29"), NodePortRange.parse("30000-30003")
+    return ServiceAllocator(
+        ip_range,
+        port_range,
+        TakenView(ListedOnce(*ips), ip_range.value),
+        TakenView(ListedOnce(*ports), lambda text: int(text)),
+        rng=random.Random(5),
+    )
+
+
+def svc(cluster_ip: str = "", type_: str = "ClusterIP", *node_ports: int, uid: str = "u1") -> service_pb2.Service:
+    ports = [service_pb2.ServicePort(name=f"p{i}", port=80 + i, node_port=n) for i, n in enumerate(node_ports or [0])]
+    return service_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(name="web", namespace="default", uid=uid),
+        spec=service_pb2.ServiceSpec(cluster_ip=cluster_ip, type=type_, ports=ports),
+    )
+
+
+IP = "/registry/ipaddresses/"
+PORT = "/registry/servicenodeports/"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "claims", "releases"),
+    [
+        pytest.param(None, svc("10.0.0.3"), [IP + "10.0.0.3"], [], id="create-asks-for-an-ip"),
+        pytest.param(None, svc("10.0.0.1"), [IP + "10.0.0.1"], [], id="create-asks-for-the-reserved-ip"),
+        pytest.param(None, svc("None"), [], [], id="create-headless"),
+        pytest.param(
+            None, svc("10.0.0.3", "NodePort", 30001, 30002), [IP + "10.0.0.3", PORT + "30001", PORT + "30002"], [],
+            id="create-asks-for-node-ports",
+        ),
+        pytest.param(svc("10.0.0.3"), svc("10.0.0.3"), [], [], id="update-keeps"),
+        pytest.param(
+            svc("10.0.0.3"), svc("10.0.0.3", "NodePort", 30001), [PORT + "30001"], [], id="update-to-node-port",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001), svc("10.0.0.3"), [], [PORT + "30001"], id="update-to-cluster-ip",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001), svc("10.0.0.3", "NodePort", 30002), [PORT + "30002"],
+            [PORT + "30001"], id="update-changes-node-port",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001, 30002), None, [], [IP + "10.0.0.3", PORT + "30001", PORT + "30002"],
+            id="delete-releases-everything",
+        ),
+        pytest.param(svc("None"), None, [], [], id="delete-headless"),
+        pytest.param(svc(""), svc("10.0.0.4"), [IP + "10.0.0.4"], [], id="legacy-service-without-ip-asks"),
+    ],
+)
+async def test_service_allocation_plan(
+    old: service_pb2.Service | None, new: service_pb2.Service | None, claims: list[str], releases: list[str]
+) -> None:
+    plan = await allocator().plan(new, old)
+    owner = owner_record("default", "web", "u1")
+    assert plan.claims == {key.encode(): owner for key in claims}
+    assert plan.releases == {key.encode(): owner for key in releases}
+
+
+async def test_service_allocation_picks_fills_and_undoes() -> None:
+    alloc = allocator(ips=("10.0.0.2", "10.0.0.3"), ports=("30000", "30001"))
+    new = svc("", "NodePort", 0, 0)
+    plan = await alloc.plan(new, None)
+    assert new.spec.cluster_ip in {"10.0.0.4", "10.0.0.5", "10.0.0.6"}  # never .1 (the kubernetes service's)
+    assert sorted(p.node_port for p in new.spec.ports) == [30002, 30003]
+    assert set(plan.claims) == {
+        f"{IP}{new.spec.cluster_ip}".encode(), f"{PORT}30002".encode(), f"{PORT}30003".encode()
+    }
+    # Reserved while in flight: a concurrent create picks something else.
+    other = svc("", uid="u2")
+    other_plan = await alloc.plan(other, None)
+    assert other.spec.cluster_ip not in {"", new.spec.cluster_ip}
+    other_plan.done(None)
+    assert other.spec.cluster_ip == ""  # undone: the next attempt starts from the request
+    plan.done(41)
+    assert ipaddress.ip_address(new.spec.cluster_ip) and 30002 in alloc.ports and 30003 in alloc.ports
+    plan.done(None)  # once only
+    assert new.spec.cluster_ip and new.spec.ports[0].node_port
+
+
+async def test_service_allocation_full_range_is_resource_exhausted() -> None:
+    alloc = allocator(ips=("10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"))
+    with pytest.raises(ApiError) as raised:
+        await alloc.plan(svc(""), None)
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert raised.value.message == (
+        'Service "web" is invalid: spec.clusterIP: failed to allocate a cluster IP from 10.0.0.0/29: the range is full'
+    )
+    assert alloc.ips._load.calls == 2  # type: ignore[attr-defined]  # listed again before saying so
+    ports = allocator(ports=("30000", "30001", "30002"))
+    with pytest.raises(ApiError) as raised:
+        await ports.plan(svc("10.0.0.2", "NodePort", 0, 0), None)
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "spec.ports[1].nodePort: failed to allocate a node port from 30000-30003: the range is full" in (
+        raised.value.message
+    )
+    assert 30003 not in ports.ports  # the first port's pick was given back
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        pytest.param(
+            svc("1.2.3.4"),
+            'Service "web" is invalid: spec.clusterIP: Invalid value: "1.2.3.4": provided IP is not in the valid '
+            "range. The range of valid IPs is 10.0.0.0/29",
+            id="ip-elsewhere",
+        ),
+        pytest.param(svc("10.0.0.7"), 'spec.clusterIP: Invalid value: "10.0.0.7": provided IP', id="broadcast"),
+        pytest.param(svc("fd00::1"), 'spec.clusterIP: Invalid value: "fd00::1": provided IP', id="other-family"),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 8080),
+            "spec.ports[0].nodePort: Invalid value: 8080: provided port is not in the valid range. "
+            "The range of valid ports is 30000-30003",
+            id="node-port-elsewhere",
+        ),
+    ],
+)
+async def test_service_allocation_out_of_range(new: service_pb2.Service, message: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        await allocator().plan(new, None)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in raised.value.message
+
+
+async def test_service_allocation_lost_claims() -> None:
+    alloc = allocator()
+    asked = await alloc.plan(svc("10.0.0.3", "NodePort", 30001), None)
+    asked.done(None)
+    held = {key: KeyValue(key, b"someone", 9, 9) for key in asked.claims}
+    with pytest.raises(ApiError) as raised:
+        await asked.lost(held)
+    assert raised.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert raised.value.message == (
+        'Service "web" is invalid: spec.clusterIP: Invalid value: "10.0.0.3": provided IP is already allocated; '
+        "spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"
+    )
+    picked_service = svc("")
+    picked = await alloc.plan(picked_service, None)
+    text = picked_service.spec.cluster_ip
+    picked.done(None)
+    alloc.ips._load.names.append(text)  # type: ignore[attr-defined]  # another server took it meanwhile
+    await picked.lost({key: KeyValue(key, b"another server", 9, 9) for key in picked.claims})  # no error: retry
+    assert alloc.ip_range.value(text) in alloc.ips and alloc.ips.lists == 2  # listed again: now seen as taken
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(svc("10.0.0.3"), svc(""), svc("10.0.0.3"), id="empty-ip-keeps-stored"),
+        pytest.param(svc("None"), svc(""), svc("None"), id="empty-ip-keeps-headless"),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001, 30002), svc("10.0.0.3", "NodePort", 0, 0),
+            svc("10.0.0.3", "NodePort", 30001, 30002), id="empty-node-ports-kept-by-name",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001, 30002), svc("10.0.0.3", "NodePort", 0, 30001),
+            svc("10.0.0.3", "NodePort", 0, 30001), id="kept-port-not-given-twice",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001), svc("10.0.0.3", "ClusterIP", 30001), svc("10.0.0.3"),
+            id="leaving-node-port-drops-the-ports",
+        ),
+        pytest.param(
+            svc("10.0.0.3", "NodePort", 30001), svc("10.0.0.3", "ClusterIP", 30002),
+            svc("10.0.0.3", "ClusterIP", 30002), id="a-new-port-with-cluster-ip-is-left-to-validation",
+        ),
+    ],
+)
+def test_service_update_keeps_allocated_values(
+    old: service_pb2.Service, new: service_pb2.Service, expected: service_pb2.Service
+) -> None:
+    patch_allocated_values(new, old)
+    assert new.spec == expected.spec
+
+
+def test_service_cluster_ip_is_immutable() -> None:
+    strategy = strategy_for(SERVICES)
+    old = svc("10.96.0.10")
+    apply_defaults(old)
+    for changed in ("10.96.0.11", "None"):
+        new = svc(changed)
+        strategy.prepare_for_update(new, old)
+        errors = [str(e) for e in strategy.validate_update(new, old)]
+        assert errors == [f'spec.clusterIP: Invalid value: "{changed}": field is immutable']
+    kept = svc("")
+    strategy.prepare_for_update(kept, old)
+    assert kept.spec.cluster_ip == "10.96.0.10" and strategy.validate_update(kept, old) == []
+
+
+def test_strategies_are_built_per_server_with_their_ranges() -> None:
+    built = build_strategies(
+        cluster_ip_range=ServiceIPRange.parse("10.0.0.0/24"), node_port_range=NodePortRange.parse("31000-31010")
+    )
+    service_strategy = built[SERVICES.name]
+    assert isinstance(service_strategy, ServiceStrategy)
+    assert str(service_strategy.cluster_ip_range) == "10.0.0.0/24"
+    assert str(service_strategy.node_port_range) == "31000-31010"
+    assert service_strategy is not STRATEGIES[SERVICES.name]
+    assert [kind for kind, strategy in built.items() if strategy.has_side_keys] == [SERVICES.name]
