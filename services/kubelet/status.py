@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import pod_pb2
+from services.common.podutil import (
+    CONTAINERS_READY,
+    FAILED,
+    FALSE,
+    INITIALIZED,
+    PENDING,
+    POD_SCHEDULED,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    TERMINATED_PHASES,
+    TRUE,
+)
 
 from .containers import CREATED, ContainerInfo
-
-PENDING = "Pending"
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
 
 # Waiting reasons, as Kubernetes spells them.
 CONTAINER_CREATING = "ContainerCreating"
@@ -26,6 +34,8 @@ CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
 ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
 CREATE_CONTAINER_ERROR = "CreateContainerError"
 CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+# A pod whose sandbox could not be made (the pod's reason; its containers wait in ContainerCreating).
+CREATE_POD_SANDBOX_ERROR = "CreatePodSandboxError"
 
 RESTART_ALWAYS = "Always"
 RESTART_ON_FAILURE = "OnFailure"
@@ -45,9 +55,7 @@ def should_restart(policy: str, info: ContainerInfo) -> bool:
     return False
 
 
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
+def timestamp(seconds: float) -> Timestamp:
     value = Timestamp()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
@@ -158,8 +166,10 @@ def pod_phase(policy: str, statuses: list[pod_pb2.ContainerStatus]) -> str:
 def _condition(
     kind: str, ok: bool, previous: pod_pb2.PodStatus | None, now: float, reason: str = "", message: str = ""
 ) -> pod_pb2.PodCondition:
-    value = "True" if ok else "False"
-    condition = pod_pb2.PodCondition(type=kind, status=value, reason="" if ok else reason, message="" if ok else message)
+    value = TRUE if ok else FALSE
+    condition = pod_pb2.PodCondition(
+        type=kind, status=value, reason="" if ok else reason, message="" if ok else message
+    )
     transition = None
     if previous is not None:
         for old in previous.conditions:
@@ -193,19 +203,19 @@ def compute_pod_status(
     unready = [s.name for s in statuses if not s.ready]
     containers_ready = bool(statuses) and not unready
     unready_message = f"containers with unready status: [{' '.join(unready)}]"
-    terminal = phase in (SUCCEEDED, FAILED)
+    terminal = phase in TERMINATED_PHASES
     status.conditions.extend([
-        _condition("Initialized", True, previous, now),
+        _condition(INITIALIZED, True, previous, now),
         _condition(
-            "Ready", containers_ready and not terminal, previous, now,
+            READY, containers_ready and not terminal, previous, now,
             reason="PodCompleted" if terminal else "ContainersNotReady",
             message="" if terminal else unready_message,
         ),
         _condition(
-            "ContainersReady", containers_ready and not terminal, previous, now,
+            CONTAINERS_READY, containers_ready and not terminal, previous, now,
             reason="PodCompleted" if terminal else "ContainersNotReady",
             message="" if terminal else unready_message,
         ),
-        _condition("PodScheduled", True, previous, now),
+        _condition(POD_SCHEDULED, True, previous, now),
     ])
     return status

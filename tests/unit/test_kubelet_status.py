@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from kybernetes.v1 import pod_pb2
+from services.common import podutil
 from services.kubelet.containers import CREATED, EXITED, RUNNING, ContainerInfo
 from services.kubelet.naming import LABEL_CONTAINER_NAME, LABEL_POD_UID, LABEL_RESTART_COUNT
-from services.kubelet.status import ContainerObservation, compute_pod_status, container_status, pod_phase
+from services.kubelet.status import (
+    CREATE_POD_SANDBOX_ERROR,
+    ContainerObservation,
+    compute_pod_status,
+    container_status,
+    pod_phase,
+)
 
 NOW = 1_800_000_000.0
 
@@ -91,7 +98,7 @@ def test_phases_of_finished_pods() -> None:
         pod = _pod(*[f"c{i}" for i in range(len(exit_codes))], policy=policy)
         observations = [
             ContainerObservation(spec, current=_info(spec.name, EXITED, exit_code=code))
-            for spec, code in zip(pod.spec.containers, exit_codes)
+            for spec, code in zip(pod.spec.containers, exit_codes, strict=True)
         ]
         return _status(pod, *observations).phase
 
@@ -156,3 +163,24 @@ def test_completed_pod_is_not_ready() -> None:
 
 def test_pod_phase_of_no_containers_is_pending() -> None:
     assert pod_phase("Always", []) == "Pending"
+
+
+def test_pod_whose_sandbox_failed_carries_the_reason_and_waits_creating() -> None:
+    pod = _pod("a")
+    waiting = ("ContainerCreating", "failed to create pod sandbox: x")
+    status = compute_pod_status(
+        pod, [ContainerObservation(pod.spec.containers[0], waiting=waiting)],
+        pod_ip="", host_ip="127.0.0.1", start_time=NOW, now=NOW, reason=CREATE_POD_SANDBOX_ERROR, message="x",
+    )
+    assert (status.phase, status.reason, status.message) == (podutil.PENDING, "CreatePodSandboxError", "x")
+    assert status.container_statuses[0].state.waiting.message == "failed to create pod sandbox: x"
+
+
+def test_finished_phases_are_the_ones_podutil_calls_terminated() -> None:
+    pod = _pod("a", policy="Never")
+    for code in (0, 1):
+        current = _info("a", EXITED, exit_code=code)
+        finished = _status(pod, ContainerObservation(pod.spec.containers[0], current=current))
+        assert finished.phase in podutil.TERMINATED_PHASES
+        checked = pod_pb2.Pod(status=finished)
+        assert podutil.is_terminated(checked) and not podutil.has_ready_condition(checked)
