@@ -47,8 +47,11 @@ async def test_failing_exec_liveness_probe_restarts_the_container(kubelet: Kubel
 
 async def test_tcp_liveness_probe_keeps_a_listening_container_alive(kubelet: KubeletProcess) -> None:
     main = container("main", "sh", "-c", "exec nc -ll -p 9000 -e cat")
+    # The first probe waits a second: probed at once, it can beat nc to listen(2)
+    # (seen: 1 ms after start), and with a threshold of 1 that is a restart.
     main.liveness_probe.CopyFrom(pod_pb2.Probe(
-        tcp_socket=pod_pb2.TCPSocketAction(port="9000"), period_seconds=1, failure_threshold=1,
+        tcp_socket=pod_pb2.TCPSocketAction(port="9000"), initial_delay_seconds=1, period_seconds=1,
+        failure_threshold=1,
     ))
     await kubelet.submit(make_pod("tcp", main))
 
