@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,10 +16,38 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count: int = 1) -> int:
+    """A loopback port nothing uses now (the first of `count` consecutive ones).
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out for
+    bind(0) is also what it hands out as the source port of outgoing
+    connections, so under a busy test run another process could take it
+    between the pick and the listen (seen: etcd's peer port, base + 1)."""
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        base = rng.randrange(10_000, max(10_001, low - count))
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -46,7 +46,7 @@ class LocalCluster:
         self.nodes = [f"{self.prefix}node-{i}" for i in range(1, nodes + 1)]
         self.up_args = [
             "--state-dir", str(self.state), "--nodes", str(nodes), "--mode", mode,
-            "--etcd-port", str(free_port()), "--api-port", str(self.api_port),
+            "--etcd-port", str(free_port(2)), "--api-port", str(self.api_port),
             "--node-network", self.network, "--node-prefix", self.prefix,
             "--container-prefix", self.prefix,
         ]
