@@ -31,6 +31,7 @@ from services.common.resources import (
 
 DEFAULT_PROTOCOL = "TCP"
 DEFAULT_RESTART_POLICY = "Always"
+DEFAULT_DNS_POLICY = "ClusterFirst"
 DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"  # no registry: use the local image
 DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS = 30
 DEFAULT_REPLICAS = 1
@@ -85,6 +86,8 @@ def default_pod_spec(spec: pod_pb2.PodSpec) -> None:
         spec.restart_policy = DEFAULT_RESTART_POLICY
     if not spec.HasField("termination_grace_period_seconds"):
         spec.termination_grace_period_seconds = DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
+    if not spec.dns_policy:
+        spec.dns_policy = DEFAULT_DNS_POLICY
     for container in spec.containers:
         default_container(container)
 

@@ -148,6 +148,12 @@ SERVICE_TYPES = ("ClusterIP", "NodePort")
 HEADLESS_CLUSTER_IP = "None"  # spec.clusterIP of a headless service: no virtual IP
 SESSION_AFFINITIES = ("ClientIP", "None")
 URI_SCHEMES = ("HTTP", "HTTPS")
+DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
+DNS_POLICY_NONE = "None"
+# libc's resolver limits, as Kubernetes' validation states them.
+MAX_DNS_NAMESERVERS = 3
+MAX_DNS_SEARCH_PATHS = 32
+MAX_DNS_SEARCH_LIST_CHARS = 2048
 TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024
 
 _IANA_SVC_NAME_MAX_LENGTH = 15
@@ -541,7 +547,52 @@ def validate_pod_spec(spec: pod_pb2.PodSpec, path: str = "spec") -> list[FieldEr
         _check_format(_child(path, "nodeName"), spec.node_name, validate_dns1123_subdomain, errors)
     if spec.hostname:
         _check_format(_child(path, "hostname"), spec.hostname, validate_dns1123_label, errors)
+    if spec.dns_policy and spec.dns_policy not in DNS_POLICIES:
+        errors.append(not_supported(_child(path, "dnsPolicy"), spec.dns_policy, DNS_POLICIES))
+    _validate_pod_dns_config(spec, _child(path, "dnsConfig"), errors)
     return errors
+
+
+def _validate_pod_dns_config(spec: pod_pb2.PodSpec, path: str, errors: list[FieldError]) -> None:
+    """As Kubernetes' validatePodDNSConfig: dnsPolicy None needs a nameserver
+    here; libc's limits; IP nameservers, DNS-1123 searches, named options."""
+    has_config = spec.HasField("dns_config")
+    config = spec.dns_config
+    if spec.dns_policy == DNS_POLICY_NONE:
+        if not has_config:
+            errors.append(required(path, f"must provide `dnsConfig` when `dnsPolicy` is {DNS_POLICY_NONE}"))
+            return
+        if not config.nameservers:
+            errors.append(required(
+                _child(path, "nameservers"),
+                f"must provide at least one DNS nameserver when `dnsPolicy` is {DNS_POLICY_NONE}",
+            ))
+            return
+    if not has_config:
+        return
+    nameservers_path = _child(path, "nameservers")
+    if len(config.nameservers) > MAX_DNS_NAMESERVERS:
+        errors.append(invalid(
+            nameservers_path, list(config.nameservers), f"must not have more than {MAX_DNS_NAMESERVERS} nameservers"
+        ))
+    for i, nameserver in enumerate(config.nameservers):
+        _validate_ip(_index(nameservers_path, i), nameserver, errors)
+    searches_path = _child(path, "searches")
+    if len(config.searches) > MAX_DNS_SEARCH_PATHS:
+        errors.append(invalid(
+            searches_path, list(config.searches), f"must not have more than {MAX_DNS_SEARCH_PATHS} search paths"
+        ))
+    if len(" ".join(config.searches)) > MAX_DNS_SEARCH_LIST_CHARS:
+        errors.append(invalid(
+            searches_path, list(config.searches),
+            f"must not have more than {MAX_DNS_SEARCH_LIST_CHARS} characters (including spaces) in the search list",
+        ))
+    for i, search in enumerate(config.searches):
+        # A trailing dot is fine.
+        _check_format(_index(searches_path, i), search.removesuffix("."), validate_dns1123_subdomain, errors)
+    for i, option in enumerate(config.options):
+        if not option.name:
+            errors.append(required(_index(_child(path, "options"), i), "Option.Name must not be empty"))
 
 
 def validate_pod_status(status: pod_pb2.PodStatus, path: str = "status") -> list[FieldError]:

@@ -4,18 +4,28 @@ The infra container owns the pod's network and IPC namespaces; app containers
 join it. On the kubelet's pod network (podnetwork.py) Docker's networking is
 off for the infra container and the kubelet wires it; a pod that publishes
 host ports is left to Docker's bridge and port publishing.
+
+The pod's DNS settings reach a sandbox on Docker's bridge as Docker's own
+dns options (its joined containers share the resolv.conf Docker writes); on
+the kubelet's pod network the kubelet writes the file itself (podnetwork.py).
+An app container's environment is its `env` over the service variables the
+kubelet passes in, with `$(VAR)` expanded in env, command and args
+(envvars.py); the variables are never part of the container's spec hash.
 """
 
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from docker.types import LogConfig, Mount
 
 from kybernetes.v1 import pod_pb2
 from services.common.quantity import parse_cpu_millis, parse_memory_bytes
+
+from .envvars import container_environment, expand_command_and_args
+from .resolvconf import PodDns
 
 # Logs are Docker's json-file, rotated so that a chatty container cannot fill the disk.
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"})
@@ -60,10 +70,13 @@ def host_ports(pod: pod_pb2.Pod) -> bool:
 
 def infra_request(
     pod: pod_pb2.Pod, *, name: str, labels: dict[str, str], pause_image: str, node_ip: str,
-    runtime_default_seccomp: bool = False, network_disabled: bool = False,
+    runtime_default_seccomp: bool = False, network_disabled: bool = False, dns: PodDns | None = None,
 ) -> CreateRequest:
     """The infra ("pause") container: holds the network namespace and the
     published ports of every container of the pod.
+
+    dns: the pod's DNS settings, for a sandbox on Docker's bridge (ignored
+    with network_disabled: the kubelet writes that pod's resolv.conf).
 
     A hostPort is published on the container port's hostIP when given, else on
     the node's IP: several simulated nodes on one machine (127.0.0.x each) can
@@ -78,6 +91,17 @@ def infra_request(
             if port.host_port:
                 key = f"{port.container_port}/{protocol}"
                 bindings.setdefault(key, []).append((port.host_ip or node_ip, port.host_port))
+    host_config_kwargs: dict[str, Any] = {
+        "port_bindings": bindings or None,
+        # Shareable so the pod's containers can join its IPC namespace.
+        "ipc_mode": "shareable",
+        "log_config": LOG_CONFIG,
+        "security_opt": _security_opt(runtime_default_seccomp),
+    }
+    if dns is not None and not network_disabled:
+        host_config_kwargs["dns"] = list(dns.nameservers) or None
+        host_config_kwargs["dns_search"] = list(dns.searches) or None
+        host_config_kwargs["dns_opt"] = list(dns.options) or None
     return CreateRequest(
         name=name,
         image=pause_image,
@@ -88,13 +112,7 @@ def infra_request(
             # A new network namespace with only lo: the kubelet's pod network wires it.
             "network_disabled": network_disabled or None,
         },
-        host_config_kwargs={
-            "port_bindings": bindings or None,
-            # Shareable so the pod's containers can join its IPC namespace.
-            "ipc_mode": "shareable",
-            "log_config": LOG_CONFIG,
-            "security_opt": _security_opt(runtime_default_seccomp),
-        },
+        host_config_kwargs=host_config_kwargs,
     )
 
 
@@ -150,6 +168,7 @@ def container_request(
     volume_paths: dict[str, str],
     runtime_default_seccomp: bool = False,
     managed_files: dict[str, str] | None = None,
+    service_env: Mapping[str, str] | None = None,
 ) -> CreateRequest:
     """An app container joined to the infra container's network and IPC namespaces.
 
@@ -160,15 +179,20 @@ def container_request(
     command replaces the image's entrypoint and args its cmd, as in Kubernetes;
     Docker drops the image's cmd when the entrypoint is replaced, which is also
     Kubernetes' rule.
+
+    service_env: the service variables the pod sees (envvars.pod_service_environment),
+    under the container's own env; $(VAR) in env, command and args is expanded.
     """
+    environment = container_environment(container, service_env or {})
+    command, args = expand_command_and_args(container, environment)
     container_kwargs: dict[str, Any] = {
-        "environment": [f"{env.name}={env.value}" for env in container.env] or None,
+        "environment": [f"{name}={value}" for name, value in environment.items()] or None,
         "working_dir": container.working_dir or None,
     }
-    if container.command:
-        container_kwargs["entrypoint"] = list(container.command)
-    if container.args:
-        container_kwargs["command"] = list(container.args)
+    if command:
+        container_kwargs["entrypoint"] = command
+    if args:
+        container_kwargs["command"] = args
     host_config_kwargs: dict[str, Any] = {
         "network_mode": f"container:{infra_id}",
         "ipc_mode": f"container:{infra_id}",

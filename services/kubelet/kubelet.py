@@ -4,6 +4,11 @@ Wiring and the loops that are not any single pod's: Docker's event stream
 (through the container cache) and a periodic resync wake the pod workers;
 once every source has reported, containers and pod directories of pods no
 source wants any more are removed.
+
+With an API server the kubelet also watches every service (one informer, as
+Kubernetes' kubelet does) for the service variables of the containers it
+starts; what a container gets is decided when it is created (envvars.py), and
+a pod's resolv.conf when its sandbox is (resolvconf.py).
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ import itertools
 import socket
 from dataclasses import dataclass
 
-from kybernetes.v1 import pod_pb2
+from kybernetes.v1 import pod_pb2, service_pb2
 from services.common.client import ApiClient
 from services.common.log import get_logger
+from services.common.resources import SERVICES
 from services.common.runtime import Backoff, TaskGroup
+from services.common.runtime.informer import Informer
 
 from .containers import ContainerCache, ContainerInfo
+from .dockerspec import ContainerConfigError
+from .envvars import MASTER_SERVICE_NAMESPACE, MASTER_SERVICES, pod_service_environment
 from .mirror import MirrorManager
 from .node import NodeStatusReporter
 from .podworker import NodeContext, PodWorker
@@ -36,10 +45,23 @@ from .sources import (
 )
 from .naming import static_pod_name
 from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork
+from .resolvconf import (
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_HOST_RESOLV_CONF,
+    PodDns,
+    dns_policy,
+    parse_resolv_conf,
+    pod_dns,
+    uses_cluster_dns,
+)
 from .statusmanager import StatusManager
 from .volumes import VolumeManager
 
 log = get_logger(module="kubelet")
+
+# How long a pod from the API server waits for the first list of services before
+# its containers fail with CreateContainerConfigError (and are retried with back-off).
+SERVICES_SYNC_TIMEOUT = 5.0
 
 
 @dataclass
@@ -67,6 +89,11 @@ class KubeletConfig:
     node_ip: str = "127.0.0.1"
     docker_host: str | None = None
     seccomp_default: bool = False
+    # The cluster DNS servers for ClusterFirst pods; none: such pods get the node's (as Default).
+    cluster_dns: tuple[str, ...] = ()
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    # The node's resolver configuration, for Default pods and the search list of ClusterFirst ones.
+    resolv_conf: str = DEFAULT_HOST_RESOLV_CONF
 
 
 class Kubelet:
@@ -88,9 +115,12 @@ class Kubelet:
         self.client: ApiClient | None = ApiClient(config.server) if config.server else None
         self.mirror: MirrorManager | None = None
         self.api_source: ApiSource | None = None
+        # Every service, for the containers' service variables; none without an API server.
+        self.services: Informer | None = None
         if self.client is not None:
             self.mirror = MirrorManager(self.client, self.pod_config, self._on_mirror_ready)
             self.api_source = ApiSource(self.client, node, self.pod_config, self.mirror.on_event)
+            self.services = Informer(self.client, SERVICES)
         self.status = StatusManager(
             self.client,
             api_pod=self.api_source.get if self.api_source is not None else (lambda namespace, name: None),
@@ -110,6 +140,7 @@ class Kubelet:
             cache=self.cache, volumes=self.volumes, probes=self.probes, backoff=self.backoff,
             publish_status=self.status.publish, source_of=pod_source,
             runtime_default_seccomp=config.seccomp_default, network=self.network,
+            service_environment=self.service_environment, pod_dns=self.pod_dns,
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
@@ -118,6 +149,7 @@ class Kubelet:
         # dies is logged and restarted with back-off; one-off jobs are held until done.
         self.tasks = TaskGroup("kubelet")
         self._started = False
+        self._warned_no_cluster_dns = False
         self._log = log.bind(node=node)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -146,6 +178,8 @@ class Kubelet:
             self.tasks.spawn(self._mark_mirror_synced(), name="mirror-synced")
             self.tasks.guard(self.api_source.run, name="api-source")
             self.tasks.guard(self.mirror.run, name="mirror-pods")
+            if self.services is not None:
+                self.tasks.guard(self.services.run, name="services-informer")
             reporter = NodeStatusReporter(
                 self.client, self.config.node_name, node_ip=self.config.node_ip, hostname=socket.gethostname(),
                 kubelet_port=port, runtime_version=self.runtime.version,
@@ -216,6 +250,56 @@ class Kubelet:
 
     def _on_mirror_ready(self, uid: str) -> None:
         self.status.resend(uid)
+
+    # --- what a pod's containers are started with --------------------------------------------
+
+    async def service_environment(self, pod: pod_pb2.Pod) -> dict[str, str]:
+        """The service variables of the pod's containers (Kubernetes' getServiceEnvVarMap).
+
+        None without an API server. A pod from the API server waits for the
+        first list of services, so that a kubelet restart does not start
+        containers without them (Kubernetes' rule); static pods take what is known."""
+        informer = self.services
+        if informer is None:
+            return {}
+        if not informer.synced and pod_source(pod) == SOURCE_API:
+            try:
+                await informer.wait_synced(SERVICES_SYNC_TIMEOUT)
+            except TimeoutError:
+                raise ContainerConfigError(
+                    "services have not yet been read at least once, cannot construct envvars"
+                ) from None
+        namespace = pod.metadata.namespace
+        services: list[service_pb2.Service] = informer.in_namespace(namespace)
+        if namespace != MASTER_SERVICE_NAMESPACE:
+            for name in sorted(MASTER_SERVICES):
+                master = informer.get(MASTER_SERVICE_NAMESPACE, name)
+                if master is not None:
+                    services.append(master)
+        return pod_service_environment(services, pod)
+
+    def _host_dns(self) -> PodDns:
+        try:
+            with open(self.config.resolv_conf) as file:
+                return parse_resolv_conf(file.read())
+        except OSError as error:
+            self._log.warning("host_resolv_conf_unreadable", path=self.config.resolv_conf, error=str(error))
+            return PodDns()
+
+    async def pod_dns(self, pod: pod_pb2.Pod) -> PodDns:
+        """The pod's DNS settings (its resolv.conf), read against the node's resolv.conf now."""
+        host = await asyncio.to_thread(self._host_dns)
+        dns = pod_dns(pod, cluster_dns=self.config.cluster_dns, cluster_domain=self.config.cluster_domain, host=host)
+        if uses_cluster_dns(dns_policy(pod)) and not self.config.cluster_dns and not self._warned_no_cluster_dns:
+            self._warned_no_cluster_dns = True
+            self._log.warning(
+                "cluster_dns_missing",
+                detail="kubelet has no --cluster-dns: ClusterFirst pods get the node's resolv.conf (as Default)",
+            )
+        for warning in dns.warnings:
+            self._log.warning("pod_dns_config_limits", pod=f"{pod.metadata.namespace}/{pod.metadata.name}",
+                              detail=warning)
+        return dns
 
     # --- housekeeping ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ next kubelet of the same node name adopts them.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 
 from services.common.flags import duration, positive_int
@@ -19,6 +20,22 @@ from services.common.servicemain import run_service, stop_on_signals
 
 from .kubelet import Kubelet, KubeletConfig
 from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
+from .resolvconf import DEFAULT_CLUSTER_DOMAIN, DEFAULT_HOST_RESOLV_CONF
+
+
+def ip_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses ("" for none)."""
+    addresses = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            addresses.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not an IP address") from None
+    return tuple(addresses)
+
 
 def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser = argparse.ArgumentParser(prog="kubelet", description="Runs the pods bound to this node on Docker.")
@@ -55,6 +72,14 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--pod-bridge", default=DEFAULT_BRIDGE, help="kubenet: the node's bridge (default %(default)s)")
     parser.add_argument("--network-state-dir", default=DEFAULT_STATE_DIR,
                         help="kubenet: the host's address pool, shared by its kubelets (default %(default)s)")
+    parser.add_argument("--cluster-dns", type=ip_list, default=(),
+                        help="comma-separated DNS server IPs for ClusterFirst pods (default: none, and such pods "
+                             "get the node's resolv.conf)")
+    parser.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN,
+                        help="the cluster's DNS domain, in pods' search list (default %(default)s)")
+    parser.add_argument("--resolv-conf", default=DEFAULT_HOST_RESOLV_CONF,
+                        help="the node's resolver configuration, for Default pods and ClusterFirst search paths "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
     try:
         PodNetwork(args.node_name, args.pod_cidr, args.pod_bridge, args.network_state_dir)
@@ -87,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         pod_cidr=args.pod_cidr,
         pod_bridge=args.pod_bridge,
         network_state_dir=args.network_state_dir,
+        cluster_dns=args.cluster_dns,
+        cluster_domain=args.cluster_domain.strip("."),
+        resolv_conf=args.resolv_conf,
     )
 
 

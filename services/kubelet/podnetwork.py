@@ -296,17 +296,24 @@ class PodNetwork:
             ),
         )
 
-    async def write_pod_files(self, pod_dir: str, pod_ip: str, hostname: str) -> dict[str, str]:
+    async def write_pod_files(
+        self, pod_dir: str, pod_ip: str, hostname: str, resolv_conf_text: str | None = None
+    ) -> dict[str, str]:
         """Writes the pod's hosts file and resolv.conf into its directory; their
-        host paths by path in the container."""
+        host paths by path in the container.
+
+        resolv_conf_text: the pod's resolv.conf (resolvconf.py, from its dnsPolicy);
+        None: the node's, less loopback name servers."""
 
         def write() -> dict[str, str]:
-            try:
-                node_resolv = Path("/etc/resolv.conf").read_text()
-            except OSError:
-                node_resolv = ""
+            text = resolv_conf_text
+            if text is None:
+                try:
+                    text = resolv_conf(Path("/etc/resolv.conf").read_text())
+                except OSError:
+                    text = ""
             files = {HOSTS_PATH: (os.path.join(pod_dir, "etc-hosts"), hosts_file(pod_ip, hostname)),
-                     RESOLV_CONF_PATH: (os.path.join(pod_dir, "resolv.conf"), resolv_conf(node_resolv))}
+                     RESOLV_CONF_PATH: (os.path.join(pod_dir, "resolv.conf"), text)}
             os.makedirs(pod_dir, exist_ok=True)
             for path, text in files.values():
                 Path(path).write_text(text)

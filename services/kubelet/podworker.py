@@ -52,6 +52,7 @@ from .podactions import (
 )
 from .podnetwork import PodNetwork, PodNetworkError
 from .probes import ProbeManager
+from .resolvconf import PodDns
 from .runtime import DockerRuntime, ImageMissingError, RuntimeCallError, call_priority
 from .status import (
     CREATE_CONTAINER_CONFIG_ERROR,
@@ -85,6 +86,11 @@ class NodeContext:
     runtime_default_seccomp: bool = False
     # The kubelet's own pod network; None: Docker's bridge for every sandbox.
     network: PodNetwork | None = None
+    # service_environment(pod): the service variables of its containers, computed
+    # at each container's creation (envvars.py); may raise ContainerConfigError.
+    service_environment: Callable[[pod_pb2.Pod], Awaitable[dict[str, str]]] | None = None
+    # pod_dns(pod): its DNS settings (resolvconf.py); None: the node's resolv.conf.
+    pod_dns: Callable[[pod_pb2.Pod], Awaitable[PodDns]] | None = None
 
 
 class PodWorker:
@@ -316,9 +322,11 @@ class PodWorker:
         try:
             if network is not None:
                 labels[LABEL_POD_IP] = await network.address_for(self.uid)
+            dns = await context.pod_dns(pod) if context.pod_dns is not None and network is None else None
             request = infra_request(
                 pod, name=docker, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip,
                 runtime_default_seccomp=context.runtime_default_seccomp, network_disabled=network is not None,
+                dns=dns,
             )
             return await context.runtime.create(request)
         except (ImageMissingError, RuntimeCallError, PodNetworkError, OSError) as error:
@@ -395,8 +403,10 @@ class PodWorker:
         assert joined is not None
         managed_files: dict[str, str] = {}
         if joined.on_pod_network and self.context.network is not None:
+            pod_dns = self.context.pod_dns
+            resolv_conf = (await pod_dns(pod)).resolv_conf() if pod_dns is not None else None
             managed_files = await self.context.network.write_pod_files(
-                self.context.volumes.pod_dir(self.uid), joined.pod_ip, pod_hostname(pod)
+                self.context.volumes.pod_dir(self.uid), joined.pod_ip, pod_hostname(pod), resolv_conf
             )
         creating = self._create_containers(pod, starts, joined.id, waiting, managed_files)
         if new_sandbox is not None:
@@ -525,9 +535,11 @@ class PodWorker:
                 context.node, pod, context.source_of(pod), spec.name, start.spec_hash, start.attempt
             )
             try:
+                service_env = await context.service_environment(pod) if context.service_environment else None
                 request = container_request(
                     pod, spec, name=name, labels=labels, infra_id=sandbox_id, volume_paths=volume_paths,
                     runtime_default_seccomp=context.runtime_default_seccomp, managed_files=managed_files,
+                    service_env=service_env,
                 )
                 info = await context.runtime.create(request)
             except ImageMissingError:

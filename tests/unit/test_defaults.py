@@ -32,6 +32,8 @@ def test_pod_defaults() -> None:
     assert pod["metadata"] == {"name": "p", "namespace": "default"}  # no uid, timestamps or version
     assert pod["spec"]["restartPolicy"] == "Always"
     assert pod["spec"]["terminationGracePeriodSeconds"] == "30"
+    assert pod["spec"]["dnsPolicy"] == "ClusterFirst"
+    assert "enableServiceLinks" not in pod["spec"]  # unset means true, as Kubernetes' default
     container = pod["spec"]["containers"][0]
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
@@ -47,6 +49,7 @@ def test_pod_values_given_are_kept() -> None:
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 0,
+            "dnsPolicy": "Default",
             "containers": [{"name": "c", "image": "i", "imagePullPolicy": "Never",
                             "ports": [{"containerPort": 53, "protocol": "UDP"}]}],
         },
@@ -55,6 +58,7 @@ def test_pod_values_given_are_kept() -> None:
     assert pod["metadata"]["namespace"] == "team-a"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["terminationGracePeriodSeconds"] == "0"  # an explicit 0 is not "unset"
+    assert pod["spec"]["dnsPolicy"] == "Default"
     assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Never"
     assert pod["spec"]["containers"][0]["ports"][0]["protocol"] == "UDP"
 

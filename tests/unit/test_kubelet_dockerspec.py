@@ -6,6 +6,8 @@ import pytest
 
 from kybernetes.v1 import pod_pb2
 from services.kubelet.dockerspec import ContainerConfigError, container_request, infra_request
+from services.kubelet.naming import container_hash
+from services.kubelet.resolvconf import PodDns
 
 
 def _pod() -> pod_pb2.Pod:
@@ -84,3 +86,47 @@ def test_bad_specs_are_clear_errors() -> None:
     pod.spec.containers[0].resources.limits["memory"] = "lots"
     with pytest.raises(ContainerConfigError, match="resources"):
         container_request(pod, pod.spec.containers[0], name="c", labels={}, infra_id="i", volume_paths={"data": "/d"})
+
+
+def test_service_variables_and_env_reach_the_container_expanded() -> None:
+    pod = _pod()
+    web = pod.spec.containers[0]
+    web.env.add(name="URL", value="http://$(DB_SERVICE_HOST):$(DB_SERVICE_PORT)")
+    web.env.add(name="DB_SERVICE_PORT", value="6543")  # declared later: overrides, unseen by URL
+    del web.args[:]
+    web.args.extend(["-p", "$(DB_SERVICE_PORT)", "$$(A)", "$(A)"])
+    service_env = {"DB_SERVICE_HOST": "10.0.0.5", "DB_SERVICE_PORT": "5432", "A": "from-service"}
+    request = container_request(pod, web, name="c", labels={}, infra_id="abc",
+                                volume_paths={"data": "/d"}, service_env=service_env)
+    assert request.container_kwargs["environment"] == [
+        "A=1", "URL=http://10.0.0.5:5432", "DB_SERVICE_PORT=6543", "DB_SERVICE_HOST=10.0.0.5",
+    ]
+    assert request.container_kwargs["entrypoint"] == ["httpd"]
+    assert request.container_kwargs["command"] == ["-p", "6543", "$(A)", "1"]
+
+
+def test_service_variables_do_not_change_the_container_hash_or_labels() -> None:
+    pod = _pod()
+    web = pod.spec.containers[0]
+    before = container_hash(web)
+    labels = {"io.kybernetes.container.hash": before}
+    without = container_request(pod, web, name="c", labels=dict(labels), infra_id="abc", volume_paths={"data": "/d"})
+    with_services = container_request(pod, web, name="c", labels=dict(labels), infra_id="abc",
+                                      volume_paths={"data": "/d"}, service_env={"NEW_SERVICE_HOST": "10.0.0.9"})
+    assert container_hash(web) == before
+    assert without.labels == with_services.labels == labels
+    assert "NEW_SERVICE_HOST=10.0.0.9" in with_services.container_kwargs["environment"]
+    assert without.container_kwargs["environment"] == ["A=1"]
+
+
+def test_dns_goes_to_a_sandbox_on_dockers_bridge_only() -> None:
+    dns = PodDns(("10.96.0.10",), ("ns.svc.cluster.local", "svc.cluster.local", "cluster.local"), ("ndots:5",))
+    bridge = infra_request(_pod(), name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1", dns=dns)
+    assert bridge.host_config_kwargs["dns"] == ["10.96.0.10"]
+    assert bridge.host_config_kwargs["dns_search"] == ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    assert bridge.host_config_kwargs["dns_opt"] == ["ndots:5"]
+    wired = infra_request(_pod(), name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1", dns=dns,
+                          network_disabled=True)
+    assert "dns" not in wired.host_config_kwargs
+    plain = infra_request(_pod(), name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1")
+    assert "dns" not in plain.host_config_kwargs
