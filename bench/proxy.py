@@ -1,6 +1,7 @@
 """kube-proxy data path: direct to a backend vs through the proxy, side by side.
 
-Run: python -m bench.proxy [--seconds 1] [--rounds 3]   (about 35 s)
+Run: python -m bench.proxy [--seconds 1] [--rounds 3]   (userspace mode, about 35 s)
+     python -m bench.proxy --nftables [--scale 1000,10000]   (nftables mode, as root, about 1 min)
 
 Three kinds of processes, all on loopback: the backends (a bulk sink and a
 short request/reply server), the proxy (the real Proxier and listeners, given a
@@ -20,13 +21,26 @@ burst of load from elsewhere on the machine hits them alike. The CPU each
 process used per GB or per exchange is printed too: on a machine with fewer
 cores than busy processes (2 here, for client, proxy and backends) the ratios
 are bound by the sum of those costs, and the proxy's are mostly kernel TCP work.
+
+--nftables measures the kernel data path instead, between "pods": two network
+namespaces on a bridge of the bench's own (a server running the same backends,
+a client running the same client code), pod -> pod directly against pod ->
+cluster IP through the real NftProxier's table, plus the sequential latency of
+a short exchange with 10 and with 10,000 services in the table, and the time to
+program N services x 3 endpoints from scratch (one transaction, with the CPU
+nft used, kernel included) and then to change one endpoint. Everything it
+makes (namespaces, bridge, veths, iptables rules, tables) is removed at the end
+and checked gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
+import resource
 import socket
 import statistics
 import struct
@@ -34,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 BULK_CHUNK = 128 * 1024
@@ -74,13 +89,13 @@ class _ReplyProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def run_backends() -> None:
-    bulk = socket.create_server(("127.0.0.1", 0), backlog=128)
+def run_backends(host: str = "127.0.0.1") -> None:
+    bulk = socket.create_server((host, 0), backlog=128)
     threading.Thread(target=_serve_bulk, args=(bulk,), daemon=True).start()
 
     async def serve_short() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(_ReplyProtocol, "127.0.0.1", 0, backlog=4096, reuse_address=True)
+        server = await loop.create_server(_ReplyProtocol, host, 0, backlog=4096, reuse_address=True)
         short_port = server.sockets[0].getsockname()[1]
         print(bulk.getsockname()[1], short_port, flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent goes away
@@ -135,13 +150,13 @@ def _free_port() -> int:
 # The client (this process) ------------------------------------------------------------------
 
 
-def bulk_gbits(port: int, streams: int, seconds: float) -> float:
+def bulk_gbits(port: int, streams: int, seconds: float, host: str = "127.0.0.1") -> float:
     payload = b"\0" * BULK_CHUNK
     received = [0] * streams
     barrier = threading.Barrier(streams + 1)
 
     def stream(index: int) -> None:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
+        with socket.create_connection((host, port)) as sock:
             barrier.wait()
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
@@ -165,7 +180,7 @@ def bulk_gbits(port: int, streams: int, seconds: float) -> float:
     return sum(received) * 8 / (time.monotonic() - started) / 1e9
 
 
-def short_rate(port: int, seconds: float) -> tuple[float, int]:
+def short_rate(port: int, seconds: float, host: str = "127.0.0.1") -> tuple[float, int]:
     """Exchanges per second with SHORT_IN_FLIGHT at a time, and how many failed."""
 
     async def run() -> tuple[float, int]:
@@ -179,7 +194,7 @@ def short_rate(port: int, seconds: float) -> tuple[float, int]:
                 sock = socket.socket()
                 sock.setblocking(False)
                 try:
-                    await loop.sock_connect(sock, ("127.0.0.1", port))
+                    await loop.sock_connect(sock, (host, port))
                     await loop.sock_sendall(sock, REQUEST)
                     reply = b""
                     while True:
@@ -260,19 +275,333 @@ def _measure(target: Target, figure: str, seconds: float, backends_pid: int) -> 
     target.cpu.setdefault(figure, []).append(tuple((a - b) / units for a, b in zip(after, before, strict=True)))
 
 
+# The nftables data path (pods on a bridge) ---------------------------------------------------
+
+LATENCY_EXCHANGES = 2000
+CLUSTER_IP = "10.102.0.10"
+BULK_SERVICE_PORT, SHORT_SERVICE_PORT = 5001, 5002
+
+
+def _sh(*command: str, input_text: str | None = None, check: bool = True) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, input=input_text, timeout=120)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def latency_us(host: str, port: int, count: int) -> tuple[float, float]:
+    """p50 and p99 of one exchange (connect, request, reply to EOF), one at a time, in microseconds."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(REQUEST)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        samples.append((time.perf_counter() - started) * 1e6)
+        if reply != REPLY:
+            raise RuntimeError(f"bad reply from {host}:{port}")
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def run_client(host: str, bulk_port: int, short_port: int, figure: str, seconds: float) -> None:
+    """One sample from inside the client pod, printed as JSON."""
+    cpu = _cpu_seconds()
+    if figure == "latency":
+        result: dict[str, Any] = {"value": latency_us(host, short_port, LATENCY_EXCHANGES)}
+    elif figure == "short":
+        rate, failed = short_rate(short_port, seconds, host)
+        result = {"value": rate, "failed": failed}
+    else:
+        result = {"value": bulk_gbits(bulk_port, 1 if figure == "bulk1" else 8, seconds, host)}
+    result["cpu"] = _cpu_seconds() - cpu
+    print(json.dumps(result), flush=True)
+
+
+class PodNetwork:
+    """A bridge of the bench's own with a server and a client pod (network namespaces)."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        routes = _sh("ip", "-4", "route", "show", "table", "all")
+        self.subnet = random.choice([n for n in range(1, 255) if f"10.202.{n}." not in routes])
+        self.bridge = f"kybb-{self.id}"
+        self.gateway = f"10.202.{self.subnet}.1"
+        self.pods = {"server": f"10.202.{self.subnet}.10", "client": f"10.202.{self.subnet}.11"}
+        self.namespaces = {pod: f"kybbench-{self.id}-{pod}" for pod in self.pods}
+        self.veths = {pod: f"kb{self.id}{pod[0]}" for pod in self.pods}
+        self.watch_table = f"kybb-watch-{self.id}"
+        self.service_cidr = "10.102.0.0/16"
+        self.comment = f"kybernetes bench {self.id}"
+        self.made = True
+        _sh("ip", "link", "add", self.bridge, "type", "bridge")
+        _sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _sh("ip", "link", "set", self.bridge, "up")
+        for flag in ("-i", "-o"):  # Docker's FORWARD policy is DROP
+            _sh("iptables", "-w", "-I", "FORWARD", flag, self.bridge, "-m", "comment", "--comment", self.comment,
+                "-j", "ACCEPT")
+        for pod, address in self.pods.items():
+            netns, veth = self.namespaces[pod], self.veths[pod]
+            _sh("ip", "netns", "add", netns)
+            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+            _sh("ip", "link", "set", veth, "master", self.bridge, "up")
+            _sh("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _sh("ip", "-n", netns, "link", "set", "eth0", "up")
+            _sh("ip", "-n", netns, "link", "set", "lo", "up")
+            _sh("ip", "-n", netns, "route", "add", "default", "via", self.gateway)
+        # A safety net behind everything: nothing for the service range or the pods goes further.
+        _sh("nft", "-f", "-", input_text=(
+            f"add table ip {self.watch_table}\n"
+            f"add chain ip {self.watch_table} leak {{ type filter hook postrouting priority 300; policy accept; }}\n"
+            f"add rule ip {self.watch_table} leak ip daddr {self.service_cidr} counter drop\n"
+            f"add rule ip {self.watch_table} leak oifname \"eth0\" ip daddr 10.202.{self.subnet}.0/24 counter drop\n"
+        ))
+
+    def argv(self, pod: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespaces[pod], *argv]
+
+    def leaked(self) -> int:
+        data = json.loads(_sh("nft", "-j", "list", "chain", "ip", self.watch_table, "leak"))
+        return sum(e["counter"]["packets"] for item in data["nftables"] for e in item.get("rule", {}).get("expr", [])
+                   if "counter" in e)
+
+    def close(self) -> list[str]:
+        """Removes everything; returns what is still there."""
+        for veth in self.veths.values():
+            _sh("ip", "link", "del", veth, check=False)
+        for netns in self.namespaces.values():
+            _sh("ip", "netns", "del", netns, check=False)
+        _sh("ip", "link", "del", self.bridge, check=False)
+        for flag in ("-i", "-o"):
+            _sh("iptables", "-w", "-D", "FORWARD", flag, self.bridge, "-m", "comment", "--comment", self.comment,
+                "-j", "ACCEPT", check=False)
+        _sh("nft", "delete", "table", "ip", self.watch_table, check=False)
+        left = [name for name in [self.bridge, *self.veths.values()] if name in _sh("ip", "-br", "link")]
+        left += [name for name in self.namespaces.values() if name in _sh("ip", "netns", "list")]
+        left += [line for line in _sh("nft", "list", "tables").splitlines() if self.id in line]
+        if self.comment in _sh("iptables", "-w", "-S", "FORWARD"):
+            left.append("iptables rules")
+        return left
+
+
+def _bench_objects(
+    index: int, cluster_ip: str, ports: list[tuple[str, int, int]], endpoint_ips: list[str]
+) -> tuple[Any, Any]:
+    """Service s<index> and its Endpoints; ports: (name, service port, endpoint port)."""
+    from kybernetes.v1 import endpoints_pb2, meta_pb2, service_pb2
+
+    name = f"s{index}"
+    service = service_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(namespace="bench", name=name),
+        spec=service_pb2.ServiceSpec(
+            cluster_ip=cluster_ip, ports=[service_pb2.ServicePort(name=n, port=p) for n, p, _ in ports],
+        ),
+    )
+    endpoints = endpoints_pb2.Endpoints(
+        metadata=meta_pb2.ObjectMeta(namespace="bench", name=name),
+        subsets=[endpoints_pb2.EndpointSubset(
+            addresses=[endpoints_pb2.EndpointAddress(ip=ip) for ip in endpoint_ips],
+            ports=[endpoints_pb2.EndpointPort(name=n, port=target) for n, _, target in ports],
+        )],
+    )
+    return service, endpoints
+
+
+def _filler(index: int, subnet: int) -> tuple[Any, Any]:
+    """Service number `index` of the filler: a cluster IP in 10.102.1.0+, 3 endpoints nobody calls."""
+    cluster_ip = f"10.102.{1 + index // 250}.{index % 250 + 1}"
+    ips = [f"10.202.{subnet}.{100 + (index * 3 + k) % 150}" for k in range(3)]
+    return _bench_objects(index + 100, cluster_ip, [("", 80, 9000)], ips)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _program(proxier: Any, objects: list[tuple[Any, Any]]) -> tuple[float, float]:
+    """Feeds services and endpoints; seconds until installed and the CPU nft used."""
+    cpu, started = _children_cpu(), time.monotonic()
+    for service, endpoints in objects:
+        proxier.on_endpoints_event("ADDED", endpoints)
+        proxier.on_service_event("ADDED", service)
+    await proxier.wait_installed(timeout=600)
+    return time.monotonic() - started, _children_cpu() - cpu
+
+
+async def _scale_from_scratch(counts: list[int], subnet: int) -> list[str]:
+    from services.proxy.nftproxier import NftOptions, NftProxier, cleanup
+
+    lines = []
+    for count in counts:
+        proxier = NftProxier(NftOptions(node_name=f"kybbench-scale-{count}", service_cidr="10.102.0.0/16",
+                                        node_ips=(f"10.202.{subnet}.1",)))
+        objects = [_filler(i, subnet) for i in range(count)]
+        for service, endpoints in objects:
+            proxier.on_endpoints_event("ADDED", endpoints)
+            proxier.on_service_event("ADDED", service)
+        task = asyncio.create_task(proxier.run())
+        cpu, started = _children_cpu(), time.monotonic()
+        proxier.mark_synced()  # as at start-up: the informers' snapshot, then one full transaction
+        await proxier.wait_installed(timeout=600)
+        elapsed, nft_cpu = time.monotonic() - started, _children_cpu() - cpu
+        change = []
+        for trial in range(3):
+            service, endpoints = _filler(trial, subnet)
+            del endpoints.subsets[0].addresses[trial % 3]
+            change.append((await _program(proxier, [(service, endpoints)]))[0])
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await cleanup(proxier.table)
+        lines.append(
+            f"{count:>6,} services x 3 endpoints: {elapsed:6.2f} s from scratch (nft CPU {nft_cpu:.2f} s, "
+            f"kernel included); then one endpoint change {statistics.median(change) * 1000:.0f} ms"
+        )
+    return lines
+
+
+def nftables_main(args: argparse.Namespace) -> None:
+    from services.common.log import configure_logging
+
+    configure_logging("bench", level="warning")
+    counts = [int(n) for n in args.scale.split(",") if n]
+    net = PodNetwork()
+    # One set of backends per target: a connection to the cluster IP, once DNATed, has
+    # the same reply tuple as a direct one from the same client port, and the client
+    # reuses its ports within conntrack's TIME_WAIT (120 s) at these rates. Sharing one
+    # backend port, the two targets' connections clash in conntrack and SYNs are dropped.
+    backends: list[subprocess.Popen] = []
+    try:
+        ports = []
+        for _ in range(2):
+            process = subprocess.Popen(
+                net.argv("server", sys.executable, "-m", "bench.proxy", "--role", "backends", "0.0.0.0"),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )
+            backends.append(process)
+            assert process.stdout is not None
+            ports.append(tuple(int(p) for p in process.stdout.readline().split()))
+        asyncio.run(_nftables_bench(args, net, ports[0], ports[1], counts))
+        leaked = net.leaked()
+        if leaked:
+            raise RuntimeError(f"{leaked} packets reached the safety net")
+    finally:
+        for process in backends:  # started here: ended by their pid
+            if process.stdin:
+                process.stdin.close()
+            process.kill()
+            process.wait()
+        left = net.close()
+        if left:
+            print(f"NOT CLEANED UP: {left}", file=sys.stderr)
+            sys.exit(1)
+
+
+async def _nftables_bench(args: argparse.Namespace, net: PodNetwork, direct: tuple[int, ...],
+                          behind_service: tuple[int, ...], counts: list[int]) -> None:
+    from services.proxy.nftproxier import NftOptions, NftProxier, cleanup
+
+    server = net.pods["server"]
+    proxier = NftProxier(NftOptions(node_name=f"kybbench-{net.id}", service_cidr=net.service_cidr,
+                                    node_ips=(net.gateway,)))
+    task = asyncio.create_task(proxier.run())
+    proxier.mark_synced()
+    try:
+        bench_service = _bench_objects(
+            0, CLUSTER_IP,
+            [("bulk", BULK_SERVICE_PORT, behind_service[0]), ("short", SHORT_SERVICE_PORT, behind_service[1])],
+            [server],
+        )
+        await _program(proxier, [bench_service] + [_filler(i, net.subnet) for i in range(9)])  # 10 services
+
+        def client(target: tuple[str, int, int], figure: str, seconds: float) -> dict[str, Any]:
+            host, bulk, short = target
+            out = _sh(*net.argv("client", sys.executable, "-m", "bench.proxy", "--role", "client", host, str(bulk),
+                                str(short), figure, str(seconds)))
+            return json.loads(out)
+
+        targets = {
+            "pod -> pod": (server, direct[0], direct[1]),
+            "pod -> cluster IP": (CLUSTER_IP, BULK_SERVICE_PORT, SHORT_SERVICE_PORT),
+        }
+        for target in targets.values():
+            await asyncio.to_thread(client, target, "short", 0.2)  # warm up
+        print(f"nftables data path between pods on a bridge, {os.cpu_count()} CPUs; median of {args.rounds} "
+              f"samples of {args.seconds:g} s, targets interleaved\n")
+        print(f"{'':<34}" + "".join(f"{name:<28}" for name in targets))
+        figures = (("bulk1", "bulk, 1 stream", "Gbit/s"), ("bulk8", "bulk, 8 streams", "Gbit/s"),
+                   ("short", f"short conns, {SHORT_IN_FLIGHT} at once", "conn/s"))
+        for figure, label, unit in figures:
+            samples: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name, target in targets.items():
+                    result = await asyncio.to_thread(client, target, figure, args.seconds)
+                    if result.get("failed"):
+                        raise RuntimeError(f"{result['failed']} exchanges failed through {name}")
+                    samples[name].append(result["value"])
+            direct = statistics.median(samples["pod -> pod"])
+            cells = []
+            for name in targets:
+                value = statistics.median(samples[name])
+                text = f"{value:,.1f} {unit}" if unit == "Gbit/s" else f"{value:,.0f} {unit}"
+                if name != "pod -> pod":
+                    text += f" {value / direct:4.0%}"
+                cells.append(f"{text:<28}")
+            print(f"{label:<34}" + "".join(cells), flush=True)
+
+        async def latency_row(label: str) -> None:
+            cells = []
+            for target in targets.values():
+                p50, p99 = (await asyncio.to_thread(client, target, "latency", 0))["value"]
+                cells.append(f"{p50:,.0f} / {p99:,.0f} us".ljust(28))
+            print(f"{label:<34}" + "".join(cells), flush=True)
+
+        await latency_row("exchange p50 / p99, 10 svcs")
+        many = max(counts or [10_000])
+        seconds, cpu = await _program(proxier, [_filler(i, net.subnet) for i in range(9, many - 1)])
+        await latency_row(f"exchange p50 / p99, {many:,} svcs")
+        print(f"\n(adding {many - 10:,} services x 3 endpoints to the live table: {seconds:.2f} s, "
+              f"nft CPU {cpu:.2f} s)")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await cleanup(proxier.table)
+    if counts:
+        print("\nProgramming a table from scratch (one transaction), then one endpoint change:")
+        for line in await _scale_from_scratch(counts, net.subnet):
+            print("  " + line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one sample (default %(default)s)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="samples per figure and target, interleaved (default %(default)s)"
     )
+    parser.add_argument(
+        "--nftables", action="store_true",
+        help="measure the nftables data path between pods on a bridge instead (as root)",
+    )
+    parser.add_argument(
+        "--scale", default="1000,10000",
+        help="with --nftables: service counts to program from scratch (default %(default)s; '' for none)",
+    )
     parser.add_argument("--role", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         if args.role[0] == "backends":
-            run_backends()
+            run_backends(*args.role[1:2])
+        elif args.role[0] == "client":
+            host, bulk, short, figure, seconds = args.role[1:6]
+            run_client(host, int(bulk), int(short), figure, float(seconds))
         else:
             run_proxy(int(args.role[1]), int(args.role[2]), args.role[3] == "splice")
+        return
+    if args.nftables:
+        nftables_main(args)
         return
 
     backends, (bulk_port, short_port) = _spawn("backends")

@@ -3,7 +3,7 @@
 set -euo pipefail
 need=()
 # debootstrap builds the Python base of the component images where no registry is reachable.
-for pkg in docker.io etcd-server busybox-static iproute2 iptables debootstrap; do
+for pkg in docker.io etcd-server busybox-static iproute2 iptables nftables debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,23 +1,36 @@
-"""kube-proxy: forwards each service's port on this node to the service's endpoints, round robin."""
+"""kube-proxy: serves each service's cluster IP and node port on this node, forwarding to its endpoints.
+
+Two data paths (`--proxy-mode`): `nftables` programs an nftables table of the
+proxy's own (cluster IPs, node ports on --node-ip; see nftables.py), and
+`userspace` relays every service port on --bind-address itself (proxier.py).
+`--cleanup` deletes the nftables table and exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import socket
 
 from services.common.client import ApiClient, resolve_server
-from services.common.flags import positive_duration
+from services.common.flags import duration, positive_duration
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
 from services.common.runtime import TaskFailed, TaskGroup
 from services.common.runtime.informer import Informer
 from services.common.servicemain import run_service, run_until_signalled
 
+from . import nftables
 from .balancer import DEFAULT_AFFINITY_TIMEOUT
+from .datapath import MODES, DataPath
+from .nftproxier import NftError, NftOptions, NftProxier, cleanup
 from .proxier import Proxier, ProxyOptions
 from .status import StatusServer
 
 DEFAULT_STATUS_LISTEN = "127.0.0.1:10249"
+# userspace until `make up` and the e2e tests reach services by cluster IP and node port.
+DEFAULT_PROXY_MODE = "userspace"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,9 +40,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="API server address (default: $KYBERNETES_SERVER, else 127.0.0.1:8080)",
     )
     parser.add_argument(
-        "--bind-address", default="0.0.0.0", help="address the service ports listen on (default %(default)s)"
+        "--proxy-mode", choices=MODES, default=DEFAULT_PROXY_MODE,
+        help="nftables: cluster IPs and node ports in the kernel; userspace: a relay on --bind-address "
+        "at each service port (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cleanup", action="store_true", help="delete this node's nftables table and exit"
+    )
+    parser.add_argument(
+        "--bind-address", default="0.0.0.0",
+        help="userspace mode: address the service ports listen on (default %(default)s)",
     )
     parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
+    parser.add_argument(
+        "--node-ip", default="127.0.0.1",
+        help="nftables mode: the node's address, where node ports answer (default %(default)s, as the kubelet's)",
+    )
+    parser.add_argument(
+        "--service-cluster-ip-range", default=nftables.DEFAULT_SERVICE_CIDR,
+        help="nftables mode: the cluster IP range; an address in it that no service has is refused "
+        "(default %(default)s, as the API server's)",
+    )
+    parser.add_argument(
+        "--min-sync-period", type=duration, default=0.05,
+        help="nftables mode: least time between two transactions; changes meanwhile are batched "
+        "(default %(default)ss)",
+    )
+    parser.add_argument(
+        "--sync-period", type=positive_duration, default=30.0,
+        help="nftables mode: how often to check that the table is still there (default %(default)ss)",
+    )
+    parser.add_argument(
+        "--load-balance", choices=(nftables.BALANCE_RANDOM, nftables.BALANCE_ROUND_ROBIN),
+        default=nftables.BALANCE_RANDOM,
+        help="nftables mode: how a connection picks an endpoint (default %(default)s, as Kubernetes)",
+    )
     parser.add_argument(
         "--status-listen", default=DEFAULT_STATUS_LISTEN,
         help="gRPC address of the proxy's Status service (default %(default)s)",
@@ -59,12 +104,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-splice", action="store_true",
         help="copy bulk streams through user space instead of splicing them in the kernel",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        ipaddress.IPv4Network(args.service_cluster_ip_range)
+    except ValueError as error:
+        parser.error(f"--service-cluster-ip-range: {error} (an IPv4 network such as 10.96.0.0/12)")
+    try:
+        ipaddress.IPv4Address(args.node_ip)
+    except ValueError as error:
+        parser.error(f"--node-ip: {error} (an IPv4 address)")
+    return args
 
 
-async def serve(args: argparse.Namespace) -> int:
-    log = configure_logging("kube-proxy").bind(node=args.node_name)
-    proxier = Proxier(
+def make_data_path(args: argparse.Namespace) -> DataPath:
+    if args.proxy_mode == "nftables":
+        return NftProxier(
+            NftOptions(
+                node_name=args.node_name,
+                service_cidr=args.service_cluster_ip_range,
+                node_ips=(args.node_ip,),
+                balance=args.load_balance,
+                affinity_timeout=args.session_affinity_timeout,
+                min_sync_period=args.min_sync_period,
+                sync_period=args.sync_period,
+            )
+        )
+    return Proxier(
         ProxyOptions(
             bind_address=args.bind_address,
             connect_timeout=args.connect_timeout,
@@ -74,6 +139,23 @@ async def serve(args: argparse.Namespace) -> int:
             use_splice=not args.no_splice,
         )
     )
+
+
+async def clean_up(args: argparse.Namespace) -> int:
+    log = configure_logging("kube-proxy").bind(node=args.node_name)
+    table = nftables.table_name(args.node_name)
+    try:
+        await cleanup(table)
+    except NftError as error:
+        log.error("cleanup_failed", table=f"ip {table}", error=str(error))
+        return 1
+    log.info("cleanup_done", table=f"ip {table}")
+    return 0
+
+
+async def serve(args: argparse.Namespace) -> int:
+    log = configure_logging("kube-proxy").bind(node=args.node_name)
+    proxier = make_data_path(args)
     status = StatusServer(proxier, args.node_name)
     try:
         await status.start(args.status_listen)
@@ -93,18 +175,32 @@ async def serve(args: argparse.Namespace) -> int:
         await endpoints_informer.wait_synced()
         await services_informer.run()
 
+    async def report_synced() -> None:
+        await asyncio.gather(endpoints_informer.wait_synced(), services_informer.wait_synced())
+        proxier.mark_synced()
+
     # A watch the API server rejects leaves the proxy blind: exit so a supervisor notices.
+    # So does a data path that stops: its rules would go stale.
     tasks = TaskGroup("kube-proxy")
     tasks.guard(endpoints_informer.run, name="informer-endpoints", fatal=True)
     tasks.guard(run_services, name="informer-services", fatal=True)
-    log.info(
-        "proxy_started", server=client.server, bind_address=args.bind_address,
-        status_listen=args.status_listen, data_path="copy" if args.no_splice else "splice",
-    )
+    tasks.guard(proxier.run, name=f"data-path-{proxier.mode}", fatal=True)
+    tasks.spawn(report_synced(), name="report-synced")
+    if isinstance(proxier, NftProxier):
+        log.info(
+            "proxy_started", mode=proxier.mode, server=client.server, table=f"ip {proxier.table}",
+            node_ip=args.node_ip, service_cluster_ip_range=args.service_cluster_ip_range,
+            status_listen=args.status_listen,
+        )
+    else:
+        log.info(
+            "proxy_started", mode=proxier.mode, server=client.server, bind_address=args.bind_address,
+            status_listen=args.status_listen, data_path="copy" if args.no_splice else "splice",
+        )
     try:
         exit_code = await run_until_signalled(tasks.wait(), name="kube-proxy")
     except TaskFailed as failure:
-        log.error("informer_stopped", error=str(failure))
+        log.error("proxy_task_stopped", error=str(failure))
         exit_code = 1
     log.info("proxy_stopping", open_connections=proxier.active_connections())
     await tasks.close()
@@ -116,7 +212,8 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_service(serve(parse_args(argv)))
+    args = parse_args(argv)
+    run_service(clean_up(args) if args.cleanup else serve(args))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,10 @@ class ServicePortProxy:
 
 
 class Proxier:
+    """The userspace data path (`--proxy-mode=userspace`)."""
+
+    mode = "userspace"
+
     def __init__(self, options: ProxyOptions | None = None) -> None:
         self.options = options or ProxyOptions()
         self.services: dict[ServiceKey, service_pb2.Service] = {}
@@ -256,6 +260,13 @@ class Proxier:
             self.delete_endpoints(endpoints.metadata.namespace, endpoints.metadata.name)
         else:
             self.set_endpoints(endpoints)
+
+    def mark_synced(self) -> None:
+        """Nothing waits for it: each service opens as soon as it is seen."""
+
+    async def run(self) -> None:
+        """Nothing to drive: listeners run on their own tasks. Waits until cancelled."""
+        await asyncio.Event().wait()
 
     # Desired state --------------------------------------------------------
 
@@ -322,6 +333,9 @@ class Proxier:
 
     def status(self) -> list[proxy_pb2.ProxiedPortStatus]:
         return [self.ports[key].status() for key in sorted(self.ports)]
+
+    def status_details(self) -> dict[str, str]:
+        return {"mode": self.mode, "bind-address": self.options.bind_address}
 
     def active_connections(self) -> int:
         listeners = [p.listener for p in self.ports.values() if p.listener is not None] + self._retired

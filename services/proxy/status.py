@@ -1,4 +1,11 @@
-"""The proxy's own gRPC server: kybernetes.v1.Proxy/Status, health and reflection."""
+"""The proxy's own gRPC server: kybernetes.v1.Proxy/Status, health and reflection.
+
+Status lists every service port the data path serves. Facts about the data
+path as a whole (its mode; in nftables mode the table, the services and
+endpoints it programmed, transactions, the last sync's time and error) travel
+as the RPC's trailing metadata, `kybernetes-<name>` (`grpcurl -v` prints them),
+so the proto is the same for both modes.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +16,27 @@ from grpc_reflection.v1alpha import reflection
 
 from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
 
-from .proxier import Proxier
+from .datapath import DataPath
 
 PROXY_SERVICE = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name
 
 
 class ProxyStatusServicer(proxy_pb2_grpc.ProxyServicer):
-    def __init__(self, proxier: Proxier, node_name: str) -> None:
+    def __init__(self, proxier: DataPath, node_name: str) -> None:
         self.proxier = proxier
         self.node_name = node_name
 
     async def Status(
         self, request: proxy_pb2.ProxyStatusRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.ProxyStatus:
+        context.set_trailing_metadata(
+            tuple((f"kybernetes-{name}", value) for name, value in sorted(self.proxier.status_details().items()))
+        )
         return proxy_pb2.ProxyStatus(node_name=self.node_name, ports=self.proxier.status())
 
 
 class StatusServer:
-    def __init__(self, proxier: Proxier, node_name: str) -> None:
+    def __init__(self, proxier: DataPath, node_name: str) -> None:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.health = HealthServicer()
         proxy_pb2_grpc.add_ProxyServicer_to_server(ProxyStatusServicer(proxier, node_name), self.server)

@@ -23,7 +23,8 @@ WAIT = 30.0  # seconds for the proxy process to apply a change it watched
 
 
 class ProxyProcess(ManagedProcess):
-    """`kube-proxy` as its own process, logging to a temporary file."""
+    """`kube-proxy` in userspace mode as its own process, logging to a temporary file
+    (the nftables mode's process test is in test_proxy_nftables.py)."""
 
     def __init__(self, server: str, *extra: str) -> None:
         self.status_port = free_port()
@@ -31,6 +32,7 @@ class ProxyProcess(ManagedProcess):
             "proxy",
             python_module_argv(
                 "services.proxy.main",
+                "--proxy-mode", "userspace",
                 "--server", server,
                 "--bind-address", LOOPBACK,
                 "--node-name", "proxy-test-node",
