@@ -13,12 +13,14 @@ the logs.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,12 @@ API_PORT = 8080
 KUBELET_PORT = 10250
 PROXY_STATUS_PORT = 10249
 NODE_LABEL = "io.kybernetes.node"
+# Services: Kubernetes' default range; the cluster DNS is its tenth address, as kubeadm's.
+SERVICE_CIDR = "10.96.0.0/12"
+# kube-dns listens on the pod bridge's gateway (the host, as pods see it) on this
+# port; its service maps <cluster DNS IP>:53 there.
+DNS_PORT = 10053
+DNS_NAMESPACE = "kube-system"
 
 
 # Each component's program: the Python module run as a process, or the
@@ -40,6 +48,7 @@ PROGRAMS = {
     "kube-replicator": "services.replicator.main",
     "kubelet": "services.kubelet.main",
     "kube-proxy": "services.proxy.main",
+    "kube-dns": "services.dns.main",
 }
 CLUSTER_LABEL = "io.kybernetes.local-cluster"
 
@@ -70,6 +79,20 @@ class ClusterPlan:
     nodes: list[str]
     api: str = f"127.0.0.1:{API_PORT}"
     components: list[Component] = field(default_factory=list)
+    cluster_dns: str = ""
+    dns_endpoint: tuple[str, int] = ("", 0)
+
+
+def cluster_dns_ip(service_cidr: str) -> str:
+    """The cluster DNS service's address: the tenth of the service range (10.96.0.10)."""
+    return str(ipaddress.ip_network(service_cidr)[10])
+
+
+def pod_gateway() -> str:
+    """The host's address on the pod bridge (every kubelet of this host shares it)."""
+    from services.kubelet.podnetwork import DEFAULT_POD_CIDR
+
+    return str(next(ipaddress.ip_network(DEFAULT_POD_CIDR).hosts()))
 
 
 def node_names(count: int, prefix: str = "") -> list[str]:
@@ -94,10 +117,16 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
             health=etcd, grpc_health=False,
         ),
         Component(
-            "apiserver", "kube-apiserver", ["--listen", api, "--etcd-servers", etcd, *args.apiserver_arg], health=api
+            "apiserver", "kube-apiserver",
+            [
+                "--listen", api, "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
+                *args.apiserver_arg,
+            ],
+            health=api,
         ),
         Component("replicator", "kube-replicator", ["--server", api]),
     ]
+    cluster_dns = cluster_dns_ip(args.service_cidr)
     for index, node in enumerate(nodes):
         ip = node_ip(index, args.node_network)
         kubelet_listen = f"{ip}:{KUBELET_PORT}"
@@ -112,6 +141,7 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                     "--listen", kubelet_listen,
                     "--root-dir", str(state / "kubelet" / node),
                     "--pause-image", args.pause_image,
+                    "--cluster-dns", cluster_dns,
                 ],
                 health=kubelet_listen,
             )
@@ -124,13 +154,66 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 [
                     "--server", api,
                     "--node-name", node,
+                    "--proxy-mode", args.proxy_mode,
+                    # The original design's round robin: the walkthrough's pages rotate over the pods.
+                    "--load-balance", "round-robin",
+                    "--node-ip", ip,
                     "--bind-address", ip,
+                    "--service-cluster-ip-range", args.service_cidr,
                     "--status-listen", status_listen,
                 ],
                 health=status_listen,
             )
         )
-    return ClusterPlan(state, nodes, api, components)
+    # After the kubelets: the pod bridge it listens on is theirs.
+    dns_listen = f"{pod_gateway()}:{args.dns_port}"
+    dns_args = ["--server", api, "--listen", dns_listen]
+    for upstream in args.dns_upstream:
+        dns_args += ["--upstream", upstream]
+    components.append(Component("dns", "kube-dns", dns_args, health=dns_listen, grpc_health=False))
+    return ClusterPlan(state, nodes, api, components, cluster_dns, (pod_gateway(), args.dns_port))
+
+
+def dns_manifest(plan: ClusterPlan) -> str:
+    """The kube-dns service (the cluster DNS address, port 53) and its endpoints (kube-dns on the host)."""
+    host, port = plan.dns_endpoint
+    return f"""apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: {DNS_NAMESPACE}
+  labels: {{k8s-app: kube-dns}}
+spec:
+  clusterIP: {plan.cluster_dns}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: {port}}}
+  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: {port}}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: kube-dns
+  namespace: {DNS_NAMESPACE}
+  labels: {{k8s-app: kube-dns}}
+subsets:
+- addresses:
+  - ip: {host}
+  ports:
+  - {{name: dns, port: {port}, protocol: UDP}}
+  - {{name: dns-tcp, port: {port}, protocol: TCP}}
+"""
+
+
+def ensure_dns_service(plan: ClusterPlan) -> None:
+    """Applies the kube-dns service and endpoints (idempotent: apply leaves them as they are)."""
+    path = plan.state_dir / "kube-dns.yaml"
+    path.write_text(dns_manifest(plan))
+    result = subprocess.run(
+        python_module_argv("services.kubecfg.main", "--server", plan.api, "apply", "-f", str(path)),
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"could not create the kube-dns service:\n{result.stdout}{result.stderr}")
 
 
 # -- state ----------------------------------------------------------------
@@ -256,8 +339,12 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
         network_mode="host",
         pid_mode="host" if kubelet else None,
         # Enough to make veths, enter a sandbox's network namespace and write
-        # iptables rules (--privileged wants capabilities some hosts lack).
-        cap_add=["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"] if kubelet else None,
+        # iptables rules (--privileged wants capabilities some hosts lack);
+        # kube-proxy writes its nftables table.
+        cap_add=(
+            ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"] if kubelet
+            else ["NET_ADMIN", "NET_RAW"] if component.program == "kube-proxy" else None
+        ),
         volumes=volumes,
         labels={CLUSTER_LABEL: str(state)},
     )
@@ -300,6 +387,7 @@ def up(args: argparse.Namespace) -> int:
             print(_tail(component.log_path(state)), file=sys.stderr)
             return 1
         print(f"  {component.name:<24} started")
+    ensure_dns_service(plan)
     _print_next_steps(plan)
     return 0
 
@@ -362,6 +450,8 @@ def down(args: argparse.Namespace) -> int:
             print(f"  {name:<24} stopped")
     from services.kubelet.podnetwork import release_node_addresses
 
+    for node in recorded.get("nodes", []):
+        remove_proxy_rules(node)
     removed = remove_node_containers(recorded.get("nodes", []))
     if removed:
         print(f"  removed {removed} pod container(s)")
@@ -374,6 +464,17 @@ def down(args: argparse.Namespace) -> int:
     for data in (state / "etcd", state / "kubelet"):
         shutil.rmtree(data, ignore_errors=True)
     return 0
+
+
+def remove_proxy_rules(node: str) -> None:
+    """kube-proxy leaves its kernel rules in place when it stops (traffic keeps flowing
+    across a restart); `down` removes them: `kube-proxy --cleanup` deletes the node's table."""
+    result = subprocess.run(
+        python_module_argv("services.proxy.main", "--cleanup", "--node-name", node),
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    if result.returncode != 0:
+        print(f"  (could not remove {node}'s proxy rules: {(result.stderr or result.stdout).strip()})", file=sys.stderr)
 
 
 def remove_node_containers(nodes: list[str]) -> int:
@@ -453,6 +554,19 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--container-prefix", default="kyb-", help="prefix of component container names")
             command.add_argument(
                 "--apiserver-arg", action="append", default=[], help="extra flag for the API server (repeatable)"
+            )
+            command.add_argument(
+                "--service-cidr", default=SERVICE_CIDR,
+                help="service cluster IP range; the cluster DNS is its tenth address (default %(default)s)",
+            )
+            command.add_argument("--dns-port", type=int, default=DNS_PORT, help="kube-dns's port on the pod bridge")
+            command.add_argument(
+                "--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
+                help="where kube-dns forwards other names (default: the host's resolv.conf)",
+            )
+            command.add_argument(
+                "--proxy-mode", choices=("nftables", "userspace"), default="nftables",
+                help="kube-proxy's data path (default %(default)s)",
             )
     args = parser.parse_args(argv)
     if args.command == "up" and args.nodes < 1:

@@ -285,6 +285,10 @@ class PodNetwork:
             input_text=(
                 f"link add {veth} type veth peer name {POD_INTERFACE} netns {pid}\n"
                 f"link set {veth} master {self.bridge} up\n"
+                # Hairpin: a pod that reaches its own service and is picked as the
+                # endpoint gets the packet back through its own port (Kubernetes'
+                # --hairpin-mode=hairpin-veth); the bridge would otherwise drop it.
+                f"link set {veth} type bridge_slave hairpin on\n"
             ),
         )
         await _run(

@@ -29,8 +29,7 @@ from .proxier import Proxier, ProxyOptions
 from .status import StatusServer
 
 DEFAULT_STATUS_LISTEN = "127.0.0.1:10249"
-# userspace until `make up` and the e2e tests reach services by cluster IP and node port.
-DEFAULT_PROXY_MODE = "userspace"
+DEFAULT_PROXY_MODE = "nftables"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,11 +44,18 @@ class LocalCluster:
         self.prefix = f"e2e{uuid.uuid4().hex[:6]}-"
         self.mode = mode
         self.nodes = [f"{self.prefix}node-{i}" for i in range(1, nodes + 1)]
+        # A service range of its own, outside make up's 10.96.0.0/12: every proxy
+        # on this kernel rejects what its own range holds and no service matches.
+        self.service_cidr = f"10.{random.randint(112, 127)}.{random.randint(0, 255)}.0/24"
         self.up_args = [
             "--state-dir", str(self.state), "--nodes", str(nodes), "--mode", mode,
             "--etcd-port", str(free_port(2)), "--api-port", str(self.api_port),
             "--node-network", self.network, "--node-prefix", self.prefix,
-            "--container-prefix", self.prefix,
+            "--container-prefix", self.prefix, "--service-cidr", self.service_cidr,
+            "--dns-port", str(free_port()),
+            # Names outside the cluster go nowhere: nothing listens there, so a test
+            # never sends a query off this machine.
+            "--dns-upstream", f"127.0.0.1:{free_port()}",
         ]
 
     @property
