@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 from services.common.client import ApiClient, resolve_server
-from services.common.flags import positive_duration
+from services.common.flags import add_server_flag, positive_duration
 from services.common.log import configure_logging, get_logger
 from services.common.runtime import Controller, Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -113,9 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m services.apiserver.controllers",
         description="Runs the API server's controllers on their own, against an API server.",
     )
-    parser.add_argument(
-        "--server", default=None, help="API server address (default $KYBERNETES_SERVER or 127.0.0.1:8080)"
-    )
+    add_server_flag(parser)
     parser.add_argument(
         "--controllers",
         default=",".join(CONTROLLERS),

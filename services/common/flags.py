@@ -36,3 +36,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f'must be at least 1, not "{text}"')
     return value
+
+
+def add_server_flag(parser: argparse.ArgumentParser) -> None:
+    """--server, as every client component of the API server spells it."""
+    parser.add_argument(
+        "--server", default=None, metavar="HOST:PORT",
+        help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)",
+    )

@@ -11,7 +11,7 @@ import dns.exception
 import dns.name
 
 from services.common.client import ApiClient, resolve_server
-from services.common.flags import positive_duration, positive_int
+from services.common.flags import add_server_flag, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -65,9 +65,7 @@ def _ttl(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-dns", description=__doc__)
-    parser.add_argument(
-        "--server", default=None, help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)"
-    )
+    add_server_flag(parser)
     parser.add_argument(
         "--listen", type=_listen, default=DEFAULT_LISTEN, metavar="IP:PORT",
         help="where to serve DNS, UDP and TCP (default %(default)s)",

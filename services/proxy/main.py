@@ -14,7 +14,7 @@ import ipaddress
 import socket
 
 from services.common.client import ApiClient, resolve_server
-from services.common.flags import duration, positive_duration
+from services.common.flags import add_server_flag, duration, positive_duration
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
 from services.common.runtime import TaskFailed, TaskGroup
@@ -34,10 +34,7 @@ DEFAULT_PROXY_MODE = "nftables"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-proxy", description=__doc__)
-    parser.add_argument(
-        "--server", default=None,
-        help="API server address (default: $KYBERNETES_SERVER, else 127.0.0.1:8080)",
-    )
+    add_server_flag(parser)
     parser.add_argument(
         "--proxy-mode", choices=MODES, default=DEFAULT_PROXY_MODE,
         help="nftables: cluster IPs and node ports in the kernel; userspace: a relay on --bind-address "

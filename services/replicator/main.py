@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from services.common.client import ApiClient, resolve_server
-from services.common.flags import positive_duration, positive_int
+from services.common.flags import add_server_flag, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -16,9 +16,7 @@ from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-replicator", description=__doc__)
-    parser.add_argument(
-        "--server", default=None, help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)"
-    )
+    add_server_flag(parser)
     parser.add_argument(
         "--workers", type=positive_int, default=DEFAULT_WORKERS,
         help="controllers synced at once (default %(default)s)",
