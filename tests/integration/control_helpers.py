@@ -21,11 +21,14 @@ from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2
 from services.common.client import ApiClient
+from services.common.resources import NODES, PODS
 from services.common.runtime.informer import Informer
 from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, python_module_argv
-from services.common.resources import NODES, PODS
 
 FAR_GRACE = "--node-monitor-grace-period=3600"  # nodes stay ready without heartbeats
+# How these tests wait (`eventually(check, what=..., **API_WAIT)`): the control plane
+# acts within a second or two; an object a check reads may not exist yet (an RPC error).
+API_WAIT: dict[str, Any] = {"timeout": 30, "interval": 0.1, "retry_on": (grpc.aio.AioRpcError,)}
 
 
 class ControlPlane:

@@ -11,7 +11,7 @@ from services.common.resources import ENDPOINTS, NODES, PODS, SERVICES
 from tests.polling import eventually
 
 from .apihelpers import make_pod, make_service
-from .control_helpers import ControlPlane, add_node, heartbeat, set_pod_status
+from .control_helpers import API_WAIT, ControlPlane, add_node, heartbeat, set_pod_status
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,7 @@ async def test_endpoints_follow_pods_as_they_come_ready_change_labels_and_go(api
     endpoints = await eventually(
         endpoints_become(api, namespace, "web", [(["a"], ["b"], [("", 8080, "TCP")])]),
         what="a ready, b not",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     address = endpoints.subsets[0].addresses[0]
     assert (address.ip, address.node_name, address.target_ref.kind) == ("10.1.0.1", "n1", "Pod")
@@ -85,9 +83,7 @@ async def test_endpoints_follow_pods_as_they_come_ready_change_labels_and_go(api
     await eventually(
         endpoints_become(api, namespace, "web", [(["a", "b"], [], [("", 8080, "TCP")])]),
         what="b ready",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     relabelled = await api.get(PODS, "a", namespace)
@@ -96,35 +92,27 @@ async def test_endpoints_follow_pods_as_they_come_ready_change_labels_and_go(api
     await eventually(
         endpoints_become(api, namespace, "web", [(["b"], [], [("", 8080, "TCP")])]),
         what="a relabelled away",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await set_pod_status(api, namespace, "b", phase="Failed", ip="10.1.0.2", ready=False)
     await eventually(
         endpoints_become(api, namespace, "web", []),
         what="a finished pod to leave",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await set_pod_status(api, namespace, "starting", ip="10.1.0.3")
     await eventually(
         endpoints_become(api, namespace, "web", [(["starting"], [], [("", 8080, "TCP")])]),
         what="starting",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     await api.delete(PODS, "starting", namespace)
     await eventually(
         endpoints_become(api, namespace, "web", []),
         what="a deleted pod to leave",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
 
@@ -158,9 +146,7 @@ async def test_named_target_ports_are_resolved_per_pod(api, namespace):
             ],
         ),
         what="one subset per set of resolved ports",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert dict(endpoints.metadata.labels) == {"team": "a"}
 
@@ -175,26 +161,20 @@ async def test_pods_on_a_node_that_is_not_ready_are_not_ready(api, namespace):
         await eventually(
             endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
             what="p ready",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
 
         await heartbeat(api, node, "Unknown")
         await eventually(
             endpoints_become(api, namespace, "web", [([], ["p"], [("", 80, "TCP")])]),
             what="p not ready",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         await heartbeat(api, node, "True")
         await eventually(
             endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
             what="p ready again",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
     finally:
         await api.delete(NODES, node)
@@ -205,18 +185,14 @@ async def test_endpoints_are_recreated_if_deleted_and_removed_with_their_service
     await eventually(
         endpoints_become(api, namespace, "web", []),
         what="empty endpoints for a service with no pods",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await api.delete(ENDPOINTS, "web", namespace)
     await eventually(
         endpoints_become(api, namespace, "web", []),
         what="the endpoints to be put back",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await api.delete(SERVICES, "web", namespace)
@@ -230,7 +206,7 @@ async def test_endpoints_are_recreated_if_deleted_and_removed_with_their_service
         raise AssertionError("the endpoints are still there")
 
     await eventually(
-        gone, what="the endpoints to go with their service", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        gone, what="the endpoints to go with their service", **API_WAIT
     )
 
 
@@ -254,9 +230,7 @@ async def test_a_service_without_selector_keeps_hand_made_endpoints(api, namespa
     await eventually(
         endpoints_become(api, namespace, "web", [(["p"], [], [("", 80, "TCP")])]),
         what="web's endpoints",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     kept = await api.get(ENDPOINTS, "external", namespace)
     assert kept.metadata.resource_version == created.metadata.resource_version

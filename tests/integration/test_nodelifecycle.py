@@ -17,6 +17,7 @@ from tests.polling import eventually
 
 from .apihelpers import make_pod, make_rc, make_service
 from .control_helpers import (
+    API_WAIT,
     ControlPlane,
     FakeKubelets,
     Heartbeats,
@@ -85,9 +86,7 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
             await eventually(
                 running_on({live: 2, silent: 2}),
                 what="2 pods running on each node",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
 
             def endpoints(ready: int, not_ready: int):
@@ -103,7 +102,7 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
                 return check
 
             await eventually(
-                endpoints(4, 0), what="4 ready endpoints", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+                endpoints(4, 0), what="4 ready endpoints", **API_WAIT
             )
             silent_pods = {p.metadata.name for p in await pods_in(api, namespace) if p.spec.node_name == silent}
 
@@ -113,9 +112,7 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
             condition = await eventually(
                 node_status_becomes(api, silent, "Unknown"),
                 what="the silent node to be Unknown",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             assert condition.reason == "NodeStatusUnknown"
 
@@ -127,16 +124,12 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
             await eventually(
                 silent_pods_not_ready,
                 what="the silent node's pods to be marked not ready",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             ep = await eventually(
                 endpoints(2, 2),
                 what="their endpoints to be not ready",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             assert {a.target_ref.name for s in ep.subsets for a in s.not_ready_addresses} == silent_pods
 
@@ -153,9 +146,7 @@ async def test_pods_of_a_silent_node_leave_endpoints_then_move_to_a_live_node(ap
             await eventually(
                 endpoints(4, 0),
                 what="4 ready endpoints again",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             assert node_ready(await api.get(NODES, live)).status == "True"
         finally:
@@ -195,39 +186,29 @@ async def test_pods_of_a_node_that_comes_back_in_time_are_ready_again_and_stay(a
             await eventually(
                 endpoint_ready(True),
                 what="web to be a ready endpoint",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             beats.names.discard(name)  # heartbeats stop for a while (e.g. a network blip)...
             await eventually(
                 pod_ready_is("False"),
                 what="web to be marked not ready",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             await eventually(
                 endpoint_ready(False),
                 what="web to be a not-ready endpoint",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             beats.names.add(name)  # ...and resume before the eviction timeout: no change to the pod itself
             await eventually(
                 pod_ready_is("True"),
                 what="web to be ready again",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             await eventually(
                 endpoint_ready(True),
                 what="web to be a ready endpoint again",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             await asyncio.sleep(EVICTION + 1)
             await api.get(PODS, "web", namespace)  # not evicted
@@ -242,9 +223,7 @@ async def test_a_node_that_comes_back_gets_work_again(api, namespace):
         await eventually(
             node_status_becomes(api, name, "Unknown"),
             what="the node to be Unknown without heartbeats",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         await api.create(make_pod("web", namespace, node_selector={"flaky": "yes"}))
 
@@ -257,9 +236,7 @@ async def test_a_node_that_comes_back_gets_work_again(api, namespace):
         await eventually(
             pending_on_not_ready,
             what="web to wait for the node",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         async with Heartbeats(api, [name]):
             async def bound():
@@ -270,9 +247,7 @@ async def test_a_node_that_comes_back_gets_work_again(api, namespace):
             await eventually(
                 bound,
                 what="web to be bound once the node heartbeats again",
-                timeout=30,
-                interval=0.1,
-                retry_on=(grpc.aio.AioRpcError,),
+                **API_WAIT,
             )
             assert node_ready(await api.get(NODES, name)).status == "True"
     finally:
@@ -286,9 +261,7 @@ async def test_a_node_that_never_heartbeats_is_marked_unknown(api, namespace):
         condition = await eventually(
             node_status_becomes(api, name, "Unknown"),
             what="the mute node to be Unknown",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         assert condition.reason == "NodeStatusNeverUpdated"
     finally:

@@ -3,7 +3,6 @@ the test binds pods and writes their status where a test needs them running)."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from kybernetes.v1 import replication_controller_pb2
@@ -13,7 +12,7 @@ from services.replicator.replicas import CREATED_BY_ANNOTATION
 from tests.polling import eventually
 
 from .apihelpers import make_pod, make_rc, scale
-from .control_helpers import ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status
+from .control_helpers import API_WAIT, ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def rc_status(api: ApiClient, namespace: str, name: str, **expected: int):
 async def test_creates_pods_from_the_template(api, namespace):
     rc = await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
     pods = await eventually(
-        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 3), what="3 pods", **API_WAIT
     )
     for pod in pods:
         assert pod.metadata.name.startswith("web-") and pod.metadata.generate_name == "web-"
@@ -64,16 +63,14 @@ async def test_creates_pods_from_the_template(api, namespace):
     await eventually(
         rc_status(api, namespace, "web", replicas=3, observed_generation=1),
         what="status.replicas",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
 
 async def test_scale_down_deletes_unscheduled_then_pending_then_not_ready(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
     pods = await eventually(
-        live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 5), what="5 pods", **API_WAIT
     )
     running_ready, running_not_ready, pending = (p.metadata.name for p in pods[:3])
     for name in (running_ready, running_not_ready, pending):
@@ -83,18 +80,14 @@ async def test_scale_down_deletes_unscheduled_then_pending_then_not_ready(api, n
     await eventually(
         rc_status(api, namespace, "web", replicas=5, ready_replicas=1),
         what="one ready replica",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await scale(api, namespace, "web", 2)
     remaining = await eventually(
         live_pods(api, namespace, 2),
         what="2 pods after scaling down",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert {p.metadata.name for p in remaining} == {running_ready, running_not_ready}
 
@@ -102,24 +95,20 @@ async def test_scale_down_deletes_unscheduled_then_pending_then_not_ready(api, n
     [survivor] = await eventually(
         live_pods(api, namespace, 1),
         what="1 pod after scaling down",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert survivor.metadata.name == running_ready
     await eventually(
         rc_status(api, namespace, "web", replicas=1, ready_replicas=1, observed_generation=3),
         what="status",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
 
 async def test_deleted_and_failed_pods_are_replaced(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
     first, second = await eventually(
-        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 2), what="2 pods", **API_WAIT
     )
     await api.delete(PODS, first.metadata.name, namespace)
     await api.bind(namespace, second.metadata.name, "n1")
@@ -128,9 +117,7 @@ async def test_deleted_and_failed_pods_are_replaced(api, namespace):
     pods = await eventually(
         live_pods(api, namespace, 2),
         what="2 live pods again",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert not {p.metadata.name for p in pods} & {first.metadata.name, second.metadata.name}
     kept = await api.get(PODS, second.metadata.name, namespace)  # a finished pod is left for inspection
@@ -140,16 +127,14 @@ async def test_deleted_and_failed_pods_are_replaced(api, namespace):
 async def test_deleting_a_controller_deletes_its_pods_and_only_those(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
     await eventually(
-        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 3), what="3 pods", **API_WAIT
     )
     await api.create(make_pod("bystander", namespace, {"app": "other"}))
     await api.delete(REPLICATION_CONTROLLERS, "web", namespace)
     await eventually(
         live_pods(api, namespace, 0),
         what="the controller's pods to be collected",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert [p.metadata.name for p in await pods_in(api, namespace)] == ["bystander"]
 
@@ -157,7 +142,7 @@ async def test_deleting_a_controller_deletes_its_pods_and_only_those(api, namesp
 async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
     pods = await eventually(
-        live_pods(api, namespace, 3), what="3 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 3), what="3 pods", **API_WAIT
     )
     originals = {p.metadata.name for p in pods}
     await kubecfg(plane.address, namespace, "delete", "rc", "web", "--cascade=false")
@@ -170,9 +155,7 @@ async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, n
     await eventually(
         live_pods(api, namespace, 1, "app=probe"),
         what="the probe's pod",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert {p.metadata.name for p in await pods_in(api, namespace, "app=web")} == originals
 
@@ -189,14 +172,12 @@ async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, n
             return pods
 
         pods = await eventually(
-            adopted, what="the orphans to be adopted", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            adopted, what="the orphans to be adopted", **API_WAIT
         )
         await eventually(
             rc_status(api, namespace, "web-v2", replicas=3),
             what="the adopter's status",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         assert {p.metadata.name for p in pods} == originals
         assert len(creations.names) == before  # adopted, not created
@@ -205,12 +186,12 @@ async def test_orphaned_pods_stay_and_a_new_controller_adopts_them(plane, api, n
 async def test_a_pod_relabelled_out_of_the_selector_is_released_and_replaced(api, namespace):
     await api.create(make_rc("web", namespace, {"app": "web"}, replicas=2))
     first, _ = await eventually(
-        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 2), what="2 pods", **API_WAIT
     )
     first.metadata.labels["app"] = "debug"
     await api.update(first)
     await eventually(
-        live_pods(api, namespace, 2), what="a replacement", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 2), what="a replacement", **API_WAIT
     )
 
     async def released():
@@ -219,7 +200,7 @@ async def test_a_pod_relabelled_out_of_the_selector_is_released_and_replaced(api
         return pod
 
     await eventually(
-        released, what="the relabelled pod to be released", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        released, what="the relabelled pod to be released", **API_WAIT
     )
 
 
@@ -227,20 +208,18 @@ async def test_replicator_restart_creates_no_extra_pods(plane, api, namespace):
     async with PodCreations(api, namespace) as creations:
         await api.create(make_rc("web", namespace, {"app": "web"}, replicas=5))
         await eventually(
-            live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            live_pods(api, namespace, 5), what="5 pods", **API_WAIT
         )
         plane.kill_replicator()
         plane.start_replicator()
         await scale(api, namespace, "web", 6)  # the new process acts only after it has synced
         await eventually(
-            live_pods(api, namespace, 6), what="6 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            live_pods(api, namespace, 6), what="6 pods", **API_WAIT
         )
         await eventually(
             rc_status(api, namespace, "web", replicas=6),
             what="status.replicas=6",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         assert len(creations.names) == 6, creations.names
 
@@ -249,21 +228,19 @@ async def test_api_server_restart_creates_and_deletes_nothing_extra(plane, api, 
     async with PodCreations(api, namespace) as creations:
         await api.create(make_rc("web", namespace, {"app": "web"}, replicas=4))
         pods = await eventually(
-            live_pods(api, namespace, 4), what="4 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            live_pods(api, namespace, 4), what="4 pods", **API_WAIT
         )
         originals = {p.metadata.name for p in pods}
         plane.stop_apiserver()
         plane.start_apiserver()
         await scale(api, namespace, "web", 5)
         pods = await eventually(
-            live_pods(api, namespace, 5), what="5 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            live_pods(api, namespace, 5), what="5 pods", **API_WAIT
         )
         await eventually(
             rc_status(api, namespace, "web", replicas=5),
             what="status.replicas=5",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
         assert originals < {p.metadata.name for p in pods}
         assert len(creations.names) == 5, creations.names
@@ -277,15 +254,13 @@ async def test_scale_to_zero_and_back(api, namespace):
     await eventually(
         rc_status(api, namespace, "web", replicas=0, observed_generation=1),
         what="status of an empty rc",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     await scale(api, namespace, "web", 2)
     await eventually(
-        live_pods(api, namespace, 2), what="2 pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 2), what="2 pods", **API_WAIT
     )
     await scale(api, namespace, "web", 0)
     await eventually(
-        live_pods(api, namespace, 0), what="no pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        live_pods(api, namespace, 0), what="no pods", **API_WAIT
     )

@@ -14,7 +14,7 @@ from services.common.resources import ENDPOINTS, NODES
 from tests.polling import eventually
 
 from .apihelpers import httpd_container, make_rc, make_service
-from .control_helpers import FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in
+from .control_helpers import API_WAIT, FAR_GRACE, ControlPlane, FakeKubelets, add_node, kubecfg, pods_in
 
 STABLE = {"tier": "frontend", "stack": "prod", "canary": "no"}
 CANARY = {"tier": "frontend", "stack": "prod", "canary": "yes"}
@@ -64,7 +64,7 @@ async def test_canary_behind_one_service(plane, api, namespace):
             return check
 
         pods = await eventually(
-            all_running(10), what="10 frontend pods running", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            all_running(10), what="10 frontend pods running", **API_WAIT
         )
         assert collections.Counter(p.spec.node_name for p in pods) == {nodes[0]: 5, nodes[1]: 5}
         stable = names_of(await pods_in(api, namespace, "canary=no"))
@@ -89,15 +89,13 @@ async def test_canary_behind_one_service(plane, api, namespace):
         await eventually(
             endpoints_cover(stable | canary),
             what="the service to cover all 10 pods",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
 
         # The canary scales alone: the stable pods are untouched.
         await kubecfg(plane.address, namespace, "scale", "rc", "frontend-canary", "--replicas", "2")
         await eventually(
-            all_running(11), what="11 frontend pods running", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            all_running(11), what="11 frontend pods running", **API_WAIT
         )
         assert names_of(await pods_in(api, namespace, "canary=no")) == stable
         canary = names_of(await pods_in(api, namespace, "canary=yes"))
@@ -105,15 +103,13 @@ async def test_canary_behind_one_service(plane, api, namespace):
         await eventually(
             endpoints_cover(stable | canary),
             what="the service to cover 11 pods",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
 
         # And so does the stable controller.
         await kubecfg(plane.address, namespace, "scale", "rc", "frontend", "--replicas", "5")
         await eventually(
-            all_running(7), what="7 frontend pods", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            all_running(7), what="7 frontend pods", **API_WAIT
         )
         remaining_stable = names_of(await pods_in(api, namespace, "canary=no"))
         assert len(remaining_stable) == 5 and remaining_stable < stable
@@ -121,9 +117,7 @@ async def test_canary_behind_one_service(plane, api, namespace):
         await eventually(
             endpoints_cover(remaining_stable | canary),
             what="the service to cover 7 pods",
-            timeout=30,
-            interval=0.1,
-            retry_on=(grpc.aio.AioRpcError,),
+            **API_WAIT,
         )
     finally:
         for node in nodes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 
-import grpc
 import pytest
 
 from kybernetes.v1 import meta_pb2, pod_pb2
@@ -15,7 +14,7 @@ from services.common.resources import NODES, PODS
 from tests.polling import eventually
 
 from .apihelpers import make_pod, make_service
-from .control_helpers import FAR_GRACE, ControlPlane, add_node, heartbeat, pods_in
+from .control_helpers import API_WAIT, FAR_GRACE, ControlPlane, add_node, heartbeat, pods_in
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ async def test_binds_to_the_one_ready_schedulable_node(api, nodes, namespace):
     await api.create(make_pod("web", namespace))
 
     pod = await eventually(
-        bound(api, namespace, "web"), what="web to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        bound(api, namespace, "web"), what="web to be bound", **API_WAIT
     )
     assert pod.spec.node_name == ready
     condition = scheduled_condition(pod)
@@ -112,9 +111,7 @@ async def load_node(api: ApiClient, namespace: str, node_label: str) -> None:
     await eventually(
         bound(api, namespace, "heavy"),
         what="heavy to be bound",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
 
@@ -136,7 +133,7 @@ async def test_replicas_of_one_controller_spread_across_nodes(api, nodes, namesp
         return pods
 
     pods = await eventually(
-        all_bound, what="4 pods to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+        all_bound, what="4 pods to be bound", **API_WAIT
     )
     assert collections.Counter(p.spec.node_name for p in pods) == {loaded: 2, idle: 2}
 
@@ -151,9 +148,7 @@ async def test_pods_selected_by_one_service_spread_across_nodes(api, nodes, name
     stable = await eventually(
         bound(api, namespace, "stable"),
         what="stable to be bound",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert stable.spec.node_name == idle
 
@@ -161,9 +156,7 @@ async def test_pods_selected_by_one_service_spread_across_nodes(api, nodes, name
     pod = await eventually(
         bound(api, namespace, "canary"),
         what="canary to be bound",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert pod.spec.node_name == loaded  # away from its service peer, despite the load
 
@@ -180,9 +173,7 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
     pending = await eventually(
         pending_with(api, namespace, "big", message),
         what="the pending reason",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     condition = scheduled_condition(pending)
     assert (condition.reason, pending.status.phase) == ("Unschedulable", "Pending")
@@ -195,9 +186,7 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
     await eventually(
         bound(api, namespace, "marker"),
         what="a later pod to be bound",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert (await api.get(PODS, "big", namespace)).metadata.resource_version == pending.metadata.resource_version
 
@@ -205,9 +194,7 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
     pod = await eventually(
         bound(api, namespace, "big"),
         what="big to be bound once a fitting node exists",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert pod.spec.node_name == big_ssd
 
@@ -224,27 +211,21 @@ async def test_pending_on_a_taken_host_port_until_its_holder_goes(api, nodes, na
     await eventually(
         bound(api, namespace, "first"),
         what="first to be bound",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     await api.create(with_host_port("second"))
     message = "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
     await eventually(
         pending_with(api, namespace, "second", message),
         what="second to wait for the port",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await api.delete(PODS, "first", namespace)
     pod = await eventually(
         bound(api, namespace, "second"),
         what="second to be bound once the port is free",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert pod.spec.node_name == only
 
@@ -256,18 +237,14 @@ async def test_pod_waits_for_a_node_to_become_ready(api, nodes, namespace):
     await eventually(
         pending_with(api, namespace, "web", message),
         what="web to wait for a ready node",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
 
     await heartbeat(api, name, "True")
     pod = await eventually(
         bound(api, namespace, "web"),
         what="web to be bound once the node is ready",
-        timeout=30,
-        interval=0.1,
-        retry_on=(grpc.aio.AioRpcError,),
+        **API_WAIT,
     )
     assert pod.spec.node_name == name
 
@@ -309,7 +286,7 @@ async def test_two_schedulers_racing_bind_each_pod_once(plane, api, nodes, names
             return True
 
         await eventually(
-            all_bound, what="40 pods to be bound", timeout=30, interval=0.1, retry_on=(grpc.aio.AioRpcError,)
+            all_bound, what="40 pods to be bound", **API_WAIT
         )
         assert all(len(nodes_seen) == 1 for nodes_seen in binds.values()), binds
         assert rival.alive()
