@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
 from services.common.resources import ALL_KINDS, Kind
+from services.common.runtime import TaskGroup
 
 from .errors import ApiError
 from .ipallocator import (
@@ -84,7 +85,9 @@ class ApiServer:
         self._handlers = [self._service_handler(kind) for kind in ALL_KINDS]
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self._cache_tasks: list[asyncio.Task] = []
+        # One watch cache per kind, each following etcd for as long as the server runs:
+        # a cache whose loop dies is logged and restarted (it re-lists), never left dead.
+        self._caches = TaskGroup("watch-caches")
 
     # -- handlers ---------------------------------------------------------
 
@@ -184,7 +187,7 @@ class ApiServer:
             except ApiError as error:  # etcd not there yet: serving matters more; the next start repairs
                 log.warning("repair_failed", kind=registry.kind.name, code=error.code.name, error=error.message)
         for registry in self.registries.values():
-            self._cache_tasks.append(asyncio.create_task(registry.cache.run(), name=f"cache-{registry.kind.plural}"))
+            self._caches.guard(registry.cache.run, name=f"cache-{registry.kind.plural}")
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -222,9 +225,7 @@ class ApiServer:
             registry.cache.end_watches()
         if self.server is not None:
             await self.server.stop(grace)
-        for task in self._cache_tasks:
-            task.cancel()
-        await asyncio.gather(*self._cache_tasks, return_exceptions=True)
+        await self._caches.close()
         await self.storage.close()
 
 

@@ -155,7 +155,8 @@ class PodWorker:
 
     async def _run(self) -> None:
         call_priority.set(self.priority)
-        failures = 0
+        # A sync that raised (a bug, or Docker misbehaving) is retried: 1 s, doubling to 30 s.
+        sync_backoff = Backoff(1.0, 30.0)
         try:
             while True:
                 await self._wake.wait()
@@ -168,12 +169,11 @@ class PodWorker:
                                 return
                     else:
                         await self._sync(pod)
-                    failures = 0
+                    sync_backoff.reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    failures += 1
-                    retry = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    retry = sync_backoff.failure()
                     self._log.exception("pod_sync_failed", retry_in=retry)
                     self.poke_at(time.time() + retry)
         finally:
