@@ -4,10 +4,11 @@ Every component runs as its own process (or, with --mode containers, its own
 container), logs to <state-dir>/logs/<component>.log and is recorded in
 <state-dir>/cluster.json. `up` is idempotent: a component that is already
 running and healthy is left alone. Simulated nodes get their own loopback
-address (node-1 on 127.0.0.1, node-2 on 127.0.0.2, ...) so each node's proxy
-can listen on every service port. `down` stops every component and removes
-every container the cluster made and its data (etcd, pod volumes), keeping
-the logs.
+address (node-1 on 127.0.0.1, node-2 on 127.0.0.2, ...), where their node
+ports answer; each node's proxy programs cluster IPs in a kernel table of its
+own. kube-dns runs on the pod bridge's gateway behind the kube-dns service.
+`down` stops every component, removes the proxies' tables and every container
+the cluster made and its data (etcd, pod volumes), keeping the logs.
 """
 
 from __future__ import annotations
@@ -517,13 +518,19 @@ def _print_next_steps(plan: ClusterPlan) -> None:
     kubecfg = str(REPO / ".venv" / "bin" / "kubecfg")
     if plan.api != f"127.0.0.1:{API_PORT}":  # kubecfg's default
         kubecfg += f" --server {plan.api}"
+    # The first node's address, where the guestbook's frontend answers on its node port.
+    node_ip = next(
+        (c.args[c.args.index("--node-ip") + 1] for c in plan.components if c.program == "kubelet"), "127.0.0.1"
+    )
     print(
         f"""
-cluster is up: {len(plan.nodes)} node(s) {', '.join(plan.nodes)}; API at {plan.api}
+cluster is up: {len(plan.nodes)} node(s) {', '.join(plan.nodes)}; API at {plan.api}; cluster DNS at {plan.cluster_dns}
 try:
   {kubecfg} get nodes
   {kubecfg} apply -f examples/guestbook/
   {kubecfg} get pods -o wide
+  {kubecfg} get svc      # services on their CLUSTER-IP, from the host and from pods
+  busybox wget -q -O - http://{node_ip}:30001/     # the guestbook's frontend on its node port
   {REPO / '.venv' / 'bin' / 'grpcurl'} -plaintext {plan.api} list
 logs:    {plan.state_dir / 'logs'}/
 status:  make status      stop: make down"""

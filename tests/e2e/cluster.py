@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import urllib.request
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import grpc
 
-from tools.localcluster import NODE_LABEL
+from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
+from services.proxy.nftables import table_name
+from tools.localcluster import NODE_LABEL, PROXY_STATUS_PORT
 from tools.processes import REPO, free_port
 
 # How e2e tests wait (`eventually_blocking(check, what=..., **CLUSTER_WAIT)`): a whole
@@ -34,6 +38,9 @@ CLUSTER_WAIT: dict[str, Any] = {
 KUBECFG = str(Path(sys.executable).parent / "kubecfg")
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 EXAMPLES = REPO / "examples"
+# A guestbook frontend page: one line per way the frontend asked the backend
+# ("guestbook frontend frontend-x7k2p: backend (via backend:8002) says: guestbook backend, written at ...").
+PAGE_LINE = re.compile(r"^guestbook frontend (?P<pod>\S+): backend \(via (?P<via>\S+)\) says: (?P<said>.*)$")
 
 
 class LocalCluster:
@@ -86,6 +93,42 @@ class LocalCluster:
     def pods(self, selector: str) -> list[dict]:
         return json.loads(self.kubecfg("get", "pods", "-l", selector, "-o", "json"))["items"]
 
+    def cluster_ip(self, service: str, namespace: str = "default") -> str:
+        """The service's spec.clusterIP, as `kubecfg get svc NAME -o json` shows it."""
+        return json.loads(self.kubecfg("get", "svc", service, "-n", namespace, "-o", "json"))["spec"]["clusterIP"]
+
+    def ready_addresses(self, service: str) -> set[str]:
+        endpoints = json.loads(self.kubecfg("get", "endpoints", service, "-o", "json"))
+        return {address["ip"] for subset in endpoints.get("subsets", []) for address in subset.get("addresses", [])}
+
+    def container(self, pod: str, name: str = "web") -> Any:
+        """The running Docker container `name` of this cluster's pod `pod`."""
+        found = [
+            container
+            for container in docker.from_env().containers.list(
+                filters={"label": [f"io.kybernetes.pod.name={pod}", f"io.kybernetes.container.name={name}"]}
+            )
+            if container.labels.get(NODE_LABEL) in self.nodes
+        ]
+        assert len(found) == 1, f"{len(found)} running containers {name} of pod {pod}"
+        return found[0]
+
+    def exec_in(self, pod: str, *command: str, container: str = "web") -> tuple[int, str]:
+        """Runs `command` in a pod's container (as `docker exec`): its exit code and output."""
+        code, output = self.container(pod, container).exec_run(list(command))
+        return code, output.decode().strip()
+
+    def proxy_status(self, index: int) -> proxy_pb2.ProxyStatus:
+        """What node `index`'s kube-proxy serves (kybernetes.v1.Proxy/Status): one entry per service port."""
+        with grpc.insecure_channel(f"{self.node_ip(index)}:{PROXY_STATUS_PORT}") as channel:
+            return proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
+
+    def nft_tables(self) -> set[str]:
+        """This cluster's nodes' kube-proxy tables that are in the kernel."""
+        listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=30, check=True)
+        present = {line.split()[-1] for line in listed.stdout.splitlines() if line.startswith("table ip ")}
+        return present & {table_name(node) for node in self.nodes}
+
     def recorded_pids(self) -> list[int]:
         data = json.loads((self.state / "cluster.json").read_text())
         return [c["pid"] for c in data["components"].values() if c.get("pid")]
@@ -97,6 +140,9 @@ class LocalCluster:
                 container.remove(force=True)
         for container in client.containers.list(all=True, filters={"name": self.prefix}):
             container.remove(force=True)
+        # A `down` that failed may leave a proxy's table: traffic to this cluster's range would still be NATed.
+        for table in self.nft_tables():
+            subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True, timeout=30)
 
 
 def running_and_ready(pods: list[dict]) -> bool:
@@ -112,3 +158,13 @@ def fetch(url: str) -> str:
         return response.read().decode().strip()
 
 
+def page_lines(reply: str) -> list[dict[str, str]]:
+    """A guestbook frontend page's lines: each the pod that served it, how it asked the backend, what it said."""
+    lines = [PAGE_LINE.match(line) for line in reply.splitlines()]
+    assert lines and all(lines), f"not a guestbook frontend page: {reply!r}"
+    return [line.groupdict() for line in lines if line]
+
+
+def served_by(reply: str) -> str:
+    """The frontend pod that served a page."""
+    return page_lines(reply)[0]["pod"]
