@@ -289,6 +289,9 @@ class PodNetwork:
                 # endpoint gets the packet back through its own port (Kubernetes'
                 # --hairpin-mode=hairpin-veth); the bridge would otherwise drop it.
                 f"link set {veth} type bridge_slave hairpin on\n"
+                # The address may have served a pod that is gone: forget its old MAC,
+                # or the host keeps sending to it until the entry goes stale (~30 s).
+                f"neigh flush to {address} dev {self.bridge}\n"
             ),
         )
         await _run(
