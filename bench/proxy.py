@@ -1,11 +1,13 @@
 """kube-proxy data path: direct to a backend vs through the proxy, side by side.
 
-Run: python -m bench.proxy [--seconds 1] [--rounds 3]   (userspace mode, about 35 s)
-     python -m bench.proxy --nftables [--scale 1000,10000]   (nftables mode, as root, about 1 min)
+Run: python -m bench.proxy [--seconds 1] [--rounds 3]   (the userspace relay on loopback, about 35 s)
+     python -m bench.proxy --pods [--modes nftables,iptables,userspace] [--scale 1000,10000]
+                                    (every mode between pods, as root, about 2 min)
 
 Three kinds of processes, all on loopback: the backends (a bulk sink and a
-short request/reply server), the proxy (the real Proxier and listeners, given a
-Service and its Endpoints directly, so no API server is needed), and the client
+short request/reply server), the proxy (the real relay, the userspace mode's
+Proxier and listeners, given a Service and its Endpoints directly, so no API
+server is needed; clients connect to its listeners' own ports), and the client
 (this process). The same client code measures the direct path and the proxied
 one; the proxy runs once with splice and once with the plain copy loop.
 
@@ -22,15 +24,20 @@ process used per GB or per exchange is printed too: on a machine with fewer
 cores than busy processes (2 here, for client, proxy and backends) the ratios
 are bound by the sum of those costs, and the proxy's are mostly kernel TCP work.
 
---nftables measures the kernel data path instead, between "pods": two network
-namespaces on a bridge of the bench's own (a server running the same backends,
-a client running the same client code), pod -> pod directly against pod ->
-cluster IP through the real NftProxier's table, plus the sequential latency of
-a short exchange with 10 and with 10,000 services in the table, and the time to
+--pods (or --nftables) measures the modes as pods use them instead, between
+"pods": two network namespaces on a bridge of the bench's own (a server running
+the same backends, a client running the same client code), pod -> pod directly
+against pod -> cluster IP through each mode: the real NftProxier's table, the
+real IptablesProxier's chains (both in this process), and the userspace mode
+(UserspaceProxier in a process of its own: the relay, reached through its
+portals). Each target has backends of its own. Then the sequential latency of a
+short exchange with 10, 1,000 and 10,000 services programmed (iptables up to
+1,000: a full iptables-nft restore is superlinear here, 10,000 services took
+140 s; userspace: 10 only, a listener per service port), and the time to
 program N services x 3 endpoints from scratch (one transaction, with the CPU
-nft used, kernel included) and then to change one endpoint. Everything it
-makes (namespaces, bridge, veths, iptables rules, tables) is removed at the end
-and checked gone.
+the tool used, kernel included) and then to change one endpoint. Everything it
+makes (namespaces, bridge, veths, iptables rules and chains, tables) is removed
+at the end and checked gone.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 BULK_CHUNK = 128 * 1024
@@ -113,9 +121,7 @@ def run_proxy(bulk_port: int, short_port: int, use_splice: bool) -> None:
 
     async def serve() -> None:
         proxier = Proxier(ProxyOptions(bind_address="127.0.0.1", use_splice=use_splice))
-        ports = []
         for name, backend_port in (("bulk", bulk_port), ("short", short_port)):
-            proxy_port = _free_port()
             proxier.set_endpoints(endpoints_pb2.Endpoints(
                 metadata=meta_pb2.ObjectMeta(namespace="bench", name=name),
                 subsets=[endpoints_pb2.EndpointSubset(
@@ -125,13 +131,13 @@ def run_proxy(bulk_port: int, short_port: int, use_splice: bool) -> None:
             ))
             proxier.set_service(service_pb2.Service(
                 metadata=meta_pb2.ObjectMeta(namespace="bench", name=name),
-                spec=service_pb2.ServiceSpec(ports=[service_pb2.ServicePort(port=proxy_port)]),
+                spec=service_pb2.ServiceSpec(ports=[service_pb2.ServicePort(port=80)]),
             ))
-            ports.append(proxy_port)
         # The proxier has no "listening" event: a setup step, polled.
         while any(p.listener is None for p in proxier.ports.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        print(*ports, flush=True)
+        # Its listeners' own ports (the userspace mode's portals would send cluster IPs there).
+        print(*(proxier.relay_port("bench", name) for name in ("bulk", "short")), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     from services.common.log import configure_logging
@@ -139,12 +145,6 @@ def run_proxy(bulk_port: int, short_port: int, use_splice: bool) -> None:
 
     configure_logging("kube-proxy", level="warning")
     run_service(serve())  # as services.proxy.main runs it (its GC settings included)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # The client (this process) ------------------------------------------------------------------
@@ -275,11 +275,15 @@ def _measure(target: Target, figure: str, seconds: float, backends_pid: int) -> 
     target.cpu.setdefault(figure, []).append(tuple((a - b) / units for a, b in zip(after, before, strict=True)))
 
 
-# The nftables data path (pods on a bridge) ---------------------------------------------------
+# Every mode between pods on a bridge -----------------------------------------------------------
 
 LATENCY_EXCHANGES = 2000
-CLUSTER_IP = "10.102.0.10"
+MODES = ("nftables", "iptables", "userspace")
+CLUSTER_IPS = {"nftables": "10.102.0.10", "iptables": "10.102.0.11", "userspace": "10.102.0.12"}
 BULK_SERVICE_PORT, SHORT_SERVICE_PORT = 5001, 5002
+# A full iptables-nft restore grows faster than the rules (1,000 services 0.8 s, 10,000 140 s here).
+IPTABLES_SCALE_MAX = 1000
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
 
 
 def _sh(*command: str, input_text: str | None = None, check: bool = True) -> str:
@@ -335,6 +339,7 @@ class PodNetwork:
         self.watch_table = f"kybb-watch-{self.id}"
         self.service_cidr = "10.102.0.0/16"
         self.comment = f"kybernetes bench {self.id}"
+        self.route_localnet = ROUTE_LOCALNET.read_text().strip()  # the userspace relay on 127.0.0.1 sets it
         self.made = True
         _sh("ip", "link", "add", self.bridge, "type", "bridge")
         _sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -378,12 +383,24 @@ class PodNetwork:
             _sh("iptables", "-w", "-D", "FORWARD", flag, self.bridge, "-m", "comment", "--comment", self.comment,
                 "-j", "ACCEPT", check=False)
         _sh("nft", "delete", "table", "ip", self.watch_table, check=False)
+        ROUTE_LOCALNET.write_text(self.route_localnet + "\n")
         left = [name for name in [self.bridge, *self.veths.values()] if name in _sh("ip", "-br", "link")]
         left += [name for name in self.namespaces.values() if name in _sh("ip", "netns", "list")]
         left += [line for line in _sh("nft", "list", "tables").splitlines() if self.id in line]
         if self.comment in _sh("iptables", "-w", "-S", "FORWARD"):
             left.append("iptables rules")
+        left += [line for line in _sh("iptables-save").splitlines() if any(tag in line for tag in self.tags)]
         return left
+
+    def node(self, mode: str) -> str:
+        """The node name of a mode's proxy: one each, so their tables and chains never meet."""
+        return f"kybbench-{self.id}-{mode[:3]}"
+
+    @property
+    def tags(self) -> list[str]:
+        from services.proxy.iptables import node_tag
+
+        return [node_tag(self.node(mode)) for mode in MODES]
 
 
 def _bench_objects(
@@ -431,91 +448,162 @@ async def _program(proxier: Any, objects: list[tuple[Any, Any]]) -> tuple[float,
     return time.monotonic() - started, _children_cpu() - cpu
 
 
-async def _scale_from_scratch(counts: list[int], subnet: int) -> list[str]:
-    from services.proxy.nftproxier import NftOptions, NftProxier, cleanup
+def _make_runner(mode: str, node: str, subnet: int) -> Any:
+    from services.proxy.iptproxier import IptablesOptions, IptablesProxier
+    from services.proxy.nftproxier import NftOptions, NftProxier
 
+    node_ips = (f"10.202.{subnet}.1",)
+    if mode == "iptables":
+        return IptablesProxier(IptablesOptions(node_name=node, service_cidr="10.102.0.0/16", node_ips=node_ips))
+    return NftProxier(NftOptions(node_name=node, service_cidr="10.102.0.0/16", node_ips=node_ips))
+
+
+async def _remove_rules(mode: str, node: str) -> None:
+    from services.proxy import nftables
+    from services.proxy.iptproxier import cleanup_chains
+    from services.proxy.nftproxier import cleanup
+
+    if mode == "iptables":
+        await cleanup_chains(node)
+    else:
+        await cleanup(nftables.table_name(node))
+
+
+async def _scale_from_scratch(mode: str, counts: list[int], net: "PodNetwork") -> list[str]:
     lines = []
     for count in counts:
-        proxier = NftProxier(NftOptions(node_name=f"kybbench-scale-{count}", service_cidr="10.102.0.0/16",
-                                        node_ips=(f"10.202.{subnet}.1",)))
-        objects = [_filler(i, subnet) for i in range(count)]
+        node = f"{net.node(mode)}-{count}"
+        proxier = _make_runner(mode, node, net.subnet)
+        objects = [_filler(i, net.subnet) for i in range(count)]
         for service, endpoints in objects:
             proxier.on_endpoints_event("ADDED", endpoints)
             proxier.on_service_event("ADDED", service)
         task = asyncio.create_task(proxier.run())
         cpu, started = _children_cpu(), time.monotonic()
         proxier.mark_synced()  # as at start-up: the informers' snapshot, then one full transaction
-        await proxier.wait_installed(timeout=600)
-        elapsed, nft_cpu = time.monotonic() - started, _children_cpu() - cpu
-        change = []
-        for trial in range(3):
-            service, endpoints = _filler(trial, subnet)
-            del endpoints.subsets[0].addresses[trial % 3]
-            change.append((await _program(proxier, [(service, endpoints)]))[0])
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await cleanup(proxier.table)
+        try:
+            await proxier.wait_installed(timeout=600)
+            elapsed, tool_cpu = time.monotonic() - started, _children_cpu() - cpu
+            change = []
+            for trial in range(3):
+                service, endpoints = _filler(trial, net.subnet)
+                del endpoints.subsets[0].addresses[trial % 3]
+                change.append((await _program(proxier, [(service, endpoints)]))[0])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await _remove_rules(mode, node)
+        tool = "iptables-restore" if mode == "iptables" else "nft"
         lines.append(
-            f"{count:>6,} services x 3 endpoints: {elapsed:6.2f} s from scratch (nft CPU {nft_cpu:.2f} s, "
-            f"kernel included); then one endpoint change {statistics.median(change) * 1000:.0f} ms"
+            f"{mode:<9} {count:>6,} services x 3 endpoints: {elapsed:6.2f} s from scratch ({tool} CPU "
+            f"{tool_cpu:.2f} s, kernel included); then one endpoint change {statistics.median(change) * 1000:.0f} ms"
         )
     return lines
 
 
-def nftables_main(args: argparse.Namespace) -> None:
+def run_userspace_proxy(node: str, subnet: int, server: str, bulk: int, short: int) -> None:
+    """The userspace mode in a process of its own (as kube-proxy runs it), serving the bench's service."""
+    from services.common.log import configure_logging
+    from services.common.servicemain import run_service
+    from services.proxy.nftproxier import NftOptions
+    from services.proxy.proxier import ProxyOptions
+    from services.proxy.userspace import UserspaceProxier
+
+    async def serve() -> None:
+        proxier = UserspaceProxier(
+            ProxyOptions(bind_address="127.0.0.1"),
+            NftOptions(node_name=node, service_cidr="10.102.0.0/16", node_ips=(f"10.202.{subnet}.1",)),
+        )
+        service, endpoints = _bench_objects(
+            0, CLUSTER_IPS["userspace"], [("bulk", BULK_SERVICE_PORT, bulk), ("short", SHORT_SERVICE_PORT, short)],
+            [server],
+        )
+        proxier.on_endpoints_event("ADDED", endpoints)
+        proxier.on_service_event("ADDED", service)
+        proxier.mark_synced()
+        task = asyncio.create_task(proxier.run())
+        await proxier.wait_installed(timeout=60)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        task.cancel()
+        await proxier.shutdown(1.0)
+
+    configure_logging("kube-proxy", level="warning")
+    run_service(serve())
+
+
+def pods_main(args: argparse.Namespace) -> None:
     from services.common.log import configure_logging
 
     configure_logging("bench", level="warning")
     counts = [int(n) for n in args.scale.split(",") if n]
+    modes = [mode for mode in MODES if mode in args.modes.split(",")]
     net = PodNetwork()
-    # One set of backends per target: a connection to the cluster IP, once DNATed, has
+    # One set of backends per target: a connection to a cluster IP, once DNATed, has
     # the same reply tuple as a direct one from the same client port, and the client
     # reuses its ports within conntrack's TIME_WAIT (120 s) at these rates. Sharing one
-    # backend port, the two targets' connections clash in conntrack and SYNs are dropped.
-    backends: list[subprocess.Popen] = []
+    # backend port, two targets' connections clash in conntrack and SYNs are dropped.
+    processes: list[subprocess.Popen] = []
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        ports = []
-        for _ in range(2):
+        ports: dict[str, tuple[int, ...]] = {}
+        for target in ("direct", *modes):
             process = subprocess.Popen(
                 net.argv("server", sys.executable, "-m", "bench.proxy", "--role", "backends", "0.0.0.0"),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd,
             )
-            backends.append(process)
+            processes.append(process)
             assert process.stdout is not None
-            ports.append(tuple(int(p) for p in process.stdout.readline().split()))
-        asyncio.run(_nftables_bench(args, net, ports[0], ports[1], counts))
+            ports[target] = tuple(int(p) for p in process.stdout.readline().split())
+        relay = None
+        if "userspace" in modes:
+            bulk, short = ports["userspace"]
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "bench.proxy", "--role", "userspace", net.node("userspace"), str(net.subnet),
+                 net.pods["server"], str(bulk), str(short)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd,
+            )
+            processes.append(relay)
+            assert relay.stdout is not None
+            if relay.stdout.readline().strip() != "ready":
+                raise RuntimeError("the userspace proxy did not start")
+        asyncio.run(_pods_bench(args, net, ports, modes, relay, counts))
         leaked = net.leaked()
         if leaked:
             raise RuntimeError(f"{leaked} packets reached the safety net")
     finally:
-        for process in backends:  # started here: ended by their pid
+        for process in processes:  # started here: ended by their pid
             if process.stdin:
                 process.stdin.close()
-            process.kill()
-            process.wait()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for mode in modes:
+            asyncio.run(_remove_rules(mode, net.node(mode)))
         left = net.close()
         if left:
             print(f"NOT CLEANED UP: {left}", file=sys.stderr)
             sys.exit(1)
 
 
-async def _nftables_bench(args: argparse.Namespace, net: PodNetwork, direct: tuple[int, ...],
-                          behind_service: tuple[int, ...], counts: list[int]) -> None:
-    from services.proxy.nftproxier import NftOptions, NftProxier, cleanup
-
+async def _pods_bench(args: argparse.Namespace, net: PodNetwork, ports: dict[str, tuple[int, ...]],
+                      modes: list[str], relay: subprocess.Popen | None, counts: list[int]) -> None:
     server = net.pods["server"]
-    proxier = NftProxier(NftOptions(node_name=f"kybbench-{net.id}", service_cidr=net.service_cidr,
-                                    node_ips=(net.gateway,)))
-    task = asyncio.create_task(proxier.run())
-    proxier.mark_synced()
+    runners = {mode: _make_runner(mode, net.node(mode), net.subnet) for mode in modes if mode != "userspace"}
+    tasks = [asyncio.create_task(runner.run()) for runner in runners.values()]
+    for runner in runners.values():
+        runner.mark_synced()
     try:
-        bench_service = _bench_objects(
-            0, CLUSTER_IP,
-            [("bulk", BULK_SERVICE_PORT, behind_service[0]), ("short", SHORT_SERVICE_PORT, behind_service[1])],
-            [server],
-        )
-        await _program(proxier, [bench_service] + [_filler(i, net.subnet) for i in range(9)])  # 10 services
+        programming: dict[tuple[str, int], tuple[float, float]] = {}
+        for mode, runner in runners.items():
+            bench_service = _bench_objects(
+                0, CLUSTER_IPS[mode],
+                [("bulk", BULK_SERVICE_PORT, ports[mode][0]), ("short", SHORT_SERVICE_PORT, ports[mode][1])],
+                [server],
+            )
+            await _program(runner, [bench_service] + [_filler(i, net.subnet) for i in range(9)])  # 10 services
 
         def client(target: tuple[str, int, int], figure: str, seconds: float) -> dict[str, Any]:
             host, bulk, short = target
@@ -523,25 +611,32 @@ async def _nftables_bench(args: argparse.Namespace, net: PodNetwork, direct: tup
                                 str(short), figure, str(seconds)))
             return json.loads(out)
 
-        targets = {
-            "pod -> pod": (server, direct[0], direct[1]),
-            "pod -> cluster IP": (CLUSTER_IP, BULK_SERVICE_PORT, SHORT_SERVICE_PORT),
-        }
+        targets: dict[str, tuple[str, int, int]] = {"pod -> pod": (server, ports["direct"][0], ports["direct"][1])}
+        for mode in modes:
+            targets[f"-> cluster IP ({mode})"] = (CLUSTER_IPS[mode], BULK_SERVICE_PORT, SHORT_SERVICE_PORT)
         for target in targets.values():
             await asyncio.to_thread(client, target, "short", 0.2)  # warm up
-        print(f"nftables data path between pods on a bridge, {os.cpu_count()} CPUs; median of {args.rounds} "
+        width = 27
+        print(f"Every mode between pods on a bridge, {os.cpu_count()} CPUs; median of {args.rounds} "
               f"samples of {args.seconds:g} s, targets interleaved\n")
-        print(f"{'':<34}" + "".join(f"{name:<28}" for name in targets))
+        print(f"{'':<33}" + "".join(f"{name:<{width}}" for name in targets))
         figures = (("bulk1", "bulk, 1 stream", "Gbit/s"), ("bulk8", "bulk, 8 streams", "Gbit/s"),
                    ("short", f"short conns, {SHORT_IN_FLIGHT} at once", "conn/s"))
+        relay_cpu: dict[str, list[float]] = {}
         for figure, label, unit in figures:
             samples: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, target in targets.items():
+                    before = _cpu_seconds(relay.pid) if relay is not None and "userspace" in name else 0.0
+                    started = time.monotonic()
                     result = await asyncio.to_thread(client, target, figure, args.seconds)
                     if result.get("failed"):
                         raise RuntimeError(f"{result['failed']} exchanges failed through {name}")
                     samples[name].append(result["value"])
+                    if relay is not None and "userspace" in name:
+                        elapsed = time.monotonic() - started
+                        units = result["value"] * elapsed / (8 if unit == "Gbit/s" else 1)
+                        relay_cpu.setdefault(figure, []).append((_cpu_seconds(relay.pid) - before) / units)
             direct = statistics.median(samples["pod -> pod"])
             cells = []
             for name in targets:
@@ -549,30 +644,50 @@ async def _nftables_bench(args: argparse.Namespace, net: PodNetwork, direct: tup
                 text = f"{value:,.1f} {unit}" if unit == "Gbit/s" else f"{value:,.0f} {unit}"
                 if name != "pod -> pod":
                     text += f" {value / direct:4.0%}"
-                cells.append(f"{text:<28}")
-            print(f"{label:<34}" + "".join(cells), flush=True)
+                cells.append(f"{text:<{width}}")
+            print(f"{label:<33}" + "".join(cells), flush=True)
+        if relay_cpu:
+            print("userspace relay CPU: " + ", ".join(
+                f"{figure} {statistics.median(values) * (1 if figure.startswith('bulk') else 1e6):.2f} "
+                f"{'s/GB' if figure.startswith('bulk') else 'us/exchange'}" for figure, values in relay_cpu.items()
+            ))
 
-        async def latency_row(label: str) -> None:
+        async def latency_row(label: str, measured: set[str]) -> None:
             cells = []
-            for target in targets.values():
-                p50, p99 = (await asyncio.to_thread(client, target, "latency", 0))["value"]
-                cells.append(f"{p50:,.0f} / {p99:,.0f} us".ljust(28))
-            print(f"{label:<34}" + "".join(cells), flush=True)
+            for name, target in targets.items():
+                if name == "pod -> pod" or any(mode in name for mode in measured):
+                    p50, p99 = (await asyncio.to_thread(client, target, "latency", 0))["value"]
+                    cells.append(f"{p50:,.0f} / {p99:,.0f} us".ljust(width))
+                else:
+                    cells.append("-".ljust(width))
+            print(f"{label:<33}" + "".join(cells), flush=True)
 
-        await latency_row("exchange p50 / p99, 10 svcs")
-        many = max(counts or [10_000])
-        seconds, cpu = await _program(proxier, [_filler(i, net.subnet) for i in range(9, many - 1)])
-        await latency_row(f"exchange p50 / p99, {many:,} svcs")
-        print(f"\n(adding {many - 10:,} services x 3 endpoints to the live table: {seconds:.2f} s, "
-              f"nft CPU {cpu:.2f} s)")
+        await latency_row("exchange p50 / p99, 10 svcs", set(modes))
+        programmed = {mode: 10 for mode in runners}
+        for count in sorted({IPTABLES_SCALE_MAX, max(counts or [10_000])}):
+            measured = {mode for mode in runners if mode != "iptables" or count <= IPTABLES_SCALE_MAX}
+            if count <= 10 or not measured:
+                continue
+            for mode in sorted(measured):
+                fillers = [_filler(i, net.subnet) for i in range(programmed[mode] - 1, count - 1)]
+                programming[(mode, count)] = await _program(runners[mode], fillers)
+                programmed[mode] = count
+            await latency_row(f"exchange p50 / p99, {count:,} svcs", measured)
+        for (mode, count), (seconds, cpu) in programming.items():
+            print(f"({mode}: adding services up to {count:,} x 3 endpoints to the live rules: {seconds:.2f} s, "
+                  f"tool CPU {cpu:.2f} s)")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await cleanup(proxier.table)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for mode in runners:
+            await _remove_rules(mode, net.node(mode))
     if counts:
-        print("\nProgramming a table from scratch (one transaction), then one endpoint change:")
-        for line in await _scale_from_scratch(counts, net.subnet):
-            print("  " + line, flush=True)
+        print("\nProgramming from scratch (one transaction), then one endpoint change:")
+        for mode in runners:
+            mode_counts = [n for n in counts if mode != "iptables" or n <= IPTABLES_SCALE_MAX]
+            for line in await _scale_from_scratch(mode, mode_counts, net):
+                print("  " + line, flush=True)
 
 
 def main() -> None:
@@ -582,12 +697,17 @@ def main() -> None:
         "--rounds", type=int, default=3, help="samples per figure and target, interleaved (default %(default)s)"
     )
     parser.add_argument(
-        "--nftables", action="store_true",
-        help="measure the nftables data path between pods on a bridge instead (as root)",
+        "--pods", "--nftables", action="store_true",
+        help="measure every mode between pods on a bridge instead (as root)",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES),
+        help="with --pods: the modes to measure beside pod -> pod (default %(default)s)",
     )
     parser.add_argument(
         "--scale", default="1000,10000",
-        help="with --nftables: service counts to program from scratch (default %(default)s; '' for none)",
+        help="with --pods: service counts to program from scratch (default %(default)s; '' for none; "
+        f"iptables up to {IPTABLES_SCALE_MAX:,})",
     )
     parser.add_argument("--role", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -597,11 +717,14 @@ def main() -> None:
         elif args.role[0] == "client":
             host, bulk, short, figure, seconds = args.role[1:6]
             run_client(host, int(bulk), int(short), figure, float(seconds))
+        elif args.role[0] == "userspace":
+            node, subnet, server, bulk, short = args.role[1:6]
+            run_userspace_proxy(node, int(subnet), server, int(bulk), int(short))
         else:
             run_proxy(int(args.role[1]), int(args.role[2]), args.role[3] == "splice")
         return
-    if args.nftables:
-        nftables_main(args)
+    if args.pods:
+        pods_main(args)
         return
 
     backends, (bulk_port, short_port) = _spawn("backends")

@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
                 help="where kube-dns forwards other names (default: the host's resolv.conf)",
             )
             command.add_argument(
-                "--proxy-mode", choices=("nftables", "userspace"), default="nftables",
+                "--proxy-mode", choices=("nftables", "iptables", "userspace"), default="nftables",
                 help="kube-proxy's data path (default %(default)s)",
             )
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """What kube-proxy's main and status server need of a data path, whichever mode runs.
 
-Two implement it: `proxier.Proxier` (`--proxy-mode=userspace`: a relay listening
-on every service port) and `nftproxier.NftProxier` (`--proxy-mode=nftables`:
-cluster IPs and node ports in the kernel).
+Three implement it: `nftproxier.NftProxier` (`--proxy-mode=nftables`) and
+`iptproxier.IptablesProxier` (`--proxy-mode=iptables`), cluster IPs and node
+ports in the kernel, and `userspace.UserspaceProxier` (`--proxy-mode=userspace`:
+a relay, `proxier.Proxier`, reached through portals in the kernel).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 
 from kybernetes.v1 import endpoints_pb2, proxy_pb2, service_pb2
 
-MODES = ("nftables", "userspace")
+MODES = ("nftables", "iptables", "userspace")
 
 
 class DataPath(Protocol):

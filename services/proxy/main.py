@@ -1,9 +1,13 @@
 """kube-proxy: serves each service's cluster IP and node port on this node, forwarding to its endpoints.
 
-Two data paths (`--proxy-mode`): `nftables` programs an nftables table of the
-proxy's own (cluster IPs, node ports on --node-ip; see nftables.py), and
-`userspace` relays every service port on --bind-address itself (proxier.py).
-`--cleanup` deletes the nftables table and exits.
+Three data paths (`--proxy-mode`), the same behaviour to a client (cluster IPs,
+node ports on --node-ip, refusals for no endpoints and for the rest of
+--service-cluster-ip-range): `nftables` programs an nftables table of the
+proxy's own (nftables.py); `iptables`, a fallback for kernels without
+nftables, chains of its own (iptables.py); `userspace` relays every service
+port through a listener on --bind-address, where an nftables table of portals
+sends the cluster IPs and node ports (userspace.py). `--cleanup` deletes this
+node's table and chains, whichever mode made them, and exits.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from services.common.runtime import TaskFailed, TaskGroup
 from services.common.runtime.informer import Informer
 from services.common.servicemain import run_service, run_until_signalled
 
-from . import nftables
+from . import iptables, iptproxier, nftables
 from .balancer import DEFAULT_AFFINITY_TIMEOUT
 from .datapath import MODES, DataPath
-from .nftproxier import NftError, NftOptions, NftProxier, cleanup
-from .proxier import Proxier, ProxyOptions
+from .iptproxier import IptablesOptions, IptablesProxier
+from .nftproxier import NftOptions, NftProxier, cleanup
+from .proxier import ProxyOptions
 from .status import StatusServer
+from .syncrunner import SyncError
+from .userspace import UserspaceProxier
 
 DEFAULT_STATUS_LISTEN = "127.0.0.1:10249"
 DEFAULT_PROXY_MODE = "nftables"
@@ -37,39 +44,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_server_flag(parser)
     parser.add_argument(
         "--proxy-mode", choices=MODES, default=DEFAULT_PROXY_MODE,
-        help="nftables: cluster IPs and node ports in the kernel; userspace: a relay on --bind-address "
-        "at each service port (default %(default)s)",
+        help="nftables: cluster IPs and node ports in an nftables table; iptables: the same in iptables "
+        "chains (kernels without nftables); userspace: a relay on --bind-address, reached through an nftables "
+        "table of portals (default %(default)s)",
     )
     parser.add_argument(
-        "--cleanup", action="store_true", help="delete this node's nftables table and exit"
+        "--cleanup", action="store_true",
+        help="delete this node's nftables table and iptables chains (any mode's) and exit",
     )
     parser.add_argument(
-        "--bind-address", default="0.0.0.0",
-        help="userspace mode: address the service ports listen on (default %(default)s)",
+        "--bind-address", default="127.0.0.1",
+        help="userspace mode: the address of the relay's listeners, a local port per service port, where the "
+        "portals send clients (default %(default)s: reachable only through them)",
     )
     parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
     parser.add_argument(
         "--node-ip", default="127.0.0.1",
-        help="nftables mode: the node's address, where node ports answer (default %(default)s, as the kubelet's)",
+        help="the node's address, where node ports answer (default %(default)s, as the kubelet's)",
     )
     parser.add_argument(
         "--service-cluster-ip-range", default=nftables.DEFAULT_SERVICE_CIDR,
-        help="nftables mode: the cluster IP range; an address in it that no service has is refused "
+        help="the cluster IP range; an address in it that no service has is refused "
         "(default %(default)s, as the API server's)",
     )
     parser.add_argument(
         "--min-sync-period", type=duration, default=0.05,
-        help="nftables mode: least time between two transactions; changes meanwhile are batched "
+        help="least time between two transactions of kernel rules; changes meanwhile are batched "
         "(default %(default)ss)",
     )
     parser.add_argument(
         "--sync-period", type=positive_duration, default=30.0,
-        help="nftables mode: how often to check that the table is still there (default %(default)ss)",
+        help="how often to check that the kernel rules are still there (default %(default)ss)",
     )
     parser.add_argument(
         "--load-balance", choices=(nftables.BALANCE_RANDOM, nftables.BALANCE_ROUND_ROBIN),
         default=nftables.BALANCE_RANDOM,
-        help="nftables mode: how a connection picks an endpoint (default %(default)s, as Kubernetes)",
+        help="nftables and iptables modes: how a connection picks an endpoint (default %(default)s, as "
+        "Kubernetes; the userspace relay goes round robin)",
     )
     parser.add_argument(
         "--status-listen", default=DEFAULT_STATUS_LISTEN,
@@ -105,47 +116,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ipaddress.IPv4Network(args.service_cluster_ip_range)
     except ValueError as error:
         parser.error(f"--service-cluster-ip-range: {error} (an IPv4 network such as 10.96.0.0/12)")
-    try:
-        ipaddress.IPv4Address(args.node_ip)
-    except ValueError as error:
-        parser.error(f"--node-ip: {error} (an IPv4 address)")
+    for flag, value in (("--node-ip", args.node_ip), ("--bind-address", args.bind_address)):
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError as error:
+            parser.error(f"{flag}: {error} (an IPv4 address)")
     return args
 
 
 def make_data_path(args: argparse.Namespace) -> DataPath:
-    if args.proxy_mode == "nftables":
-        return NftProxier(
-            NftOptions(
-                node_name=args.node_name,
-                service_cidr=args.service_cluster_ip_range,
-                node_ips=(args.node_ip,),
-                balance=args.load_balance,
-                affinity_timeout=args.session_affinity_timeout,
-                min_sync_period=args.min_sync_period,
-                sync_period=args.sync_period,
-            )
-        )
-    return Proxier(
-        ProxyOptions(
-            bind_address=args.bind_address,
-            connect_timeout=args.connect_timeout,
-            udp_idle_timeout=args.udp_idle_timeout,
-            affinity_timeout=args.session_affinity_timeout,
-            bind_retry_max=args.bind_retry_max,
-            use_splice=not args.no_splice,
-        )
+    common: dict = dict(
+        node_name=args.node_name,
+        service_cidr=args.service_cluster_ip_range,
+        node_ips=(args.node_ip,),
+        balance=args.load_balance,
+        affinity_timeout=args.session_affinity_timeout,
+        min_sync_period=args.min_sync_period,
+        sync_period=args.sync_period,
     )
+    if args.proxy_mode == "nftables":
+        return NftProxier(NftOptions(**common))
+    if args.proxy_mode == "iptables":
+        return IptablesProxier(IptablesOptions(**common))
+    relay = ProxyOptions(
+        bind_address=args.bind_address,
+        connect_timeout=args.connect_timeout,
+        udp_idle_timeout=args.udp_idle_timeout,
+        affinity_timeout=args.session_affinity_timeout,
+        bind_retry_max=args.bind_retry_max,
+        use_splice=not args.no_splice,
+    )
+    return UserspaceProxier(relay, NftOptions(**common))
 
 
 async def clean_up(args: argparse.Namespace) -> int:
+    """Deletes the node's nftables table (nftables and userspace modes) and iptables chains."""
     log = configure_logging("kube-proxy").bind(node=args.node_name)
     table = nftables.table_name(args.node_name)
+    chains = f"{iptables.PREFIX}*-{iptables.node_tag(args.node_name)}"
+    failed = False
     try:
         await cleanup(table)
-    except NftError as error:
+    except SyncError as error:
+        failed = True
         log.error("cleanup_failed", table=f"ip {table}", error=str(error))
+    removed = 0
+    if iptproxier.available():
+        try:
+            removed = await iptproxier.cleanup_chains(args.node_name)
+        except SyncError as error:
+            failed = True
+            log.error("cleanup_failed", chains=chains, error=str(error))
+    else:
+        log.info("cleanup_iptables_skipped", reason="iptables-restore or iptables-save not installed")
+    if failed:
         return 1
-    log.info("cleanup_done", table=f"ip {table}")
+    log.info("cleanup_done", table=f"ip {table}", chains=chains, iptables_chains_removed=removed)
     return 0
 
 
@@ -182,17 +208,18 @@ async def serve(args: argparse.Namespace) -> int:
     tasks.guard(run_services, name="informer-services", fatal=True)
     tasks.guard(proxier.run, name=f"data-path-{proxier.mode}", fatal=True)
     tasks.spawn(report_synced(), name="report-synced")
+    started: dict = dict(
+        mode=proxier.mode, server=client.server, node_ip=args.node_ip,
+        service_cluster_ip_range=args.service_cluster_ip_range, status_listen=args.status_listen,
+    )
     if isinstance(proxier, NftProxier):
-        log.info(
-            "proxy_started", mode=proxier.mode, server=client.server, table=f"ip {proxier.table}",
-            node_ip=args.node_ip, service_cluster_ip_range=args.service_cluster_ip_range,
-            status_listen=args.status_listen,
-        )
-    else:
-        log.info(
-            "proxy_started", mode=proxier.mode, server=client.server, bind_address=args.bind_address,
-            status_listen=args.status_listen, data_path="copy" if args.no_splice else "splice",
-        )
+        started.update(table=f"ip {proxier.table}")
+    elif isinstance(proxier, IptablesProxier):
+        started.update(chains=f"{iptables.PREFIX}*-{proxier.tag}")
+    elif isinstance(proxier, UserspaceProxier):
+        started.update(table=f"ip {proxier.table}", bind_address=args.bind_address,
+                       data_path="copy" if args.no_splice else "splice")
+    log.info("proxy_started", **started)
     try:
         exit_code = await run_until_signalled(tasks.wait(), name="kube-proxy")
     except TaskFailed as failure:

@@ -70,20 +70,32 @@ route_localnet (set by the runner, as Kubernetes' iptables mode does); the table
 then also drops packets from outside to 127.0.0.0/8 and any loopback-sourced
 packet leaving by another interface.
 
+The userspace mode's table
+--------------------------
+`--proxy-mode=userspace` uses the same table and skeleton (refusals, node
+ports on --node-ip, the unallocated range), with a `portal-…` chain per service
+port instead of the service and endpoint chains: `dnat to <relay address>:<relay
+port>` (`redirect` when the relay listens on 0.0.0.0), as Kubernetes 1.0's
+userspace proxier's iptables portals. The relay (proxier.py) then picks the
+endpoint, skipping one that refuses. A relay on 127.0.0.1 (the default) is
+reached from a pod's bridge through route_localnet, with the guards above.
+Both modes name the table after the node, so switching a node's mode replaces
+it in the first transaction.
+
 Diffing
 -------
 `service_rules` gives each service its own share of the table (chains, sets,
-map elements), with names no other service uses. `Installed` holds what the
-last successful transaction left, per service; `plan` compares a batch of
-changed services with it and writes only the difference: new sets and chains,
-changed chains flushed and refilled, map elements deleted and added, stale
-chains flushed then deleted, stale sets deleted, in an order in which nothing
-is deleted while still referenced. `plan_full` rebuilds the whole table in one
-transaction (`add table; delete table; add table …`): the start-up adoption and
-the resync after a failed transaction. Nothing is committed to `Installed` until
-the transaction succeeded. Two services claiming one map key (the same cluster
-IP, port and protocol, or node port) keep the first claimant's; the other is
-reported and retried once the key is released.
+map elements), with names no other service uses. `ruleset.Installed` holds what
+the last successful transaction left, per service; `plan` compares a batch of
+changed services with it and `diff_commands` writes only the difference: new
+sets and chains, changed chains flushed and refilled, map elements deleted and
+added, stale chains flushed then deleted, stale sets deleted, in an order in
+which nothing is deleted while still referenced. `full_commands` rebuilds the
+whole table in one transaction (`add table; delete table; add table …`): the
+start-up adoption and the resync after a failed transaction. Nothing is
+committed to `Installed` until the transaction succeeded. Two services claiming
+one map key (the same cluster IP, port and protocol, or node port) keep the
+first claimant's; the other is reported and retried once the key is released.
 """
 
 from __future__ import annotations
@@ -92,13 +104,21 @@ import base64
 import hashlib
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from kybernetes.v1 import endpoints_pb2, service_pb2
 
-ServiceKey = tuple[str, str]  # (namespace, name)
-ElementKey = tuple[str, str]  # (map or set name, element key text)
+from . import ruleset
+from .ruleset import EMPTY, ElementKey, Plan, ProgrammedPort, Rules, ServiceKey, merge, script
+
+__all__ = [
+    "EMPTY", "Config", "ElementKey", "Installed", "NftWriter", "Plan", "ProgrammedPort", "Rules", "ServiceKey",
+    "cleanup_commands", "cluster_ip", "diff_commands", "full_commands", "merge", "ready_backends", "script",
+    "service_rules", "skeleton", "table_name",
+]
+
+RelayPorts = Mapping[tuple[str, str], int]  # (service port name, protocol) -> the relay's local port
 
 SUPPORTED_PROTOCOLS = ("TCP", "UDP")
 CLIENT_IP_AFFINITY = "ClientIP"
@@ -147,18 +167,25 @@ def _hashed(prefix: str, ident: str) -> str:
 
 @dataclass(frozen=True)
 class Config:
-    """What every rule depends on besides the objects: fixed for a proxier's life."""
+    """What every rule depends on besides the objects: fixed for a proxier's life.
+
+    `portal_address` set makes it the userspace mode's table: each service port
+    goes to the relay's local port on that address instead of to its endpoints
+    (`0.0.0.0`: `redirect`, to the address the packet arrived on)."""
 
     table: str
     service_cidr: str = DEFAULT_SERVICE_CIDR
     node_ips: tuple[str, ...] = ("127.0.0.1",)
     balance: str = BALANCE_RANDOM
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    portal_address: str = ""
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Network(self.service_cidr)  # raises ValueError
         for address in self.node_ips:
             ipaddress.IPv4Address(address)
+        if self.portal_address:
+            ipaddress.IPv4Address(self.portal_address)
         if self.balance not in (BALANCE_RANDOM, BALANCE_ROUND_ROBIN):
             raise ValueError(f"balance must be {BALANCE_RANDOM} or {BALANCE_ROUND_ROBIN}, not {self.balance!r}")
         if self.affinity_timeout < 1:
@@ -168,49 +195,21 @@ class Config:
     def loopback_node_ip(self) -> bool:
         return any(ipaddress.IPv4Address(address).is_loopback for address in self.node_ips)
 
-
-@dataclass(frozen=True)
-class ProgrammedPort:
-    """One service port as the table serves it (for status and logs)."""
-
-    namespace: str
-    service: str
-    port_name: str
-    protocol: str
-    cluster_ip: str
-    port: int
-    node_port: int
-    endpoints: tuple[tuple[str, int], ...]
-    affinity: bool
+    @property
+    def loopback_portal(self) -> bool:
+        return bool(self.portal_address) and ipaddress.IPv4Address(self.portal_address).is_loopback
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.service, self.port_name)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """A share of the table: chains (name -> rules), sets (name -> (kind, declaration)),
-    and elements of the skeleton's maps and sets ((map, key) -> value; "" in a set)."""
-
-    chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    sets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    elements: Mapping[ElementKey, str] = field(default_factory=dict)
-    ports: tuple[ProgrammedPort, ...] = ()
-    skipped: tuple[str, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.chains or self.sets or self.elements)
-
-
-EMPTY = Rules()
+    def route_localnet(self) -> bool:
+        """Whether the rules send packets from other interfaces to 127.0.0.0/8 (node ports on a
+        loopback node IP, or the relay on loopback), which needs route_localnet and its guards."""
+        return self.loopback_node_ip or self.loopback_portal
 
 
 # From objects to rules -------------------------------------------------------------------------
 
 
-def _ready_backends(endpoints: endpoints_pb2.Endpoints | None, port_name: str) -> list[tuple[str, int]]:
+def ready_backends(endpoints: endpoints_pb2.Endpoints | None, port_name: str) -> list[tuple[str, int]]:
     """The ready IPv4 addresses and ports of the endpoint port named like the service port."""
     found: set[tuple[str, int]] = set()
     if endpoints is None:
@@ -240,9 +239,14 @@ def cluster_ip(service: service_pb2.Service) -> str | None:
 
 
 def service_rules(
-    service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None, config: Config
+    service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None, config: Config,
+    relay_ports: RelayPorts | None = None,
 ) -> Rules:
-    """The service's share of the table; EMPTY for a service with no cluster IP."""
+    """The service's share of the table; EMPTY for a service with no cluster IP.
+
+    With `config.portal_address` (userspace mode), `relay_ports` says where the
+    relay listens for each service port; a port with endpoints but no relay
+    port yet is refused, as one without endpoints."""
     namespace, name = service.metadata.namespace, service.metadata.name
     ip = cluster_ip(service)
     if ip is None:
@@ -269,7 +273,7 @@ def service_rules(
             continue
         node_port = service_port.node_port if 0 < service_port.node_port < 65536 else 0
         proto = protocol.lower()
-        backends = _ready_backends(endpoints, service_port.name)
+        backends = ready_backends(endpoints, service_port.name)
         ident = f"{namespace}/{name}/{proto}/{service_port.name or service_port.port}"
         ip_key = (SERVICE_IPS, f"{ip} . {proto} . {service_port.port}")
         node_key = (SERVICE_NODEPORTS, f"{proto} . {node_port}")
@@ -277,10 +281,19 @@ def service_rules(
             namespace=namespace, service=name, port_name=service_port.name, protocol=protocol,
             cluster_ip=ip, port=service_port.port, node_port=node_port, endpoints=tuple(backends), affinity=affinity,
         ))
-        if not backends:
+        relay_port = (relay_ports or {}).get((service_port.name, protocol), 0) if config.portal_address else 0
+        if not backends or (config.portal_address and not relay_port):
             elements[(NO_ENDPOINT_SERVICES, ip_key[1])] = f"goto {REJECT_NO_ENDPOINTS}"
             if node_port:
                 elements[(NO_ENDPOINT_NODEPORTS, node_key[1])] = f"goto {REJECT_NO_ENDPOINTS}"
+            continue
+        if config.portal_address:
+            # The relay picks the endpoint; the kernel only brings the connection to it.
+            portal_chain = _hashed("portal", ident)
+            chains[portal_chain] = (_portal_rule(config.portal_address, proto, relay_port),)
+            elements[ip_key] = f"goto {portal_chain}"
+            if node_port:
+                elements[node_key] = f"goto {portal_chain}"
             continue
         service_chain = _hashed("service", ident)
         endpoint_chains = []
@@ -312,6 +325,13 @@ def service_rules(
     return Rules(chains=chains, sets=sets, elements=elements, ports=tuple(ports), skipped=tuple(skipped))
 
 
+def _portal_rule(address: str, proto: str, port: int) -> str:
+    if address == "0.0.0.0":
+        # To the address the packet came to (the host's own: 127.0.0.1): the relay listens on all.
+        return f"meta l4proto {proto} redirect to :{port}"
+    return f"meta l4proto {proto} dnat to {address}:{port}"
+
+
 def _pick(endpoint_chains: list[str], numgen: str) -> list[str]:
     """The rules that send a new connection to one of the endpoint chains, each as likely.
 
@@ -341,8 +361,10 @@ def skeleton(config: Config) -> tuple[list[str], list[str]]:
     t = f"ip {config.table}"
     mark = f"0x{MASQUERADE_MARK:x}"
     node_ips = ", ".join(config.node_ips)
+    purpose = "portals to the relay" if config.portal_address else "service IPs and node ports"
+    mode = "userspace" if config.portal_address else "nftables"
     declarations = [
-        f"add table {t} {{ comment \"kube-proxy (nftables mode): service IPs and node ports\"; }}",
+        f"add table {t} {{ comment \"kube-proxy ({mode} mode): {purpose}\"; }}",
         f"add map {t} {SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict; "
         f"comment \"cluster IP . protocol . port of a service port with endpoints\"; }}",
         f"add map {t} {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict; "
@@ -400,7 +422,7 @@ def skeleton(config: Config) -> tuple[list[str], list[str]]:
         f"add rule {t} {REJECT_UNALLOCATED} meta l4proto tcp reject with tcp reset",
         f"add rule {t} {REJECT_UNALLOCATED} reject with icmp type host-unreachable",
     ]
-    if config.loopback_node_ip:
+    if config.route_localnet:
         # route_localnet lets 127.0.0.0/8 be routed: keep it from crossing a real interface.
         declarations.append(
             f"add chain {t} filter-postrouting {{ type filter hook postrouting priority 110; policy accept; }}"
@@ -415,18 +437,6 @@ def skeleton(config: Config) -> tuple[list[str], list[str]]:
 
 
 # From rules to scripts -------------------------------------------------------------------------
-
-
-def merge(parts: Iterable[Rules]) -> Rules:
-    """One Rules holding several services' shares (their names never overlap)."""
-    chains: dict[str, tuple[str, ...]] = {}
-    sets: dict[str, tuple[str, str]] = {}
-    elements: dict[ElementKey, str] = {}
-    for part in parts:
-        chains.update(part.chains)
-        sets.update(part.sets)
-        elements.update(part.elements)
-    return Rules(chains=chains, sets=sets, elements=elements)
 
 
 def _element_commands(verb: str, table: str, items: dict[str, list[str]]) -> list[str]:
@@ -484,121 +494,22 @@ def cleanup_commands(table: str) -> list[str]:
     return [f"add table ip {table}", f"delete table ip {table}"]
 
 
-def script(commands: list[str]) -> str:
-    return "".join(command + "\n" for command in commands)
-
-
-# What the table holds --------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """One transaction: its script, and the state to record once it succeeded."""
-
-    commands: list[str]
-    full: bool
-    after: dict[ServiceKey, Rules]  # the changed services' new shares (EMPTY: gone)
-    conflicts: dict[ServiceKey, tuple[str, ...]]
-    released: bool  # some map key was given up: services blocked on one may now get it
-
-    @property
-    def script(self) -> str:
-        return script(self.commands)
-
-
-class Installed:
-    """What the last successful transaction left in the table, per service (pure bookkeeping)."""
+class NftWriter:
+    """The nftables mode's commands for `ruleset.Installed`."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.by_service: dict[ServiceKey, Rules] = {}
-        self.owners: dict[ElementKey, ServiceKey] = {}
-        self.conflicts: dict[ServiceKey, tuple[str, ...]] = {}
-        self.adopted = False  # a full transaction succeeded since start
 
-    def _claim(
-        self, key: ServiceKey, rules: Rules, owners: dict[ElementKey, ServiceKey]
-    ) -> tuple[Rules, tuple[str, ...]]:
-        """Drops the elements another service already holds; records this one's claims."""
-        taken = [element for element in rules.elements if owners.get(element, key) != key]
-        for element in rules.elements:
-            owners.setdefault(element, key)
-        if not taken:
-            return rules, ()
-        elements = {element: value for element, value in rules.elements.items() if element not in taken}
-        reasons = tuple(
-            f"{element[0]} {element[1]} is held by service {'/'.join(owners[element])}" for element in sorted(taken)
-        )
-        return Rules(rules.chains, rules.sets, elements, rules.ports, rules.skipped), reasons
+    def diff(self, old: Rules, new: Rules) -> list[str]:
+        return diff_commands(self.config.table, old, new)
 
-    def plan(self, changed: Mapping[ServiceKey, Rules]) -> Plan:
-        """The incremental transaction for these services' new shares (EMPTY for a deleted service)."""
-        owners = dict(self.owners)
-        released = False
-        for key in changed:
-            for element in self.by_service.get(key, EMPTY).elements:
-                if owners.get(element) == key:
-                    del owners[element]
-        after: dict[ServiceKey, Rules] = {}
-        conflicts: dict[ServiceKey, tuple[str, ...]] = {}
-        for key in sorted(changed):
-            claimed, reasons = self._claim(key, changed[key], owners)
-            after[key] = claimed
-            if reasons:
-                conflicts[key] = reasons
-            old_elements = self.by_service.get(key, EMPTY).elements
-            if any(element not in claimed.elements for element in old_elements):
-                released = True
-        old = merge(self.by_service.get(key, EMPTY) for key in after)
-        commands = diff_commands(self.config.table, old, merge(after.values()))
-        return Plan(commands=commands, full=False, after=after, conflicts=conflicts, released=released)
+    def full(self, rules: Rules, present: Any = None) -> list[str]:
+        return full_commands(self.config, rules)
 
-    def plan_full(self, desired: Mapping[ServiceKey, Rules]) -> Plan:
-        """The transaction that rebuilds the whole table for every service's share."""
-        owners: dict[ElementKey, ServiceKey] = {}
-        after: dict[ServiceKey, Rules] = {}
-        conflicts: dict[ServiceKey, tuple[str, ...]] = {}
-        for key in sorted(desired):
-            claimed, reasons = self._claim(key, desired[key], owners)
-            after[key] = claimed
-            if reasons:
-                conflicts[key] = reasons
-        for key in self.by_service:
-            after.setdefault(key, EMPTY)
-        commands = full_commands(self.config, merge(after.values()))
-        return Plan(commands=commands, full=True, after=after, conflicts=conflicts, released=True)
 
-    def commit(self, plan: Plan) -> None:
-        """Records a plan whose transaction succeeded."""
-        if plan.full:
-            self.by_service.clear()
-            self.owners.clear()
-            self.conflicts.clear()
-            self.adopted = True
-        for key, rules in plan.after.items():
-            for element in self.by_service.get(key, EMPTY).elements:
-                if self.owners.get(element) == key:
-                    del self.owners[element]
-            if rules.empty and not rules.ports and not rules.skipped:
-                self.by_service.pop(key, None)
-            else:
-                self.by_service[key] = rules
-            self.conflicts.pop(key, None)
-        for key, rules in plan.after.items():
-            for element in rules.elements:
-                self.owners[element] = key
-        self.conflicts.update(plan.conflicts)
+class Installed(ruleset.Installed):
+    """What the last successful transaction left in the table, per service (see ruleset.Installed)."""
 
-    def blocked(self) -> set[ServiceKey]:
-        """Services missing a map key another service holds."""
-        return set(self.conflicts)
-
-    def counts(self) -> tuple[int, int, int]:
-        """(services, service ports, endpoints) the table serves."""
-        services = ports = endpoints = 0
-        for rules in self.by_service.values():
-            if rules.ports:
-                services += 1
-            ports += len(rules.ports)
-            endpoints += sum(len(port.endpoints) for port in rules.ports)
-        return services, ports, endpoints
+    def __init__(self, config: Config) -> None:
+        super().__init__(NftWriter(config))
+        self.config = config

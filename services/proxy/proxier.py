@@ -1,21 +1,27 @@
-"""Applies the services and endpoints the informers report to listeners on this node.
+"""The userspace relay: a listener per service port on this node, forwarding to its endpoints.
 
 `desired_ports` turns a Service and its Endpoints into one PortSpec per service
 port (pure; tested with tables). The Proxier keeps a ServicePortProxy per
 (namespace, service, port name): its balancer and counters live as long as the
-service port does, while its listener follows the port number and protocol.
-Changes apply at once: new connections use the new backends, open connections
-carry on (a removed or moved port only stops accepting). A port that cannot be
-bound is retried with back-off without holding up any other service.
+service port does, and so does its listener, on a local port of its own (the
+"proxy port", picked by the kernel on --bind-address, as Kubernetes 1.0's
+userspace proxier): the kernel sends the service's cluster IP and node port
+there (the portals, userspace.py), so a service port's number can change
+without the listener moving; only a change of protocol replaces it. Changes
+apply at once: new connections use the new backends, open connections carry on
+(a removed port only stops accepting). A listener that cannot be bound (the
+bind address not there yet) is retried with back-off without holding up any
+other service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from kybernetes.v1 import endpoints_pb2, proxy_pb2, service_pb2
 
@@ -120,7 +126,8 @@ def endpoint_count(specs: tuple[PortSpec, ...] | list[PortSpec]) -> int:
 
 @dataclass
 class ProxyOptions:
-    bind_address: str = "0.0.0.0"
+    # Where the listeners are: loopback by default, reached only through the portals.
+    bind_address: str = "127.0.0.1"
     connect_timeout: float = 3.0
     udp_idle_timeout: float = 30.0
     affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT
@@ -130,9 +137,9 @@ class ProxyOptions:
 
 
 class ServicePortProxy:
-    """One service port: a balancer, counters, and a listener bound (or retrying) on its port."""
+    """One service port: a balancer, counters, and a listener bound (or retrying) on a local port."""
 
-    def __init__(self, spec: PortSpec, options: ProxyOptions, retire: Any) -> None:
+    def __init__(self, spec: PortSpec, options: ProxyOptions, retire: Any, changed: Callable[[], None]) -> None:
         self.spec = spec
         self.options = options
         self.counters = PortCounters()
@@ -142,21 +149,34 @@ class ServicePortProxy:
             affinity_timeout=options.affinity_timeout,
         )
         self.listener: Listener | None = None
+        self.relay_port = 0  # the listener's port, once bound
         self.error = ""
         self._retire = retire
+        self._changed = changed  # the listener was bound or closed: the portals follow
         self._bind_task: asyncio.Task | None = None
         self._log = get_logger(service=f"{spec.namespace}/{spec.service}", port=spec.describe())
 
+    @property
+    def bound(self) -> tuple[str, int] | None:
+        """(protocol, relay port) of the listener, if it listens."""
+        return (self.spec.protocol, self.relay_port) if self.listener is not None else None
+
     def start(self) -> None:
-        self._bind_task = asyncio.create_task(self._bind_until_bound(), name=f"bind-{self.spec.describe()}")
+        """Binds now if it can (so the portals know the port at once), else retries in the background."""
+        try:
+            self._set_listener(self._listen())
+        except OSError as error:
+            self._report_failure(error, attempt=1, delay=self.options.bind_retry_initial)
+            self._bind_task = asyncio.create_task(self._bind_until_bound(), name=f"bind-{self.spec.describe()}")
 
     def apply(self, spec: PortSpec) -> None:
         old = self.spec
         self.spec = spec
         self.balancer.set_backends(spec.backends)
         self.balancer.set_affinity(spec.client_ip_affinity)
-        if (old.protocol, old.port) != (spec.protocol, spec.port):
+        if old.describe() != spec.describe():
             self._log = get_logger(service=f"{spec.namespace}/{spec.service}", port=spec.describe())
+        if old.protocol != spec.protocol:
             self._stop_listening()
             self.start()
 
@@ -171,41 +191,50 @@ class ServicePortProxy:
             self.listener.close()
             self._retire(self.listener)
             self.listener = None
+            self.relay_port = 0
+            self._changed()
         self.error = ""
 
+    def _set_listener(self, listener: Listener) -> None:
+        self.listener = listener
+        self.relay_port = listener.sock.getsockname()[1]
+        self.error = ""
+        self._changed()
+
+    def _report_failure(self, error: OSError, *, attempt: int, delay: float) -> None:
+        address = f"{self.options.bind_address}/{self.spec.protocol}"
+        reason = error.strerror or str(error)
+        self.error = f"cannot listen on {address}: {reason}"
+        self._log.warning("listen_failed", address=address, error=reason, attempt=attempt, retry_in=round(delay, 2))
+
     async def _bind_until_bound(self) -> None:
-        spec, options = self.spec, self.options
+        options = self.options
         backoff = Backoff(options.bind_retry_initial, max(options.bind_retry_initial, options.bind_retry_max))
-        address = f"{options.bind_address}:{spec.port}/{spec.protocol}"
+        backoff.failure()  # the first attempt, in start()
         while True:
+            await asyncio.sleep(backoff.delay())
             try:
-                self.listener = self._listen()
+                listener = self._listen()
             except OSError as error:
-                delay = backoff.failure()
-                failures = backoff.failures()
-                reason = error.strerror or str(error)
-                self.error = f"cannot listen on {address}: {reason}"
-                self._log.warning(
-                    "listen_failed", address=address, error=reason, attempt=failures, retry_in=round(delay, 2)
-                )
-                await asyncio.sleep(delay)
+                backoff.failure()
+                self._report_failure(error, attempt=backoff.failures(), delay=backoff.delay())
                 continue
-            self.error = ""
-            failures = backoff.failures()
-            if failures:  # the normal case is already told by service_added
-                self._log.info("listening", address=address, after_attempts=failures + 1)
+            self._set_listener(listener)
+            self._log.info("listening", address=f"{options.bind_address}:{self.relay_port}",
+                           after_attempts=backoff.failures() + 1)
+            self._bind_task = None
             return
 
     def _listen(self) -> Listener:
         spec, options = self.spec, self.options
         listener: Listener
         if spec.protocol == "UDP":
-            sock = bind_udp(options.bind_address, spec.port)
+            sock = bind_udp(options.bind_address, 0)
             listener = UdpListener(
                 sock, self.balancer, self.counters, idle_timeout=options.udp_idle_timeout, log=self._log
             )
         else:
-            sock = bind_tcp(options.bind_address, spec.port)
+            sock = bind_tcp(options.bind_address, 0)
             listener = TcpListener(
                 sock, self.balancer, self.counters,
                 connect_timeout=options.connect_timeout, use_splice=options.use_splice, log=self._log,
@@ -233,12 +262,16 @@ class ServicePortProxy:
 
 
 class Proxier:
-    """The userspace data path (`--proxy-mode=userspace`)."""
+    """The relay of the userspace data path (`--proxy-mode=userspace`, with its portals: userspace.py)."""
 
     mode = "userspace"
 
-    def __init__(self, options: ProxyOptions | None = None) -> None:
+    def __init__(
+        self, options: ProxyOptions | None = None, *, on_change: Callable[[ServiceKey], None] | None = None
+    ) -> None:
         self.options = options or ProxyOptions()
+        # Called when a service's listeners were bound, replaced or closed.
+        self._on_change = on_change or (lambda key: None)
         self.services: dict[ServiceKey, service_pb2.Service] = {}
         self.endpoints: dict[ServiceKey, endpoints_pb2.Endpoints] = {}
         self.ports: dict[PortKey, ServicePortProxy] = {}
@@ -303,7 +336,9 @@ class Proxier:
         for port_key, spec in wanted.items():
             current = self.ports.get(port_key)
             if current is None:
-                proxy = self.ports[port_key] = ServicePortProxy(spec, self.options, self._retire)
+                proxy = self.ports[port_key] = ServicePortProxy(
+                    spec, self.options, self._retire, functools.partial(self._on_change, key)
+                )
                 proxy.start()
             else:
                 current.apply(spec)
@@ -316,6 +351,9 @@ class Proxier:
         fields: dict[str, Any] = {
             "ports": ",".join(spec.describe() for spec in specs),
             "endpoints": endpoint_count(specs),
+            "relay": ",".join(
+                f"{spec.describe()}@{self.options.bind_address}:{self.ports[spec.key].relay_port}" for spec in specs
+            ),
         }
         if service.spec.session_affinity == CLIENT_IP_AFFINITY:
             fields["affinity"] = CLIENT_IP_AFFINITY
@@ -330,6 +368,21 @@ class Proxier:
             self._retired.append(listener)
 
     # Reading --------------------------------------------------------------
+
+    def relay_ports(self, key: ServiceKey) -> dict[tuple[str, str], int]:
+        """(port name, protocol) -> the local port its listener is bound to, for the service's bound ports."""
+        found = {}
+        for spec in self._applied.get(key, ()):
+            proxy = self.ports.get(spec.key)
+            bound = proxy.bound if proxy is not None else None
+            if bound is not None:
+                found[(spec.port_name, bound[0])] = bound[1]
+        return found
+
+    def relay_port(self, namespace: str, service: str, port_name: str = "") -> int:
+        """The local port of one service port's listener (0 if it does not listen)."""
+        proxy = self.ports.get((namespace, service, port_name))
+        return proxy.relay_port if proxy is not None else 0
 
     def status(self) -> list[proxy_pb2.ProxiedPortStatus]:
         return [self.ports[key].status() for key in sorted(self.ports)]

@@ -1,10 +1,11 @@
 """The proxy's own gRPC server: kybernetes.v1.Proxy/Status, health and reflection.
 
 Status lists every service port the data path serves. Facts about the data
-path as a whole (its mode; in nftables mode the table, the services and
-endpoints it programmed, transactions, the last sync's time and error) travel
-as the RPC's trailing metadata, `kybernetes-<name>` (`grpcurl -v` prints them),
-so the proto is the same for both modes.
+path as a whole (its mode; the nftables table or the iptables chains, the
+services and endpoints it programmed, transactions, the last sync's time and
+error; the userspace relay's bind address) travel as the RPC's trailing
+metadata, `kybernetes-<name>` (`grpcurl -v` prints them), so the proto is the
+same for every mode.
 """
 
 from __future__ import annotations

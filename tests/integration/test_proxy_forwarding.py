@@ -1,7 +1,9 @@
-"""The proxy's data path against echo backends on loopback (no API server, no Docker).
+"""The userspace relay's data path against echo backends on loopback (no API server, no Docker).
 
-The Proxier is driven with Service and Endpoints objects directly, as its
-informers would, and clients connect to the service ports it opens.
+The relay (the Proxier, without its portals: userspace.py adds those, and
+test_proxy_userspace.py tests the cluster IP path) is driven with Service and
+Endpoints objects directly, as its informers would, and clients connect to the
+local port its listener took for each service port (`serve_service` returns it).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import socket
+import subprocess
 import sys
 import time
 from typing import Awaitable, Callable
@@ -165,8 +169,9 @@ async def backends():
 
 async def serve_service(
     proxier: Proxier, service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None
-) -> None:
-    """Applies service (+ endpoints) and waits until every one of its ports listens."""
+) -> int:
+    """Applies service (+ endpoints), waits until every one of its ports listens, and returns
+    the relay's port for its first service port."""
     if endpoints is not None:
         proxier.set_endpoints(endpoints)
     proxier.set_service(service)
@@ -176,6 +181,13 @@ async def serve_service(
         what=f"service {name} listening",
         timeout=WAIT,
     )
+    return relay_port(proxier, name, service.spec.ports[0].name)
+
+
+def relay_port(proxier: Proxier, service: str, port_name: str = "") -> int:
+    port = proxier.relay_port(NAMESPACE, service, port_name)
+    assert port, f"{service}/{port_name} does not listen"
+    return port
 
 
 def port_status(proxier: Proxier, service: str, port_name: str = "") -> proxy_pb2.ProxiedPortStatus:
@@ -188,8 +200,9 @@ def port_status(proxier: Proxier, service: str, port_name: str = "") -> proxy_pb
 async def test_rotates_across_three_backends(proxier, backends):
     names = [b"alpha", b"bravo", b"charlie"]
     started = [await backends(name_handler(name)) for name in names]
-    port = free_port()
-    await serve_service(proxier, make_service("rr", ("", port, "TCP")), make_endpoints("rr", [b.port for b in started]))
+    port = await serve_service(
+        proxier, make_service("rr", ("", 80, "TCP")), make_endpoints("rr", [b.port for b in started])
+    )
 
     replies = [await exchange(port) for _ in range(30)]
 
@@ -205,9 +218,8 @@ async def test_rotates_across_three_backends(proxier, backends):
 async def test_dead_backend_is_skipped_with_no_failed_client_connection(proxier, backends):
     alive = [await backends(name_handler(b"one")), await backends(name_handler(b"two"))]
     dead_port = refused_port()
-    port = free_port()
-    await serve_service(
-        proxier, make_service("skip", ("", port, "TCP")),
+    port = await serve_service(
+        proxier, make_service("skip", ("", 80, "TCP")),
         make_endpoints("skip", [alive[0].port, dead_port, alive[1].port]),
     )
 
@@ -231,9 +243,8 @@ async def test_backend_that_times_out_on_connect_is_skipped(proxier, backends):
             filler.setblocking(False)
             filler.connect_ex(stuck.getsockname())
             fillers.append(filler)
-        port = free_port()
-        await serve_service(
-            proxier, make_service("slow", ("", port, "TCP")),
+        port = await serve_service(
+            proxier, make_service("slow", ("", 80, "TCP")),
             make_endpoints("slow", [stuck.getsockname()[1], alive.port]),
         )
         replies = [await exchange(port) for _ in range(4)]
@@ -246,12 +257,10 @@ async def test_backend_that_times_out_on_connect_is_skipped(proxier, backends):
 
 
 async def test_no_reachable_backend_resets_the_client(proxier):
-    port = free_port()
-    await serve_service(proxier, make_service("none", ("", port, "TCP")), make_endpoints("none", [refused_port()]))
+    port = await serve_service(proxier, make_service("none", ("", 80, "TCP")), make_endpoints("none", [refused_port()]))
     with pytest.raises(ConnectionResetError):
         await exchange(port, b"hello")
-    await serve_service(proxier, make_service("empty", ("", free_port(), "TCP")), None)
-    empty_port = proxier.ports[(NAMESPACE, "empty", "")].spec.port
+    empty_port = await serve_service(proxier, make_service("empty", ("", 80, "TCP")), None)
     with pytest.raises(ConnectionResetError):
         await exchange(empty_port, b"hello")
 
@@ -259,8 +268,7 @@ async def test_no_reachable_backend_resets_the_client(proxier):
 async def test_endpoint_change_applies_to_new_connections_and_spares_open_ones(proxier, backends):
     old = await backends(await named_echo_handler_factory(b"old"))
     new = await backends(await named_echo_handler_factory(b"new"))
-    port = free_port()
-    await serve_service(proxier, make_service("live", ("", port, "TCP")), make_endpoints("live", [old.port]))
+    port = await serve_service(proxier, make_service("live", ("", 80, "TCP")), make_endpoints("live", [old.port]))
 
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     writer.write(b"before")
@@ -277,23 +285,39 @@ async def test_endpoint_change_applies_to_new_connections_and_spares_open_ones(p
     assert port_status(proxier, "live").endpoints == [f"127.0.0.1:{new.port}"]
 
 
-async def test_service_port_change_moves_the_listener(proxier, backends):
-    backend = await backends(name_handler(b"hi"))
-    first, second = free_port(), free_port()
-    await serve_service(proxier, make_service("move", ("", first, "TCP")), make_endpoints("move", [backend.port]))
-    assert await exchange(first) == b"hi"
+async def test_service_port_change_keeps_the_listener_and_a_protocol_change_replaces_it(backends):
+    """The relay listens on a port of its own: the service port's number is the portals' business."""
+    backend = await backends(echo_handler)
+    changes: list[tuple[str, str]] = []  # services whose listeners were bound or closed: the portals follow
+    proxier = Proxier(ProxyOptions(bind_address=LOOPBACK, connect_timeout=0.5), on_change=changes.append)
+    try:
+        port = await serve_service(
+            proxier, make_service("move", ("", 80, "TCP")), make_endpoints("move", [backend.port])
+        )
+        assert changes == [(NAMESPACE, "move")]
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
 
-    await serve_service(proxier, make_service("move", ("", second, "TCP")), None)
+        assert await serve_service(proxier, make_service("move", ("", 81, "TCP")), None) == port
+        assert len(changes) == 1 and port_status(proxier, "move").port == 81
 
-    assert await exchange(second) == b"hi"
-    with pytest.raises(ConnectionRefusedError):
-        await exchange(first)
+        await serve_service(proxier, make_service("move", ("", 81, "UDP")), None)
+        assert port_status(proxier, "move").protocol == "UDP" and len(changes) == 3  # closed, bound anew
+        with pytest.raises(ConnectionRefusedError):
+            await exchange(port)
+        # The connection opened before carries on.
+        writer.write(b"still here")
+        writer.write_eof()
+        assert await reader.read() == b"still here"
+        writer.close()
+    finally:
+        await proxier.shutdown(grace=0.5)
 
 
 async def test_deleted_service_closes_its_listener_and_open_connections_finish(proxier, backends):
     backend = await backends(echo_handler)
-    port = free_port()
-    await serve_service(proxier, make_service("gone", ("", port, "TCP")), make_endpoints("gone", [backend.port]))
+    port = await serve_service(proxier, make_service("gone", ("", 80, "TCP")), make_endpoints("gone", [backend.port]))
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     writer.write(b"ping")
     assert await reader.readexactly(4) == b"ping"
@@ -309,50 +333,51 @@ async def test_deleted_service_closes_its_listener_and_open_connections_finish(p
     assert (NAMESPACE, "gone", "") not in proxier.ports
 
 
-async def test_port_already_taken_is_retried_while_other_services_work(proxier, backends):
+async def test_bind_address_not_there_yet_is_retried(backends):
+    """A --bind-address the node does not have yet (say, its address comes up later): reported, retried."""
     backend = await backends(name_handler(b"ok"))
-    taken = socket.create_server((LOOPBACK, 0))
-    taken_port = taken.getsockname()[1]
-    other_port = free_port()
+    address = f"10.255.{random.randrange(256)}.{random.randrange(1, 255)}"
+    relay = Proxier(ProxyOptions(bind_address=address, bind_retry_initial=0.05, bind_retry_max=0.2))
+    added = False
     try:
-        await serve_service(
-            proxier, make_service("other", ("", other_port, "TCP")), make_endpoints("other", [backend.port])
-        )
-        proxier.set_endpoints(make_endpoints("blocked", [backend.port]))
-        proxier.set_service(make_service("blocked", ("", taken_port, "TCP")))
+        relay.set_endpoints(make_endpoints("later", [backend.port]))
+        relay.set_service(make_service("later", ("", 80, "TCP")))
+        status = port_status(relay, "later")
+        assert not status.listening and address in status.error and "assign" in status.error
 
-        await eventually(lambda: port_status(proxier, "blocked").error != "", what="bind error reported", timeout=WAIT)
-        status = port_status(proxier, "blocked")
-        assert not status.listening
-        assert str(taken_port) in status.error and "in use" in status.error
-        assert await exchange(other_port) == b"ok"
+        await asyncio.to_thread(subprocess.run, ["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+        added = True
+        await eventually(lambda: port_status(relay, "later").listening, what="bind retried", timeout=WAIT)
+        assert port_status(relay, "later").error == ""
+        reader, writer = await asyncio.open_connection(address, relay.relay_port(NAMESPACE, "later"))
+        assert await reader.read() == b"ok"
+        writer.close()
     finally:
-        taken.close()
-
-    await eventually(lambda: port_status(proxier, "blocked").listening, what="bind retried", timeout=WAIT)
-    assert port_status(proxier, "blocked").error == ""
-    assert await exchange(taken_port) == b"ok"
+        await relay.shutdown(grace=0.5)
+        if added:
+            await asyncio.to_thread(subprocess.run, ["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=True)
+    shown = await asyncio.to_thread(subprocess.run, ["ip", "-4", "addr", "show", "dev", "lo"], capture_output=True,
+                                    text=True)
+    assert address not in shown.stdout
 
 
 async def test_client_ip_affinity_pins_the_client(proxier, backends):
     started = [await backends(name_handler(name)) for name in (b"a", b"b", b"c")]
-    port = free_port()
-    await serve_service(
-        proxier, make_service("sticky", ("", port, "TCP"), affinity="ClientIP"),
+    port = await serve_service(
+        proxier, make_service("sticky", ("", 80, "TCP"), affinity="ClientIP"),
         make_endpoints("sticky", [b.port for b in started]),
     )
     replies = {await exchange(port) for _ in range(9)}
     assert len(replies) == 1
 
     # Turning affinity off spreads the same client again.
-    proxier.set_service(make_service("sticky", ("", port, "TCP")))
+    proxier.set_service(make_service("sticky", ("", 80, "TCP")))
     assert {await exchange(port) for _ in range(9)} == {b"a", b"b", b"c"}
 
 
 async def test_ports_matched_by_name_in_a_multi_port_service(proxier, backends):
     web = await backends(name_handler(b"web"))
     admin = await backends(name_handler(b"admin"))
-    web_port, admin_port = free_port(), free_port()
     endpoints = endpoints_pb2.Endpoints(
         metadata=meta_pb2.ObjectMeta(namespace=NAMESPACE, name="multi"),
         subsets=[endpoints_pb2.EndpointSubset(
@@ -361,9 +386,9 @@ async def test_ports_matched_by_name_in_a_multi_port_service(proxier, backends):
                    endpoints_pb2.EndpointPort(name="web", port=web.port)],
         )],
     )
-    await serve_service(
-        proxier, make_service("multi", ("web", web_port, "TCP"), ("admin", admin_port, "TCP")), endpoints
-    )
+    await serve_service(proxier, make_service("multi", ("web", 80, "TCP"), ("admin", 81, "TCP")), endpoints)
+    web_port, admin_port = relay_port(proxier, "multi", "web"), relay_port(proxier, "multi", "admin")
+    assert web_port != admin_port
     assert await exchange(web_port) == b"web"
     assert await exchange(admin_port) == b"admin"
 
@@ -375,8 +400,7 @@ async def test_ports_matched_by_name_in_a_multi_port_service(proxier, backends):
 @pytest.mark.parametrize("size", [5, 3 * 1024 * 1024])
 async def test_half_closed_client_gets_the_whole_reply(proxier, backends, size):
     backend = await backends(echo_handler)
-    port = free_port()
-    await serve_service(proxier, make_service("half", ("", port, "TCP")), make_endpoints("half", [backend.port]))
+    port = await serve_service(proxier, make_service("half", ("", 80, "TCP")), make_endpoints("half", [backend.port]))
     payload = os.urandom(size)
 
     # The backend answers only after the client's EOF: the proxy must pass the
@@ -391,8 +415,7 @@ async def test_half_closed_client_gets_the_whole_reply(proxier, backends, size):
 @pytest.mark.parametrize("proxier", ["splice", "copy"], indirect=True)
 async def test_100_megabytes_arrive_intact_both_ways(proxier, backends):
     backend = await backends(echo_handler)
-    port = free_port()
-    await serve_service(proxier, make_service("bulk", ("", port, "TCP")), make_endpoints("bulk", [backend.port]))
+    port = await serve_service(proxier, make_service("bulk", ("", 80, "TCP")), make_endpoints("bulk", [backend.port]))
     block = os.urandom(1024 * 1024)
     chunks = 100
 
@@ -445,9 +468,10 @@ async def test_slow_reader_holds_back_the_writer(proxier):
             written += len(chunk)
 
     backend = await TcpBackend(flood).start()
-    port = free_port()
     try:
-        await serve_service(proxier, make_service("slow", ("", port, "TCP")), make_endpoints("slow", [backend.port]))
+        port = await serve_service(
+            proxier, make_service("slow", ("", 80, "TCP")), make_endpoints("slow", [backend.port])
+        )
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         await asyncio.wait_for(stalled.wait(), 60)
         held = written
@@ -472,9 +496,8 @@ async def test_reset_by_the_backend_resets_the_client(proxier):
         writer.transport.abort()
 
     backend = await TcpBackend(reset).start()
-    port = free_port()
     try:
-        await serve_service(proxier, make_service("rst", ("", port, "TCP")), make_endpoints("rst", [backend.port]))
+        port = await serve_service(proxier, make_service("rst", ("", 80, "TCP")), make_endpoints("rst", [backend.port]))
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         writer.write(b"ping")
         with pytest.raises(ConnectionResetError):
@@ -513,8 +536,9 @@ async def test_backend_that_speaks_first_is_heard(proxier):
     )
     try:
         backend_port = int(await asyncio.wait_for(greeter.stdout.readline(), 30))
-        port = free_port()
-        await serve_service(proxier, make_service("greet", ("", port, "TCP")), make_endpoints("greet", [backend_port]))
+        port = await serve_service(
+            proxier, make_service("greet", ("", 80, "TCP")), make_endpoints("greet", [backend_port])
+        )
         # Stall every loop turn a little, so the greeting usually lands before
         # the proxy hears that its connect completed.
         loop = asyncio.get_running_loop()
@@ -548,9 +572,8 @@ async def test_backend_that_speaks_first_is_heard(proxier):
 
 async def test_many_concurrent_connections_all_complete(proxier, backends):
     started = [await backends(echo_handler) for _ in range(3)]
-    port = free_port()
-    await serve_service(
-        proxier, make_service("many", ("", port, "TCP")), make_endpoints("many", [b.port for b in started])
+    port = await serve_service(
+        proxier, make_service("many", ("", 80, "TCP")), make_endpoints("many", [b.port for b in started])
     )
 
     payloads = [os.urandom(100 + i) for i in range(300)]
@@ -606,10 +629,9 @@ async def test_udp_round_trip_and_per_client_sessions(proxier):
         transport, _ = await loop.create_datagram_endpoint(lambda n=name: UdpEcho(n), local_addr=(LOOPBACK, 0))
         transports.append(transport)
         ports.append(transport.get_extra_info("sockname")[1])
-    port = free_port()
     try:
-        await serve_service(
-            proxier, make_service("dns", ("dns", port, "UDP")), make_endpoints("dns", ports, port_name="dns")
+        port = await serve_service(
+            proxier, make_service("dns", ("dns", 53, "UDP")), make_endpoints("dns", ports, port_name="dns")
         )
 
         first = await udp_request(port, [b"a", b"b", b"c"])
@@ -639,10 +661,9 @@ async def test_udp_backend_that_refuses_is_skipped(proxier):
     dead.bind((LOOPBACK, 0))
     dead_port = dead.getsockname()[1]
     dead.close()  # nothing there: the kernel answers ICMP port unreachable
-    port = free_port()
     try:
-        await serve_service(
-            proxier, make_service("udp2", ("", port, "UDP")), make_endpoints("udp2", [dead_port, live_port])
+        port = await serve_service(
+            proxier, make_service("udp2", ("", 53, "UDP")), make_endpoints("udp2", [dead_port, live_port])
         )
         replies = []
         for _ in range(4):
@@ -661,9 +682,8 @@ async def test_udp_backend_that_refuses_is_skipped(proxier):
 
 async def test_status_rpc_reports_ports_and_counters(proxier, backends):
     backend = await backends(echo_handler)
-    port = free_port()
-    await serve_service(
-        proxier, make_service("stat", ("http", port, "TCP")), make_endpoints("stat", [backend.port], port_name="http")
+    port = await serve_service(
+        proxier, make_service("stat", ("http", 80, "TCP")), make_endpoints("stat", [backend.port], port_name="http")
     )
     assert await exchange(port, b"12345") == b"12345"
     await eventually(
@@ -680,7 +700,8 @@ async def test_status_rpc_reports_ports_and_counters(proxier, backends):
 
     assert status.node_name == "node-a"
     [entry] = [p for p in status.ports if p.service == "stat"]
-    assert (entry.namespace, entry.port_name, entry.protocol, entry.port) == (NAMESPACE, "http", "TCP", port)
+    # The service port, not the relay's own.
+    assert (entry.namespace, entry.port_name, entry.protocol, entry.port) == (NAMESPACE, "http", "TCP", 80)
     assert entry.listening and entry.error == ""
     assert list(entry.endpoints) == [f"127.0.0.1:{backend.port}"]
     assert (entry.connections_total, entry.connections_active, entry.connect_failures) == (1, 0, 0)

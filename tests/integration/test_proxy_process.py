@@ -1,10 +1,18 @@
-"""kube-proxy as users run it: its own process, flags, Status RPC, SIGTERM, and a real API server."""
+"""kube-proxy as users run it: its own process, flags, Status RPC, SIGTERM, and a real API server.
+
+The userspace mode here, its relay reached through cluster IPs (its portals are
+an nftables table: root); every mode's process test, with pods on a bridge, is
+in proxy_behaviour.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import socket
 import subprocess
+import uuid
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -17,17 +25,23 @@ from services.common.resources import ENDPOINTS, SERVICES
 from tests.polling import eventually
 from tools.processes import REPO, ManagedProcess, free_port, python_module_argv, wait_for_port
 
-from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, exchange, name_handler
+from services.proxy import nftables
+
+# Detailed assertion messages from the shared module too (before it is first imported).
+pytest.register_assert_rewrite("tests.integration.proxy_behaviour")
+
+from .proxy_behaviour import nft_tables  # noqa: E402
+from .test_proxy_forwarding import LOOPBACK, TcpBackend, echo_handler, name_handler  # noqa: E402
 
 WAIT = 30.0  # seconds for the proxy process to apply a change it watched
 
 
 class ProxyProcess(ManagedProcess):
-    """`kube-proxy` in userspace mode as its own process, logging to a temporary file
-    (the nftables mode's process test is in test_proxy_nftables.py)."""
+    """`kube-proxy` in userspace mode as its own process, logging to a temporary file."""
 
     def __init__(self, server: str, *extra: str) -> None:
         self.status_port = free_port()
+        self.node = f"proxy-test-{uuid.uuid4().hex[:8]}"
         super().__init__(
             "proxy",
             python_module_argv(
@@ -35,7 +49,7 @@ class ProxyProcess(ManagedProcess):
                 "--proxy-mode", "userspace",
                 "--server", server,
                 "--bind-address", LOOPBACK,
-                "--node-name", "proxy-test-node",
+                "--node-name", self.node,
                 "--status-listen", f"{LOOPBACK}:{self.status_port}",
                 "--connect-timeout", "1",
                 *extra,
@@ -46,6 +60,15 @@ class ProxyProcess(ManagedProcess):
         except Exception:
             self.stop()
             raise
+
+    def clean_up(self) -> None:
+        """`kube-proxy --cleanup` for the node; checks that its table is gone."""
+        result = subprocess.run(
+            python_module_argv("services.proxy.main", "--cleanup", "--node-name", self.node),
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"table ip {nftables.table_name(self.node)}" not in nft_tables()
 
     async def status(self) -> proxy_pb2.ProxyStatus:
         async with grpc.aio.insecure_channel(f"{LOOPBACK}:{self.status_port}") as channel:
@@ -75,7 +98,7 @@ async def test_status_health_and_sigterm_without_an_api_server():
     proxy = ProxyProcess(f"{LOOPBACK}:{free_port()}")
     try:
         status = await proxy.status()
-        assert status.node_name == "proxy-test-node" and list(status.ports) == []
+        assert status.node_name == proxy.node and list(status.ports) == []
         async with grpc.aio.insecure_channel(f"{LOOPBACK}:{proxy.status_port}") as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="kybernetes.v1.Proxy"), timeout=10,
@@ -85,17 +108,32 @@ async def test_status_health_and_sigterm_without_an_api_server():
         proxy.process.send_signal(signal.SIGTERM)
         assert await proxy.wait_exit() == 0
         assert "proxy_stopped" in proxy.log_text()
+        # Never synced, so it never wrote a table.
+        assert f"table ip {nftables.table_name(proxy.node)}" not in nft_tables()
     finally:
         proxy.stop()
 
 
-def make_service(namespace: str, name: str, port: int) -> service_pb2.Service:
+def make_service(namespace: str, name: str, port: int, cluster_ip: str) -> service_pb2.Service:
     return service_pb2.Service(
         metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
         spec=service_pb2.ServiceSpec(
-            selector={"app": name}, ports=[service_pb2.ServicePort(name="http", port=port, target_port="http")],
+            cluster_ip=cluster_ip, selector={"app": name},
+            ports=[service_pb2.ServicePort(name="http", port=port, target_port="http")],
         ),
     )
+
+
+async def exchange(host: str, port: int, payload: bytes = b"", timeout: float = 30.0) -> bytes:
+    """Connects, sends payload, shuts the write side, returns everything read until EOF."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        if payload:
+            writer.write(payload)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
 
 
 def make_endpoints(namespace: str, name: str, backend_ports: list[int]) -> endpoints_pb2.Endpoints:
@@ -112,16 +150,19 @@ def make_endpoints(namespace: str, name: str, backend_ports: list[int]) -> endpo
 
 
 async def test_proxy_follows_the_api_server(apiserver, namespace):
-    """Services and Endpoints created through the API are served, changed and removed live,
-    and SIGTERM lets an open connection finish."""
+    """Services and Endpoints created through the API are served at their cluster IPs, changed and
+    removed live, and SIGTERM lets an open connection finish."""
     names = [b"alpha", b"bravo", b"charlie"]
     backends = [await TcpBackend(name_handler(name)).start() for name in names]
     echo = await TcpBackend(echo_handler).start()
     api = ApiClient(apiserver.address)
-    proxy = ProxyProcess(apiserver.address, "--shutdown-grace", "10")
+    # Cluster IPs of the test's own, in a range of its own (the API server's default range holds it).
+    subnet = random.randrange(1, 255)
+    web_ip, echo_ip = f"10.101.{subnet}.10", f"10.101.{subnet}.11"
+    proxy = ProxyProcess(apiserver.address, "--shutdown-grace", "10",
+                         "--service-cluster-ip-range", f"10.101.{subnet}.0/24")
     try:
-        port = free_port()
-        await api.create(make_service(namespace, "web", port))
+        await api.create(make_service(namespace, "web", 80, web_ip))
         await api.create(make_endpoints(namespace, "web", [b.port for b in backends]))
 
         async def endpoint_count() -> int:
@@ -129,7 +170,7 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
             return len(status.endpoints) if status is not None and status.listening else -1
 
         await eventually(lambda: returns(endpoint_count, 3), what="3 endpoints applied", timeout=WAIT)
-        replies = [await exchange(port) for _ in range(30)]
+        replies = [await exchange(web_ip, 80) for _ in range(30)]
         assert all(replies.count(name) == 10 for name in names), replies
 
         # Endpoints change: new connections go to what is left.
@@ -137,31 +178,30 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
         del current.subsets[:2]
         await api.update(current)
         await eventually(lambda: returns(endpoint_count, 1), what="1 endpoint applied", timeout=WAIT)
-        assert {await exchange(port) for _ in range(5)} == {b"charlie"}
+        assert {await exchange(web_ip, 80) for _ in range(5)} == {b"charlie"}
 
-        # The service goes: its port closes.
+        # The service goes: its listener closes, its address is refused.
         await api.delete(SERVICES, "web", namespace)
         await eventually(
             lambda: returns(lambda: proxy.port_status(namespace, "web"), None), what="service removed", timeout=WAIT
         )
-        with pytest.raises(ConnectionRefusedError):
-            await exchange(port)
+        await eventually(lambda: _refused(web_ip, 80), what="the deleted service's address refused", timeout=WAIT)
 
         # SIGTERM: listeners close at once, an open connection gets to finish.
-        echo_port = free_port()
-        await api.create(make_service(namespace, "echo", echo_port))
+        await api.create(make_service(namespace, "echo", 80, echo_ip))
         await api.create(make_endpoints(namespace, "echo", [echo.port]))
+
         async def echo_listening() -> bool:
             status = await proxy.port_status(namespace, "echo")
             assert status is not None and status.listening and len(status.endpoints) == 1, status
             return True
 
         await eventually(echo_listening, what="echo service listening", timeout=WAIT)
-        reader, writer = await asyncio.open_connection(LOOPBACK, echo_port)
+        reader, writer = await asyncio.open_connection(echo_ip, 80)
         writer.write(b"first")
         assert await reader.readexactly(5) == b"first"
         proxy.process.send_signal(signal.SIGTERM)
-        await eventually(lambda: _refused(echo_port), what="listener closed after SIGTERM", timeout=20)
+        await eventually(lambda: _refused(echo_ip, 80), what="listener closed after SIGTERM", timeout=20)
         writer.write(b"last words")
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 10) == b"last words"
@@ -169,11 +209,14 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
         assert await proxy.wait_exit() == 0
         log = proxy.log_text()
         assert "service_added" in log and "service_removed" in log and f"service={namespace}/web" in log
+        # The portals stay (refusing, as the relay is gone) until a restart or --cleanup.
+        assert f"table ip {nftables.table_name(proxy.node)}" in nft_tables()
     finally:
         proxy.stop()
         await api.close()
         for backend in [*backends, echo]:
             await backend.stop()
+        proxy.clean_up()
 
 
 async def returns(fetch: Callable[[], Awaitable[Any]], expected: Any) -> bool:
@@ -183,11 +226,9 @@ async def returns(fetch: Callable[[], Awaitable[Any]], expected: Any) -> bool:
     return True
 
 
-def _refused(port: int) -> bool:
-    import socket
-
+def _refused(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return False
     except ConnectionRefusedError:
         return True

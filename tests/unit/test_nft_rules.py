@@ -1,4 +1,5 @@
-"""The nftables proxier's pure part: Services and Endpoints -> rules -> `nft -f` scripts.
+"""The nftables proxier's pure part: Services and Endpoints -> rules -> `nft -f` scripts
+(and the userspace mode's portals, the same table with the relay as the destination).
 
 No kernel here. Each script is also replayed on a small model of an nftables
 table (`TableModel`) that refuses what nft would refuse (a jump to a missing
@@ -561,3 +562,54 @@ def test_random_histories_replay_exactly():
         full = step % 97 == 96  # now and then a full rebuild, from every service's share
         install(book, model, dict(desired) if full else {key: share}, full=full)
         expect_table(model, desired)
+
+
+# The userspace mode's portals ----------------------------------------------------------------
+
+PORTALS = Config(table=TABLE, service_cidr="10.96.0.0/12", node_ips=("192.168.1.10",), portal_address="127.0.0.1")
+
+
+def test_a_portal_sends_the_cluster_ip_and_the_node_port_to_the_relay():
+    svc = service(ports=(("http", 80, "TCP", 30080), ("dns", 53, "UDP", 0)), affinity="ClientIP")
+    eps = endpoints(["10.88.0.2", "10.88.0.3"], (("http", 8080), ("dns", 53)))
+    share = nftables.service_rules(svc, eps, PORTALS, {("http", "TCP"): 40001, ("dns", "UDP"): 40002})
+    portal = share.elements[(SERVICE_IPS, WEB_PORT)].removeprefix("goto ")
+    assert portal.startswith("portal-") and share.elements[(SERVICE_NODEPORTS, "tcp . 30080")] == f"goto {portal}"
+    assert share.chains[portal] == ("meta l4proto tcp dnat to 127.0.0.1:40001",)
+    dns = share.elements[(SERVICE_IPS, "10.96.0.10 . udp . 53")].removeprefix("goto ")
+    assert share.chains[dns] == ("meta l4proto udp dnat to 127.0.0.1:40002",)
+    # The relay picks and pins: no endpoint chains, no affinity sets in the kernel.
+    assert set(share.chains) == {portal, dns} and share.sets == {}
+    assert [len(port.endpoints) for port in share.ports] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "eps, relay_ports",
+    [
+        pytest.param(endpoints([]), {("http", "TCP"): 40001}, id="no-endpoints"),
+        pytest.param(endpoints(["10.88.0.2"]), {}, id="relay-not-listening-yet"),
+        pytest.param(endpoints(["10.88.0.2"]), {("http", "UDP"): 40001}, id="relay-listening-for-another-protocol"),
+    ],
+)
+def test_a_portal_with_nowhere_to_go_is_refused(eps, relay_ports):
+    share = nftables.service_rules(service(), eps, PORTALS, relay_ports)
+    assert {k: v for k, v in share.elements.items() if k[0] != SERVICE_IPS} == REJECTED_WEB
+    assert share.chains == {}
+
+
+def test_a_relay_on_all_addresses_is_reached_by_redirect():
+    config = Config(table=TABLE, portal_address="0.0.0.0", node_ips=("192.168.1.10",))
+    share = nftables.service_rules(service(), endpoints(["10.88.0.2"]), config, {("http", "TCP"): 40001})
+    assert list(share.chains.values()) == [("meta l4proto tcp redirect to :40001",)]
+    assert not config.route_localnet
+
+
+def test_the_portal_table_has_the_same_skeleton_and_the_loopback_guards():
+    declarations, skeleton_rules = nftables.skeleton(PORTALS)
+    assert 'comment "kube-proxy (userspace mode): portals to the relay"' in declarations[0]
+    plain_declarations, plain_rules = nftables.skeleton(CONFIG)
+    assert declarations[1:] == plain_declarations[1:] + [declarations[-1]]
+    # A relay on 127.0.0.1 is reached from a pod's bridge through route_localnet: guarded.
+    assert PORTALS.route_localnet and not CONFIG.route_localnet
+    assert skeleton_rules[:len(plain_rules)] == plain_rules
+    assert any("route_localnet: outside to loopback" in rule for rule in skeleton_rules)
