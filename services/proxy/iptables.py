@@ -82,13 +82,12 @@ from .nftables import (
     CLIENT_IP_AFFINITY,
     DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_SERVICE_CIDR,
-    HEADLESS,
     MASQUERADE_MARK,
-    SUPPORTED_PROTOCOLS,
     cluster_ip,
-    ready_backends,
+    ports_to_program,
+    skip_reason,
 )
-from .ruleset import EMPTY, ElementKey, ProgrammedPort, Rules
+from .ruleset import EMPTY, ElementKey, Rules
 
 NAT = "nat"
 FILTER = "filter"
@@ -202,13 +201,6 @@ def container(table: str, chain: str) -> str:
 # From objects to rules -------------------------------------------------------------------------
 
 
-def _skip_reason(service: service_pb2.Service) -> str:
-    text = service.spec.cluster_ip
-    if text == HEADLESS:
-        return "headless"
-    return f"cluster IP {text} is not IPv4" if text else "no cluster IP yet"
-
-
 def service_rules(
     service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None, config: Config
 ) -> Rules:
@@ -216,35 +208,20 @@ def service_rules(
     namespace, name = service.metadata.namespace, service.metadata.name
     ip = cluster_ip(service)
     if ip is None:
-        return Rules(skipped=(_skip_reason(service),))
+        return Rules(skipped=(skip_reason(service),))
     affinity = service.spec.session_affinity == CLIENT_IP_AFFINITY
     chains: dict[str, tuple[str, ...]] = {}
     elements: dict[ElementKey, str] = {
         (container(FILTER, config.cluster_ips), f"-d {ip}/32"):
             f"{_comment(f'{namespace}/{name} cluster IP')} -j {config.unknown_port}",
     }
-    ports: list[ProgrammedPort] = []
-    skipped: list[str] = []
-    for service_port in service.spec.ports:
-        protocol = (service_port.protocol or "TCP").upper()
-        label = service_port.name or str(service_port.port)
-        if protocol not in SUPPORTED_PROTOCOLS:
-            skipped.append(f"{label}: protocol {protocol} is not supported")
-            continue
-        if not 0 < service_port.port < 65536:
-            skipped.append(f"{label}: port {service_port.port} is out of range")
-            continue
-        node_port = service_port.node_port if 0 < service_port.node_port < 65536 else 0
-        proto = protocol.lower()
-        backends = ready_backends(endpoints, service_port.name)
-        ident = f"{namespace}/{name}/{proto}/{service_port.name or service_port.port}"
-        described = f"{namespace}/{name}:{label}"
-        ip_match = f"-d {ip}/32 -p {proto} -m {proto} --dport {service_port.port}"
+    to_program, skipped = ports_to_program(service, endpoints)
+    ports = [port.programmed(service, ip, affinity) for port in to_program]
+    for port in to_program:
+        proto, node_port, backends, ident = port.proto, port.node_port, port.backends, port.ident
+        described = f"{namespace}/{name}:{port.label}"
+        ip_match = f"-d {ip}/32 -p {proto} -m {proto} --dport {port.port.port}"
         node_match = f"-p {proto} -m {proto} --dport {node_port}"
-        ports.append(ProgrammedPort(
-            namespace=namespace, service=name, port_name=service_port.name, protocol=protocol,
-            cluster_ip=ip, port=service_port.port, node_port=node_port, endpoints=tuple(backends), affinity=affinity,
-        ))
         if not backends:
             refuse = f"{_comment(f'{described} has no endpoints')} -j {config.no_endpoints}"
             elements[(container(FILTER, config.services), ip_match)] = refuse

@@ -238,29 +238,41 @@ def cluster_ip(service: service_pb2.Service) -> str | None:
         return None
 
 
-def service_rules(
-    service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None, config: Config,
-    relay_ports: RelayPorts | None = None,
-) -> Rules:
-    """The service's share of the table; EMPTY for a service with no cluster IP.
+def skip_reason(service: service_pb2.Service) -> str:
+    """Why a service gets no rules (cluster_ip() gave None); every mode says it the same way."""
+    text = service.spec.cluster_ip
+    if text == HEADLESS:
+        return "headless"
+    return f"cluster IP {text} is not IPv4" if text else "no cluster IP yet"
 
-    With `config.portal_address` (userspace mode), `relay_ports` says where the
-    relay listens for each service port; a port with endpoints but no relay
-    port yet is refused, as one without endpoints."""
+
+@dataclass(frozen=True)
+class PortToProgram:
+    """One service port a data path programs, as every mode reads it."""
+
+    port: service_pb2.ServicePort
+    protocol: str  # "TCP" / "UDP"
+    proto: str  # the same in lower case, as rules spell it
+    label: str  # the name, else the number: for messages
+    node_port: int  # 0: none
+    backends: list[tuple[str, int]]  # ready (ip, port), sorted
+    ident: str  # namespace/name/proto/port name-or-number: what chain names hash
+
+    def programmed(self, service: service_pb2.Service, ip: str, affinity: bool) -> ProgrammedPort:
+        return ProgrammedPort(
+            namespace=service.metadata.namespace, service=service.metadata.name, port_name=self.port.name,
+            protocol=self.protocol, cluster_ip=ip, port=self.port.port, node_port=self.node_port,
+            endpoints=tuple(self.backends), affinity=affinity,
+        )
+
+
+def ports_to_program(
+    service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None
+) -> tuple[list[PortToProgram], list[str]]:
+    """The service's ports with their ready backends, and why the others are skipped
+    (one walk, so that every mode programs and refuses the same ports)."""
     namespace, name = service.metadata.namespace, service.metadata.name
-    ip = cluster_ip(service)
-    if ip is None:
-        text = service.spec.cluster_ip
-        if text == HEADLESS:
-            reason = "headless"
-        else:
-            reason = f"cluster IP {text} is not IPv4" if text else "no cluster IP yet"
-        return Rules(skipped=(reason,))
-    affinity = service.spec.session_affinity == CLIENT_IP_AFFINITY
-    chains: dict[str, tuple[str, ...]] = {}
-    sets: dict[str, tuple[str, str]] = {}
-    elements: dict[ElementKey, str] = {(CLUSTER_IPS, ip): ""}
-    ports: list[ProgrammedPort] = []
+    ports: list[PortToProgram] = []
     skipped: list[str] = []
     for service_port in service.spec.ports:
         protocol = (service_port.protocol or "TCP").upper()
@@ -271,17 +283,39 @@ def service_rules(
         if not 0 < service_port.port < 65536:
             skipped.append(f"{label}: port {service_port.port} is out of range")
             continue
-        node_port = service_port.node_port if 0 < service_port.node_port < 65536 else 0
         proto = protocol.lower()
-        backends = ready_backends(endpoints, service_port.name)
-        ident = f"{namespace}/{name}/{proto}/{service_port.name or service_port.port}"
-        ip_key = (SERVICE_IPS, f"{ip} . {proto} . {service_port.port}")
-        node_key = (SERVICE_NODEPORTS, f"{proto} . {node_port}")
-        ports.append(ProgrammedPort(
-            namespace=namespace, service=name, port_name=service_port.name, protocol=protocol,
-            cluster_ip=ip, port=service_port.port, node_port=node_port, endpoints=tuple(backends), affinity=affinity,
+        ports.append(PortToProgram(
+            port=service_port, protocol=protocol, proto=proto, label=label,
+            node_port=service_port.node_port if 0 < service_port.node_port < 65536 else 0,
+            backends=ready_backends(endpoints, service_port.name),
+            ident=f"{namespace}/{name}/{proto}/{service_port.name or service_port.port}",
         ))
-        relay_port = (relay_ports or {}).get((service_port.name, protocol), 0) if config.portal_address else 0
+    return ports, skipped
+
+
+def service_rules(
+    service: service_pb2.Service, endpoints: endpoints_pb2.Endpoints | None, config: Config,
+    relay_ports: RelayPorts | None = None,
+) -> Rules:
+    """The service's share of the table; EMPTY for a service with no cluster IP.
+
+    With `config.portal_address` (userspace mode), `relay_ports` says where the
+    relay listens for each service port; a port with endpoints but no relay
+    port yet is refused, as one without endpoints."""
+    ip = cluster_ip(service)
+    if ip is None:
+        return Rules(skipped=(skip_reason(service),))
+    affinity = service.spec.session_affinity == CLIENT_IP_AFFINITY
+    chains: dict[str, tuple[str, ...]] = {}
+    sets: dict[str, tuple[str, str]] = {}
+    elements: dict[ElementKey, str] = {(CLUSTER_IPS, ip): ""}
+    to_program, skipped = ports_to_program(service, endpoints)
+    ports = [port.programmed(service, ip, affinity) for port in to_program]
+    for port in to_program:
+        proto, node_port, backends, ident = port.proto, port.node_port, port.backends, port.ident
+        ip_key = (SERVICE_IPS, f"{ip} . {proto} . {port.port.port}")
+        node_key = (SERVICE_NODEPORTS, f"{proto} . {node_port}")
+        relay_port = (relay_ports or {}).get((port.port.name, port.protocol), 0) if config.portal_address else 0
         if not backends or (config.portal_address and not relay_port):
             elements[(NO_ENDPOINT_SERVICES, ip_key[1])] = f"goto {REJECT_NO_ENDPOINTS}"
             if node_port:
