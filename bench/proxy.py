@@ -35,7 +35,16 @@ short exchange with 10, 1,000 and 10,000 services programmed (iptables up to
 1,000: a full iptables-nft restore is superlinear here, 10,000 services took
 140 s; userspace: 10 only, a listener per service port), and the time to
 program N services x 3 endpoints from scratch (one transaction, with the CPU
-the tool used, kernel included) and then to change one endpoint. Everything it
+the tool used, kernel included) and then to change one endpoint. With those N
+services installed, 50 endpoint changes one at a time, each after a quiet
+spell longer than the runner's min_sync_period (so no change waits for its rate
+limit): one service's three endpoints (addresses nobody answers) swapped for a
+live backend of its own in the server pod. For each, from handing the change to
+the proxier (on_endpoints_event) to the runner reporting the transaction
+committed (wait_installed), and to the rule working: a prober in the client pod
+opens a new connection to the service's cluster IP every millisecond (each
+given up after 50 ms) and the first to complete an exchange, which only the new
+backend can answer, ends it; both p50 / p99 (of 50: the slowest). Everything it
 makes (namespaces, bridge, veths, iptables rules and chains, tables) is removed
 at the end and checked gone.
 """
@@ -48,6 +57,7 @@ import json
 import os
 import random
 import resource
+import selectors
 import socket
 import statistics
 import struct
@@ -324,6 +334,105 @@ def run_client(host: str, bulk_port: int, short_port: int, figure: str, seconds:
     print(json.dumps(result), flush=True)
 
 
+PROBE_INTERVAL, PROBE_GIVE_UP, PROBE_TIMEOUT = 0.001, 0.05, 10.0
+
+
+def run_probe() -> None:
+    """In the client pod: for each `host port` line, new connections to host:port every PROBE_INTERVAL
+    (each given up after PROBE_GIVE_UP) until one completes an exchange; prints "probing" once the first
+    is on its way, then the monotonic time the first exchange completed ("timeout" if none did)."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        host, port = line.split()
+        selector = selectors.DefaultSelector()
+        pending: dict[socket.socket, float] = {}
+        next_attempt = started = time.monotonic()
+        result = "timeout"
+        try:
+            while time.monotonic() < started + PROBE_TIMEOUT:
+                now = time.monotonic()
+                if now >= next_attempt:
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    sock.connect_ex((host, int(port)))
+                    selector.register(sock, selectors.EVENT_WRITE)
+                    pending[sock] = now
+                    if next_attempt == started:
+                        print("probing", flush=True)
+                    next_attempt = now + PROBE_INTERVAL
+                for sock in [s for s, at in pending.items() if now - at > PROBE_GIVE_UP]:
+                    selector.unregister(sock)
+                    sock.close()
+                    del pending[sock]
+                for key, _ in selector.select(max(0.0, next_attempt - time.monotonic())):
+                    sock = key.fileobj  # type: ignore[assignment]
+                    selector.unregister(sock)
+                    del pending[sock]
+                    with sock:
+                        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                            continue
+                        sock.setblocking(True)
+                        sock.settimeout(2)
+                        try:
+                            sock.sendall(REQUEST)
+                            reply = b""
+                            while chunk := sock.recv(4096):
+                                reply += chunk
+                        except OSError:
+                            continue
+                    if reply == REPLY:
+                        result = repr(time.monotonic())
+                        break
+                if result != "timeout":
+                    break
+        finally:
+            for sock in pending:
+                sock.close()
+            selector.close()
+        print(result, flush=True)
+
+
+class Prober:
+    """run_probe in the client pod, driven from here."""
+
+    def __init__(self, net: "PodNetwork") -> None:
+        self.process = subprocess.Popen(
+            net.argv("client", sys.executable, "-m", "bench.proxy", "--role", "probe"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        if self._line() != "ready":
+            raise RuntimeError("the prober did not start")
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def start(self, host: str, port: int) -> None:
+        """Returns once the first connection is on its way."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{host} {port}\n")
+        self.process.stdin.flush()
+        if (line := self._line()) != "probing":
+            raise RuntimeError(f"the prober: {line!r}")
+
+    def working(self) -> float:
+        """The monotonic time (this machine's clock, as here) the first exchange completed."""
+        line = self._line()
+        if line == "timeout" or not line:
+            raise RuntimeError(f"no exchange through the changed rule within {PROBE_TIMEOUT:g} s")
+        return float(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # started here: ended by its pid
+            self.process.wait()
+
+
 class PodNetwork:
     """A bridge of the bench's own with a server and a client pod (network namespaces)."""
 
@@ -469,7 +578,44 @@ async def _remove_rules(mode: str, node: str) -> None:
         await cleanup(nftables.table_name(node))
 
 
-async def _scale_from_scratch(mode: str, counts: list[int], net: "PodNetwork") -> list[str]:
+CHANGES = 50
+
+
+def _p50_p99_ms(samples: list[float]) -> str:
+    samples = sorted(samples)
+    return f"{samples[len(samples) // 2] * 1000:.0f} / {samples[int(len(samples) * 0.99)] * 1000:.0f} ms"
+
+
+async def _change_latency(proxier: Any, count: int, net: "PodNetwork", prober: Prober,
+                          backend_port: int) -> tuple[list[float], list[float]]:
+    """CHANGES endpoint changes one at a time: seconds to committed and to working, each."""
+    committed_after, working_after = [], []
+    for k in range(CHANGES):
+        index = 3 + k * (count - 3) // CHANGES  # a service nobody changed yet (the 3 above: 0..2)
+        service, endpoints = _filler(index, net.subnet)
+        del endpoints.subsets[0].addresses[:]
+        endpoints.subsets[0].addresses.add(ip=net.pods["server"])
+        endpoints.subsets[0].ports[0].port = backend_port
+        # A quiet spell: the runner starts the change at once, as the first after one.
+        await asyncio.sleep(proxier.sync_options.min_sync_period + 0.02)
+        await asyncio.to_thread(prober.start, service.spec.cluster_ip, service.spec.ports[0].port)
+        started = time.monotonic()
+        proxier.on_endpoints_event("MODIFIED", endpoints)
+
+        async def committed() -> float:
+            await proxier.wait_installed(timeout=60)
+            return time.monotonic()
+
+        done, working = await asyncio.gather(committed(), asyncio.to_thread(prober.working))
+        if working < started:  # only the new backend answers: the old endpoints are addresses nobody has
+            raise RuntimeError(f"{service.spec.cluster_ip} answered before its endpoints changed")
+        committed_after.append(done - started)
+        working_after.append(working - started)
+    return committed_after, working_after
+
+
+async def _scale_from_scratch(mode: str, counts: list[int], net: "PodNetwork", prober: Prober | None = None,
+                              backend_port: int = 0) -> list[str]:
     lines = []
     for count in counts:
         node = f"{net.node(mode)}-{count}"
@@ -489,6 +635,8 @@ async def _scale_from_scratch(mode: str, counts: list[int], net: "PodNetwork") -
                 service, endpoints = _filler(trial, net.subnet)
                 del endpoints.subsets[0].addresses[trial % 3]
                 change.append((await _program(proxier, [(service, endpoints)]))[0])
+            if prober is not None:
+                committed, working = await _change_latency(proxier, count, net, prober, backend_port)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -498,6 +646,12 @@ async def _scale_from_scratch(mode: str, counts: list[int], net: "PodNetwork") -
             f"{mode:<9} {count:>6,} services x 3 endpoints: {elapsed:6.2f} s from scratch ({tool} CPU "
             f"{tool_cpu:.2f} s, kernel included); then one endpoint change {statistics.median(change) * 1000:.0f} ms"
         )
+        if prober is not None:
+            lines.append(
+                f"{'':<16} {CHANGES} endpoint changes, one at a time, p50 / p99: to committed (wait_installed) "
+                f"{_p50_p99_ms(committed)}; to working (a new connection to the cluster IP answered by the new "
+                f"backend) {_p50_p99_ms(working)}"
+            )
     return lines
 
 
@@ -547,7 +701,8 @@ def pods_main(args: argparse.Namespace) -> None:
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         ports: dict[str, tuple[int, ...]] = {}
-        for target in ("direct", *modes):
+        # "changes": the live backend the endpoint changes of the programming section swap in.
+        for target in ("direct", *modes, *(("changes",) if counts else ())):
             process = subprocess.Popen(
                 net.argv("server", sys.executable, "-m", "bench.proxy", "--role", "backends", "0.0.0.0"),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd,
@@ -683,11 +838,17 @@ async def _pods_bench(args: argparse.Namespace, net: PodNetwork, ports: dict[str
         for mode in runners:
             await _remove_rules(mode, net.node(mode))
     if counts:
-        print("\nProgramming from scratch (one transaction), then one endpoint change:")
-        for mode in runners:
-            mode_counts = [n for n in counts if mode != "iptables" or n <= IPTABLES_SCALE_MAX]
-            for line in await _scale_from_scratch(mode, mode_counts, net):
-                print("  " + line, flush=True)
+        print("\nProgramming from scratch (one transaction), then one endpoint change; then endpoint changes "
+              "one at a time (from on_endpoints_event; 'working': a connection from the client pod reaches the "
+              "new backend):")
+        prober = await asyncio.to_thread(Prober, net)
+        try:
+            for mode in runners:
+                mode_counts = [n for n in counts if mode != "iptables" or n <= IPTABLES_SCALE_MAX]
+                for line in await _scale_from_scratch(mode, mode_counts, net, prober, ports["changes"][1]):
+                    print("  " + line, flush=True)
+        finally:
+            prober.close()
 
 
 def main() -> None:
@@ -717,6 +878,8 @@ def main() -> None:
         elif args.role[0] == "client":
             host, bulk, short, figure, seconds = args.role[1:6]
             run_client(host, int(bulk), int(short), figure, float(seconds))
+        elif args.role[0] == "probe":
+            run_probe()
         elif args.role[0] == "userspace":
             node, subnet, server, bulk, short = args.role[1:6]
             run_userspace_proxy(node, int(subnet), server, int(bulk), int(short))
