@@ -146,3 +146,19 @@ async def test_controllers_run_once_every_informer_is_synced_and_are_restarted_a
     await asyncio.gather(runner, return_exceptions=True)
     assert log[:3] == ["setup a", "setup b", "watch pods"]
     assert sorted(log[3:]) == ["run a", "run b", "run b"]
+
+
+async def test_a_cancelled_waiter_leaves_the_group_able_to_report_a_failure() -> None:
+    group = TaskGroup("test")
+    waiter = asyncio.create_task(group.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+
+    async def dies() -> None:
+        raise ValueError("later")
+
+    group.guard(dies, name="late", fatal=True)
+    with pytest.raises(TaskFailed, match="late"):
+        await asyncio.wait_for(group.wait(), 5)
+    await group.close()

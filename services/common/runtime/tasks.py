@@ -103,8 +103,9 @@ class TaskGroup:
         return self._keep(asyncio.create_task(forever(), name=name))
 
     async def wait(self) -> None:
-        """Returns never; raises TaskFailed when a fatal task ends."""
-        await self._failure()
+        """Returns never; raises TaskFailed when a fatal task ends. Shielded: cancelling one
+        waiter must not cancel the group's failure future that the others (and guard) share."""
+        await asyncio.shield(self._failure())
 
     async def close(self) -> None:
         """Cancels every task and waits for them; a task that ignores cancellation is reported."""
