@@ -65,7 +65,7 @@ _CONFLICT_RETRIES = 16
 
 # -- List's wire layout -------------------------------------------------------
 
-_WIRE_VARINT, _WIRE_LENGTH_DELIMITED = 0, 2
+_WIRE_VARINT, _WIRE_FIXED64, _WIRE_LENGTH_DELIMITED, _WIRE_FIXED32 = 0, 1, 2, 5
 _VARINT_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64)
 
 
@@ -79,6 +79,24 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at data[pos:] and the position after it."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _varint_end(data: bytes, pos: int) -> int:
+    while data[pos] & 0x80:
+        pos += 1
+    return pos + 1
 
 
 def _tag(field: Any, wire_type: int) -> bytes:
@@ -97,11 +115,64 @@ class WireLayout:
     resource_version_tag: bytes  # ObjectMeta.resource_version, a varint
     items_tag: bytes  # the list message's `repeated <kind> items`
 
-    def resource_version_patch(self, revision: int) -> bytes:
-        """Bytes that, appended to a serialized object, set its resource_version
-        (protobuf merges a repeated sub-message field into the first)."""
-        inner = self.resource_version_tag + _varint(revision)
-        return self.metadata_tag + _varint(len(inner)) + inner
+    def metadata_span(self, data: bytes) -> tuple[int, int, int] | None:
+        """Where the metadata field is in a serialized object: (field start, contents start,
+        end), or None when it has none. Scans the top-level fields (a few, before metadata)."""
+        wanted, _ = _read_varint(self.metadata_tag, 0)
+        pos, size = 0, len(data)
+        while pos < size:
+            start = pos
+            key, pos = _read_varint(data, pos)
+            wire = key & 7
+            if wire == _WIRE_LENGTH_DELIMITED:
+                length, pos = _read_varint(data, pos)
+                if key == wanted:
+                    return start, pos, pos + length
+                pos += length
+            elif wire == _WIRE_VARINT:
+                pos = _varint_end(data, pos)
+            elif wire == _WIRE_FIXED64:
+                pos += 8
+            elif wire == _WIRE_FIXED32:
+                pos += 4
+            else:
+                raise ValueError(f"unexpected wire type {wire} at byte {start}")
+        return None
+
+    def metadata_first(self, data: bytes) -> bytes:
+        """The same object with its metadata field first: the stored form, so that List
+        finds the field at byte 0 and sets resource_version inside it without a scan."""
+        span = self.metadata_span(data)
+        if span is None or span[0] == 0:
+            return data
+        start, _, end = span
+        return data[start:end] + data[:start] + data[end:]
+
+    def with_resource_version(self, stored: bytes, revision: int) -> bytes:
+        """A stored object (resource_version cleared) with metadata.resource_version set
+        inside its one metadata field: canonical encoding, each field once, which every
+        decoder reads alike (protobuf.js replaces a repeated message field instead of merging)."""
+        field = self.resource_version_tag + _varint(revision)
+        tag = self.metadata_tag
+        if stored.startswith(tag):  # the stored form: metadata first
+            # The length of an object's metadata takes one or two bytes (< 16 KiB): read them inline.
+            at = len(tag)
+            first = stored[at]
+            if first < 0x80:
+                length, contents = first, at + 1
+            elif stored[at + 1] < 0x80:
+                length, contents = (first & 0x7F) | (stored[at + 1] << 7), at + 2
+            else:
+                length, contents = _read_varint(stored, at)
+            end = contents + length
+            return b"".join((tag, _varint(length + len(field)), stored[contents:end], field, stored[end:]))
+        span = self.metadata_span(stored)  # written before the stored form was metadata-first
+        if span is None:
+            return tag + _varint(len(field)) + field + stored
+        start, contents, end = span
+        return (
+            stored[:start] + tag + _varint(end - contents + len(field)) + stored[contents:end] + field + stored[end:]
+        )
 
     def item(self, data: bytes) -> bytes:
         """One serialized object as an entry of the list message's items."""
@@ -323,12 +394,12 @@ class Registry:
         obj.metadata.resource_version = revision
         return obj
 
-    @staticmethod
-    def encode(obj: ApiObject) -> bytes:
+    def encode(self, obj: ApiObject) -> bytes:
+        """The stored form: resource_version cleared (etcd's mod_revision is it), metadata first."""
         revision = obj.metadata.resource_version
         obj.metadata.resource_version = 0
         try:
-            return obj.SerializeToString(deterministic=True)
+            return self.layout.metadata_first(obj.SerializeToString(deterministic=True))
         finally:
             obj.metadata.resource_version = revision
 
@@ -381,7 +452,7 @@ class Registry:
             revision, start = _decode_continue(options.continue_token, prefix)
         limit = options.limit
         filtering = labels is not None or fields is not None
-        resource_version_patch = self.layout.resource_version_patch
+        with_resource_version = self.layout.with_resource_version
         items: list[bytes] = []
         next_token = ""
         while True:
@@ -402,7 +473,7 @@ class Registry:
                         continue
                     if fields is not None and not fields.matches(self.kind.fields(obj)):
                         continue
-                items.append(kv.value + resource_version_patch(kv.mod_revision))
+                items.append(with_resource_version(kv.value, kv.mod_revision))
                 if limit and len(items) == limit:
                     if index + 1 < len(kvs) or result.more:
                         next_token = _encode_continue(revision, kv.key + b"\0")

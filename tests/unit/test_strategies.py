@@ -357,20 +357,65 @@ async def test_other_kinds_have_no_delete_hook(kind: Kind) -> None:
 # -- List's wire layout ---------------------------------------------------------------
 
 
+def top_level_fields(data: bytes) -> list[int]:
+    """The field numbers of a serialized message's top-level fields, in wire order."""
+    numbers, pos = [], 0
+    while pos < len(data):
+        key, pos = _decode_varint(data, pos)
+        numbers.append(key >> 3)
+        wire = key & 7
+        if wire == 2:
+            length, pos = _decode_varint(data, pos)
+            pos += length
+        elif wire == 0:
+            _, pos = _decode_varint(data, pos)
+        else:
+            pos += {1: 8, 5: 4}[wire]
+    return numbers
+
+
+def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
 @pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
-def test_every_kind_fits_list_splicing(kind: Kind) -> None:
+@pytest.mark.parametrize("stored_form", [True, False], ids=["metadata-first", "written-before"])
+def test_every_kind_fits_list_splicing(kind: Kind, stored_form: bool) -> None:
     layout = wire_layout(kind)
-    obj: Any = kind.message(metadata=meta_pb2.ObjectMeta(name="a", labels={"x": "y"}))
-    items = [obj.SerializeToString(), obj.SerializeToString()]
-    header = kind.list_message(metadata=meta_pb2.ListMeta(resource_version=9)).SerializeToString()
-    data = header + b"".join(
-        layout.item(item + layout.resource_version_patch(revision))
-        for item, revision in zip(items, (5, 300), strict=True)
+    obj: Any = kind.message(
+        api_version="v1", kind=kind.name, metadata=meta_pb2.ObjectMeta(name="a", labels={"x": "y"})
     )
-    parsed: Any = kind.list_message.FromString(data)
+    serialized = obj.SerializeToString(deterministic=True)
+    stored = layout.metadata_first(serialized) if stored_form else serialized
+    header = kind.list_message(metadata=meta_pb2.ListMeta(resource_version=9)).SerializeToString()
+    spliced = [layout.with_resource_version(stored, revision) for revision in (5, 300)]
+    parsed: Any = kind.list_message.FromString(header + b"".join(layout.item(item) for item in spliced))
     assert [i.metadata.resource_version for i in parsed.items] == [5, 300]
     assert [dict(i.metadata.labels) for i in parsed.items] == [{"x": "y"}, {"x": "y"}]
+    assert [(i.api_version, i.kind) for i in parsed.items] == [("v1", kind.name)] * 2
     assert parsed.metadata.resource_version == 9
+    # Canonical: each field once, so a decoder that replaces a repeated message field
+    # (protobuf.js) instead of merging reads the same object.
+    for item in spliced:
+        fields = top_level_fields(item)
+        assert len(fields) == len(set(fields)), fields
+        one: Any = kind.message()
+        one.ParseFromString(item)
+        assert one.metadata.name == "a" and one.metadata.resource_version in (5, 300)
+
+
+def test_an_object_without_metadata_gets_one_field_with_the_revision() -> None:
+    layout = wire_layout(PODS)
+    spliced = layout.with_resource_version(b"", 7)
+    assert top_level_fields(spliced) == [3]
+    assert pod_pb2.Pod.FromString(spliced).metadata.resource_version == 7
 
 
 def _pool_with(*files: Any) -> descriptor_pool.DescriptorPool:
@@ -439,7 +484,7 @@ def test_layout_follows_the_descriptors() -> None:
                                 items_tag=bytes([0xA2, 0x01]))  # field 20: a two-byte key
     thing: Any = kind.message(note="n")
     thing.metadata.name = "a"
-    data = layout.item(thing.SerializeToString() + layout.resource_version_patch(42))
+    data = layout.item(layout.with_resource_version(layout.metadata_first(thing.SerializeToString()), 42))
     parsed: Any = kind.list_message.FromString(data)
     assert (parsed.items[0].note, parsed.items[0].metadata.name, parsed.items[0].metadata.resource_version) == (
         "n", "a", 42,
