@@ -4,9 +4,29 @@ from __future__ import annotations
 
 import grpc
 
+from services.common.validation import show_value
+
+
+# gRPC sends the status message in a trailer (grpc-message, percent-encoded), and a
+# peer refuses trailers over its metadata limit (16 KiB by default): the client then
+# sees RESOURCE_EXHAUSTED "Stream removed" instead of the error. Every message is
+# capped here, in UTF-8 bytes, so that even fully percent-encoded (3 bytes per
+# byte) it fits with room for the other headers.
+MAX_MESSAGE_BYTES = 4000
+
+
+def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """message, cut to at most `limit` UTF-8 bytes (saying how much was cut)."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    kept = data[: limit - 64].decode(errors="ignore")
+    return f"{kept}…({len(message) - len(kept)} more characters)"
+
 
 class ApiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        message = cap_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -14,18 +34,18 @@ class ApiError(Exception):
 
 def not_found(kind_plural: str, namespace: str, name: str) -> ApiError:
     where = f" in namespace {namespace}" if namespace else ""
-    return ApiError(grpc.StatusCode.NOT_FOUND, f'{kind_plural} "{name}" not found{where}')
+    return ApiError(grpc.StatusCode.NOT_FOUND, f"{kind_plural} {show_value(name)} not found{where}")
 
 
 def already_exists(kind_plural: str, namespace: str, name: str) -> ApiError:
     where = f" in namespace {namespace}" if namespace else ""
-    return ApiError(grpc.StatusCode.ALREADY_EXISTS, f'{kind_plural} "{name}" already exists{where}')
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, f"{kind_plural} {show_value(name)} already exists{where}")
 
 
 def conflict(kind_plural: str, name: str, expected: int, actual: int) -> ApiError:
     return ApiError(
         grpc.StatusCode.ABORTED,
-        f'operation on {kind_plural} "{name}" cannot be fulfilled: metadata.resourceVersion {expected} '
+        f"operation on {kind_plural} {show_value(name)} cannot be fulfilled: metadata.resourceVersion {expected} "
         f"is stale (stored: {actual}); read the latest version and try again",
     )
 
@@ -36,8 +56,20 @@ def invalid(
     """Field errors of one object. The code says which kind of problem: INVALID_ARGUMENT
     for bad input, ALREADY_EXISTS for a requested value another object holds (a
     cluster IP), RESOURCE_EXHAUSTED for a range with nothing left to allocate."""
-    details = "; ".join(str(e) for e in errors)
-    return ApiError(code, f'{kind_name} "{name}" is invalid: {details}')
+    head = f"{kind_name} {show_value(name)} is invalid: "
+    budget = MAX_MESSAGE_BYTES - len(head.encode()) - 32  # room for "; and N more errors"
+    shown: list[str] = []
+    for error in errors:
+        text = str(error)
+        size = len(text.encode()) + 2
+        if shown and size > budget:
+            break
+        shown.append(text)
+        budget -= size
+    details = "; ".join(shown)
+    if len(shown) < len(errors):
+        details += f"; and {len(errors) - len(shown)} more errors"
+    return ApiError(code, head + details)
 
 
 def require_name(name: str) -> None:

@@ -35,7 +35,7 @@ from kybernetes.v1 import meta_pb2
 from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, Kind
 from services.common.selectors import FieldSelector, LabelSelector, SelectorError
 from services.common.timestamps import now_timestamp
-from services.common.validation import FieldError
+from services.common.validation import FieldError, forbidden
 
 from .errors import ApiError, already_exists, conflict, invalid, not_found, require_name
 from .storage import (
@@ -218,13 +218,23 @@ def _encode_continue(revision: int, next_key: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
+_MAX_REVISION = 2**63 - 1  # etcd's revisions are int64
+
+
 def _decode_continue(token: str, prefix: bytes) -> tuple[int, bytes]:
+    """The revision and start key of a continue token; INVALID_ARGUMENT naming `continue`
+    for anything a previous List of this list did not hand out."""
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        revision, start = int(data["rv"]), base64.b64decode(data["start"])
+        rv, start_text = data["rv"], data["start"]
+        if type(rv) is not int or not isinstance(start_text, str):
+            raise ValueError("wrong types")
+        revision, start = rv, base64.b64decode(start_text, validate=True)
     except Exception:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "continue: not a token from a previous List") from None
-    if not start.startswith(prefix) or revision <= 0:
+    if not 0 < revision <= _MAX_REVISION:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "continue: not a token from a previous List")
+    if not start.startswith(prefix):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "continue: token belongs to a different list")
     return revision, start
 
@@ -256,6 +266,7 @@ class StatusREST(SubresourceREST):
     async def handle(self, request: Any) -> Any:
         registry = self.registry
         require_name(request.metadata.name)
+        registry.forbid_namespace(request)
         namespace = registry.namespace_of(request.metadata.namespace)
 
         def mutate(current: ApiObject) -> ApiObject:
@@ -464,6 +475,16 @@ class Registry:
                     grpc.StatusCode.OUT_OF_RANGE,
                     "continue: the list's revision was compacted; start the list again without a token",
                 ) from None
+            except ApiError as error:
+                # etcd refuses a revision it has not reached ("mvcc: required revision is a
+                # future revision"): only a forged token names one, a client's mistake.
+                if revision and "future revision" in error.message:
+                    raise ApiError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"continue: the token's revision {revision} is newer than the store's; "
+                        "not a token from a previous List",
+                    ) from None
+                raise
             revision = revision or result.revision
             kvs = result.kvs
             for index, kv in enumerate(kvs):
@@ -507,10 +528,17 @@ class Registry:
         if errors:
             raise invalid(self.kind.name, obj.metadata.name or obj.metadata.generate_name, [*errors])
 
+    def forbid_namespace(self, obj: ApiObject) -> None:
+        """A cluster-scoped kind has no namespace: one in the request is refused (as
+        Kubernetes does), never dropped, so the client learns it named the wrong thing."""
+        if not self.kind.namespaced and obj.metadata.namespace:
+            self._raise_invalid(obj, [forbidden("metadata.namespace", "not allowed on this type")])
+
     async def create(self, request: ApiObject) -> ApiObject:
         obj = type(request)()
         obj.CopyFrom(request)
         meta = obj.metadata
+        self.forbid_namespace(obj)
         meta.namespace = self.namespace_of(meta.namespace)
         if meta.resource_version:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "metadata.resourceVersion: must be empty on create")
@@ -520,6 +548,11 @@ class Registry:
         meta.generation = 1
         self.strategy.prepare_for_create(obj)
         generated = not meta.name and bool(meta.generate_name)
+        if generated:
+            # Validated as sent (name empty), so a bad prefix is reported as
+            # metadata.generateName with the user's value, not as a name with a
+            # suffix the user never saw.
+            self.check(obj)
         if self.strategy.has_side_keys:
             return await self._create_with_side_keys(obj, generated)
         for _ in range(_CONFLICT_RETRIES if generated else 1):
@@ -622,6 +655,7 @@ class Registry:
 
     async def update(self, request: ApiObject) -> ApiObject:
         require_name(request.metadata.name)
+        self.forbid_namespace(request)
         namespace = self.namespace_of(request.metadata.namespace)
 
         def mutate(current: ApiObject) -> ApiObject:
@@ -676,8 +710,15 @@ class Registry:
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{request.name}": too many concurrent writers')
 
 
+# Kubernetes' limits for a generated name: the prefix is cut so that prefix and
+# suffix fit a DNS label (63 characters).
+_NAME_SUFFIX_LENGTH = 5
+_MAX_GENERATED_PREFIX = 63 - _NAME_SUFFIX_LENGTH
+
+
 def _generate_name(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
+    suffix = "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(_NAME_SUFFIX_LENGTH))
+    return prefix[:_MAX_GENERATED_PREFIX] + suffix
 
 
 def build_registries(

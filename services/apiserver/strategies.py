@@ -51,6 +51,7 @@ from services.common.resources import (
     Kind,
 )
 from services.common.log import get_logger
+from services.common.selectors import validate_dns1123_subdomain
 from services.common.timestamps import now_timestamp
 from services.common.validation import HEADLESS_CLUSTER_IP, FieldError
 
@@ -93,7 +94,15 @@ def check_binding(binding: pod_pb2.Binding) -> None:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "target.name: required (the node to bind to)")
     if binding.target.kind not in ("", "Node"):
         raise ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT, f'target.kind: must be "Node", not "{binding.target.kind}"'
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f'target.kind: must be "Node", not {validation.show_value(binding.target.kind)}',
+        )
+    # The target becomes the pod's spec.nodeName: a node's name (a DNS-1123 subdomain),
+    # checked here so that nothing else (a path, a shell expansion, 100k characters) is stored.
+    reason = validate_dns1123_subdomain(binding.target.name)
+    if reason:
+        raise invalid(
+            "Binding", binding.metadata.name, [validation.invalid("target.name", binding.target.name, reason)]
         )
 
 

@@ -30,6 +30,10 @@ from .storage import CompactedError, Storage, prefix_range_end
 _RETRY_INITIAL = 0.1
 _RETRY_MAX = 5.0
 
+# How long a Watch from a revision etcd has not reached waits for it, and how often it looks.
+FUTURE_REVISION_WAIT = 2.0
+_FUTURE_REVISION_POLL = 0.1
+
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
 
@@ -270,6 +274,33 @@ class WatchCache:
             for watcher in self._watchers:
                 watcher.offer_bookmark(max(revision, watcher.start_revision))
 
+    async def _wait_for_revision(self, revision: int) -> None:
+        """Returns once etcd has reached `revision`; OUT_OF_RANGE naming resourceVersion
+        when it does not within FUTURE_REVISION_WAIT seconds.
+
+        The cache's own revision is the last write of this kind, while a List hands out
+        etcd's revision (any kind's writes move it): a watch from a revision above the
+        cache's is normal, so the check is against etcd. A revision etcd has not reached
+        may be one another API server is committing right now, hence the brief wait (as
+        Kubernetes' "Too large resource version", which answers 504 Timeout after waiting).
+        Then OUT_OF_RANGE rather than INVALID_ARGUMENT: gRPC's code for a value past the
+        valid range that may become valid as the system's state changes (the revision may
+        yet exist), and clients already answer it by listing again, which is right here.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FUTURE_REVISION_WAIT
+        while True:
+            current = await self.storage.current_revision()
+            if revision <= current:
+                return
+            if loop.time() >= deadline:
+                raise ApiError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"resourceVersion: Too large resource version: {revision}, current: {current}; "
+                    "watch from a resourceVersion a List or Get returned",
+                )
+            await asyncio.sleep(_FUTURE_REVISION_POLL)
+
     def snapshot(self, filter_: WatchFilter) -> tuple[list[CachedObject], int]:
         return [c for c in self._objects.values() if filter_.matches(c)], self.revision
 
@@ -294,6 +325,8 @@ class WatchCache:
             start = self.revision
         else:
             start = resource_version
+            if start > self.revision:
+                await self._wait_for_revision(start)
             if start < self.window_start or (
                 start < self.revision and await self.storage.is_compacted(start + 1)
             ):

@@ -68,12 +68,30 @@ NameValidator = Callable[[str], "str | None"]
 # Error constructors, worded as Kubernetes' field.Error.
 
 
-def _show(value: Any) -> str:
+# A value quoted in an error message is cut to this many characters: an error names
+# the field and shows enough of the value to recognise it, never all of a huge one
+# (the message travels in a gRPC trailer, which has a size limit).
+MAX_SHOWN_VALUE = 256
+
+
+def show_value(value: Any) -> str:
+    """value as an error message quotes it: JSON, cut to MAX_SHOWN_VALUE characters
+    with "…(N more characters)" saying how much was left out."""
     if isinstance(value, str):
+        if len(value) > MAX_SHOWN_VALUE:
+            more = len(value) - MAX_SHOWN_VALUE
+            return json.dumps(value[:MAX_SHOWN_VALUE]) + f"…({more} more characters)"
         return json.dumps(value)
     if isinstance(value, Mapping):
-        return json.dumps(dict(value), sort_keys=True)
-    return str(value)
+        text = json.dumps(dict(value), sort_keys=True)
+    else:
+        text = str(value)
+    if len(text) > MAX_SHOWN_VALUE:
+        return f"{text[:MAX_SHOWN_VALUE]}…({len(text) - MAX_SHOWN_VALUE} more characters)"
+    return text
+
+
+_show = show_value
 
 
 def required(path: str, detail: str = "") -> FieldError:

@@ -744,3 +744,102 @@ def test_strategies_are_built_per_server_with_their_ranges() -> None:
     assert str(service_strategy.node_port_range) == "31000-31010"
     assert service_strategy is not STRATEGIES[SERVICES.name]
     assert [kind for kind, strategy in built.items() if strategy.has_side_keys] == [SERVICES.name]
+
+
+# -- hostile input: binding targets, continue tokens, error sizes ------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["../../etc", "UPPER", "$(id)", "a" * 100_000, "node_1", "-node", "a" * 254],
+)
+def test_check_binding_refuses_a_target_that_is_not_a_node_name(target: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        check_binding(binding(target=target))
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "target.name: Invalid value" in raised.value.message
+    assert len(raised.value.message) < 1024
+
+
+@pytest.mark.parametrize("target", ["node-1", "node.example.com", "a" * 253])
+def test_check_binding_accepts_node_names(target: str) -> None:
+    check_binding(binding(target=target))
+
+
+def _token(data: Any) -> str:
+    import base64
+    import json
+
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _start(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("garbage", id="not-base64-json"),
+        pytest.param(_token(b"[1, 2]"), id="a-list"),
+        pytest.param(_token({"rv": 2**63, "start": _start(b"/registry/pods/")}), id="rv-over-int64"),
+        pytest.param(_token({"rv": 10**30, "start": _start(b"/registry/pods/")}), id="rv-huge"),
+        pytest.param(_token({"rv": 0, "start": _start(b"/registry/pods/")}), id="rv-zero"),
+        pytest.param(_token({"rv": -5, "start": _start(b"/registry/pods/")}), id="rv-negative"),
+        pytest.param(_token({"rv": "5", "start": _start(b"/registry/pods/")}), id="rv-a-string"),
+        pytest.param(_token({"rv": 1.5, "start": _start(b"/registry/pods/")}), id="rv-a-float"),
+        pytest.param(_token({"rv": True, "start": _start(b"/registry/pods/")}), id="rv-a-bool"),
+        pytest.param(_token({"rv": 5, "start": 7}), id="start-not-text"),
+        pytest.param(_token({"rv": 5, "start": "!!!"}), id="start-not-base64"),
+        pytest.param(_token({"rv": 5, "start": _start(b"/registry/nodes/x")}), id="other-list"),
+        pytest.param(_token({"rv": 5}), id="no-start"),
+    ],
+)
+def test_a_bad_continue_token_is_invalid_argument_naming_continue(token: str) -> None:
+    from services.apiserver.registry import _decode_continue
+
+    with pytest.raises(ApiError) as raised:
+        _decode_continue(token, b"/registry/pods/")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("continue: ")
+
+
+def test_a_continue_token_round_trips() -> None:
+    from services.apiserver.registry import _decode_continue, _encode_continue
+
+    token = _encode_continue(2**63 - 1, b"/registry/pods/ns/a\0")
+    assert _decode_continue(token, b"/registry/pods/") == (2**63 - 1, b"/registry/pods/ns/a\0")
+
+
+def test_every_error_message_fits_a_grpc_trailer() -> None:
+    from services.apiserver.errors import MAX_MESSAGE_BYTES, not_found
+
+    assert len(ApiError(grpc.StatusCode.INVALID_ARGUMENT, "é" * 100_000).message.encode()) <= MAX_MESSAGE_BYTES
+    message = not_found("pods", "ns", "x" * 100_000).message
+    assert "more characters" in message and len(message) < 1024
+
+
+def test_many_field_errors_are_capped_with_how_many_were_left_out() -> None:
+    from services.apiserver.errors import MAX_MESSAGE_BYTES, invalid
+    from services.common.validation import FieldError, invalid as invalid_value
+
+    errors = [invalid_value(f"spec.containers[{i}].name", "X" * 1000, "bad") for i in range(200)]
+    message = invalid("Pod", "web", errors).message
+    assert len(message.encode()) <= MAX_MESSAGE_BYTES
+    assert message.startswith('Pod "web" is invalid: spec.containers[0].name: Invalid value')
+    assert message.endswith(" more errors")
+    shown = message.count("spec.containers[")
+    assert f"and {200 - shown} more errors" in message
+    two = invalid("Pod", "web", [FieldError("a", "b"), FieldError("c", "d")])
+    assert two.message == 'Pod "web" is invalid: a: b; c: d'
+
+
+def test_a_generated_name_fits_a_dns_label() -> None:
+    from services.apiserver.registry import _generate_name
+
+    assert len(_generate_name("a" * 253)) == 63
+    name = _generate_name("web-")
+    assert name.startswith("web-") and len(name) == 9

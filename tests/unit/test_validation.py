@@ -521,3 +521,30 @@ def test_unknown_manifest_field_is_not_silently_accepted() -> None:
     with pytest.raises(json_format.ParseError, match="hostNetwork"):
         load(edit(pod(), "spec.hostNetwork", True))
 
+
+
+# -- hostile input: quoted values are cut, not echoed whole ---------------------------
+
+
+def test_a_huge_value_is_quoted_cut_with_how_much_was_left_out() -> None:
+    from services.common.validation import MAX_SHOWN_VALUE, show_value
+
+    huge = "A" * 100_000
+    shown = show_value(huge)
+    assert shown.startswith('"' + "A" * MAX_SHOWN_VALUE + '"')
+    assert shown.endswith(f"…({100_000 - MAX_SHOWN_VALUE} more characters)")
+    assert len(shown) < MAX_SHOWN_VALUE + 40
+    assert show_value("web") == '"web"'
+    assert show_value({"k": "v" * 1000}).endswith("more characters)")
+
+
+def test_a_huge_bad_name_gives_a_short_error_naming_the_field() -> None:
+    errors = validate_object_meta(meta_pb2.ObjectMeta(name="x" * 100_000), namespaced=True)
+    assert [e.path for e in errors] == ["metadata.name"]
+    assert len(str(errors[0])) < 1024 and "more characters" in str(errors[0])
+
+
+def test_a_bad_generate_name_is_reported_as_sent() -> None:
+    errors = validate_object_meta(meta_pb2.ObjectMeta(generate_name="Bad_Prefix-"), namespaced=True)
+    assert [e.path for e in errors] == ["metadata.generateName"]
+    assert '"Bad_Prefix-"' in str(errors[0])

@@ -1,0 +1,189 @@
+"""Hostile input against a real API server and etcd.
+
+Each case: the right status (INVALID_ARGUMENT or OUT_OF_RANGE, never UNKNOWN,
+INTERNAL, UNAVAILABLE or RESOURCE_EXHAUSTED for a client's mistake), a message
+that names the field and fits a gRPC trailer, and nothing stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import grpc
+import pytest
+
+from kybernetes.v1 import meta_pb2, pod_pb2
+from services.common.resources import NODES, PODS
+
+from .apihelpers import collect_events, expect_error, make_node, make_pod
+
+MAX_MESSAGE = 4096
+HUGE = "a" * 100_000
+
+
+def fits(message: str) -> None:
+    assert len(message.encode()) < MAX_MESSAGE, f"message of {len(message.encode())} bytes"
+
+
+def token(rv: object, start: bytes) -> str:
+    raw = json.dumps({"rv": rv, "start": base64.b64encode(start).decode()}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+# -- D1: Watch from a revision the store has not reached ------------------------
+
+
+async def test_watch_from_a_future_revision_is_out_of_range(api, namespace):
+    current = (await api.list(PODS, namespace)).metadata.resource_version
+    future = current + 1_000_000
+    started = time.monotonic()
+    call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=future))
+    message = await expect_error(grpc.StatusCode.OUT_OF_RANGE, collect_events(call, 1))
+    assert time.monotonic() - started < 10
+    assert "resourceVersion" in message and str(future) in message
+    assert "current" in message
+    fits(message)
+
+
+async def test_watch_from_a_list_revision_other_kinds_moved_still_works(api, namespace, unique_name):
+    """A List's revision is etcd's (any kind's writes move it), not the pods cache's: fine."""
+    await api.create(make_pod("first", namespace))
+    await api.create(make_node(unique_name))
+    try:
+        listing = await api.list(PODS, namespace)
+        call = api.watch(
+            PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=listing.metadata.resource_version)
+        )
+        await asyncio.sleep(0.3)
+        await api.create(make_pod("second", namespace))
+        events = await collect_events(call, 1, timeout=10)
+        assert [(e.type, e.object.metadata.name) for e in events] == [("ADDED", "second")]
+        call.cancel()
+    finally:
+        await api.delete(NODES, unique_name, "")
+
+
+# -- D2: Bind's target is a node name --------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["../../etc", "UPPER", "$(id)", HUGE], ids=["path", "upper", "shell", "huge"])
+async def test_bind_to_a_target_that_is_not_a_node_name_is_refused(api, namespace, target):
+    created = await api.create(make_pod("web", namespace))
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.bind(namespace, "web", target))
+    assert "target.name" in message
+    fits(message)
+    stored = await api.get(PODS, "web", namespace)
+    assert stored.spec.node_name == ""
+    assert stored.metadata.resource_version == created.metadata.resource_version
+
+
+# -- D3: continue tokens ----------------------------------------------------------
+
+
+async def test_malformed_and_out_of_range_continue_tokens_are_invalid_argument(api, namespace):
+    for i in range(3):
+        await api.create(make_pod(f"p{i}", namespace))
+    first = await api.list(PODS, namespace, limit=1)
+    assert first.metadata.continue_token
+    prefix = f"/registry/pods/{namespace}/".encode()
+    current = first.metadata.resource_version
+    bad = {
+        "over-int64": token(2**63, prefix),
+        "huge": token(10**40, prefix),
+        "future": token(current + 1_000_000, prefix),
+        "negative": token(-1, prefix),
+        "a-string": token("12", prefix),
+        "garbage": "%%%not-a-token%%%",
+        "other-list": token(current, b"/registry/nodes/x"),
+    }
+    for what, value in bad.items():
+        message = await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, api.list(PODS, namespace, limit=1, continue_token=value)
+        )
+        assert message.startswith("continue"), (what, message)
+        fits(message)
+    # The genuine token still works.
+    page = await api.list(PODS, namespace, limit=1, continue_token=first.metadata.continue_token)
+    assert [p.metadata.name for p in page.items] == ["p1"]
+
+
+# -- D5: huge values are quoted cut; the message always fits a trailer ----------------
+
+
+async def test_a_huge_bad_value_gives_a_short_error(api, namespace):
+    for pod in (
+        make_pod(HUGE, namespace),
+        make_pod("web", namespace, labels={"app": HUGE}),
+        make_pod("web", namespace, node="N" * 100_000),
+    ):
+        message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create(pod))
+        fits(message)
+        assert "more characters" in message
+    assert (await api.list(PODS, namespace)).items == []
+
+
+async def test_many_errors_are_capped_with_a_count(api, namespace):
+    pod = make_pod("web", namespace)
+    del pod.spec.containers[:]
+    for i in range(500):
+        pod.spec.containers.append(pod_pb2.Container(name=f"C{i}-" + "X" * 200, image="busybox"))
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create(pod))
+    fits(message)
+    assert "spec.containers[0].name" in message and "more errors" in message
+    assert (await api.list(PODS, namespace)).items == []
+
+
+async def test_get_and_delete_of_a_huge_name_fit(api, namespace):
+    fits(await expect_error(grpc.StatusCode.NOT_FOUND, api.get(PODS, HUGE, namespace)))
+    fits(await expect_error(grpc.StatusCode.NOT_FOUND, api.delete(PODS, HUGE, namespace)))
+
+
+# -- D7: generateName is validated as sent ------------------------------------------
+
+
+async def test_a_bad_generate_name_is_reported_as_sent(api, namespace):
+    pod = make_pod("", namespace)
+    pod.metadata.generate_name = "Bad_Prefix-"
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create(pod))
+    assert 'metadata.generateName: Invalid value: "Bad_Prefix-"' in message
+    assert "metadata.name" not in message
+    fits(message)
+    pod.metadata.generate_name = HUGE
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create(pod))
+    assert "metadata.generateName" in message
+    fits(message)
+    assert (await api.list(PODS, namespace)).items == []
+
+
+async def test_a_long_good_generate_name_makes_a_valid_name(api, namespace):
+    pod = make_pod("", namespace)
+    pod.metadata.generate_name = "w" * 100 + "-"
+    created = await api.create(pod)
+    assert len(created.metadata.name) == 63
+
+
+# -- D8: a namespace on a cluster-scoped kind ----------------------------------------
+
+
+async def test_a_namespace_on_a_node_is_refused(api, unique_name):
+    node = make_node(unique_name)
+    node.metadata.namespace = "default"
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, api.create(node))
+    assert "metadata.namespace: Forbidden: not allowed on this type" in message
+    await expect_error(grpc.StatusCode.NOT_FOUND, api.get(NODES, unique_name, ""))
+
+    created = await api.create(make_node(unique_name))
+    try:
+        for write in (api.update, api.update_status):
+            changed = make_node(unique_name, {"changed": "yes"})
+            changed.metadata.namespace = "kube-system"
+            message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, write(changed))
+            assert "metadata.namespace: Forbidden: not allowed on this type" in message
+            stored = await api.get(NODES, unique_name, "")
+            assert stored.metadata.resource_version == created.metadata.resource_version
+            assert stored.metadata.namespace == "" and "changed" not in stored.metadata.labels
+    finally:
+        await api.delete(NODES, unique_name, "")
