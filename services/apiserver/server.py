@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import grpc
 from google.protobuf import descriptor_pool
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -25,6 +25,7 @@ from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
 from services.common.resources import ALL_KINDS, Kind
 from services.common.runtime import TaskGroup
+from services.common.validation import show_value
 
 from .errors import ApiError
 from .ipallocator import (
@@ -51,6 +52,23 @@ def _object_name(request: Any) -> str:
     else:
         namespace, name = getattr(request, "namespace", ""), getattr(request, "name", "")
     return f"{namespace}/{name}" if namespace else name
+
+
+def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
+    """Decodes a request inside the handler rather than as gRPC's deserializer: a request that
+    is not the message (garbage, invalid UTF-8 in a string, nesting too deep) then gets
+    INVALID_ARGUMENT saying so, where gRPC's own layer would answer UNKNOWN."""
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message: {show_value(str(error))}"
+            ) from None
+
+    return decode
 
 
 class ApiServer:
@@ -91,13 +109,17 @@ class ApiServer:
 
     # -- handlers ---------------------------------------------------------
 
-    def _unary(self, kind: Kind, method: str, behaviour: Callable[[Any], Any]) -> Callable:
+    def _unary(
+        self, kind: Kind, method: str, behaviour: Callable[[Any], Any], decode: Callable[[bytes], Any]
+    ) -> Callable:
         log_requests = self.log_requests
 
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
+            request: Any = None
             try:
+                request = decode(data)
                 return await behaviour(request)
             except ApiError as error:
                 code = error.code.name
@@ -118,12 +140,14 @@ class ApiServer:
 
         return handler
 
-    def _watch(self, kind: Kind, registry: Registry) -> Callable:
-        async def handler(request: meta_pb2.ListOptions, context: grpc.aio.ServicerContext) -> Any:
+    def _watch(self, kind: Kind, registry: Registry, decode: Callable[[bytes], Any]) -> Callable:
+        async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
             sent = 0
+            request = meta_pb2.ListOptions()
             try:
+                request = decode(raw)
                 async for data in registry.watch(request):
                     sent += 1
                     yield data
@@ -160,19 +184,16 @@ class ApiServer:
             behaviours[rpc] = subresource.handle
         handlers = {}
         for method in service.methods:
-            message_class = _message_class(method.input_type.full_name)
-            deserializer = message_class.FromString
+            decode = _decoder(_message_class(method.input_type.full_name))
             if method.server_streaming:
                 handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                    self._watch(kind, registry), request_deserializer=deserializer, response_serializer=_passthrough
+                    self._watch(kind, registry, decode), response_serializer=_passthrough
                 )
                 continue
             if method.name not in behaviours:
                 raise RuntimeError(f"{kind.service_name}.{method.name}: no registry method or subresource serves it")
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                self._unary(kind, method.name, behaviours[method.name]),
-                request_deserializer=deserializer,
-                response_serializer=_passthrough,
+                self._unary(kind, method.name, behaviours[method.name], decode), response_serializer=_passthrough,
             )
         return grpc.method_handlers_generic_handler(kind.service_name, handlers)
 

@@ -187,3 +187,42 @@ async def test_a_namespace_on_a_node_is_refused(api, unique_name):
             assert stored.metadata.namespace == "" and "changed" not in stored.metadata.labels
     finally:
         await api.delete(NODES, unique_name, "")
+
+
+# -- D6: requests that are not the message ------------------------------------------
+
+# Field 3 (metadata) holding field 1 (name) with bytes that are not UTF-8: a proto3 string must be.
+NOT_UTF8_NAME = bytes([0x1A, 0x03, 0x0A, 0x01, 0xFF])
+UNDECODABLE = [
+    pytest.param(b"\xff\xff\xff\xff", id="garbage"),
+    pytest.param(NOT_UTF8_NAME, id="name-not-utf8"),
+    pytest.param(bytes([0x1A, 0x7F, 0x0A]), id="truncated"),
+]
+
+
+def raw_call(api, method: str, streaming: bool = False):
+    """A call that sends bytes as they are (no serializer), as a broken client would."""
+    factory = api.channel.unary_stream if streaming else api.channel.unary_unary
+    return factory(method, request_serializer=None, response_deserializer=None)
+
+
+@pytest.mark.parametrize("payload", UNDECODABLE)
+async def test_an_undecodable_request_is_invalid_argument_and_changes_nothing(api, namespace, payload):
+    before = (await api.list(PODS, namespace)).items
+    call = raw_call(api, "/kybernetes.v1.PodRegistry/Create")
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, call(payload, timeout=10))
+    assert "request: not a valid kybernetes.v1.Pod message" in message
+    fits(message)
+    assert (await api.list(PODS, namespace)).items == before
+
+
+@pytest.mark.parametrize("payload", UNDECODABLE)
+async def test_an_undecodable_watch_request_is_invalid_argument(api, payload):
+    call = raw_call(api, "/kybernetes.v1.PodRegistry/Watch", streaming=True)(payload, timeout=10)
+
+    async def first() -> None:
+        async for _ in call:
+            break
+
+    message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, first())
+    assert "request: not a valid kybernetes.v1.ListOptions message" in message
