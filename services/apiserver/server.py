@@ -54,6 +54,11 @@ def _object_name(request: Any) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+# How often the health service checks etcd, and how long an answer may take.
+ETCD_HEALTH_PERIOD = 2.0
+ETCD_HEALTH_TIMEOUT = 2.0
+
+
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
     """Decodes a request inside the handler rather than as gRPC's deserializer: a request that
     is not the message (garbage, invalid UTF-8 in a string, nesting too deep) then gets
@@ -106,6 +111,7 @@ class ApiServer:
         # One watch cache per kind, each following etcd for as long as the server runs:
         # a cache whose loop dies is logged and restarted (it re-lists), never left dead.
         self._caches = TaskGroup("watch-caches")
+        self._monitor = TaskGroup("health")
 
     # -- handlers ---------------------------------------------------------
 
@@ -231,7 +237,28 @@ class ApiServer:
         await asyncio.gather(*(registry.cache.wait_ready() for registry in self.registries.values()))
         await self.server.start()
         await self._set_serving(True)
+        self._monitor.guard(self._follow_etcd_health, name="etcd-health")
         return port
+
+    async def _follow_etcd_health(self) -> None:
+        """The health service follows etcd: NOT_SERVING while etcd does not answer, so that a
+        load balancer or supervisor sends clients elsewhere instead of to UNAVAILABLE
+        errors here; SERVING again once it answers."""
+        serving = True
+        while True:
+            await asyncio.sleep(ETCD_HEALTH_PERIOD)
+            try:
+                await asyncio.wait_for(self.storage.current_revision(), ETCD_HEALTH_TIMEOUT)
+                reachable = True
+            except (ApiError, asyncio.TimeoutError):
+                reachable = False
+            if reachable != serving:
+                serving = reachable
+                await self._set_serving(reachable)
+                if reachable:
+                    log.info("etcd_reachable_serving", etcd=self.storage.target)
+                else:
+                    log.warning("etcd_unreachable_not_serving", etcd=self.storage.target)
 
     async def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -241,6 +268,7 @@ class ApiServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops accepting calls, ends watch streams cleanly, finishes in-flight calls."""
+        await self._monitor.close()
         await self._set_serving(False)
         for registry in self.registries.values():
             registry.cache.end_watches()

@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.resources import NODES, PODS
+from tests.polling import eventually_blocking
+from tools.processes import ApiServerProcess, EtcdProcess
 
 from .apihelpers import collect_events, expect_error, make_node, make_pod
 
@@ -226,3 +231,28 @@ async def test_an_undecodable_watch_request_is_invalid_argument(api, payload):
 
     message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, first())
     assert "request: not a valid kybernetes.v1.ListOptions message" in message
+
+
+# -- D11: health follows etcd ----------------------------------------------------------
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_is_not_serving_while_etcd_does_not_answer(tmp_path):
+    etcd = EtcdProcess(tmp_path / "etcd")
+    server = ApiServerProcess(etcd.endpoint, "--controllers=")
+    try:
+        assert serving(server.address)
+        os.kill(etcd.pid, signal.SIGSTOP)  # etcd there but silent: the worst kind of outage
+        try:
+            eventually_blocking(lambda: not serving(server.address), what="NOT_SERVING", timeout=20, interval=0.5)
+        finally:
+            os.kill(etcd.pid, signal.SIGCONT)
+        eventually_blocking(lambda: serving(server.address), what="SERVING again", timeout=20, interval=0.5)
+    finally:
+        server.stop()
+        etcd.stop()
