@@ -22,7 +22,7 @@ from services.common.log import get_logger
 from . import iptables, nftables
 from .iptables import Config, Present
 from .ruleset import Plan, Rules, ServiceKey
-from .syncrunner import SyncError, SyncOptions, SyncRunner, prepare_host, read_tool, run_tool
+from .syncrunner import KernelOptions, SyncError, SyncRunner, prepare_host, read_tool, run_tool
 
 IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
 IPTABLES_SAVE = "/usr/sbin/iptables-save"
@@ -64,18 +64,9 @@ async def cleanup_chains(node: str, *, restore: str | None = None, save: str | N
 
 
 @dataclass
-class IptablesOptions(SyncOptions):
-    node_name: str = ""
-    service_cidr: str = nftables.DEFAULT_SERVICE_CIDR
-    node_ips: tuple[str, ...] = ("127.0.0.1",)
-    balance: str = nftables.BALANCE_RANDOM
-    affinity_timeout: float = nftables.DEFAULT_AFFINITY_TIMEOUT
+class IptablesOptions(KernelOptions):
     iptables_restore: str = ""  # default: on PATH, else /usr/sbin
     iptables_save: str = ""
-    # Set net.ipv4.conf.all.route_localnet when a node IP is loopback (node ports on 127.0.0.1).
-    set_route_localnet: bool = True
-    # Delete the node's nftables table (another mode's) before adopting.
-    clean_other_modes: bool = True
 
     def config(self) -> Config:
         return Config(

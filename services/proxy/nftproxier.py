@@ -32,8 +32,8 @@ from .ruleset import Plan, Rules, ServiceKey
 from .syncrunner import (
     BRIDGE_NF_CALL_IPTABLES,
     ROUTE_LOCALNET,
+    KernelOptions,
     SyncError,
-    SyncOptions,
     SyncRunner,
     SyncStats,
     prepare_host,
@@ -83,21 +83,11 @@ async def cleanup(table: str, *, nft: str | None = None) -> None:
 
 
 @dataclass
-class NftOptions(SyncOptions):
-    node_name: str = ""
-    service_cidr: str = nftables.DEFAULT_SERVICE_CIDR
-    node_ips: tuple[str, ...] = ("127.0.0.1",)
-    balance: str = nftables.BALANCE_RANDOM
-    affinity_timeout: float = nftables.DEFAULT_AFFINITY_TIMEOUT
+class NftOptions(KernelOptions):
     table: str = ""  # default: nftables.table_name(node_name)
     nft: str = ""  # default: nft on PATH, else /usr/sbin/nft
-    # Set net.ipv4.conf.all.route_localnet when the rules send packets to 127.0.0.0/8
-    # (node ports on a loopback node IP; the userspace relay on loopback).
-    set_route_localnet: bool = True
     # The userspace mode: service ports go to the relay on this address (see nftables.Config).
     portal_address: str = ""
-    # Delete the node's iptables chains (another mode's) before adopting.
-    clean_other_modes: bool = True
 
     def config(self) -> Config:
         return Config(

@@ -35,6 +35,7 @@ from kybernetes.v1 import endpoints_pb2, proxy_pb2, service_pb2
 
 from services.common.runtime import Backoff
 
+from . import nftables
 from .ruleset import EMPTY, Installed, Plan, Rules, ServiceKey
 
 
@@ -50,6 +51,22 @@ class SyncOptions:
     sync_period: float = 30.0
     retry_initial: float = 0.5
     retry_max: float = 30.0
+
+
+@dataclass
+class KernelOptions(SyncOptions):
+    """What every kernel data path (nftables, iptables, the userspace mode's portals) is told."""
+
+    node_name: str = ""
+    service_cidr: str = nftables.DEFAULT_SERVICE_CIDR
+    node_ips: tuple[str, ...] = ("127.0.0.1",)
+    balance: str = nftables.BALANCE_RANDOM
+    affinity_timeout: float = nftables.DEFAULT_AFFINITY_TIMEOUT
+    # Set net.ipv4.conf.all.route_localnet when the rules send packets to 127.0.0.0/8
+    # (node ports on a loopback node IP; the userspace relay on loopback).
+    set_route_localnet: bool = True
+    # Delete the node's rules of the other kernel mode before adopting.
+    clean_other_modes: bool = True
 
 
 @dataclass

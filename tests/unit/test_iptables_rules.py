@@ -18,10 +18,12 @@ from fractions import Fraction
 
 import pytest
 
-from kybernetes.v1 import endpoints_pb2, meta_pb2, service_pb2
+from kybernetes.v1 import endpoints_pb2, service_pb2
 from services.proxy import iptables
 from services.proxy.iptables import FILTER, NAT, Config, Installed, Present
 from services.proxy.ruleset import EMPTY, Rules, merge, script
+
+from .proxy_objects import endpoints, service
 
 CONFIG = Config(node="test-node", service_cidr="10.96.0.0/12", node_ips=("192.168.1.10",))
 TAG = CONFIG.tag
@@ -33,38 +35,6 @@ BUILTINS = {
 
 
 # Builders ------------------------------------------------------------------------------------
-
-
-def service(
-    name: str = "web",
-    cluster_ip: str = "10.96.0.10",
-    ports: tuple[tuple[str, int, str, int], ...] = (("http", 80, "TCP", 0),),
-    *,
-    affinity: str = "",
-    namespace: str = "default",
-) -> service_pb2.Service:
-    """ports: (name, port, protocol, node port)."""
-    return service_pb2.Service(
-        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
-        spec=service_pb2.ServiceSpec(
-            cluster_ip=cluster_ip,
-            session_affinity=affinity,
-            ports=[service_pb2.ServicePort(name=n, port=p, protocol=proto, node_port=np) for n, p, proto, np in ports],
-        ),
-    )
-
-
-def endpoints(
-    ips: list[str], ports: tuple[tuple[str, int], ...] = (("http", 8080),), *, name: str = "web",
-    namespace: str = "default",
-) -> endpoints_pb2.Endpoints:
-    return endpoints_pb2.Endpoints(
-        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
-        subsets=[endpoints_pb2.EndpointSubset(
-            addresses=[endpoints_pb2.EndpointAddress(ip=ip) for ip in ips],
-            ports=[endpoints_pb2.EndpointPort(name=n, port=p) for n, p in ports],
-        )],
-    )
 
 
 def rules(svc: service_pb2.Service, eps: endpoints_pb2.Endpoints | None = None, config: Config = CONFIG) -> Rules:
