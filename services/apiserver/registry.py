@@ -32,7 +32,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 
 from kybernetes.v1 import meta_pb2
-from services.common.resources import API_VERSION, DEFAULT_NAMESPACE, Kind
+from services.common.resources import DEFAULT_NAMESPACE, Kind
 from services.common.selectors import FieldSelector, LabelSelector, SelectorError
 from services.common.timestamps import now_timestamp
 from services.common.validation import FieldError, forbidden
@@ -503,7 +503,7 @@ class Registry:
                 break
             start = kvs[-1].key + b"\0"
         header = self.kind.list_message(
-            api_version=API_VERSION,
+            api_version=self.kind.api_version,
             kind=f"{self.kind.name}List",
             metadata=meta_pb2.ListMeta(resource_version=revision, continue_token=next_token),
         ).SerializeToString()

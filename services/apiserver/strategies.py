@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kybernetes.v1 import (
     endpoints_pb2,
     meta_pb2,
+    namespace_pb2,
     node_pb2,
     pod_pb2,
     replication_controller_pb2,
@@ -43,10 +44,15 @@ from kybernetes.v1 import (
 from services.common import defaults, podutil, validation
 from services.common.resources import (
     ALL_KINDS,
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
     ENDPOINTS,
+    NAMESPACES,
     NODES,
     PODS,
     REPLICATION_CONTROLLERS,
+    ROLE_BINDINGS,
+    ROLES,
     SERVICES,
     Kind,
 )
@@ -609,6 +615,43 @@ class NodeStrategy(Strategy[node_pb2.Node]):
         return validation.validate_node(obj)
 
 
+# -- namespaces and RBAC ----------------------------------------------------------
+
+
+class NamespaceStrategy(Strategy[namespace_pb2.Namespace]):
+    # The phase is the server's: "Active" from creation (no namespace controller yet).
+
+    def prepare_for_create(self, obj: namespace_pb2.Namespace) -> None:
+        obj.ClearField("status")
+        defaults.default_namespace(obj)
+
+    def prepare_for_update(self, obj: namespace_pb2.Namespace, old: namespace_pb2.Namespace) -> None:
+        obj.status.CopyFrom(old.status)
+        defaults.default_namespace(obj)
+
+    def validate(self, obj: namespace_pb2.Namespace) -> list[FieldError]:
+        return validation.validate_namespace(obj)
+
+
+class RbacStrategy(Strategy[Any]):
+    """Roles and bindings: defaults, validation, and a binding's roleRef fixed once made."""
+
+    def prepare_for_create(self, obj: Any) -> None:
+        defaults.apply_defaults(obj)
+
+    def prepare_for_update(self, obj: Any, old: Any) -> None:
+        defaults.apply_defaults(obj)
+
+    def validate(self, obj: Any) -> list[FieldError]:
+        return validation.validate(obj)
+
+    def validate_update(self, obj: Any, old: Any) -> list[FieldError]:
+        errors = self.validate(obj)
+        if self.kind in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
+            errors += validation.validate_role_ref_update(obj, old)
+        return errors
+
+
 # -- the table --------------------------------------------------------------------
 
 _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
@@ -617,6 +660,11 @@ _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
     ENDPOINTS.name: EndpointsStrategy,
     REPLICATION_CONTROLLERS.name: ReplicationControllerStrategy,
     NODES.name: NodeStrategy,
+    NAMESPACES.name: NamespaceStrategy,
+    ROLES.name: RbacStrategy,
+    CLUSTER_ROLES.name: RbacStrategy,
+    ROLE_BINDINGS.name: RbacStrategy,
+    CLUSTER_ROLE_BINDINGS.name: RbacStrategy,
 }
 
 

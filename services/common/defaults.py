@@ -13,18 +13,24 @@ from google.protobuf.message import Message
 
 from kybernetes.v1 import (
     endpoints_pb2,
+    namespace_pb2,
     node_pb2,
     pod_pb2,
+    rbac_pb2,
     replication_controller_pb2,
     service_pb2,
 )
 from services.common.resources import (
-    API_VERSION,
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
     DEFAULT_NAMESPACE,
     ENDPOINTS,
+    NAMESPACES,
     NODES,
     PODS,
     REPLICATION_CONTROLLERS,
+    ROLE_BINDINGS,
+    ROLES,
     SERVICES,
     Kind,
 )
@@ -46,7 +52,7 @@ DEFAULT_PROBE_FAILURE_THRESHOLD = 3
 
 def _default_type_meta(obj: Any, kind: Kind) -> None:
     if not obj.api_version:
-        obj.api_version = API_VERSION
+        obj.api_version = kind.api_version
     if not obj.kind:
         obj.kind = kind.name
     if kind.namespaced and not obj.metadata.namespace:
@@ -138,12 +144,35 @@ def default_node(node: node_pb2.Node) -> None:
     _default_type_meta(node, NODES)
 
 
+NAMESPACE_ACTIVE = "Active"
+
+
+def default_namespace(ns: namespace_pb2.Namespace) -> None:
+    _default_type_meta(ns, NAMESPACES)
+    if not ns.status.phase:
+        ns.status.phase = NAMESPACE_ACTIVE
+
+
+def _default_rbac(kind: Kind) -> Callable[[Any], None]:
+    def default(obj: Any) -> None:
+        _default_type_meta(obj, kind)
+        if hasattr(obj, "role_ref") and not obj.role_ref.api_group:
+            obj.role_ref.api_group = "rbac.authorization.k8s.io"
+
+    return default
+
+
 _DEFAULTERS: dict[type[Message], Callable[[Any], None]] = {
     pod_pb2.Pod: default_pod,
     service_pb2.Service: default_service,
     endpoints_pb2.Endpoints: default_endpoints,
     replication_controller_pb2.ReplicationController: default_replication_controller,
     node_pb2.Node: default_node,
+    namespace_pb2.Namespace: default_namespace,
+    rbac_pb2.Role: _default_rbac(ROLES),
+    rbac_pb2.ClusterRole: _default_rbac(CLUSTER_ROLES),
+    rbac_pb2.RoleBinding: _default_rbac(ROLE_BINDINGS),
+    rbac_pb2.ClusterRoleBinding: _default_rbac(CLUSTER_ROLE_BINDINGS),
 }
 
 

@@ -305,10 +305,14 @@ def _check_header(document: dict, *, expect_kind: bool = True) -> str:
         raise _FieldError("kind", "required (one of: " + ", ".join(k.name for k in ALL_KINDS) + f", {LIST_KIND})")
     if not isinstance(kind, str):
         raise _FieldError("kind", f"expected a string, got {_type_name(kind)}")
+    try:
+        expected = kind_for(kind).api_version
+    except KeyError:  # a List, or a kind reported as unknown by the caller
+        expected = API_VERSION
     if api_version is None or api_version == "":
-        raise _FieldError("apiVersion", f'required (only "{API_VERSION}" is supported)')
-    if api_version != API_VERSION:
-        raise _FieldError("apiVersion", f'unsupported "{api_version}" (only "{API_VERSION}" is supported)')
+        raise _FieldError("apiVersion", f'required ("{expected}" for {kind})')
+    if api_version != expected:
+        raise _FieldError("apiVersion", f'unsupported "{api_version}" ("{expected}" for {kind})')
     return kind
 
 
@@ -459,7 +463,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
         return body
     body.pop("apiVersion", None)
     body.pop("kind", None)
-    return {"apiVersion": API_VERSION, "kind": kind.name, **body}
+    return {"apiVersion": kind.api_version, "kind": kind.name, **body}
 
 
 def _document(msgs: list[Message], as_list: bool | None) -> dict[str, Any]:

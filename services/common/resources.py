@@ -15,10 +15,14 @@ from google.protobuf.message import Message
 from kybernetes.v1 import (
     endpoints_pb2,
     endpoints_pb2_grpc,
+    namespace_pb2,
+    namespace_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     pod_pb2,
     pod_pb2_grpc,
+    rbac_pb2,
+    rbac_pb2_grpc,
     replication_controller_pb2,
     replication_controller_pb2_grpc,
     service_pb2,
@@ -26,6 +30,8 @@ from kybernetes.v1 import (
 )
 
 API_VERSION = "v1"
+# Kubernetes keeps RBAC in its own API group; manifests name it so.
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
 DEFAULT_NAMESPACE = "default"
 # Annotation on the BOOKMARK that closes the initial events of a Watch.
 INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"
@@ -68,6 +74,8 @@ class Kind:
     service_name: str  # full gRPC service name
     namespaced: bool = True
     has_status: bool = True
+    # apiVersion of its objects: "v1" (the core group) or "<group>/v1".
+    api_version: str = API_VERSION
     # Fields a field selector may name, read from an object.
     fields: Callable[[Any], dict[str, str]] = field(default=_meta_fields)
 
@@ -123,7 +131,46 @@ NODES = Kind(
     namespaced=False, fields=_node_fields,
 )
 
-ALL_KINDS: tuple[Kind, ...] = (PODS, SERVICES, ENDPOINTS, REPLICATION_CONTROLLERS, NODES)
+NAMESPACES = Kind(
+    name="Namespace", plural="namespaces", singular="namespace", short_names=("ns",),
+    message=namespace_pb2.Namespace, list_message=namespace_pb2.NamespaceList,
+    event_message=namespace_pb2.NamespaceWatchEvent,
+    stub=namespace_pb2_grpc.NamespaceRegistryStub, service_name="kybernetes.v1.NamespaceRegistry",
+    namespaced=False, has_status=False,
+)
+ROLES = Kind(
+    name="Role", plural="roles", singular="role", short_names=(),
+    message=rbac_pb2.Role, list_message=rbac_pb2.RoleList, event_message=rbac_pb2.RoleWatchEvent,
+    stub=rbac_pb2_grpc.RoleRegistryStub, service_name="kybernetes.v1.RoleRegistry",
+    has_status=False, api_version=RBAC_API_VERSION,
+)
+CLUSTER_ROLES = Kind(
+    name="ClusterRole", plural="clusterroles", singular="clusterrole", short_names=(),
+    message=rbac_pb2.ClusterRole, list_message=rbac_pb2.ClusterRoleList,
+    event_message=rbac_pb2.ClusterRoleWatchEvent,
+    stub=rbac_pb2_grpc.ClusterRoleRegistryStub, service_name="kybernetes.v1.ClusterRoleRegistry",
+    namespaced=False, has_status=False, api_version=RBAC_API_VERSION,
+)
+ROLE_BINDINGS = Kind(
+    name="RoleBinding", plural="rolebindings", singular="rolebinding", short_names=(),
+    message=rbac_pb2.RoleBinding, list_message=rbac_pb2.RoleBindingList,
+    event_message=rbac_pb2.RoleBindingWatchEvent,
+    stub=rbac_pb2_grpc.RoleBindingRegistryStub, service_name="kybernetes.v1.RoleBindingRegistry",
+    has_status=False, api_version=RBAC_API_VERSION,
+)
+CLUSTER_ROLE_BINDINGS = Kind(
+    name="ClusterRoleBinding", plural="clusterrolebindings", singular="clusterrolebinding", short_names=(),
+    message=rbac_pb2.ClusterRoleBinding, list_message=rbac_pb2.ClusterRoleBindingList,
+    event_message=rbac_pb2.ClusterRoleBindingWatchEvent,
+    stub=rbac_pb2_grpc.ClusterRoleBindingRegistryStub, service_name="kybernetes.v1.ClusterRoleBindingRegistry",
+    namespaced=False, has_status=False, api_version=RBAC_API_VERSION,
+)
+
+ALL_KINDS: tuple[Kind, ...] = (
+    PODS, SERVICES, ENDPOINTS, REPLICATION_CONTROLLERS, NODES,
+    NAMESPACES, ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS,
+)
+RBAC_KINDS: tuple[Kind, ...] = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
 _BY_NAME: dict[str, Kind] = {}
 for _kind in ALL_KINDS:
     _BY_NAME[_kind.name] = _kind

@@ -27,19 +27,26 @@ from google.protobuf.message import Message
 from kybernetes.v1 import (
     endpoints_pb2,
     meta_pb2,
+    namespace_pb2,
     node_pb2,
     pod_pb2,
+    rbac_pb2,
     replication_controller_pb2,
     service_pb2,
 )
 from services.common.quantity import QuantityError, parse_quantity
 from services.common.resources import (
-    API_VERSION,
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
     ENDPOINTS,
+    NAMESPACES,
     NODES,
     PODS,
     REPLICATION_CONTROLLERS,
+    ROLE_BINDINGS,
+    ROLES,
     SERVICES,
+    kind_for,
 )
 from services.common.selectors import (
     LabelSelector,
@@ -266,8 +273,9 @@ def validate_annotations(annotations: Mapping[str, str], path: str) -> list[Fiel
 
 
 def _validate_type_meta(obj: Any, kind_name: str, errors: list[FieldError]) -> None:
-    if obj.api_version not in ("", API_VERSION):
-        errors.append(not_supported("apiVersion", obj.api_version, [API_VERSION]))
+    api_version = kind_for(kind_name).api_version
+    if obj.api_version not in ("", api_version):
+        errors.append(not_supported("apiVersion", obj.api_version, [api_version]))
     if obj.kind not in ("", kind_name):
         errors.append(not_supported("kind", obj.kind, [kind_name]))
 
@@ -810,12 +818,121 @@ def validate_node(node: node_pb2.Node) -> list[FieldError]:
     return errors
 
 
+def validate_namespace(ns: namespace_pb2.Namespace) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(ns, NAMESPACES.name, errors)
+    errors += validate_object_meta(ns.metadata, namespaced=False, name_validator=validate_dns1123_label)
+    return errors
+
+
+def validate_path_segment_name(name: str) -> str | None:
+    """RBAC object names may hold colons ("system:node"): Kubernetes' path segment rule."""
+    if name in (".", ".."):
+        return f'may not be "{name}"'
+    for bad in ("/", "%"):
+        if bad in name:
+            return f'may not contain "{bad}"'
+    if len(name) > 253:
+        return "must be no more than 253 characters"
+    return None
+
+
+RBAC_SUBJECT_KINDS = ("User", "Group", "ServiceAccount")
+RBAC_API_GROUP = "rbac.authorization.k8s.io"
+
+
+def _validate_rules(rules: Iterable[rbac_pb2.PolicyRule], errors: list[FieldError]) -> None:
+    for i, rule in enumerate(rules):
+        path = _index("rules", i)
+        if not rule.verbs:
+            errors.append(required(_child(path, "verbs"), "verbs must contain at least one value"))
+        if rule.non_resource_urls and (rule.resources or rule.api_groups):
+            errors.append(
+                invalid(_child(path, "nonResourceURLs"), list(rule.non_resource_urls),
+                        "rules cannot apply to both regular resources and non-resource URLs")
+            )
+        elif not rule.non_resource_urls and not rule.resources:
+            errors.append(required(_child(path, "resources"), "resource rules must supply at least one resource"))
+
+
+def _validate_role(role: Any, kind_name: str, namespaced: bool) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(role, kind_name, errors)
+    errors += validate_object_meta(role.metadata, namespaced=namespaced, name_validator=validate_path_segment_name)
+    _validate_rules(role.rules, errors)
+    return errors
+
+
+def validate_role(role: rbac_pb2.Role) -> list[FieldError]:
+    return _validate_role(role, ROLES.name, namespaced=True)
+
+
+def validate_cluster_role(role: rbac_pb2.ClusterRole) -> list[FieldError]:
+    return _validate_role(role, CLUSTER_ROLES.name, namespaced=False)
+
+
+def _validate_binding(binding: Any, kind_name: str, namespaced: bool) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _validate_type_meta(binding, kind_name, errors)
+    errors += validate_object_meta(
+        binding.metadata, namespaced=namespaced, name_validator=validate_path_segment_name
+    )
+    ref = binding.role_ref
+    allowed_ref_kinds = ["Role", "ClusterRole"] if namespaced else ["ClusterRole"]
+    if ref.api_group not in ("", RBAC_API_GROUP):
+        errors.append(not_supported("roleRef.apiGroup", ref.api_group, [RBAC_API_GROUP]))
+    if not ref.kind:
+        errors.append(required("roleRef.kind"))
+    elif ref.kind not in allowed_ref_kinds:
+        errors.append(not_supported("roleRef.kind", ref.kind, allowed_ref_kinds))
+    if not ref.name:
+        errors.append(required("roleRef.name"))
+    else:
+        reason = validate_path_segment_name(ref.name)
+        if reason:
+            errors.append(invalid("roleRef.name", ref.name, reason))
+    for i, subject in enumerate(binding.subjects):
+        path = _index("subjects", i)
+        if subject.kind not in RBAC_SUBJECT_KINDS:
+            errors.append(not_supported(_child(path, "kind"), subject.kind, RBAC_SUBJECT_KINDS))
+        if not subject.name:
+            errors.append(required(_child(path, "name")))
+        if subject.kind == "ServiceAccount":
+            if subject.api_group:
+                errors.append(not_supported(_child(path, "apiGroup"), subject.api_group, [""]))
+            if not subject.namespace and not namespaced:
+                errors.append(required(_child(path, "namespace")))
+        elif subject.kind in ("User", "Group") and subject.api_group not in ("", RBAC_API_GROUP):
+            errors.append(not_supported(_child(path, "apiGroup"), subject.api_group, [RBAC_API_GROUP]))
+    return errors
+
+
+def validate_role_binding(binding: rbac_pb2.RoleBinding) -> list[FieldError]:
+    return _validate_binding(binding, ROLE_BINDINGS.name, namespaced=True)
+
+
+def validate_cluster_role_binding(binding: rbac_pb2.ClusterRoleBinding) -> list[FieldError]:
+    return _validate_binding(binding, CLUSTER_ROLE_BINDINGS.name, namespaced=False)
+
+
+def validate_role_ref_update(binding: Any, old: Any) -> list[FieldError]:
+    """A binding's roleRef cannot change (Kubernetes: delete and recreate instead)."""
+    if binding.role_ref != old.role_ref:
+        return [invalid("roleRef", binding.role_ref.name, "cannot change roleRef")]
+    return []
+
+
 _VALIDATORS: dict[type[Message], Callable[[Any], list[FieldError]]] = {
     pod_pb2.Pod: validate_pod,
     service_pb2.Service: validate_service,
     endpoints_pb2.Endpoints: validate_endpoints,
     replication_controller_pb2.ReplicationController: validate_replication_controller,
     node_pb2.Node: validate_node,
+    namespace_pb2.Namespace: validate_namespace,
+    rbac_pb2.Role: validate_role,
+    rbac_pb2.ClusterRole: validate_cluster_role,
+    rbac_pb2.RoleBinding: validate_role_binding,
+    rbac_pb2.ClusterRoleBinding: validate_cluster_role_binding,
 }
 
 

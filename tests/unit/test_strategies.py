@@ -37,6 +37,8 @@ from services.apiserver.strategies import (
 from services.common.defaults import apply_defaults
 from services.common.resources import (
     ALL_KINDS,
+    NAMESPACES,
+    RBAC_KINDS,
     ENDPOINTS,
     NODES,
     PODS,
@@ -205,6 +207,7 @@ SUBRESOURCES = {
     ENDPOINTS.name: {},
     REPLICATION_CONTROLLERS.name: {"status": "UpdateStatus"},
     NODES.name: {"status": "UpdateStatus"},
+    **{kind.name: {} for kind in (NAMESPACES, *RBAC_KINDS)},
 }
 STANDARD_METHODS = {"Create", "Get", "List", "Update", "Delete", "Watch"}
 

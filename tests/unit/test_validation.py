@@ -518,8 +518,8 @@ def test_validate_rejects_non_api_messages() -> None:
 
 def test_unknown_manifest_field_is_not_silently_accepted() -> None:
     # Guards the premise of these tests: the JSON mapping refuses what the API does not have.
-    with pytest.raises(json_format.ParseError, match="hostNetwork"):
-        load(edit(pod(), "spec.hostNetwork", True))
+    with pytest.raises(json_format.ParseError, match="shareProcessNamespace"):
+        load(edit(pod(), "spec.shareProcessNamespace", True))
 
 
 
