@@ -37,6 +37,8 @@ from services.common.selectors import FieldSelector, LabelSelector, SelectorErro
 from services.common.timestamps import now_timestamp
 from services.common.validation import FieldError, forbidden
 
+from .auth.admission import CREATE, DELETE, UPDATE, AdmissionChain, AdmissionRequest
+from .auth.context import current_user
 from .errors import ApiError, already_exists, conflict, invalid, not_found, require_name
 from .storage import (
     CompactedError,
@@ -274,6 +276,7 @@ class StatusREST(SubresourceREST):
             updated.CopyFrom(current)
             registry.strategy.prepare_for_status_update(updated, request)
             registry.check(updated)
+            registry.admit(UPDATE, updated, current, subresource=self.name)
             return updated
 
         return await registry.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
@@ -390,6 +393,8 @@ class Registry:
         self.subresources: dict[str, SubresourceREST] = {}
         for subresource in strategy.subresources:
             self.subresources[subresource.rpc] = subresource(self)
+        # Policy checks of every write (auth/admission.py); the server installs its plugins.
+        self.admission = AdmissionChain()
 
     def peer(self, kind: Kind) -> Registry:
         """The registry of another kind served beside this one."""
@@ -528,6 +533,11 @@ class Registry:
         if errors:
             raise invalid(self.kind.name, obj.metadata.name or obj.metadata.generate_name, [*errors])
 
+    def admit(self, operation: str, obj: ApiObject, old: ApiObject | None = None, *, subresource: str = "") -> None:
+        """Runs the admission plugins on a write the caller of this request asks for."""
+        if self.admission.plugins:
+            self.admission.admit(AdmissionRequest(current_user(), operation, self.kind, obj, old, subresource))
+
     def forbid_namespace(self, obj: ApiObject) -> None:
         """A cluster-scoped kind has no namespace: one in the request is refused (as
         Kubernetes does), never dropped, so the client learns it named the wrong thing."""
@@ -559,6 +569,7 @@ class Registry:
             if generated:
                 meta.name = _generate_name(meta.generate_name)
             self.check(obj)
+            self.admit(CREATE, obj)
             revision = await self.storage.create(self._key(meta.namespace, meta.name), self.encode(obj))
             if revision is not None:
                 meta.resource_version = revision
@@ -572,6 +583,7 @@ class Registry:
             if name_taken:
                 meta.name = _generate_name(meta.generate_name)
             self.check(obj)
+            self.admit(CREATE, obj)
             key = self._key(meta.namespace, meta.name)
             side = await self.strategy.side_keys(self, obj, None)
             revision, object_changed = await self._write_with_side_keys(key, 0, put(key, self.encode(obj)), side)
@@ -679,6 +691,7 @@ class Registry:
             meta.generation = old.generation
             self.strategy.prepare_for_update(updated, current)
             self._raise_invalid(updated, self.strategy.validate_update(updated, current))
+            self.admit(UPDATE, updated, current)
             return updated
 
         return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
@@ -697,6 +710,7 @@ class Registry:
             stored = current.metadata.resource_version
             if request.resource_version and stored != request.resource_version:
                 raise conflict(self.kind.plural, request.name, request.resource_version, stored)
+            self.admit(DELETE, current)
             await self.strategy.before_delete(self, current, policy)
             key = self._key(namespace, request.name)
             if self.strategy.has_side_keys:

@@ -177,6 +177,25 @@ class WatchCache:
         self._bookmark_interval = bookmark_interval
         self._ready = asyncio.Event()
         self._log = get_logger(cache=kind.plural)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Calls listener after every change the cache applies (the authorizers' indexes
+        follow RBAC objects and nodes' pods this way, with no etcd read per call)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def get(self, namespace: str, name: str) -> Any | None:
+        """The cached object, or None; never a copy, so callers must not change it."""
+        cached = self._objects.get(self.kind.key(namespace, name).encode())
+        return cached.obj if cached is not None else None
+
+    def objects(self) -> list[Any]:
+        """Every cached object (not copies: read only)."""
+        return [cached.obj for cached in self._objects.values()]
 
     @property
     def watcher_count(self) -> int:
@@ -235,6 +254,7 @@ class WatchCache:
             for watcher in list(self._watchers):
                 watcher.close(ApiError(grpc.StatusCode.OUT_OF_RANGE, "watch history was compacted; re-list"))
         self._ready.set()
+        self._changed()
         self._log.info("watch_cache_listed", objects=len(objects), revision=result.revision)
 
     def _apply(self, events: list) -> None:
@@ -266,6 +286,8 @@ class WatchCache:
         # Drop cut-off watchers from the fan-out at once.
         if any(w.closed is not None for w in self._watchers):
             self._watchers = {w for w in self._watchers if w.closed is None}
+        if events:
+            self._changed()
 
     async def _bookmark_loop(self) -> None:
         while True:

@@ -1,0 +1,16 @@
+"""The Node authorizer: what a kubelet's identity may do (placeholder: no opinion)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..registry import Registry
+from .attributes import NO_OPINION, RequestAttributes, Verdict
+
+
+class NodeAuthorizer:
+    def __init__(self, registries: Mapping[str, Registry]) -> None:
+        self.registries = registries
+
+    def authorize(self, attributes: RequestAttributes) -> Verdict:
+        return NO_OPINION
