@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..registry import Registry
+from .admission import AdmissionPlugin
 from .attributes import NO_OPINION, RequestAttributes, Verdict
 
 
@@ -14,3 +15,8 @@ class NodeAuthorizer:
 
     def authorize(self, attributes: RequestAttributes) -> Verdict:
         return NO_OPINION
+
+
+def admission_plugins(registries: Mapping[str, Registry]) -> list[AdmissionPlugin]:
+    """NodeRestriction (placeholder: none yet)."""
+    return []

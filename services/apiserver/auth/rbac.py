@@ -7,7 +7,8 @@ from typing import Mapping
 from services.common.identity import SYSTEM_MASTERS
 
 from ..registry import Registry
-from .attributes import ALLOW, NO_OPINION, RequestAttributes, Verdict
+from .admission import AdmissionPlugin
+from .attributes import ALLOW, NO_OPINION, Authorizer, RequestAttributes, Verdict
 
 
 class RBACAuthorizer:
@@ -18,3 +19,8 @@ class RBACAuthorizer:
         if attributes.user.in_group(SYSTEM_MASTERS):
             return ALLOW
         return NO_OPINION
+
+
+def admission_plugins(registries: Mapping[str, Registry], authorizer: Authorizer) -> list[AdmissionPlugin]:
+    """RBAC's escalation check (placeholder: none yet)."""
+    return []

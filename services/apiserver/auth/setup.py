@@ -5,17 +5,24 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..registry import Registry
+from . import node, objectrules, podsecurity, rbac
 from .admission import AdmissionPlugin
 from .attributes import UnionAuthorizer
-from .node import NodeAuthorizer
-from .rbac import RBACAuthorizer
 
 
 def build_authorizer(registries: Mapping[str, Registry]) -> UnionAuthorizer:
     """Kubernetes' default order: the Node authorizer, then RBAC."""
-    return UnionAuthorizer([NodeAuthorizer(registries), RBACAuthorizer(registries)])
+    return UnionAuthorizer([node.NodeAuthorizer(registries), rbac.RBACAuthorizer(registries)])
 
 
-def build_admission_plugins(registries: Mapping[str, Registry]) -> list[AdmissionPlugin]:
-    """Validating admission, in order: NodeRestriction, then Pod Security and the object rules."""
-    return []
+def build_admission_plugins(
+    registries: Mapping[str, Registry], authorizer: UnionAuthorizer, *, pod_security_default: str
+) -> list[AdmissionPlugin]:
+    """Validating admission, in order: NodeRestriction, RBAC's escalation check, the object
+    rules (endpoints addresses, immutable fields), then Pod Security."""
+    return [
+        *node.admission_plugins(registries),
+        *rbac.admission_plugins(registries, authorizer),
+        *objectrules.admission_plugins(registries),
+        *podsecurity.admission_plugins(registries, default_level=pod_security_default),
+    ]
