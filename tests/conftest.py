@@ -18,7 +18,9 @@ from typing import Iterator
 import pytest
 
 from services.common.client import ApiClient
-from tools.processes import ApiServerProcess, EtcdProcess
+from services.common.kubeconfig import KUBECONFIG_ENV
+from tools.clusterpki import ClusterPKI
+from tools.processes import DEV_PKI_ENV, ApiServerProcess, EtcdProcess, dev_pki
 
 BUSYBOX_IMAGE = os.environ.get("KYBERNETES_BUSYBOX_IMAGE", "kybernetes/busybox:latest")
 PAUSE_IMAGE = os.environ.get("KYBERNETES_PAUSE_IMAGE", "kybernetes/pause:latest")
@@ -34,6 +36,28 @@ class EtcdServer(EtcdProcess):
         code = super().stop(timeout)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         return code
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process a test starts runs with TLS and authentication, from a CA made for
+    this session: the API server and etcd take dev_pki()'s flags, and every client
+    (ApiClient, kubecfg, components) reads the admin kubeconfig through $KYBERNETES_CONFIG
+    unless a test gives it another identity."""
+    root = tempfile.mkdtemp(prefix="kyb-pki-")
+    os.environ[DEV_PKI_ENV] = root
+    os.environ[KUBECONFIG_ENV] = str(dev_pki().root / "admin.conf")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = os.environ.get(DEV_PKI_ENV, "")
+    if root and os.path.basename(root).startswith("kyb-pki-"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_pki() -> ClusterPKI:
+    """The session's CA and certificates (tools/clusterpki.py), to make identities from."""
+    return dev_pki()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,62 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.clusterpki import ClusterPKI
+
 REPO = Path(__file__).resolve().parents[1]
+# Where dev_pki() keeps its certificates: the test session sets it to a fresh directory.
+DEV_PKI_ENV = "KYBERNETES_DEV_PKI"
+
+_dev_pki: ClusterPKI | None = None
+
+
+def dev_pki() -> ClusterPKI:
+    """The certificates the dev processes here run with unless told otherwise, so that a
+    process started by a test or a bench is as secure as `make up`'s: made once per
+    directory ($KYBERNETES_DEV_PKI, else one per user under the temp dir)."""
+    global _dev_pki
+    root = Path(os.environ.get(DEV_PKI_ENV) or Path(tempfile.gettempdir()) / f"kybernetes-dev-pki-{os.getuid()}")
+    if _dev_pki is None or _dev_pki.root != root:
+        pki = ClusterPKI(root)
+        pki.ensure_control_plane()
+        pki.write_client_kubeconfigs("127.0.0.1:6443")  # the server is always given with --server
+        pki.ensure_token_file()
+        _dev_pki = pki
+    return _dev_pki
+
+
+def component_security_flags(
+    component: str, *, node: str | None = None, addresses: tuple[str, ...] = (), pki: ClusterPKI | None = None
+) -> list[str]:
+    """The identity and TLS flags a dev component runs with (pass --server beside them):
+    kubelet (its node's client certificate and serving certificate), proxy (kube-proxy's,
+    serving its Status service with it), dns, replicator and controllers."""
+    pki = pki or dev_pki()
+    if component == "kubelet":
+        assert node is not None, "a kubelet's identity is its node's"
+        directory = pki.ensure_node(node, addresses)
+        kubeconfig_path = pki.write_node_kubeconfig(node, "127.0.0.1:6443")
+        return ["--kubeconfig", str(kubeconfig_path), *pki.serving_flags("kubelet", directory)]
+    if component == "proxy":
+        if node is not None and addresses:
+            directory = pki.ensure_node(node, addresses)
+            return ["--kubeconfig", str(pki.root / "kube-proxy.conf"), *pki.serving_flags("kube-proxy", directory)]
+        return ["--kubeconfig", str(pki.root / "kube-proxy.conf"), *pki.serving_flags("kube-proxy")]
+    if component == "dns":
+        return ["--kubeconfig", str(pki.root / "kube-dns.conf")]
+    if component in ("replicator", "controllers"):
+        return ["--kubeconfig", str(pki.root / "controller-manager.conf")]
+    raise ValueError(f"unknown component {component!r}")
+
+
+def apiserver_security_flags(pki: ClusterPKI) -> list[str]:
+    """What a dev API server is started with: TLS, tokens, etcd's client certificate, and the
+    in-process controllers' kubeconfig."""
+    token_file, _ = pki.ensure_token_file()
+    return [
+        *pki.apiserver_flags(token_file=token_file, bootstrap_token_file=pki.bootstrap_token_file),
+        "--controllers-kubeconfig", str(pki.root / "controller-manager.conf"),
+    ]
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -133,9 +188,18 @@ class ManagedProcess:
         self._log.close()
 
 
-def etcd_argv(data_dir: str | os.PathLike, client_port: int, peer_port: int) -> list[str]:
-    endpoint = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
+def etcd_argv(
+    data_dir: str | os.PathLike, client_port: int, peer_port: int, tls_flags: list[str] | None = None
+) -> list[str]:
+    """etcd on loopback; with tls_flags (ClusterPKI.etcd_flags) both ports are TLS with
+    client-certificate authentication."""
+    scheme = "https" if tls_flags else "http"
+    endpoint = f"{scheme}://127.0.0.1:{client_port}"
+    peer = f"{scheme}://127.0.0.1:{peer_port}"
+    return [*_etcd_base(data_dir, endpoint, peer), *(tls_flags or [])]
+
+
+def _etcd_base(data_dir: str | os.PathLike, endpoint: str, peer: str) -> list[str]:
     return [
         shutil.which("etcd") or "/usr/bin/etcd",
         "--name", "default",
@@ -153,13 +217,24 @@ class EtcdProcess(ManagedProcess):
     """etcd on loopback with its own data dir."""
 
     def __init__(
-        self, data_dir: str | os.PathLike, client_port: int | None = None, log_path: str | os.PathLike | None = None
+        self,
+        data_dir: str | os.PathLike,
+        client_port: int | None = None,
+        log_path: str | os.PathLike | None = None,
+        *,
+        tls_flags: list[str] | None = None,
+        insecure: bool = False,
     ) -> None:
+        """TLS with client-certificate authentication (dev_pki's etcd CA) unless insecure."""
+        if tls_flags is None and not insecure:
+            tls_flags = dev_pki().etcd_flags()
         self.data_dir = Path(data_dir)
         self.port = client_port or free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         super().__init__(
-            "etcd", etcd_argv(self.data_dir / "data", self.port, free_port()), log_path or self.data_dir / "etcd.log"
+            "etcd",
+            etcd_argv(self.data_dir / "data", self.port, free_port(), tls_flags),
+            log_path or self.data_dir / "etcd.log",
         )
         wait_for_port(self.port, self.process)
 
@@ -177,13 +252,22 @@ class ApiServerProcess(ManagedProcess):
         *extra_args: str,
         port: int | None = None,
         log_path: str | os.PathLike | None = None,
+        security: list[str] | None = None,
+        insecure: bool = False,
     ) -> None:
+        """security: the TLS and authentication flags (default: dev_pki's, see
+        apiserver_security_flags); insecure runs it --insecure-dev (a bench's baseline)."""
+        if insecure:
+            security = ["--insecure-dev"]
+        elif security is None:
+            security = apiserver_security_flags(dev_pki())
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         super().__init__(
             "apiserver",
             python_module_argv(
-                "services.apiserver.main", "--listen", self.address, "--etcd-servers", etcd_endpoint, *extra_args
+                "services.apiserver.main", "--listen", self.address, "--etcd-servers", etcd_endpoint,
+                *security, *extra_args,
             ),
             log_path,
         )

@@ -14,8 +14,9 @@ import asyncio
 import sys
 from typing import Callable
 
-from services.common.client import ApiClient, resolve_server
-from services.common.flags import add_server_flag, positive_duration
+from services.common.client import ApiClient, cluster_access
+from services.common.kubeconfig import ClusterAccess, KubeconfigError
+from services.common.flags import add_api_client_flags, positive_duration
 from services.common.log import configure_logging, get_logger
 from services.common.runtime import Controller, Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -83,9 +84,9 @@ def add_controller_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def run(names: list[str], api_address: str, args: argparse.Namespace) -> None:
+async def run(names: list[str], access: ClusterAccess, args: argparse.Namespace) -> None:
     """Runs the named controllers on one manager (one informer per kind for all of them) until cancelled."""
-    client = ApiClient(api_address, timeout=30.0)
+    client = ApiClient.for_access(access, timeout=30.0)
     manager = Manager(client, name="controllers")
     for name in names:
         manager.add(CONTROLLERS[name](args))
@@ -95,7 +96,7 @@ async def run(names: list[str], api_address: str, args: argparse.Namespace) -> N
         await client.close()
 
 
-async def start(names: list[str], api_address: str, args: argparse.Namespace) -> list[asyncio.Task]:
+async def start(names: list[str], access: ClusterAccess, args: argparse.Namespace) -> list[asyncio.Task]:
     """Starts the known controllers among `names` in the background (unknown ones are logged)."""
     known = []
     for name in names:
@@ -105,7 +106,7 @@ async def start(names: list[str], api_address: str, args: argparse.Namespace) ->
             log.warning("controller_unavailable", controller=name, known=",".join(CONTROLLERS))
     if not known:
         return []
-    return [asyncio.create_task(run(known, api_address, args), name="controllers")]
+    return [asyncio.create_task(run(known, access, args), name="controllers")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m services.apiserver.controllers",
         description="Runs the API server's controllers on their own, against an API server.",
     )
-    add_server_flag(parser)
+    add_api_client_flags(parser)
     parser.add_argument(
         "--controllers",
         default=",".join(CONTROLLERS),
@@ -130,9 +131,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--controllers: unknown {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})", file=sys.stderr)
         return 2
-    server = resolve_server(args.server)
-    log.info("controllers_starting", server=server, controllers=",".join(names))
-    code = await run_until_signalled(run(names, server, args), name="controllers")
+    try:
+        access = cluster_access(args.kubeconfig, args.server)
+    except KubeconfigError as error:
+        print(f"--kubeconfig: {error}", file=sys.stderr)
+        return 2
+    log.info("controllers_starting", server=access.server, user=access.user, controllers=",".join(names))
+    code = await run_until_signalled(run(names, access, args), name="controllers")
     log.info("controllers_stopped")
     return code
 

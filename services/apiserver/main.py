@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
+from services.common import kubeconfig
+from services.common.kubeconfig import ClusterAccess
 from services.common.log import configure_logging
+from services.common.pki import CertificateAuthority
+from services.common.transport import ClientCredentials, add_serving_flags, serving_from_args
 from services.common.servicemain import run_service, stop_on_signals
 
 from .controllers import add_controller_flags
@@ -16,9 +21,10 @@ from .ipallocator import (
     RangeError,
     ServiceIPRange,
 )
+from .auth.authenticate import Authenticator
 from .server import ApiServer
 
-DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_LISTEN = "127.0.0.1:6443"
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle"
 
 
@@ -56,6 +62,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ports NodePort services' node ports are allocated from, FIRST-LAST inclusive (default %(default)s)",
     )
     add_controller_flags(parser)
+    security = parser.add_argument_group("security (TLS, authentication, admission)")
+    add_serving_flags(security, what="the API server")
+    security.add_argument(
+        "--token-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="a second TLS address that asks for no client certificate: bearer tokens, bootstrap "
+        "tokens and anonymous health checks (grpcio cannot make a client certificate optional on one port)",
+    )
+    security.add_argument(
+        "--token-auth-file",
+        default=None,
+        metavar="FILE",
+        help='static bearer tokens, CSV: token,user,uid[,"group1,group2"]',
+    )
+    security.add_argument(
+        "--bootstrap-token-file",
+        default=None,
+        metavar="FILE",
+        help="join tokens, one per line: <id>.<secret>[,<expiry RFC 3339>]; re-read when it changes",
+    )
+    security.add_argument(
+        "--etcd-cafile", default=None, metavar="FILE", help="CA that etcd's serving certificate is signed by"
+    )
+    security.add_argument(
+        "--etcd-certfile", default=None, metavar="FILE", help="client certificate the API server shows etcd"
+    )
+    security.add_argument("--etcd-keyfile", default=None, metavar="FILE", help="key of --etcd-certfile")
+    security.add_argument(
+        "--cluster-signing-cert-file",
+        default=None,
+        metavar="FILE",
+        help="the cluster CA's certificate, to sign joining nodes' certificates",
+    )
+    security.add_argument(
+        "--cluster-signing-key-file",
+        default=None,
+        metavar="FILE",
+        help="the cluster CA's key (without it, Certificates.Sign is unavailable)",
+    )
+    security.add_argument(
+        "--controllers-kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="kubeconfig the in-process controllers authenticate with (its server is ignored)",
+    )
+    security.add_argument(
+        "--pod-security-default",
+        choices=("privileged", "baseline", "restricted"),
+        default="baseline",
+        help="Pod Security level of namespaces without the enforce label (default %(default)s)",
+    )
+    security.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="plaintext, no authentication or authorization: development only, never make up's",
+    )
     args = parser.parse_args(argv)
     # Checked now, so that a bad range stops the server with a usage error before it starts.
     try:
@@ -63,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         NodePortRange.parse(args.service_node_port_range)
     except RangeError as error:
         parser.error(str(error))
+    args.serving = serving_from_args(parser, args)
+    if args.serving is not None and args.controllers.strip() and not args.controllers_kubeconfig:
+        parser.error("--controllers-kubeconfig is required for the in-process controllers (or --controllers=)")
+    etcd_tls = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
+    if any(etcd_tls) and not all(etcd_tls):
+        parser.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
     return args
 
 
@@ -76,11 +145,31 @@ async def serve(args: argparse.Namespace) -> int:
         log_requests=not args.no_request_log,
         service_cluster_ip_range=args.service_cluster_ip_range,
         service_node_port_range=args.service_node_port_range,
+        serving=args.serving,
+        authenticator=Authenticator(token_file=args.token_auth_file, bootstrap_token_file=args.bootstrap_token_file),
+        pod_security_default=args.pod_security_default,
+        etcd_credentials=(
+            ClientCredentials.from_files(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+            if args.etcd_cafile
+            else None
+        ),
+        signing_ca=(
+            CertificateAuthority.from_files(args.cluster_signing_cert_file, args.cluster_signing_key_file)
+            if args.cluster_signing_key_file
+            else None
+        ),
     )
     stop = stop_on_signals()
-    port = await server.start(args.listen)
+    port = await server.start(args.listen, args.token_listen or None)
     controllers = await start_controllers(args, port)
-    log.info("apiserver_serving", listen=args.listen, etcd=server.storage.target, controllers=args.controllers or None)
+    log.info(
+        "apiserver_serving",
+        listen=args.listen,
+        token_listen=args.token_listen or None,
+        tls=args.serving is not None,
+        etcd=server.storage.target,
+        controllers=args.controllers or None,
+    )
     await stop.wait()
     log.info("apiserver_stopping")
     for task in controllers:
@@ -98,7 +187,13 @@ async def start_controllers(args: argparse.Namespace, port: int) -> list[asyncio
         return []
     from . import controllers
 
-    return await controllers.start(names, f"127.0.0.1:{port}", args)
+    address = f"127.0.0.1:{port}"
+    if args.controllers_kubeconfig:
+        access = kubeconfig.load(Path(args.controllers_kubeconfig))
+        access = ClusterAccess(address, access.credentials, user=access.user)
+    else:  # --insecure-dev
+        access = ClusterAccess(address, None)
+    return await controllers.start(names, access, args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -172,9 +172,7 @@ class WireLayout:
         if span is None:
             return tag + _varint(len(field)) + field + stored
         start, contents, end = span
-        return (
-            stored[:start] + tag + _varint(end - contents + len(field)) + stored[contents:end] + field + stored[end:]
-        )
+        return stored[:start] + tag + _varint(end - contents + len(field)) + stored[contents:end] + field + stored[end:]
 
     def item(self, data: bytes) -> bytes:
         """One serialized object as an entry of the list message's items."""

@@ -21,12 +21,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from kybernetes.v1 import meta_pb2
+from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2
 from services.common.log import get_logger
+from services.common.pki import CertificateAuthority
 from services.common.resources import ALL_KINDS, Kind
 from services.common.runtime import TaskGroup
+from services.common.transport import ClientCredentials, ServingCertificate
 from services.common.validation import show_value
 
+from .auth.attributes import SUBRESOURCE_OF_METHOD, VERB_OF_METHOD, Authorizer, RequestAttributes
+from .auth.authenticate import Authenticator
+from .auth.certificates import CertificatesServicer
+from .auth.context import current_user
+from .auth.interceptor import AuthenticatingInterceptor
+from .auth.setup import build_admission_plugins, build_authorizer
 from .errors import ApiError
 from .ipallocator import (
     DEFAULT_SERVICE_CLUSTER_IP_RANGE,
@@ -89,13 +97,18 @@ class ApiServer:
         log_requests: bool = True,
         service_cluster_ip_range: str = DEFAULT_SERVICE_CLUSTER_IP_RANGE,
         service_node_port_range: str = DEFAULT_SERVICE_NODE_PORT_RANGE,
+        serving: ServingCertificate | None = None,
+        authenticator: Authenticator | None = None,
+        pod_security_default: str = "baseline",
+        etcd_credentials: ClientCredentials | None = None,
+        signing_ca: CertificateAuthority | None = None,
     ) -> None:
         # A bad range is a ValueError (RangeError) naming the flag, before anything starts.
         strategies = build_strategies(
             cluster_ip_range=ServiceIPRange.parse(service_cluster_ip_range),
             node_port_range=NodePortRange.parse(service_node_port_range),
         )
-        self.storage = Storage(etcd_servers)
+        self.storage = Storage(etcd_servers, credentials=etcd_credentials)
         self.registries: dict[str, Registry] = build_registries(
             strategies.values(),
             self.storage,
@@ -104,8 +117,20 @@ class ApiServer:
             bookmark_interval=bookmark_interval,
         )
         self.log_requests = log_requests
+        # TLS and authentication on every call, unless run with --insecure-dev (serving None):
+        # then every caller acts as the API server itself and nothing is authorized.
+        self.serving = serving
+        self.authenticator = authenticator or Authenticator()
+        self.authorizer: Authorizer | None = None
+        if serving is not None:
+            authorizer = build_authorizer(self.registries)
+            self.authorizer = authorizer
+            plugins = build_admission_plugins(self.registries, authorizer, pod_security_default=pod_security_default)
+            for registry in self.registries.values():
+                registry.admission.plugins = list(plugins)
         # Built now so that a method nothing serves fails before anything starts.
         self._handlers = [self._service_handler(kind) for kind in ALL_KINDS]
+        self.certificates = CertificatesServicer(signing_ca, self.registries)
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         # One watch cache per kind, each following etcd for as long as the server runs:
@@ -119,6 +144,7 @@ class ApiServer:
         self, kind: Kind, method: str, behaviour: Callable[[Any], Any], decode: Callable[[bytes], Any]
     ) -> Callable:
         log_requests = self.log_requests
+        authorize = self._authorization(kind, method)
 
         async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -126,6 +152,8 @@ class ApiServer:
             request: Any = None
             try:
                 request = decode(data)
+                if authorize is not None:
+                    authorize(request)
                 return await behaviour(request)
             except ApiError as error:
                 code = error.code.name
@@ -146,7 +174,39 @@ class ApiServer:
 
         return handler
 
+    def _authorization(self, kind: Kind, method: str) -> Callable[[Any], None] | None:
+        """The check a call of kind.method passes before it runs: the caller (set by the
+        authenticating interceptor) may do this verb on this object, or PERMISSION_DENIED
+        naming who, what and where. None when the server authorizes nothing."""
+        authorizer = self.authorizer
+        if authorizer is None:
+            return None
+        verb = VERB_OF_METHOD[method]
+        subresource = SUBRESOURCE_OF_METHOD.get(method, "")
+        api_group = kind.api_version.rpartition("/")[0]
+        default_namespace = "default" if kind.namespaced else ""
+
+        def authorize(request: Any) -> None:
+            meta = getattr(request, "metadata", None)
+            if method in ("List", "Watch"):
+                namespace, name = request.namespace, ""
+            elif meta is not None and hasattr(meta, "name"):
+                namespace, name = meta.namespace or default_namespace, meta.name
+            else:
+                namespace, name = request.namespace or default_namespace, request.name
+            attributes = RequestAttributes(
+                current_user(), verb, kind.plural, subresource, namespace if kind.namespaced else "", name, api_group
+            )
+            verdict = authorizer.authorize(attributes)
+            if not verdict.allowed:
+                reason = f": {verdict.reason}" if verdict.reason else ""
+                raise ApiError(grpc.StatusCode.PERMISSION_DENIED, f"forbidden: {attributes.describe()}{reason}")
+
+        return authorize
+
     def _watch(self, kind: Kind, registry: Registry, decode: Callable[[bytes], Any]) -> Callable:
+        authorize = self._authorization(kind, "Watch")
+
         async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
@@ -154,6 +214,8 @@ class ApiServer:
             request = meta_pb2.ListOptions()
             try:
                 request = decode(raw)
+                if authorize is not None:
+                    authorize(request)
                 async for data in registry.watch(request):
                     sent += 1
                     yield data
@@ -199,14 +261,17 @@ class ApiServer:
             if method.name not in behaviours:
                 raise RuntimeError(f"{kind.service_name}.{method.name}: no registry method or subresource serves it")
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                self._unary(kind, method.name, behaviours[method.name], decode), response_serializer=_passthrough,
+                self._unary(kind, method.name, behaviours[method.name], decode),
+                response_serializer=_passthrough,
             )
         return grpc.method_handlers_generic_handler(kind.service_name, handlers)
 
     # -- lifecycle --------------------------------------------------------
 
-    async def start(self, listen: str) -> int:
-        """Connects to etcd, fills the watch caches and starts serving; returns the port."""
+    async def start(self, listen: str, token_listen: str | None = None) -> int:
+        """Connects to etcd, fills the watch caches and starts serving; returns the port.
+        With TLS, `listen` requires a client certificate and `token_listen` (if given)
+        takes bearer tokens (see services/common/transport.py for why two ports)."""
         await self.storage.connect()
         for registry in self.registries.values():
             try:
@@ -215,25 +280,42 @@ class ApiServer:
                 log.warning("repair_failed", kind=registry.kind.name, code=error.code.name, error=error.message)
         for registry in self.registries.values():
             self._caches.guard(registry.cache.run, name=f"cache-{registry.kind.plural}")
+        interceptors = [AuthenticatingInterceptor(self.authenticator)] if self.serving is not None else []
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 512 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self.server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        certificates_pb2_grpc.add_CertificatesServicer_to_server(self.certificates, self.server)
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            [kind.service_name for kind in ALL_KINDS] + [health_service, reflection.SERVICE_NAME],
+            [kind.service_name for kind in ALL_KINDS]
+            + [certificates_pb2.DESCRIPTOR.services_by_name["Certificates"].full_name]
+            + [health_service, reflection.SERVICE_NAME],
             self.server,
         )
-        port = self.server.add_insecure_port(listen)
+        if self.serving is None:
+            port = self.server.add_insecure_port(listen)
+        else:
+            port = self.server.add_secure_port(listen, self.serving.server_credentials(require_client_certificate=True))
         if port == 0:
             raise OSError(f"--listen: cannot bind {listen}")
+        self.token_port = 0
+        if token_listen:
+            if self.serving is None:
+                raise ValueError("--token-listen needs TLS (--tls-cert-file)")
+            self.token_port = self.server.add_secure_port(
+                token_listen, self.serving.server_credentials(require_client_certificate=False)
+            )
+            if self.token_port == 0:
+                raise OSError(f"--token-listen: cannot bind {token_listen}")
         await asyncio.gather(*(registry.cache.wait_ready() for registry in self.registries.values()))
         await self.server.start()
         await self._set_serving(True)

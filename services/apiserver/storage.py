@@ -1,9 +1,9 @@
 """etcd access for the API server: guarded transactions, ranges and a raw watch.
 
-We use aetcd for the connection and its generated etcd v3 messages, but talk
-to the KV and Watch stubs directly: the API needs the response headers'
-revisions, prev_kv on deletes, and watch progress, which aetcd's convenience
-wrappers drop.
+We use aetcd's generated etcd v3 messages and stubs, over our own channel: the
+API needs the response headers' revisions, prev_kv on deletes, and watch
+progress, which aetcd's convenience wrappers drop, and etcd is reached over TLS
+with the API server's client certificate, which aetcd's client cannot do.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence, TypeAlias
 
-import aetcd
 import grpc
 from aetcd import rpc
+
+from services.common.transport import ClientCredentials, aio_channel
 
 from .errors import ApiError
 from .txnbatch import TxnBatcher
@@ -143,36 +144,48 @@ def _unavailable(error: grpc.aio.AioRpcError) -> ApiError:
 class Storage:
     """A connection to etcd with the handful of operations the registry needs."""
 
-    def __init__(self, endpoints: list[str], *, timeout: float = 10.0, write_hold: float = WRITE_HOLD) -> None:
-        target = channel_target(endpoints)
-        # aetcd builds its target as f"{host}:{port}": split ours at the last colon.
-        host, _, port = target.rpartition(":")
-        self._client = aetcd.Client(
-            host=host,
-            port=port,
-            timeout=timeout,
-            options={
-                "grpc.lb_policy_name": "round_robin",
-                "grpc.max_receive_message_length": 512 * 1024 * 1024,
-                "grpc.keepalive_time_ms": 10_000,
-                "grpc.keepalive_timeout_ms": 5_000,
-            },
-        )
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        timeout: float = 10.0,
+        write_hold: float = WRITE_HOLD,
+        credentials: ClientCredentials | None = None,
+    ) -> None:
+        self.target = channel_target(endpoints)
+        self._credentials = credentials
         self._timeout = timeout
-        self.target = target
+        self._channel: grpc.aio.Channel | None = None
+        self._kv: rpc.KVStub | None = None
         # One transaction in flight: writes that arrive meanwhile form the next
         # batch, held up to write_hold seconds when many clients write at once.
         self._batcher = TxnBatcher(self._txn, max_in_flight=1, hold=write_hold)
 
     async def connect(self) -> None:
-        await self._client.connect()
+        if self._channel is None:
+            self._channel = aio_channel(
+                self.target,
+                self._credentials,
+                [
+                    ("grpc.lb_policy_name", "round_robin"),
+                    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 5_000),
+                ],
+            )
+            self._kv = rpc.KVStub(self._channel)
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+            self._kv = None
 
     @property
     def _kv_stub(self) -> rpc.KVStub:
-        return self._client.kvstub
+        if self._kv is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "etcd: not connected")
+        return self._kv
 
     async def _txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
         try:
@@ -299,7 +312,9 @@ class Storage:
             while (request := await requests.get()) is not None:
                 yield request
 
-        call = rpc.WatchStub(self._client.channel).Watch(request_stream())
+        if self._channel is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "etcd: not connected")
+        call = rpc.WatchStub(self._channel).Watch(request_stream())
         try:
             async for response in call:
                 if response.compact_revision:

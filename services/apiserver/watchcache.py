@@ -349,9 +349,7 @@ class WatchCache:
             start = resource_version
             if start > self.revision:
                 await self._wait_for_revision(start)
-            if start < self.window_start or (
-                start < self.revision and await self.storage.is_compacted(start + 1)
-            ):
+            if start < self.window_start or (start < self.revision and await self.storage.is_compacted(start + 1)):
                 raise ApiError(
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"resource_version {start} is too old (oldest available {self.window_start}); "
@@ -388,4 +386,3 @@ class WatchCache:
                 await watcher.wakeup.wait()
         finally:
             self._watchers.discard(watcher)
-

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf.message import Message
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 
+from . import kubeconfig as kubeconfig_module
+from .kubeconfig import ClusterAccess
 from .resources import DEFAULT_NAMESPACE, PODS, Kind, kind_of_message
+from .transport import ClientCredentials, aio_channel
 
-DEFAULT_SERVER = "127.0.0.1:8080"
+DEFAULT_SERVER = "127.0.0.1:6443"
 SERVER_ENV = "KYBERNETES_SERVER"
 
 # Keepalives let a watch notice a dead server instead of hanging forever.
@@ -27,18 +30,50 @@ CHANNEL_OPTIONS = [
 
 
 def resolve_server(server: str | None = None) -> str:
-    """--server, else $KYBERNETES_SERVER, else 127.0.0.1:8080."""
+    """--server, else $KYBERNETES_SERVER, else 127.0.0.1:6443."""
     return server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+
+
+def cluster_access(
+    kubeconfig: str | None = None, server: str | None = None, context: str | None = None
+) -> ClusterAccess:
+    """How a client reaches the API server: the kubeconfig (--kubeconfig, else
+    $KYBERNETES_CONFIG, else ~/.kybernetes/config) with --server overriding its address.
+    With no kubeconfig at all, plaintext to --server: only a server run with
+    --insecure-dev answers that."""
+    path = kubeconfig_module.resolve_path(kubeconfig)
+    if path is None:
+        return ClusterAccess(resolve_server(server), None)
+    access = kubeconfig_module.load(path, context=context)
+    if server:
+        access = ClusterAccess(server, access.credentials, access.namespace, access.user)
+    return access
 
 
 class ApiClient:
     """One channel to the API server and a stub per kind."""
 
-    def __init__(self, server: str | None = None, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        credentials: ClientCredentials | None | Literal["kubeconfig"] = "kubeconfig",
+        timeout: float | None = 30.0,
+    ) -> None:
+        """credentials: by default the kubeconfig's ($KYBERNETES_CONFIG, else
+        ~/.kybernetes/config), with `server` overriding its address; None for plaintext."""
+        if credentials == "kubeconfig":
+            access = cluster_access(None, server)
+            server, credentials = access.server, access.credentials
         self.server = resolve_server(server)
+        self.credentials = credentials
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self.channel = aio_channel(self.server, credentials, CHANNEL_OPTIONS)
         self._stubs: dict[str, Any] = {}
+
+    @classmethod
+    def for_access(cls, access: ClusterAccess, *, timeout: float | None = 30.0) -> ApiClient:
+        return cls(access.server, credentials=access.credentials, timeout=timeout)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -115,3 +150,13 @@ class ApiClient:
         """The raw event stream; see runtime.informer.Informer for a resuming, caching watch."""
         call: grpc.aio.UnaryStreamCall = self.stub(kind).Watch(options)
         return call
+
+
+def client_from_args(args: Any, *, timeout: float | None = 30.0) -> ApiClient:
+    """The API client a component's --kubeconfig and --server flags describe; a bad
+    kubeconfig exits with a usage error naming the file and field."""
+    try:
+        access = cluster_access(getattr(args, "kubeconfig", None), args.server)
+    except kubeconfig_module.KubeconfigError as error:
+        raise SystemExit(f"--kubeconfig: {error}") from None
+    return ApiClient.for_access(access, timeout=timeout)

@@ -38,9 +38,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_server_flag(parser: argparse.ArgumentParser) -> None:
-    """--server, as every client component of the API server spells it."""
+def add_api_client_flags(parser: argparse.ArgumentParser) -> None:
+    """--server and --kubeconfig, as every client component of the API server spells them."""
     parser.add_argument(
         "--server", default=None, metavar="HOST:PORT",
-        help="API server address (default $KYBERNETES_SERVER, else 127.0.0.1:8080)",
+        help="API server address, overriding the kubeconfig's (default $KYBERNETES_SERVER, else 127.0.0.1:6443)",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=None, metavar="FILE",
+        help="kubeconfig with the API server, its CA and this client's credentials "
+        "(default $KYBERNETES_CONFIG, else ~/.kybernetes/config)",
     )

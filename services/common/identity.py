@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -71,9 +72,9 @@ def user_from_certificate(pem: bytes) -> UserInfo:
     return authenticated(name, groups)
 
 
-def user_from_auth_context(auth_context: dict[str, list[bytes]]) -> UserInfo | None:
+def user_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> UserInfo | None:
     """The user of a gRPC call's verified peer certificate, if the peer sent one."""
-    pems = auth_context.get("x509_pem_cert")
+    pems = list(auth_context.get("x509_pem_cert") or ())
     if not pems:
         return None
     user = user_from_certificate(pems[0])

@@ -10,8 +10,8 @@ import time
 import dns.exception
 import dns.name
 
-from services.common.client import ApiClient, resolve_server
-from services.common.flags import add_server_flag, positive_duration, positive_int
+from services.common.client import client_from_args
+from services.common.flags import add_api_client_flags, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -65,7 +65,7 @@ def _ttl(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-dns", description=__doc__)
-    add_server_flag(parser)
+    add_api_client_flags(parser)
     parser.add_argument(
         "--listen", type=_listen, default=DEFAULT_LISTEN, metavar="IP:PORT",
         help="where to serve DNS, UDP and TCP (default %(default)s)",
@@ -119,7 +119,7 @@ async def serve(args: argparse.Namespace) -> int:
     server = DnsServer(
         index, Forwarder(upstreams, timeout=args.upstream_timeout), max_concurrent=args.max_concurrent
     )
-    client = ApiClient(resolve_server(args.server), timeout=30.0)
+    client = client_from_args(args, timeout=30.0)
     manager = Manager(client, name="dns")
     manager.add(DnsController(index, endpoint_pod_names=args.endpoint_pod_names))
 

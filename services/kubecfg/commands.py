@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Sequence, TextIO, TypeVar
 import grpc
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, meta_pb2
+from services.common.transport import aio_channel
 
 from services.common.client import CHANNEL_OPTIONS, ApiClient
 from services.common.manifests import Manifest, ManifestError, dump_json, dump_yaml, load_manifest_sources, to_dict
@@ -759,7 +760,8 @@ async def logs(ctx: Context, pod_arg: str, options: LogsOptions, out: Any = None
         tail_lines=max(options.tail, 0), timestamps=options.timestamps,
     )
     sink = out if out is not None else sys.stdout.buffer
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    # The kubelet's API takes the same credentials (its certificate is from the cluster CA).
+    async with aio_channel(address, ctx.client.credentials, CHANNEL_OPTIONS) as channel:
         call = kubelet_pb2_grpc.KubeletStub(channel).Logs(request)
         try:
             async for chunk in call:

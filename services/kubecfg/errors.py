@@ -47,7 +47,7 @@ def _short_reason(details: str) -> str:
 
 
 def unreachable(error: grpc.aio.AioRpcError, what: str, address: str) -> CommandError:
-    """`error: cannot reach the API server at 127.0.0.1:8080: connection refused`."""
+    """`error: cannot reach the API server at 127.0.0.1:6443: connection refused`."""
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CommandError(f"error: {what} at {address} did not answer in time")
     return CommandError(f"error: cannot reach {what} at {address}: {_short_reason(error.details() or '')}")

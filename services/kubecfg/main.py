@@ -4,7 +4,7 @@
     kubecfg describe rc web               kubecfg scale rc web --replicas 5
     kubecfg delete rc web --cascade=false kubecfg logs web-x2b9 -f
 
-The API server is --server, else $KYBERNETES_SERVER, else 127.0.0.1:8080.
+The API server is --server, else $KYBERNETES_SERVER, else 127.0.0.1:6443.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import NoReturn, Sequence
 
 import grpc
 
-from services.common.client import ApiClient, resolve_server
+from services.common.client import ApiClient, cluster_access, resolve_server
+from services.common.kubeconfig import KubeconfigError
 from services.common.resources import DEFAULT_NAMESPACE
 
 from . import commands
@@ -48,6 +49,8 @@ def _common() -> _Parser:
     common = _Parser(add_help=False)
     # SUPPRESS: a flag given before the verb is not reset by the verb's parser.
     common.add_argument("--server", "-s", default=argparse.SUPPRESS, help="API server host:port")
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
     common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: default)")
     return common
 
@@ -57,8 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--server", "-s", default=None, help="API server host:port (default: $KYBERNETES_SERVER or 127.0.0.1:8080)"
+        "--server", "-s", default=None,
+        help="API server host:port, overriding the kubeconfig's (default: the kubeconfig's)",
     )
+    parser.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig file: server, CA and your credentials "
+        "(default: $KYBERNETES_CONFIG, else ~/.kybernetes/config)",
+    )
+    parser.add_argument("--context", default=None, help="the kubeconfig context to use (default: its current-context)")
     parser.add_argument("-n", "--namespace", default=None, help="namespace (default: default)")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     common = [_common()]
@@ -127,10 +137,15 @@ def _version(server: str) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Runs one parsed command; returns the exit code."""
-    client = ApiClient(args.server)
+    try:
+        access = cluster_access(args.kubeconfig, args.server, args.context)
+    except KubeconfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    client = ApiClient.for_access(access)
     ctx = commands.Context(
         client=client,
-        namespace=args.namespace or DEFAULT_NAMESPACE,
+        namespace=args.namespace or access.namespace or DEFAULT_NAMESPACE,
         namespace_given=bool(args.namespace),
     )
     try:

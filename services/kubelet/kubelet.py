@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from kybernetes.v1 import pod_pb2, service_pb2
 from services.common.client import ApiClient
+from services.common.kubeconfig import ClusterAccess
+from services.common.transport import ServingCertificate
 from services.common.log import get_logger
 from services.common.resources import SERVICES
 from services.common.runtime import Backoff, TaskGroup
@@ -68,7 +70,13 @@ SERVICES_SYNC_TIMEOUT = 5.0
 class KubeletConfig:
     node_name: str
     server: str | None = None
+    # How to reach and authenticate to the API server (its address and this node's
+    # certificate); None: plaintext to `server` (an --insecure-dev API server).
+    access: ClusterAccess | None = None
     listen: str = "127.0.0.1:10250"
+    # The kubelet API's TLS: its serving certificate and the CA its callers' certificates
+    # chain to; None: plaintext (tests of a kubelet on its own, with --insecure-dev).
+    serving: ServingCertificate | None = None
     root_dir: str = "/var/lib/kybernetes/kubelet"
     manifest_path: str | None = None
     file_check_frequency: float = 20.0
@@ -112,7 +120,11 @@ class Kubelet:
             if config.network_plugin == "kubenet" else None
         )
         self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
-        self.client: ApiClient | None = ApiClient(config.server) if config.server else None
+        self.client: ApiClient | None = None
+        if config.access is not None:
+            self.client = ApiClient.for_access(config.access)
+        elif config.server:
+            self.client = ApiClient(config.server, credentials=None)
         self.mirror: MirrorManager | None = None
         self.api_source: ApiSource | None = None
         # Every service, for the containers' service variables; none without an API server.
@@ -144,7 +156,7 @@ class Kubelet:
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
-        self.server = KubeletServer(self, config.listen)
+        self.server = KubeletServer(self, config.listen, config.serving)
         # The kubelet's loops (sources, mirror, heartbeat, resync) are guarded: one that
         # dies is logged and restarted with back-off; one-off jobs are held until done.
         self.tasks = TaskGroup("kubelet")

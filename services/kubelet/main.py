@@ -1,6 +1,6 @@
 """`kubelet`: the node agent.
 
-    python -m services.kubelet.main --node-name node-1 --server 127.0.0.1:8080 \\
+    python -m services.kubelet.main --node-name node-1 --server 127.0.0.1:6443 \\
         --manifest-path /etc/kybernetes/manifests --listen 127.0.0.1:10250
 
 Without --server the kubelet runs its static pods (manifest path, URL and
@@ -14,9 +14,12 @@ import argparse
 import ipaddress
 import socket
 
+from services.common.client import cluster_access
 from services.common.flags import duration, positive_int
+from services.common.kubeconfig import KubeconfigError, add_kubeconfig_flag
 from services.common.log import configure_logging
 from services.common.servicemain import run_service, stop_on_signals
+from services.common.transport import add_serving_flags, serving_from_args
 
 from .kubelet import Kubelet, KubeletConfig
 from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
@@ -39,7 +42,12 @@ def ip_list(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser = argparse.ArgumentParser(prog="kubelet", description="Runs the pods bound to this node on Docker.")
-    parser.add_argument("--server", default=None, help="API server address (HOST:PORT); none: static pods only")
+    parser.add_argument("--server", default=None,
+                        help="API server address (HOST:PORT), overriding --kubeconfig's; neither: static pods only")
+    add_kubeconfig_flag(parser)
+    add_serving_flags(parser, what="the kubelet's API")
+    parser.add_argument("--insecure-dev", action="store_true",
+                        help="plaintext API with no caller checks, and plaintext to --server: development only")
     parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
     parser.add_argument("--listen", default="127.0.0.1:10250", help="address of the kubelet's own gRPC API")
     parser.add_argument("--root-dir", default="/var/lib/kybernetes/kubelet", help="where pod volumes and state live")
@@ -90,9 +98,23 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency", "sync_frequency"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
+    serving = serving_from_args(parser, args)
+    access = None
+    if not args.insecure_dev and (args.kubeconfig or args.server):
+        try:
+            # Only an explicit --kubeconfig (or --server with $KYBERNETES_CONFIG) puts the
+            # kubelet in API mode: without either it runs its static pods alone.
+            access = cluster_access(args.kubeconfig, args.server)
+        except KubeconfigError as error:
+            parser.error(f"--kubeconfig: {error}")
+        if access.credentials is None:
+            parser.error("--kubeconfig: the API server is reached over TLS: the kubeconfig needs its CA "
+                         "and this node's client certificate (or --insecure-dev)")
     return KubeletConfig(
         node_name=args.node_name,
-        server=args.server,
+        server=access.server if access is not None else args.server,
+        access=access,
+        serving=serving,
         listen=args.listen,
         root_dir=args.root_dir,
         manifest_path=args.manifest_path,
@@ -127,7 +149,10 @@ async def run(config: KubeletConfig) -> int:
         log.error("kubelet_start_failed", error=str(error))
         await kubelet.stop()
         return 1
-    log.info("kubelet_started", listen=config.listen, server=config.server or "none", root_dir=config.root_dir)
+    log.info(
+        "kubelet_started", listen=config.listen, server=config.server or "none", root_dir=config.root_dir,
+        tls=config.serving is not None, user=config.access.user if config.access is not None else None,
+    )
     stop = stop_on_signals()
     await stop.wait()
     log.info("kubelet_stopping")

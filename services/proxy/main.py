@@ -17,8 +17,9 @@ import asyncio
 import ipaddress
 import socket
 
-from services.common.client import ApiClient, resolve_server
-from services.common.flags import add_server_flag, duration, positive_duration
+from services.common.client import client_from_args
+from services.common.transport import add_serving_flags, serving_from_args
+from services.common.flags import add_api_client_flags, duration, positive_duration
 from services.common.log import configure_logging
 from services.common.resources import ENDPOINTS, SERVICES
 from services.common.runtime import TaskFailed, TaskGroup
@@ -41,7 +42,7 @@ DEFAULT_PROXY_MODE = "nftables"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-proxy", description=__doc__)
-    add_server_flag(parser)
+    add_api_client_flags(parser)
     parser.add_argument(
         "--proxy-mode", choices=MODES, default=DEFAULT_PROXY_MODE,
         help="nftables: cluster IPs and node ports in an nftables table; iptables: the same in iptables "
@@ -111,7 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-splice", action="store_true",
         help="copy bulk streams through user space instead of splicing them in the kernel",
     )
+    add_serving_flags(parser, what="the proxy's Status service")
+    parser.add_argument("--insecure-dev", action="store_true",
+                        help="a plaintext Status service: development only")
     args = parser.parse_args(argv)
+    # --cleanup serves nothing: it needs no certificate.
+    args.serving = None if args.cleanup else serving_from_args(parser, args)
     try:
         ipaddress.IPv4Network(args.service_cluster_ip_range)
     except ValueError as error:
@@ -185,7 +191,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("status_listen_failed", error=str(error))
         return 1
 
-    client = ApiClient(resolve_server(args.server), timeout=30.0)
+    client = client_from_args(args, timeout=30.0)
     endpoints_informer = Informer(client, ENDPOINTS)
     services_informer = Informer(client, SERVICES)
     endpoints_informer.add_handler(proxier.on_endpoints_event)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.common.client import ApiClient, resolve_server
-from services.common.flags import add_server_flag, positive_duration, positive_int
+from services.common.client import client_from_args
+from services.common.flags import add_api_client_flags, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
 from services.common.servicemain import run_service, run_until_signalled
@@ -16,7 +16,7 @@ from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-replicator", description=__doc__)
-    add_server_flag(parser)
+    add_api_client_flags(parser)
     parser.add_argument(
         "--workers", type=positive_int, default=DEFAULT_WORKERS,
         help="controllers synced at once (default %(default)s)",
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> int:
     log = configure_logging("replicator")
-    client = ApiClient(resolve_server(args.server), timeout=30.0)
+    client = client_from_args(args, timeout=30.0)
     replicator = ReplicationManager(
         workers=args.workers,
         concurrency=args.concurrency,

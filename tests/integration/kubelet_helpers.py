@@ -19,9 +19,10 @@ import docker
 import grpc
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, pod_pb2
+from services.common.transport import ClientCredentials, aio_channel
 from services.kubelet.podnetwork import release_node_addresses
 from tests.conftest import BUSYBOX_IMAGE, PAUSE_IMAGE
-from tools.processes import ManagedProcess, free_port, wait_for_port
+from tools.processes import ManagedProcess, component_security_flags, dev_pki, free_port, wait_for_port
 
 NODE_LABEL = "io.kybernetes.node"
 
@@ -95,8 +96,13 @@ class KubeletProcess:
             *FAST_FLAGS,
             *self.extra_args,
         ]
+        # Its node's identity and serving certificate from the session's CA, as make up does;
+        # without --server only the serving half (a kubeconfig would make it an API client).
+        security = component_security_flags("kubelet", node=self.node, addresses=(self.node_ip,))
         if self.server:
-            argv += ["--server", self.server]
+            argv += [*security, "--server", self.server]
+        else:
+            argv += security[2:]
         return argv
 
     def start(self) -> None:
@@ -125,10 +131,14 @@ class KubeletProcess:
 
     def stub(self) -> kubelet_pb2_grpc.KubeletStub:
         """A stub on a channel of the running event loop."""
-        return kubelet_pb2_grpc.KubeletStub(grpc.aio.insecure_channel(self.address))
+        return kubelet_pb2_grpc.KubeletStub(self.channel())
+
+    def channel(self, credentials: ClientCredentials | None = None) -> grpc.aio.Channel:
+        """A channel to the kubelet's API as the session's admin (or `credentials`)."""
+        return aio_channel(self.address, credentials or dev_pki().credentials("admin"))
 
     async def list_pods(self) -> list[pod_pb2.Pod]:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             stub = kubelet_pb2_grpc.KubeletStub(channel)
             response = await stub.ListPods(kubelet_pb2.KubeletListPodsRequest(), timeout=10)
             return list(response.items)
@@ -141,11 +151,11 @@ class KubeletProcess:
         return None
 
     async def submit(self, pod: pod_pb2.Pod) -> pod_pb2.Pod:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             return await kubelet_pb2_grpc.KubeletStub(channel).SubmitPod(pod, timeout=10)
 
     async def delete(self, name: str, namespace: str = "default") -> pod_pb2.Pod:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with self.channel() as channel:
             request = kubelet_pb2.StaticPodRequest(namespace=namespace, name=name)
             return await kubelet_pb2_grpc.KubeletStub(channel).DeleteStaticPod(request, timeout=10)
 

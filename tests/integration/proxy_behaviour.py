@@ -52,11 +52,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import grpc
 import pytest
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.common.client import ApiClient
+from services.common.transport import aio_channel
 from services.common.resources import SERVICES
 from services.proxy import iptables, nftables
 from services.proxy.iptproxier import IptablesOptions, IptablesProxier, cleanup_chains
@@ -64,7 +64,15 @@ from services.proxy.nftproxier import ROUTE_LOCALNET, NftOptions, NftProxier, cl
 from services.proxy.proxier import ProxyOptions
 from services.proxy.userspace import UserspaceProxier
 from tests.polling import eventually
-from tools.processes import REPO, ManagedProcess, free_port, python_module_argv, wait_for_port
+from tools.processes import (
+    REPO,
+    ManagedProcess,
+    component_security_flags,
+    dev_pki,
+    free_port,
+    python_module_argv,
+    wait_for_port,
+)
 
 __all__ = [  # what each mode file collects: the fixtures and the shared tests
     "proxier",
@@ -799,6 +807,7 @@ async def test_kube_proxy_process_follows_the_api_server_and_cleans_up(apiserver
         "services.proxy.main", "--proxy-mode", mode, "--server", apiserver.address,
         "--node-name", node, "--node-ip", testnet.gateway, "--connect-timeout", "1",
         "--service-cluster-ip-range", testnet.api_service_cidr, "--status-listen", f"127.0.0.1:{status_port}",
+        *component_security_flags("proxy"),
     ))
     try:
         wait_for_port(status_port, proxy.process, timeout=30)
@@ -812,7 +821,7 @@ async def test_kube_proxy_process_follows_the_api_server_and_cleans_up(apiserver
         ip = service.spec.cluster_ip
 
         async def programmed() -> proxy_pb2.ProxyStatus:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{status_port}") as channel:
+            async with aio_channel(f"127.0.0.1:{status_port}", dev_pki().credentials("admin")) as channel:
                 call = proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
                 status = await call
                 trailers = dict(await call.trailing_metadata())

@@ -21,7 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.resources import NODES, PODS
 from tests.polling import eventually_blocking
-from tools.processes import ApiServerProcess, EtcdProcess
+from services.common.transport import blocking_channel
+from tools.processes import ApiServerProcess, EtcdProcess, dev_pki
 
 from .apihelpers import collect_events, expect_error, make_node, make_pod
 
@@ -237,7 +238,7 @@ async def test_an_undecodable_watch_request_is_invalid_argument(api, payload):
 
 
 def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+    with blocking_channel(address, dev_pki().credentials("admin")) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 

@@ -10,8 +10,9 @@ import grpc
 
 from kybernetes.v1 import meta_pb2
 from services.common.client import ApiClient
+from services.common.transport import aio_channel
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, PODS
-from tools.processes import ApiServerProcess
+from tools.processes import ApiServerProcess, dev_pki
 
 from .apihelpers import collect_events, expect_error, make_pod
 
@@ -208,7 +209,7 @@ async def test_watch_from_compacted_revision_is_out_of_range(api, namespace, etc
     old = (await api.create(make_pod("a", namespace))).metadata.resource_version
     for i in range(3):
         await api.create(make_pod(f"b{i}", namespace))
-    storage = Storage([etcd_endpoint])
+    storage = Storage([etcd_endpoint], credentials=dev_pki().etcd_client_credentials())
     await storage.connect()
     try:
         await storage.compact(await storage.current_revision())
@@ -246,7 +247,9 @@ async def test_slow_watcher_is_cut_off_without_hurting_others(etcd_endpoint, nam
     # No BDP probing: the slow client's HTTP/2 window stays small, as a reader
     # that stopped reading would keep it.
     await slow_client.channel.close()
-    slow_client.channel = grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    slow_client.channel = aio_channel(
+        server.address, dev_pki().credentials("admin"), options=[("grpc.http2.bdp_probe", 0)]
+    )
     fast_client = ApiClient(server.address)
     try:
         options = meta_pb2.ListOptions(namespace=namespace)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.docker
 
 
 async def _logs(kubelet: KubeletProcess, request: kubelet_pb2.PodLogsRequest) -> bytes:
-    async with grpc.aio.insecure_channel(kubelet.address) as channel:
+    async with kubelet.channel() as channel:
         stub = kubelet_pb2_grpc.KubeletStub(channel)
         chunks = [chunk.data async for chunk in stub.Logs(request, timeout=15)]
     return b"".join(chunks)
@@ -59,7 +59,7 @@ async def test_logs_tail_and_follow(kubelet: KubeletProcess) -> None:
     assert stamped[:4].isdigit() and b" tick-" in stamped, stamped  # "2026-...Z tick-N"
 
     # Follow: new lines keep arriving on the same stream.
-    async with grpc.aio.insecure_channel(kubelet.address) as channel:
+    async with kubelet.channel() as channel:
         stub = kubelet_pb2_grpc.KubeletStub(channel)
         call = stub.Logs(kubelet_pb2.PodLogsRequest(name="talk", container="talker", follow=True, tail_lines=1))
         seen = b""

@@ -18,14 +18,14 @@ import sys
 import time
 from typing import Awaitable, Callable
 
-import grpc
 import pytest
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.proxy.proxier import Proxier, ProxyOptions
 from services.proxy.status import StatusServer
 from tests.polling import eventually
-from tools.processes import free_port
+from services.common.transport import ServingCertificate, aio_channel
+from tools.processes import dev_pki, free_port
 
 NAMESPACE = "proxy-test"
 LOOPBACK = "127.0.0.1"
@@ -690,10 +690,11 @@ async def test_status_rpc_reports_ports_and_counters(proxier, backends):
         lambda: port_status(proxier, "stat", "http").connections_active == 0, what="connection closed", timeout=WAIT
     )
 
-    server = StatusServer(proxier, "node-a")
+    pki = dev_pki()
+    server = StatusServer(proxier, "node-a", ServingCertificate.from_files(*pki.pair("kube-proxy"), pki.ca_file))
     status_port = await server.start(f"{LOOPBACK}:0")
     try:
-        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{status_port}") as channel:
+        async with aio_channel(f"{LOOPBACK}:{status_port}", pki.credentials("admin")) as channel:
             status = await proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
     finally:
         await server.stop(0)

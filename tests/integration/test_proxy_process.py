@@ -15,15 +15,23 @@ import subprocess
 import uuid
 from typing import Any, Awaitable, Callable
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, proxy_pb2, proxy_pb2_grpc, service_pb2
 from services.common.client import ApiClient
+from services.common.transport import aio_channel
 from services.common.resources import ENDPOINTS, SERVICES
 from tests.polling import eventually
-from tools.processes import REPO, ManagedProcess, free_port, python_module_argv, wait_for_port
+from tools.processes import (
+    REPO,
+    ManagedProcess,
+    component_security_flags,
+    dev_pki,
+    free_port,
+    python_module_argv,
+    wait_for_port,
+)
 
 from services.proxy import nftables
 
@@ -52,6 +60,7 @@ class ProxyProcess(ManagedProcess):
                 "--node-name", self.node,
                 "--status-listen", f"{LOOPBACK}:{self.status_port}",
                 "--connect-timeout", "1",
+                *component_security_flags("proxy"),
                 *extra,
             ),
         )
@@ -71,7 +80,7 @@ class ProxyProcess(ManagedProcess):
         assert f"table ip {nftables.table_name(self.node)}" not in nft_tables()
 
     async def status(self) -> proxy_pb2.ProxyStatus:
-        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{self.status_port}") as channel:
+        async with aio_channel(f"{LOOPBACK}:{self.status_port}", dev_pki().credentials("admin")) as channel:
             return await proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
 
     async def port_status(self, namespace: str, service: str) -> proxy_pb2.ProxiedPortStatus | None:
@@ -99,7 +108,7 @@ async def test_status_health_and_sigterm_without_an_api_server():
     try:
         status = await proxy.status()
         assert status.node_name == proxy.node and list(status.ports) == []
-        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{proxy.status_port}") as channel:
+        async with aio_channel(f"{LOOPBACK}:{proxy.status_port}", dev_pki().credentials("admin")) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="kybernetes.v1.Proxy"), timeout=10,
             )

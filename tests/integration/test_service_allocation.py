@@ -24,7 +24,7 @@ from kybernetes.v1 import meta_pb2, service_pb2
 from services.apiserver.storage import Storage, prefix_range_end
 from services.common.client import ApiClient
 from services.common.resources import SERVICES
-from tools.processes import ApiServerProcess, python_module_argv
+from tools.processes import ApiServerProcess, dev_pki, python_module_argv
 
 from .apihelpers import expect_error
 from .control_helpers import ControlPlane, kubecfg
@@ -60,7 +60,7 @@ def service(
 
 async def allocations(etcd_endpoint: str) -> dict[str, dict[str, Any]]:
     """Every allocation key in etcd, with the owner it names."""
-    storage = Storage([etcd_endpoint])
+    storage = Storage([etcd_endpoint], credentials=dev_pki().etcd_client_credentials())
     await storage.connect()
     try:
         found: dict[str, dict[str, Any]] = {}
@@ -433,7 +433,7 @@ async def test_start_up_repairs_keys_that_do_not_match_the_services(namespace):
         legacy = service("legacy", namespace, "10.96.0.20", "NodePort", 30120)
         legacy.metadata.uid = "legacy-uid"
         legacy.api_version, legacy.kind = "v1", "Service"
-        storage = Storage([control.etcd.endpoint])
+        storage = Storage([control.etcd.endpoint], credentials=dev_pki().etcd_client_credentials())
         await storage.connect()
         try:
             await storage.create(f"/registry/services/{namespace}/legacy".encode(), legacy.SerializeToString())

@@ -1,0 +1,94 @@
+"""Authenticates every call before any handler runs, and records the caller for it.
+
+A server interceptor sees the method and metadata but not the peer's certificate (that
+is on the call's context), so it wraps the handler it is given: the wrapper
+authenticates with the context, refuses with UNAUTHENTICATED, or sets the caller for
+the handler and the code below it (auth/context.py). Which services an anonymous caller
+may use is decided here; what an authenticated caller may do, by each handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from services.common.identity import ANONYMOUS
+
+from .authenticate import AuthenticationError, Authenticator
+from .context import set_current_user
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+class AuthenticatingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, authenticator: Authenticator, *, anonymous_services: frozenset[str] = frozenset({HEALTH_SERVICE})
+    ):
+        self.authenticator = authenticator
+        self.anonymous_services = anonymous_services
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        service = method.split("/")[1] if method.count("/") >= 2 else ""
+        anonymous_ok = service in self.anonymous_services
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        authenticator = self.authenticator
+
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            try:
+                user = authenticator.authenticate(context.auth_context(), metadata)
+            except AuthenticationError as error:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            if user is ANONYMOUS and not anonymous_ok:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "no credentials: present a client certificate signed by the cluster CA or a bearer token",
+                )
+            set_current_user(user)
+
+        return _wrap(handler, admit)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, admit: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler:
+    """The same handler with admit(context) run first, whatever its streaming shape."""
+
+    def unary_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            return await behaviour(request, context)
+
+        return wrapped
+
+    def stream_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await admit(context)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return generator
+
+        async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            return await behaviour(request, context)
+
+        return writer
+
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=unary_response(handler.unary_unary))  # type: ignore[attr-defined]
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=stream_response(handler.unary_stream))  # type: ignore[attr-defined]
+    if handler.stream_unary is not None:
+        return handler._replace(stream_unary=unary_response(handler.stream_unary))  # type: ignore[attr-defined]
+    assert handler.stream_stream is not None
+    return handler._replace(stream_stream=stream_response(handler.stream_stream))  # type: ignore[attr-defined]
