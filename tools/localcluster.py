@@ -9,6 +9,12 @@ ports answer; each node's proxy programs cluster IPs in a kernel table of its
 own. kube-dns runs on the pod bridge's gateway behind the kube-dns service.
 `down` stops every component, removes the proxies' tables and every container
 the cluster made and its data (etcd, pod volumes), keeping the logs.
+
+Security is on from the first `up`, as in k3s: a cluster CA and every component's
+certificate are made in <state-dir>/pki (tools/clusterpki.py), etcd takes only the
+API server's certificate, every connection is TLS, each component authenticates as
+its own Kubernetes identity from a kubeconfig in <state-dir>, and the admin's
+kubeconfig is written to ~/.kybernetes/config (what kubecfg reads by default).
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .processes import REPO, ManagedProcess, etcd_argv, port_open, python_module_argv
+from services.common import kubeconfig
+from services.common.transport import ClientCredentials
+
+from .clusterpki import ClusterPKI
+from .processes import REPO, ManagedProcess, apiserver_security_flags, etcd_argv, port_open, python_module_argv
 
 ETCD_PORT = 2379
-API_PORT = 8080
+API_PORT = 6443
 KUBELET_PORT = 10250
 PROXY_STATUS_PORT = 10249
 NODE_LABEL = "io.kybernetes.node"
@@ -107,25 +117,35 @@ def node_ip(index: int, network: str = "127.0.0") -> str:
     return f"{network}.{index + 1}"
 
 
+def token_address(api: str) -> str:
+    """The API server's bearer-token port: the next one up (see services/common/transport.py)."""
+    host, _, port = api.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
     nodes = node_names(args.nodes, args.node_prefix)
     api = f"127.0.0.1:{args.api_port}"
     etcd = f"127.0.0.1:{args.etcd_port}"
+    pki = ensure_pki(state, nodes, args.node_network, api)
     components = [
         Component(
-            "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1)[1:],
+            "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1, pki.etcd_flags())[1:],
             health=etcd, grpc_health=False,
         ),
         Component(
             "apiserver", "kube-apiserver",
             [
-                "--listen", api, "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
+                "--listen", api, "--token-listen", token_address(api), "--etcd-servers", etcd,
+                "--service-cluster-ip-range", args.service_cidr, *apiserver_security_flags(pki),
                 *args.apiserver_arg,
             ],
             health=api,
         ),
-        Component("replicator", "kube-replicator", ["--server", api]),
+        Component(
+            "replicator", "kube-replicator", ["--server", api, "--kubeconfig", str(state / "controller-manager.conf")]
+        ),
     ]
     cluster_dns = cluster_dns_ip(args.service_cidr)
     for index, node in enumerate(nodes):
@@ -137,6 +157,8 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 "kubelet",
                 [
                     "--server", api,
+                    "--kubeconfig", str(pki.root / f"kubelet-{node}.conf"),
+                    *pki.serving_flags("kubelet", pki.node_dir(node)),
                     "--node-name", node,
                     "--node-ip", ip,
                     "--listen", kubelet_listen,
@@ -154,6 +176,8 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 "kube-proxy",
                 [
                     "--server", api,
+                    "--kubeconfig", str(pki.root / "kube-proxy.conf"),
+                    *pki.serving_flags("kube-proxy", pki.node_dir(node)),
                     "--node-name", node,
                     "--proxy-mode", args.proxy_mode,
                     # The original design's round robin: the walkthrough's pages rotate over the pods.
@@ -168,11 +192,31 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         )
     # After the kubelets: the pod bridge it listens on is theirs.
     dns_listen = f"{pod_gateway()}:{args.dns_port}"
-    dns_args = ["--server", api, "--listen", dns_listen]
+    dns_args = ["--server", api, "--kubeconfig", str(pki.root / "kube-dns.conf"), "--listen", dns_listen]
     for upstream in args.dns_upstream:
         dns_args += ["--upstream", upstream]
     components.append(Component("dns", "kube-dns", dns_args, health=dns_listen, grpc_health=False))
     return ClusterPlan(state, nodes, api, components, cluster_dns, (pod_gateway(), args.dns_port))
+
+
+def ensure_pki(state: Path, nodes: list[str], node_network: str, api: str) -> ClusterPKI:
+    """The cluster's CA and certificates (made on the first `up`, kept after), and a
+    kubeconfig per identity pointing at this API server."""
+    pki = ClusterPKI(state)
+    pki.ensure_control_plane()
+    for index, node in enumerate(nodes):
+        pki.ensure_node(node, (node_ip(index, node_network),))
+        pki.write_node_kubeconfig(node, api)
+    pki.write_client_kubeconfigs(api)
+    pki.ensure_token_file()
+    return pki
+
+
+def admin_credentials(state: Path) -> ClientCredentials | None:
+    try:
+        return ClusterPKI(state).credentials("admin")
+    except OSError:
+        return None
 
 
 def dns_manifest(plan: ClusterPlan) -> str:
@@ -210,7 +254,9 @@ def ensure_dns_service(plan: ClusterPlan) -> None:
     path = plan.state_dir / "kube-dns.yaml"
     path.write_text(dns_manifest(plan))
     result = subprocess.run(
-        python_module_argv("services.kubecfg.main", "--server", plan.api, "apply", "-f", str(path)),
+        python_module_argv(
+            "services.kubecfg.main", "--kubeconfig", str(plan.state_dir / "admin.conf"), "apply", "-f", str(path)
+        ),
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     if result.returncode != 0:
@@ -268,7 +314,7 @@ def alive(component: Component) -> bool:
     return pid_alive(component.pid)
 
 
-def healthy(component: Component) -> bool:
+def healthy(component: Component, credentials: ClientCredentials | None) -> bool:
     if not alive(component):
         return False
     if not component.health:
@@ -276,15 +322,18 @@ def healthy(component: Component) -> bool:
     host, _, port = component.health.rpartition(":")
     if not component.grpc_health:
         return port_open(int(port), host)
-    return grpc_serving(component.health)
+    return grpc_serving(component.health, credentials)
 
 
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+def grpc_serving(address: str, credentials: ClientCredentials | None, timeout: float = 1.0) -> bool:
+    """The component's gRPC health, asked as the admin: every gRPC port of the cluster is TLS."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from services.common.transport import blocking_channel
+
     try:
-        with grpc.insecure_channel(address) as channel:
+        with blocking_channel(address, credentials) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         return response.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
@@ -367,12 +416,13 @@ def up(args: argparse.Namespace) -> int:
         )
         return 1
     recorded.update(nodes=plan.nodes, mode=args.mode)
+    credentials = admin_credentials(state)
     for component in plan.components:
         previous = recorded["components"].get(component.name)
         if previous:
             component.pid = previous.get("pid", 0)
             component.container = previous.get("container", "")
-            if healthy(component):
+            if healthy(component, credentials):
                 print(f"  {component.name:<24} already running")
                 continue
             stop_component(component)
@@ -383,22 +433,26 @@ def up(args: argparse.Namespace) -> int:
             start_process(component, state)
         recorded["components"][component.name] = asdict(component)
         save_state(state, recorded)
-        if not _wait_healthy(component, args.timeout):
+        if not _wait_healthy(component, args.timeout, credentials):
             print(f"\n{component.name} failed to start; last lines of {component.log_path(state)}:", file=sys.stderr)
             print(_tail(component.log_path(state)), file=sys.stderr)
             return 1
         print(f"  {component.name:<24} started")
     ensure_dns_service(plan)
-    _print_next_steps(plan)
+    if args.user_kubeconfig:
+        user_config = Path(args.user_kubeconfig).expanduser()
+        kubeconfig.write(user_config, (state / "admin.conf").read_text())
+        print(f"  admin kubeconfig written to {user_config}")
+    _print_next_steps(plan, args.user_kubeconfig)
     return 0
 
 
-def _wait_healthy(component: Component, timeout: float) -> bool:
+def _wait_healthy(component: Component, timeout: float, credentials: ClientCredentials | None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(component):
             return False
-        if healthy(component):
+        if healthy(component, credentials):
             return True
         time.sleep(0.1)
     return False
@@ -504,20 +558,25 @@ def status(args: argparse.Namespace) -> int:
         print("no cluster is running (make up starts one)")
         return 1
     worst = 0
+    credentials = admin_credentials(state)
     print(f"{'COMPONENT':<24} {'PID/CONTAINER':>12}  {'STATUS':<10} LOG")
     for name, data in components.items():
         component = Component(**data)
-        ok = healthy(component)
+        ok = healthy(component, credentials)
         worst = worst or (0 if ok else 1)
         where = component.container or component.pid
         print(f"{name:<24} {where!s:>12}  {'healthy' if ok else 'DOWN':<10} {component.log_path(state)}")
     return worst
 
 
-def _print_next_steps(plan: ClusterPlan) -> None:
+def _print_next_steps(plan: ClusterPlan, user_kubeconfig: str) -> None:
     kubecfg = str(REPO / ".venv" / "bin" / "kubecfg")
-    if plan.api != f"127.0.0.1:{API_PORT}":  # kubecfg's default
-        kubecfg += f" --server {plan.api}"
+    admin = plan.state_dir / "admin.conf"
+    if not user_kubeconfig:
+        kubecfg += f" --kubeconfig {admin}"
+    pki = plan.state_dir / "pki"
+    token = (pki / "tokens.csv").read_text().split(",")[0]
+    grpcurl = REPO / ".venv" / "bin" / "grpcurl"
     # The first node's address, where the guestbook's frontend answers on its node port.
     node_ip = next(
         (c.args[c.args.index("--node-ip") + 1] for c in plan.components if c.program == "kubelet"), "127.0.0.1"
@@ -531,7 +590,9 @@ try:
   {kubecfg} get pods -o wide
   {kubecfg} get svc      # services on their CLUSTER-IP, from the host and from pods
   busybox wget -q -O - http://{node_ip}:30001/     # the guestbook's frontend on its node port
-  {REPO / '.venv' / 'bin' / 'grpcurl'} -plaintext {plan.api} list
+  {grpcurl} -cacert {pki}/ca.crt -cert {pki}/admin.crt -key {pki}/admin.key {plan.api} list
+  {grpcurl} -cacert {pki}/ca.crt -H 'authorization: Bearer {token}' {token_address(plan.api)} list
+kubeconfig: {user_kubeconfig or admin}   certificates: {pki}/
 logs:    {plan.state_dir / 'logs'}/
 status:  make status      stop: make down"""
     )
@@ -567,6 +628,11 @@ def main(argv: list[str] | None = None) -> None:
                 help="service cluster IP range; the cluster DNS is its tenth address (default %(default)s)",
             )
             command.add_argument("--dns-port", type=int, default=DNS_PORT, help="kube-dns's port on the pod bridge")
+            command.add_argument(
+                "--user-kubeconfig", default=str(kubeconfig.DEFAULT_KUBECONFIG),
+                help="where to write the admin's kubeconfig for kubecfg; empty: only <state-dir>/admin.conf "
+                "(default %(default)s)",
+            )
             command.add_argument(
                 "--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
                 help="where kube-dns forwards other names (default: the host's resolv.conf)",

@@ -263,6 +263,11 @@ class ApiServerProcess(ManagedProcess):
             security = apiserver_security_flags(dev_pki())
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # The bearer-token port (TLS without client certificates), beside the certificate one.
+        self.token_address = ""
+        if not insecure and "--token-listen" not in extra_args:
+            self.token_address = f"127.0.0.1:{free_port()}"
+            security = [*security, "--token-listen", self.token_address]
         super().__init__(
             "apiserver",
             python_module_argv(

@@ -35,6 +35,7 @@ from .node import NodeStatusReporter
 from .podworker import NodeContext, PodWorker
 from .probes import ProbeManager
 from .runtime import DockerRuntime
+from .bootstrap import BootstrapPlan
 from .server import KubeletServer
 from .sources import (
     SOURCE_API,
@@ -77,6 +78,8 @@ class KubeletConfig:
     # The kubelet API's TLS: its serving certificate and the CA its callers' certificates
     # chain to; None: plaintext (tests of a kubelet on its own, with --insecure-dev).
     serving: ServingCertificate | None = None
+    # Join with a bootstrap token: `access` and `serving` come from it at start (bootstrap.py).
+    bootstrap: BootstrapPlan | None = None
     root_dir: str = "/var/lib/kybernetes/kubelet"
     manifest_path: str | None = None
     file_check_frequency: float = 20.0

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
+from pathlib import Path
 
 from services.common.client import cluster_access
 from services.common.flags import duration, positive_int
+from services.common import kubeconfig
 from services.common.kubeconfig import KubeconfigError, add_kubeconfig_flag
 from services.common.log import configure_logging
 from services.common.servicemain import run_service, stop_on_signals
 from services.common.transport import add_serving_flags, serving_from_args
 
+from .bootstrap import BootstrapError, BootstrapPlan, bootstrap
 from .kubelet import Kubelet, KubeletConfig
 from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
 from .resolvconf import DEFAULT_CLUSTER_DOMAIN, DEFAULT_HOST_RESOLV_CONF
@@ -48,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     add_serving_flags(parser, what="the kubelet's API")
     parser.add_argument("--insecure-dev", action="store_true",
                         help="plaintext API with no caller checks, and plaintext to --server: development only")
+    parser.add_argument("--bootstrap-kubeconfig", default=None, metavar="FILE",
+                        help="join with a token (kubeadm's TLS bootstrap): this kubeconfig names the API server's "
+                        "token address, the cluster CA and a bootstrap token; the node's certificates are asked "
+                        "for at start and kept in --cert-dir, its kubeconfig written to --kubeconfig")
+    parser.add_argument("--cert-dir", default=None, metavar="DIR",
+                        help="where a joining node keeps its keys and certificates (default <root-dir>/pki)")
     parser.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the host name)")
     parser.add_argument("--listen", default="127.0.0.1:10250", help="address of the kubelet's own gRPC API")
     parser.add_argument("--root-dir", default="/var/lib/kybernetes/kubelet", help="where pod volumes and state live")
@@ -98,9 +107,17 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency", "sync_frequency"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
-    serving = serving_from_args(parser, args)
+    bootstrap_plan = None
+    if args.bootstrap_kubeconfig:
+        if not args.server:
+            parser.error("--bootstrap-kubeconfig needs --server: the API server's client-certificate address")
+        cert_dir = Path(args.cert_dir or Path(args.root_dir) / "pki")
+        bootstrap_plan = BootstrapPlan(
+            Path(args.bootstrap_kubeconfig), Path(args.kubeconfig or cert_dir / "kubelet.conf"), cert_dir, args.server
+        )
+    serving = None if bootstrap_plan is not None else serving_from_args(parser, args)
     access = None
-    if not args.insecure_dev and (args.kubeconfig or args.server):
+    if bootstrap_plan is None and not args.insecure_dev and (args.kubeconfig or args.server):
         try:
             # Only an explicit --kubeconfig (or --server with $KYBERNETES_CONFIG) puts the
             # kubelet in API mode: without either it runs its static pods alone.
@@ -115,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         server=access.server if access is not None else args.server,
         access=access,
         serving=serving,
+        bootstrap=bootstrap_plan,
         listen=args.listen,
         root_dir=args.root_dir,
         manifest_path=args.manifest_path,
@@ -142,6 +160,13 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
 
 async def run(config: KubeletConfig) -> int:
     log = configure_logging("kubelet").bind(node=config.node_name)
+    if config.bootstrap is not None:
+        try:
+            config.access, config.serving = await bootstrap(config.bootstrap, config.node_name, config.node_ip)
+        except (BootstrapError, kubeconfig.KubeconfigError) as error:
+            log.error("kubelet_bootstrap_failed", error=str(error))
+            return 1
+        config.server = config.access.server
     kubelet = Kubelet(config)
     try:
         await kubelet.start()

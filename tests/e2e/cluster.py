@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import grpc
 
 from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
+from services.common.transport import ClientCredentials, blocking_channel
 from services.proxy.nftables import table_name
 from tools.localcluster import NODE_LABEL, PROXY_STATUS_PORT
 from tools.processes import REPO, free_port
@@ -46,7 +46,7 @@ PAGE_LINE = re.compile(r"^guestbook frontend (?P<pod>\S+): backend \(via (?P<via
 class LocalCluster:
     def __init__(self, tmp_path: Path, nodes: int, mode: str = "processes") -> None:
         self.state = tmp_path / "cluster"
-        self.api_port = free_port()
+        self.api_port = free_port(2)  # and the next one: the API server's bearer-token port
         self.network = f"127.0.{random.randint(10, 250)}"
         self.prefix = f"e2e{uuid.uuid4().hex[:6]}-"
         self.mode = mode
@@ -60,6 +60,8 @@ class LocalCluster:
             "--node-network", self.network, "--node-prefix", self.prefix,
             "--container-prefix", self.prefix, "--service-cidr", self.service_cidr,
             "--dns-port", str(free_port()),
+            # Its admin kubeconfig stays in its state dir: the user's ~/.kybernetes/config is left alone.
+            "--user-kubeconfig", "",
             # Names outside the cluster go nowhere: nothing listens there, so a test
             # never sends a query off this machine.
             "--dns-upstream", f"127.0.0.1:{free_port()}",
@@ -68,6 +70,15 @@ class LocalCluster:
     @property
     def server(self) -> str:
         return f"127.0.0.1:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The cluster admin's kubeconfig (system:masters), as make up writes it."""
+        return self.state / "admin.conf"
+
+    @property
+    def pki(self) -> Path:
+        return self.state / "pki"
 
     def node_ip(self, index: int) -> str:
         return f"{self.network}.{index + 1}"
@@ -85,7 +96,9 @@ class LocalCluster:
         return self.localcluster("down", "--state-dir", str(self.state))
 
     def kubecfg(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run([KUBECFG, "--server", self.server, *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [KUBECFG, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True, timeout=60
+        )
         if check:
             assert done.returncode == 0, f"kubecfg {' '.join(args)}: {done.stderr}"
         return done.stdout
@@ -120,7 +133,8 @@ class LocalCluster:
 
     def proxy_status(self, index: int) -> proxy_pb2.ProxyStatus:
         """What node `index`'s kube-proxy serves (kybernetes.v1.Proxy/Status): one entry per service port."""
-        with grpc.insecure_channel(f"{self.node_ip(index)}:{PROXY_STATUS_PORT}") as channel:
+        credentials = ClientCredentials.from_files(self.pki / "ca.crt", self.pki / "admin.crt", self.pki / "admin.key")
+        with blocking_channel(f"{self.node_ip(index)}:{PROXY_STATUS_PORT}", credentials) as channel:
             return proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
 
     def nft_tables(self) -> set[str]:

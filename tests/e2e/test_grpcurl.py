@@ -7,11 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.transport import ClientCredentials, blocking_channel
+from tools.processes import dev_pki
+
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
-def grpcurl(address: str, *args: str, data: str | None = None) -> subprocess.CompletedProcess:
-    argv = [GRPCURL, "-plaintext"]
+def grpcurl(
+    address: str, *args: str, data: str | None = None, auth: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """grpcurl as the README shows it: the cluster CA, and the admin's client certificate
+    (or `auth`: other credentials flags)."""
+    pki = dev_pki()
+    if auth is None:
+        cert, key = pki.pair("admin")
+        auth = ["-cert", str(cert), "-key", str(key)]
+    argv = [GRPCURL, "-cacert", str(pki.ca_file), *auth]
     if data is not None:
         argv += ["-d", data]
     return subprocess.run(argv + [address, *args], capture_output=True, text=True, timeout=30)
@@ -92,3 +105,46 @@ def test_errors_carry_status_and_field(apiserver, namespace):
     )
     assert invalid.returncode != 0 and "InvalidArgument" in invalid.stderr
     assert "spec.containers[0].image" in invalid.stderr
+
+
+# -- credentials, as the README shows them ---------------------------------------------
+
+
+def session_token() -> str:
+    _, token = dev_pki().ensure_token_file()
+    return token
+
+
+def test_bearer_token_on_the_token_port(apiserver, namespace):
+    bearer = ["-H", f"authorization: Bearer {session_token()}"]
+    listed = grpcurl(apiserver.token_address, "list", auth=bearer)
+    assert listed.returncode == 0, listed.stderr
+    assert "kybernetes.v1.PodRegistry" in listed.stdout.split()
+
+
+def test_no_credentials_are_unauthenticated_but_health_answers(apiserver):
+    # The token port asks for no certificate: a caller with nothing gets a clear refusal...
+    listed = grpcurl(apiserver.token_address, "kybernetes.v1.NodeRegistry/List", data="{}", auth=[])
+    assert listed.returncode != 0
+    assert "Unauthenticated" in listed.stderr and "no credentials" in listed.stderr
+    # ...and a probe (a health client, which needs no reflection) still gets the health check.
+    anonymous = ClientCredentials(dev_pki().ca.certificate_pem)
+    with blocking_channel(apiserver.token_address, anonymous) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Reflection, like everything else, wants an authenticated caller.
+    assert "no credentials" in grpcurl(apiserver.token_address, "list", auth=[]).stderr
+
+
+def test_a_wrong_token_is_refused_whatever_it_calls(apiserver):
+    wrong = ["-H", "authorization: Bearer not-a-token"]
+    for method in ("kybernetes.v1.NodeRegistry/List", "grpc.health.v1.Health/Check"):
+        called = grpcurl(apiserver.token_address, method, data="{}", auth=wrong)
+        assert called.returncode != 0 and "Unauthenticated" in called.stderr
+        assert "invalid bearer token" in called.stderr
+
+
+def test_the_certificate_port_refuses_a_caller_without_a_certificate(apiserver):
+    called = grpcurl(apiserver.address, "kybernetes.v1.NodeRegistry/List", data="{}", auth=[])
+    assert called.returncode != 0  # the TLS handshake fails: no call is made
+    assert "Unauthenticated" not in called.stdout

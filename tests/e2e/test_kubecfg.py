@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc
-from tools.processes import REPO, free_port
+from services.common.transport import ServingCertificate
+from tools.processes import REPO, dev_pki, free_port
 
 # A generous bound for a command to finish; not a speed assertion.
 COMMAND_TIMEOUT = 60
@@ -290,7 +291,16 @@ async def test_logs_are_read_from_the_pods_kubelet(
     kubelet = FakeKubelet()
     server = grpc.aio.server()
     kubelet_pb2_grpc.add_KubeletServicer_to_server(kubelet, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # Served as a real kubelet serves its API: TLS with a node certificate from the cluster CA,
+    # client certificates required (kubecfg presents the admin's).
+    pki = dev_pki()
+    directory = pki.ensure_node(f"node-{unique_name}")
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        ServingCertificate.from_files(*pki.pair("kubelet", directory), pki.ca_file).server_credentials(
+            require_client_certificate=True
+        ),
+    )
     await server.start()
     try:
         node = f"node-{unique_name}"

@@ -26,13 +26,14 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc
+from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2, node_pb2
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_BOOTSTRAPPERS, SYSTEM_NODES
 from services.common.log import get_logger
 from services.common.pki import CERTIFICATE_VALIDITY, CLIENT, SERVER, CertificateAuthority, CertificateError
 from services.common.resources import NODES
 from services.common.selectors import validate_dns1123_subdomain
 
+from ..errors import ApiError
 from ..registry import Registry
 from .context import current_user
 
@@ -68,19 +69,36 @@ def _requested_names(request: x509.CertificateSigningRequest) -> list[str]:
 class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
     def __init__(self, ca: CertificateAuthority | None, registries: Mapping[str, Registry]) -> None:
         self.ca = ca
-        self.nodes = registries[NODES.name].cache
+        self.nodes = registries[NODES.name]
 
     async def Sign(
         self, request: certificates_pb2.CertificateSigningRequest, context: grpc.aio.ServicerContext
     ) -> certificates_pb2.IssuedCertificate:
         try:
-            certificate = self._sign(request)
+            certificate = self._sign(request, await self._stored_node(request))
         except Refused as refused:
             await context.abort(refused.code, str(refused))
         assert self.ca is not None
         return certificates_pb2.IssuedCertificate(certificate=certificate, ca_certificate=self.ca.certificate_pem)
 
-    def _sign(self, request: certificates_pb2.CertificateSigningRequest) -> bytes:
+    async def _stored_node(self, request: certificates_pb2.CertificateSigningRequest) -> node_pb2.Node | None:
+        """The Node the request names, read from etcd rather than the cache: a node that has
+        just registered its address asks for a certificate for it the next moment."""
+        try:
+            common_name, _ = _subject(x509.load_pem_x509_csr(request.request))
+        except ValueError:
+            return None  # _sign says what is wrong with it
+        name = common_name[len(NODE_USER_PREFIX) :]
+        if not common_name.startswith(NODE_USER_PREFIX) or validate_dns1123_subdomain(name):
+            return None
+        try:
+            return await self.nodes.get(meta_pb2.GetRequest(name=name))
+        except ApiError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise Refused(error.code, error.message) from None
+
+    def _sign(self, request: certificates_pb2.CertificateSigningRequest, stored: node_pb2.Node | None) -> bytes:
         if self.ca is None:
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION, "this API server has no signing CA (--cluster-signing-key-file)"
@@ -117,7 +135,7 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
             if caller.node_name == node:
                 pass  # a node renewing its own certificate
             elif caller.in_group(SYSTEM_BOOTSTRAPPERS):
-                if self.nodes.get("", node) is not None:
+                if stored is not None:
                     raise Refused(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f'user "{caller.name}" cannot get a certificate for node "{node}": a Node of that name '
@@ -137,7 +155,7 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
                     f'user "{caller.name}" cannot get a serving certificate for node "{node}": '
                     "only the node itself may",
                 )
-            allowed = self._node_names(node)
+            allowed = self._node_names(node, stored)
             foreign = [name for name in names if name not in allowed]
             if not names or foreign:
                 raise Refused(
@@ -155,9 +173,8 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
         log.info("certificate_signed", signer=request.signer_name, node=node, caller=caller.name, names=names or None)
         return certificate
 
-    def _node_names(self, node: str) -> set[str]:
+    def _node_names(self, node: str, stored: node_pb2.Node | None) -> set[str]:
         allowed = {node}
-        stored = self.nodes.get("", node)
         if stored is not None:
             for address in stored.status.addresses:
                 try:
