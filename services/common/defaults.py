@@ -96,6 +96,12 @@ def default_pod_spec(spec: pod_pb2.PodSpec) -> None:
         spec.dns_policy = DEFAULT_DNS_POLICY
     for container in spec.containers:
         default_container(container)
+        if spec.host_network:
+            # On the host's network a container port is a host port (Kubernetes' SetDefaults_PodSpec),
+            # so that the scheduler keeps two such pods off one node.
+            for port in container.ports:
+                if not port.host_port:
+                    port.host_port = port.container_port
 
 
 def default_pod(pod: pod_pb2.Pod) -> None:

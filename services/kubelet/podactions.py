@@ -44,7 +44,8 @@ from typing import Hashable, Iterable, Mapping, Protocol
 from kybernetes.v1 import pod_pb2
 
 from .containers import CREATED, ContainerInfo
-from .naming import INFRA_CONTAINER_NAME, container_hash, sandbox_hash
+from .dockerspec import sandbox_hash
+from .naming import INFRA_CONTAINER_NAME, container_hash
 from .status import (
     CONTAINER_CREATING,
     CRASH_LOOP_BACK_OFF,
@@ -295,8 +296,10 @@ def compute_pod_actions(
     # 1. The containers.
     spec_names = {spec.name for spec in pod.spec.containers}
     not_in_spec = tuple(
-        info for name, infos in by_name.items()
-        if name != INFRA_CONTAINER_NAME and name not in spec_names for info in infos
+        info
+        for name, infos in by_name.items()
+        if name != INFRA_CONTAINER_NAME and name not in spec_names
+        for info in infos
     )
     kills, replacing = _container_kills(pod, by_name, liveness_failures or {})
     if not_in_spec or kills:

@@ -15,9 +15,12 @@ pods run concurrently, so one slow pod never holds up another.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import stat
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence
 
 from kybernetes.v1 import pod_pb2
 from services.common.log import get_logger
@@ -25,7 +28,17 @@ from services.common.podutil import is_terminated
 from services.common.runtime.backoff import Backoff
 
 from .containers import ContainerCache, ContainerInfo
-from .dockerspec import ContainerConfigError, container_request, host_ports, infra_request, pod_hostname
+from .dockerspec import (
+    ContainerConfigError,
+    container_request,
+    fs_group,
+    host_ports,
+    infra_request,
+    localhost_profile_path,
+    localhost_profiles,
+    needs_image_user,
+    pod_hostname,
+)
 from .naming import (
     INFRA_CONTAINER_NAME,
     LABEL_POD_IP,
@@ -52,7 +65,7 @@ from .podactions import (
 )
 from .podnetwork import PodNetwork, PodNetworkError
 from .probes import ProbeManager
-from .resolvconf import PodDns
+from .resolvconf import DNS_CLUSTER_FIRST, DNS_DEFAULT, PodDns, dns_policy
 from .runtime import DockerRuntime, ImageMissingError, RuntimeCallError, call_priority
 from .status import (
     CREATE_CONTAINER_CONFIG_ERROR,
@@ -94,9 +107,7 @@ class NodeContext:
 
 
 class PodWorker:
-    def __init__(
-        self, context: NodeContext, uid: str, on_finished: Callable[[str], None], priority: int = 0
-    ) -> None:
+    def __init__(self, context: NodeContext, uid: str, on_finished: Callable[[str], None], priority: int = 0) -> None:
         self.context = context
         self.uid = uid
         # Docker calls of pods that came first go first (see runtime.call_priority).
@@ -227,12 +238,17 @@ class PodWorker:
                 wake_at = min(wake_at or retry_at, retry_at)
             actions = self._decide(pod, time.time())
         sandbox = actions.sandbox
-        if sandbox is not None and not sandbox.on_pod_network and not sandbox.ip_address:
-            # Not read when it started (a failed inspect): read it now.
-            sandbox = await context.runtime.inspect(sandbox.id)
-            actions = self._decide(pod, time.time())
-        if sandbox is not None and sandbox.pod_ip:
-            self._pod_ip = sandbox.pod_ip
+        if sandbox is not None and pod.spec.host_network:
+            # The host's network (the sandbox hash says the running sandbox has it):
+            # the pod's address is the node's, as Kubernetes reports it.
+            self._pod_ip = context.node_ip
+        else:
+            if sandbox is not None and not sandbox.on_pod_network and not sandbox.ip_address:
+                # Not read when it started (a failed inspect): read it now.
+                sandbox = await context.runtime.inspect(sandbox.id)
+                actions = self._decide(pod, time.time())
+            if sandbox is not None and sandbox.pod_ip:
+                self._pod_ip = sandbox.pod_ip
 
         # 3. A pod that is over keeps no sandbox (and so frees its host ports).
         if actions.stop_sandbox is not None:
@@ -258,7 +274,8 @@ class PodWorker:
                 if failure is not None:
                     liveness[info.id] = failure
         wired = frozenset(
-            info.id for info in containers
+            info.id
+            for info in containers
             if info.is_infra and info.running and info.on_pod_network and self._wired(info)
         )
         return compute_pod_actions(
@@ -317,25 +334,52 @@ class PodWorker:
         labels = container_labels(
             context.node, pod, context.source_of(pod), INFRA_CONTAINER_NAME, plan.spec_hash, plan.attempt
         )
-        # On the pod network unless it publishes host ports (those go through Docker's bridge).
-        network = context.network if not host_ports(pod) else None
+        # On the pod network unless it publishes host ports (those go through Docker's
+        # bridge) or uses the host's network (no address of its own, nothing to wire).
+        network = context.network if not host_ports(pod) and not pod.spec.host_network else None
         try:
             if network is not None:
                 labels[LABEL_POD_IP] = await network.address_for(self.uid)
-            dns = await context.pod_dns(pod) if context.pod_dns is not None and network is None else None
+            dns = await self._sandbox_dns(pod) if network is None else None
             request = infra_request(
-                pod, name=docker, labels=labels, pause_image=context.pause_image, node_ip=context.node_ip,
-                runtime_default_seccomp=context.runtime_default_seccomp, network_disabled=network is not None,
+                pod,
+                name=docker,
+                labels=labels,
+                pause_image=context.pause_image,
+                node_ip=context.node_ip,
+                runtime_default_seccomp=context.runtime_default_seccomp,
+                network_disabled=network is not None,
                 dns=dns,
             )
             return await context.runtime.create(request)
-        except (ImageMissingError, RuntimeCallError, PodNetworkError, OSError) as error:
+        except (ImageMissingError, RuntimeCallError, PodNetworkError, ContainerConfigError, OSError) as error:
+            # ContainerConfigError: a securityContext the sandbox cannot be made with.
             if isinstance(error, ImageMissingError):
                 message = f'pause image "{context.pause_image}" is not present'
             else:
                 message = str(error)
             self._sandbox_failed(plan.backoff_key, plan.spec_hash, message, now)
             return None
+
+    async def _sandbox_dns(self, pod: pod_pb2.Pod) -> PodDns | None:
+        """The DNS settings Docker writes into a sandbox it networks itself.
+
+        On the host's network, ClusterFirst means the node's resolver, as in
+        Kubernetes (only ClusterFirstWithHostNet asks for the cluster DNS
+        there); with no dnsConfig to add, Docker's own copy of the node's
+        resolv.conf is that, loopback name servers included (they answer in the
+        host's network namespace)."""
+        pod_dns = self.context.pod_dns
+        if pod_dns is None:
+            return None
+        if pod.spec.host_network and dns_policy(pod) in (DNS_CLUSTER_FIRST, DNS_DEFAULT):
+            if not pod.spec.HasField("dns_config"):
+                return None
+            as_default = pod_pb2.Pod()
+            as_default.CopyFrom(pod)
+            as_default.spec.dns_policy = DNS_DEFAULT
+            return await pod_dns(as_default)
+        return await pod_dns(pod)
 
     def _wired(self, sandbox: ContainerInfo) -> bool:
         network = self.context.network
@@ -427,8 +471,10 @@ class PodWorker:
             await self._remove_all([info for _, info in created])
             return self._sandbox_not_ready(starts, waiting)
         steps: list[Awaitable[object]] = [self._run_container(start, info) for start, info in created]
-        # Docker's bridge: read the pod IP while the containers start.
-        inspect_sandbox = new_sandbox is not None and not sandbox.on_pod_network
+        # Docker's bridge: read the pod IP while the containers start (the host's network has none to read).
+        inspect_sandbox = new_sandbox is not None and not sandbox.on_pod_network and not pod.spec.host_network
+        if new_sandbox is not None and pod.spec.host_network:
+            self._log.info("pod_sandbox_started", id=sandbox.id[:12], host_network=True)
         if inspect_sandbox:
             steps.append(self.context.runtime.inspect(sandbox.id))
         results = await asyncio.gather(*steps, return_exceptions=True)
@@ -463,7 +509,12 @@ class PodWorker:
         self, pod: pod_pb2.Pod, starts: Sequence[ContainerStart], waiting: dict[str, Waiting]
     ) -> dict[str, str] | None:
         try:
-            return await self.context.volumes.prepare(pod)
+            paths = await self.context.volumes.prepare(pod)
+            group = fs_group(pod)
+            if group is not None:
+                empty_dirs = [paths[volume.name] for volume in pod.spec.volumes if not volume.HasField("host_path")]
+                await asyncio.to_thread(apply_fs_group, empty_dirs, group)
+            return paths
         except (VolumeError, OSError) as error:
             now = time.time()
             for start in starts:
@@ -486,7 +537,11 @@ class PodWorker:
         return failure.failed_at + self.context.backoff.delay(backoff_key(self.uid, start.name, failure.spec_hash))
 
     async def _create_containers(
-        self, pod: pod_pb2.Pod, starts: Sequence[ContainerStart], sandbox_id: str, waiting: dict[str, Waiting],
+        self,
+        pod: pod_pb2.Pod,
+        starts: Sequence[ContainerStart],
+        sandbox_id: str,
+        waiting: dict[str, Waiting],
         managed_files: dict[str, str],
     ) -> tuple[float | None, list[tuple[ContainerStart, ContainerInfo]]]:
         """Prepares the volumes and creates the containers (joined to sandbox_id);
@@ -515,7 +570,11 @@ class PodWorker:
         return retry_at, created
 
     async def _create_container(
-        self, pod: pod_pb2.Pod, start: ContainerStart, sandbox_id: str, volume_paths: dict[str, str],
+        self,
+        pod: pod_pb2.Pod,
+        start: ContainerStart,
+        sandbox_id: str,
+        volume_paths: dict[str, str],
         managed_files: dict[str, str],
     ) -> ContainerInfo | Waiting:
         """Creates one container; (reason, message) when it could not be created."""
@@ -536,12 +595,26 @@ class PodWorker:
             )
             try:
                 service_env = await context.service_environment(pod) if context.service_environment else None
+                # Read only when runAsNonRoot must be checked against it: one inspect of the image.
+                image_user = await context.runtime.image_user(spec.image) if needs_image_user(pod, spec) else None
+                profiles = await self._seccomp_profiles(pod, spec)
                 request = container_request(
-                    pod, spec, name=name, labels=labels, infra_id=sandbox_id, volume_paths=volume_paths,
-                    runtime_default_seccomp=context.runtime_default_seccomp, managed_files=managed_files,
+                    pod,
+                    spec,
+                    name=name,
+                    labels=labels,
+                    infra_id=sandbox_id,
+                    volume_paths=volume_paths,
+                    runtime_default_seccomp=context.runtime_default_seccomp,
+                    managed_files=managed_files,
                     service_env=service_env,
+                    image_user=image_user,
+                    seccomp_profiles=profiles,
                 )
                 info = await context.runtime.create(request)
+            except SeccompProfileError as error:
+                self._log.warning("container_seccomp_profile_unusable", container=spec.name, error=str(error))
+                return self._record_create_failure(start, CREATE_CONTAINER_ERROR, str(error), now)
             except ImageMissingError:
                 message = f'Container image "{spec.image}" is not present with pull policy of Never'
                 self._log.warning("container_image_missing", container=spec.name, image=spec.image)
@@ -554,6 +627,15 @@ class PodWorker:
                 return self._record_create_failure(start, CREATE_CONTAINER_ERROR, str(error), now)
         self._state = self._state.without_create_failures([start.name])
         return info
+
+    async def _seccomp_profiles(self, pod: pod_pb2.Pod, spec: pod_pb2.Container) -> dict[str, str]:
+        """The Localhost seccomp profiles the container uses, read from the kubelet's
+        seccomp directory (<root-dir>/seccomp) at each creation, as Kubernetes does."""
+        profiles: dict[str, str] = {}
+        for profile in localhost_profiles(pod, spec):
+            path = localhost_profile_path(self.context.volumes.root_dir, profile)
+            profiles[profile] = await asyncio.to_thread(read_seccomp_profile, path)
+        return profiles
 
     async def _run_container(self, start: ContainerStart, info: ContainerInfo) -> None:
         """Starts a created container; a start Docker refuses leaves it exited with Docker's error."""
@@ -595,18 +677,30 @@ class PodWorker:
                 if sandbox is not None:
                     context.probes.ensure(pod, spec, current, self._pod_ip)
                 ready = context.probes.is_ready(spec, current.id)
-            observations.append(ContainerObservation(
-                spec=spec, current=current, previous=previous, waiting=waiting.get(spec.name), ready=ready,
-            ))
+            observations.append(
+                ContainerObservation(
+                    spec=spec,
+                    current=current,
+                    previous=previous,
+                    waiting=waiting.get(spec.name),
+                    ready=ready,
+                )
+            )
         context.probes.forget_pod(self.uid, keep=current_ids)
         reason = message = ""
         failure = self._state.sandbox_failure
         if failure is not None and sandbox is None:
             reason, message = CREATE_POD_SANDBOX_ERROR, failure.message
         status = compute_pod_status(
-            pod, observations, pod_ip=self._pod_ip, host_ip=context.node_ip, start_time=self._start_time,
-            now=time.time(), previous=self._last_status or (pod.status if pod.HasField("status") else None),
-            reason=reason, message=message,
+            pod,
+            observations,
+            pod_ip=self._pod_ip,
+            host_ip=context.node_ip,
+            start_time=self._start_time,
+            now=time.time(),
+            previous=self._last_status or (pod.status if pod.HasField("status") else None),
+            reason=reason,
+            message=message,
         )
         self._last_status = status
         context.publish_status(self.uid, pod, status)
@@ -621,8 +715,10 @@ class PodWorker:
         context = self.context
         containers = context.cache.for_pod(self.uid)
         if containers:
-            grace = grace_period_seconds(self._last_pod) if self._last_pod is not None else max(
-                (c.grace_period for c in containers), default=0
+            grace = (
+                grace_period_seconds(self._last_pod)
+                if self._last_pod is not None
+                else max((c.grace_period for c in containers), default=0)
             )
             self._log.info("pod_stopping", containers=len(containers), grace_period=grace)
             apps = [c for c in containers if not c.is_infra]
@@ -642,3 +738,55 @@ class PodWorker:
             self._log.info("pod_removed")
         return True
 
+
+# --- pod-level security on the node --------------------------------------------------
+
+
+class SeccompProfileError(Exception):
+    """A Localhost seccomp profile could not be read or is not JSON (Kubernetes: CreateContainerError)."""
+
+
+def read_seccomp_profile(path: str) -> str:
+    """A profile's JSON, checked here so that a bad file is a clear waiting
+    message rather than Docker's start error."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        json.loads(text)
+    except OSError as error:
+        raise SeccompProfileError(f"cannot load seccomp profile {path!r}: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SeccompProfileError(f"cannot load seccomp profile {path!r}: not JSON: {error}") from None
+    return text
+
+
+def apply_fs_group(paths: Iterable[str], gid: int) -> None:
+    """Kubernetes' SetVolumeOwnership for emptyDir volumes: everything in them
+    owned by the fsGroup, readable and writable by the group, directories
+    setgid so that what the containers create later gets the group too.
+
+    A volume whose top directory is already set up is not walked again (as
+    fsGroupChangePolicy OnRootMismatch): this runs whenever the pod's
+    containers are made, and what they wrote since has the group already.
+    Symlinks are not followed, nor their targets' modes changed."""
+    for root in paths:
+        info = os.lstat(root)
+        if info.st_gid == gid and info.st_mode & stat.S_ISGID:
+            continue
+        for directory, subdirectories, files in os.walk(root):
+            _set_group(directory, gid)
+            # Symlinks to directories are listed with the directories, and not walked into.
+            links = [name for name in subdirectories if os.path.islink(os.path.join(directory, name))]
+            for name in [*files, *links]:
+                _set_group(os.path.join(directory, name), gid)
+
+
+def _set_group(path: str, gid: int) -> None:
+    info = os.lstat(path)
+    os.lchown(path, -1, gid)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    mode = stat.S_IMODE(info.st_mode) | 0o660
+    if stat.S_ISDIR(info.st_mode):
+        mode |= 0o110 | stat.S_ISGID
+    os.chmod(path, mode)

@@ -181,6 +181,15 @@ class DockerRuntime:
         infos = await asyncio.gather(*(self.inspect(summary["Id"]) for summary in summaries))
         return [info for info in infos if info is not None]
 
+    async def image_user(self, image: str) -> str:
+        """The user an image runs as (its Config.User: "", "name", "uid" or
+        "uid:gid"), for the runAsNonRoot check; ImageMissingError when the image is not here."""
+        try:
+            data = await self.call(self._api.inspect_image, image)
+        except NotFound:  # ImageNotFound too
+            raise ImageMissingError(image) from None
+        return str((data.get("Config") or {}).get("User") or "")
+
     async def pod_uids_on_host(self) -> set[str]:
         """The pods with a container on this Docker daemon, whatever their node."""
         summaries = await self.call(self._api.containers, all=True, filters={"label": [LABEL_POD_UID]})

@@ -82,10 +82,14 @@ def test_durations_and_flags() -> None:
     assert parse_duration("3") == 3.0
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration("soon")
-    config = parse_args(["--node-name", "n1", "--restart-backoff-initial", "1s", "--restart-backoff-max", "4s"])
+    with pytest.raises(SystemExit):  # its API is TLS: a serving certificate is required
+        parse_args(["--node-name", "n1"])
+    config = parse_args(
+        ["--node-name", "n1", "--insecure-dev", "--restart-backoff-initial", "1s", "--restart-backoff-max", "4s"]
+    )
     assert config.node_name == "n1" and config.server is None
     assert config.listen == "127.0.0.1:10250" and config.node_ip == "127.0.0.1"
     assert (config.restart_backoff_initial, config.restart_backoff_max) == (1.0, 4.0)
     assert config.pause_image == "kybernetes/pause:latest" and config.docker_concurrency == 4
     with pytest.raises(SystemExit):
-        parse_args(["--restart-backoff-initial", "10s", "--restart-backoff-max", "1s"])
+        parse_args(["--insecure-dev", "--restart-backoff-initial", "10s", "--restart-backoff-max", "1s"])
