@@ -1,8 +1,12 @@
-"""API server benchmark: creates/s vs raw etcd, List of 5,000 pods, watch delay.
+"""API server benchmark: creates/s vs raw etcd, List of 5,000 pods, watch delay,
+and what TLS, authentication and authorization cost.
 
 Run: `python -m bench.apiserver` (starts its own etcd and API server on free
-loopback ports; takes about a minute). Prints figures and the ratios the
-issue's targets are stated in, all measured in this one run.
+loopback ports; takes about two minutes). Prints figures and the ratios the
+issues' targets are stated in, all measured in this one run. The main figures
+are for the cluster as `make up` runs it (TLS everywhere, etcd included, every
+call authenticated and authorized); the last section runs the same workload
+against a second, --insecure-dev pair side by side and prints secure/insecure.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import tempfile
 import time
 import uuid
 
-import aetcd
-import grpc
+from aetcd import rpc
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
-from tools.processes import ApiServerProcess, EtcdProcess
 from services.common.resources import PODS
+from services.common.transport import ClientCredentials, aio_channel
+from tools.processes import ApiServerProcess, EtcdProcess, dev_pki
 
 IMAGE = "kybernetes/busybox:latest"
 
@@ -67,39 +71,67 @@ async def run_concurrently(total: int, concurrency: int, operation) -> tuple[flo
     return time.perf_counter() - started, latencies
 
 
-async def bench_raw_etcd(etcd_endpoint: str, total: int, concurrency: int, value: bytes) -> float:
-    """Create-if-absent transactions, one per object, straight through aetcd."""
-    host, _, port = etcd_endpoint.rpartition(":")
-    client = aetcd.Client(host=host, port=int(port))
-    await client.connect()
+class Plane:
+    """etcd and an API server: secure (as make up runs them) or --insecure-dev."""
+
+    def __init__(self, state: str, *, secure: bool) -> None:
+        self.secure = secure
+        self.etcd = EtcdProcess(os.path.join(state, "etcd-secure" if secure else "etcd-insecure"), insecure=not secure)
+        self.api = ApiServerProcess(
+            self.etcd.endpoint, "--controllers=", "--no-request-log", insecure=not secure,
+            log_path=os.path.join(state, f"api-{'secure' if secure else 'insecure'}.log"),
+        )
+        pki = dev_pki()
+        self.credentials: ClientCredentials | None = pki.credentials("admin") if secure else None
+        self.etcd_credentials: ClientCredentials | None = pki.etcd_client_credentials() if secure else None
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.api.address, credentials=self.credentials)
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.etcd.stop()
+
+
+async def bench_raw_etcd(plane: Plane, total: int, concurrency: int, value: bytes) -> float:
+    """Create-if-absent transactions, one per object, straight to etcd's KV API."""
+    channel = aio_channel(plane.etcd.endpoint, plane.etcd_credentials)
+    kv = rpc.KVStub(channel)
     prefix = f"/bench/raw/{uuid.uuid4().hex[:6]}/"
 
     async def create(i: int) -> None:
         key = f"{prefix}{i}".encode()
-        await client.transaction(
-            compare=[client.transactions.create(key) == 0],
-            success=[client.transactions.put(key, value)],
-            failure=[],
-        )
+        await kv.Txn(rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=0)],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+        ))
 
     try:
         seconds, _ = await run_concurrently(total, concurrency, create)
     finally:
-        await client.close()
+        await channel.close(None)
     return total / seconds
 
 
-async def bench_creates(address: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+async def bench_creates(plane: Plane, total: int, concurrency: int) -> tuple[float, list[float]]:
     namespace = f"bench-c{concurrency}-{uuid.uuid4().hex[:4]}"
-    async with ApiClient(address) as client:
+    async with plane.client() as client:
         stub = client.stub(PODS)
         pods = [make_pod(f"pod-{i}", namespace) for i in range(total)]
         seconds, latencies = await run_concurrently(total, concurrency, lambda i: stub.Create(pods[i]))
     return total / seconds, latencies
 
 
-async def bench_list(address: str, namespace: str, repeats: int = 5) -> tuple[int, list[float]]:
-    async with ApiClient(address) as client:
+async def bench_gets(plane: Plane, namespace: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    async with plane.client() as client:
+        stub = client.stub(PODS)
+        requests = [meta_pb2.GetRequest(namespace=namespace, name=f"l-{i}") for i in range(total)]
+        seconds, latencies = await run_concurrently(total, concurrency, lambda i: stub.Get(requests[i]))
+    return total / seconds, latencies
+
+
+async def bench_list(plane: Plane, namespace: str, repeats: int = 5) -> tuple[int, list[float]]:
+    async with plane.client() as client:
         times, count = [], 0
         for _ in range(repeats):
             started = time.perf_counter()
@@ -109,11 +141,13 @@ async def bench_list(address: str, namespace: str, repeats: int = 5) -> tuple[in
     return count, times
 
 
-def _watch_worker(address: str, namespace: str, watchers: int, expected: int, ready, results) -> None:
+def _watch_worker(
+    address: str, credentials: ClientCredentials | None, namespace: str, watchers: int, expected: int, ready, results
+) -> None:
     """A process holding `watchers` watch streams; reports write-to-event delays."""
 
     async def run() -> list[float]:
-        channel = grpc.aio.insecure_channel(address)
+        channel = aio_channel(address, credentials)
         stub = PODS.stub(channel)
         delays: list[float] = []
         done = asyncio.Event()
@@ -140,13 +174,13 @@ def _watch_worker(address: str, namespace: str, watchers: int, expected: int, re
         ready.set()
         await asyncio.wait_for(done.wait(), 300)
         await asyncio.gather(*tasks)
-        await channel.close()
+        await channel.close(None)
         return delays
 
     results.put(asyncio.run(run()))
 
 
-async def bench_watch(address: str, watchers: int, events: int, rate: float, processes: int) -> list[float]:
+async def bench_watch(plane: Plane, watchers: int, events: int, rate: float, processes: int) -> list[float]:
     namespace = f"bench-w{watchers}-{uuid.uuid4().hex[:4]}"
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -154,13 +188,16 @@ async def bench_watch(address: str, watchers: int, events: int, rate: float, pro
     for index in range(processes):
         share = watchers // processes + (1 if index < watchers % processes else 0)
         ready = context.Event()
-        worker = context.Process(target=_watch_worker, args=(address, namespace, share, events, ready, results))
+        worker = context.Process(
+            target=_watch_worker,
+            args=(plane.api.address, plane.credentials, namespace, share, events, ready, results),
+        )
         worker.start()
         workers.append(worker)
         readies.append(ready)
     for ready in readies:
         await asyncio.to_thread(ready.wait, 60)
-    async with ApiClient(address) as client:
+    async with plane.client() as client:
         for i in range(events):
             pod = make_pod(f"w-{i}", namespace)
             pod.metadata.annotations["sent"] = repr(time.time())
@@ -178,47 +215,79 @@ def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+async def fill(plane: Plane, namespace: str, count: int) -> None:
+    async with plane.client() as client:
+        stub = client.stub(PODS)
+        await run_concurrently(count, 64, lambda i: stub.Create(make_pod(f"l-{i}", namespace)))
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="kyb-bench-") as state:
-        etcd = EtcdProcess(state)
-        api = ApiServerProcess(
-            etcd.endpoint, "--controllers=", "--no-request-log", log_path=os.path.join(state, "api.log")
-        )
+        plane = Plane(state, secure=True)
         try:
             value = make_pod("pod-00000", "bench-raw").SerializeToString()
-            print(f"# API server benchmark ({args.pods} pods per run, pod object {len(value)} bytes)")
+            print(f"# API server benchmark ({args.pods} pods per run, pod object {len(value)} bytes; TLS, etcd TLS,")
+            print("# every call authenticated and authorized, as make up runs it)")
             print("creates:")
             print(
                 f"  {'concurrency':>11} {'api creates/s':>14} {'p50':>9} {'p99':>9} {'raw etcd txn/s':>15} {'ratio':>6}"
             )
             for concurrency in args.concurrency:
-                raw = await bench_raw_etcd(etcd.endpoint, args.pods, concurrency, value)
-                rate, latencies = await bench_creates(api.address, args.pods, concurrency)
+                raw = await bench_raw_etcd(plane, args.pods, concurrency, value)
+                rate, latencies = await bench_creates(plane, args.pods, concurrency)
                 print(
                     f"  {concurrency:>11} {rate:>14.0f} {fmt_ms(percentile(latencies, 0.5)):>9} "
                     f"{fmt_ms(percentile(latencies, 0.99)):>9} {raw:>15.0f} {rate / raw:>6.2f}"
                 )
             namespace = f"bench-list-{uuid.uuid4().hex[:4]}"
-            async with ApiClient(api.address) as client:
-                stub = client.stub(PODS)
-                await run_concurrently(args.pods, 64, lambda i: stub.Create(make_pod(f"l-{i}", namespace)))
-            count, times = await bench_list(api.address, namespace)
+            await fill(plane, namespace, args.pods)
+            count, times = await bench_list(plane, namespace)
             print(
                 f"list: {count} pods in {fmt_ms(statistics.median(times))} "
                 f"(median of {len(times)}, best {fmt_ms(min(times))})"
             )
             print("watch delay, write to event (steady creates):")
             for watchers in args.watchers:
-                delays = await bench_watch(
-                    api.address, watchers, args.watch_events, args.watch_rate, args.watch_processes
-                )
+                delays = await bench_watch(plane, watchers, args.watch_events, args.watch_rate, args.watch_processes)
                 print(
                     f"  {watchers:>5} watchers: {len(delays)} events at {args.watch_rate:.0f} writes/s, "
                     f"p50 {fmt_ms(percentile(delays, 0.5))}, p99 {fmt_ms(percentile(delays, 0.99))}"
                 )
         finally:
-            api.stop()
-            etcd.stop()
+            plane.stop()
+        if args.security_pods:
+            await compare_security(state, args)
+
+
+async def compare_security(state: str, args: argparse.Namespace) -> None:
+    """The same workload on a secure and an --insecure-dev plane, alternating, so the noise
+    of this shared machine falls on both: secure / insecure (issue 12's target: >= 0.8)."""
+    planes = {True: Plane(state, secure=True), False: Plane(state, secure=False)}
+    total = args.security_pods
+    try:
+        figures: dict[tuple[str, bool], list[float]] = {}
+        for plane in planes.values():
+            await fill(plane, "bench-get", total)
+        for _ in range(args.security_rounds):
+            for secure in (True, False):
+                plane = planes[secure]
+                rate, _ = await bench_creates(plane, total, 64)
+                figures.setdefault(("creates/s, 64 in flight", secure), []).append(rate)
+                rate, _ = await bench_creates(plane, total // 4, 1)
+                figures.setdefault(("creates/s, 1 in flight", secure), []).append(rate)
+                rate, _ = await bench_gets(plane, "bench-get", total, 16)
+                figures.setdefault(("gets/s, 16 in flight", secure), []).append(rate)
+                _, times = await bench_list(plane, "bench-get", repeats=3)
+                figures.setdefault((f"lists/s of {total} pods", secure), []).append(1 / statistics.median(times))
+        print(f"TLS, authentication and authorization against --insecure-dev (median of {args.security_rounds} "
+              "alternating rounds; target >= 0.80):")
+        print(f"  {'':<28} {'secure':>10} {'insecure':>10} {'ratio':>6}")
+        for name in dict.fromkeys(key for key, _ in figures):
+            with_tls, without = statistics.median(figures[(name, True)]), statistics.median(figures[(name, False)])
+            print(f"  {name:<28} {with_tls:>10.0f} {without:>10.0f} {with_tls / without:>6.2f}")
+    finally:
+        for plane in planes.values():
+            plane.stop()
 
 
 def main() -> None:
@@ -229,6 +298,9 @@ def main() -> None:
     parser.add_argument("--watch-events", type=int, default=100)
     parser.add_argument("--watch-rate", type=float, default=20.0)
     parser.add_argument("--watch-processes", type=int, default=4)
+    parser.add_argument("--security-pods", type=int, default=2000,
+                        help="objects per run of the secure/insecure comparison; 0 skips it")
+    parser.add_argument("--security-rounds", type=int, default=3)
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -7,7 +7,8 @@ log_dir="${1:-/var/log/kybernetes}"
 if docker info >/dev/null 2>&1; then exit 0; fi
 mkdir -p "$log_dir"
 echo "starting dockerd (log: $log_dir/dockerd.log)"
-nohup dockerd --userland-proxy=false >"$log_dir/dockerd.log" 2>&1 &
+# Its own session: it outlives the shell (and process group) that started it.
+setsid nohup dockerd --userland-proxy=false >"$log_dir/dockerd.log" 2>&1 < /dev/null &
 for _ in $(seq 1 120); do
   if docker info >/dev/null 2>&1; then exit 0; fi
   sleep 0.5

@@ -21,7 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2
+from kybernetes.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    certificates_pb2,
+    certificates_pb2_grpc,
+    meta_pb2,
+)
 from services.common.log import get_logger
 from services.common.pki import CertificateAuthority
 from services.common.resources import ALL_KINDS, Kind
@@ -31,9 +37,11 @@ from services.common.validation import show_value
 
 from .auth.attributes import SUBRESOURCE_OF_METHOD, VERB_OF_METHOD, Authorizer, RequestAttributes
 from .auth.authenticate import Authenticator
+from .auth.bootstrap import reconcile_bootstrap
 from .auth.certificates import CertificatesServicer
 from .auth.context import current_user
 from .auth.interceptor import AuthenticatingInterceptor
+from .auth.review import AuthorizationServicer
 from .auth.setup import build_admission_plugins, build_authorizer
 from .errors import ApiError
 from .ipallocator import (
@@ -121,16 +129,17 @@ class ApiServer:
         # then every caller acts as the API server itself and nothing is authorized.
         self.serving = serving
         self.authenticator = authenticator or Authenticator()
-        self.authorizer: Authorizer | None = None
-        if serving is not None:
-            authorizer = build_authorizer(self.registries)
-            self.authorizer = authorizer
-            plugins = build_admission_plugins(self.registries, authorizer, pod_security_default=pod_security_default)
-            for registry in self.registries.values():
-                registry.admission.plugins = list(plugins)
+        authorizer = build_authorizer(self.registries)
+        self.authorizer: Authorizer | None = authorizer if serving is not None else None
+        # Admission is policy on objects, not on callers: it runs with --insecure-dev too.
+        plugins = build_admission_plugins(self.registries, authorizer, pod_security_default=pod_security_default)
+        for registry in self.registries.values():
+            registry.admission.plugins = list(plugins)
         # Built now so that a method nothing serves fails before anything starts.
         self._handlers = [self._service_handler(kind) for kind in ALL_KINDS]
         self.certificates = CertificatesServicer(signing_ca, self.registries)
+        # SubjectAccessReviews answer from the policy even where calls are not authorized.
+        self._review_authorizer = authorizer
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         # One watch cache per kind, each following etcd for as long as the server runs:
@@ -278,6 +287,11 @@ class ApiServer:
                 await registry.strategy.repair(registry)
             except ApiError as error:  # etcd not there yet: serving matters more; the next start repairs
                 log.warning("repair_failed", kind=registry.kind.name, code=error.code.name, error=error.message)
+        try:
+            # Before the caches' first list, so that it already holds the default policy.
+            await reconcile_bootstrap(self.registries)
+        except ApiError as error:  # etcd not there yet: the next start reconciles
+            log.warning("bootstrap_policy_failed", code=error.code.name, error=error.message)
         for registry in self.registries.values():
             self._caches.guard(registry.cache.run, name=f"cache-{registry.kind.plural}")
         interceptors = [AuthenticatingInterceptor(self.authenticator)] if self.serving is not None else []
@@ -294,10 +308,14 @@ class ApiServer:
         self.server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         certificates_pb2_grpc.add_CertificatesServicer_to_server(self.certificates, self.server)
+        authorization_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self._review_authorizer), self.server
+        )
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
             [kind.service_name for kind in ALL_KINDS]
             + [certificates_pb2.DESCRIPTOR.services_by_name["Certificates"].full_name]
+            + [authorization_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name]
             + [health_service, reflection.SERVICE_NAME],
             self.server,
         )

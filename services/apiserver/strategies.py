@@ -171,7 +171,14 @@ class PodStrategy(Strategy[pod_pb2.Pod]):
             return [
                 FieldError("spec.nodeName", f"field is immutable once bound (bound to {old.spec.node_name})")
             ]
-        return self.validate(obj)
+        # Both compared as today's defaults fill them, so that a default added since the pod
+        # was stored does not read as a change of its spec.
+        updated, stored = pod_pb2.Pod(), pod_pb2.Pod()
+        updated.CopyFrom(obj)
+        stored.CopyFrom(old)
+        defaults.default_pod(updated)
+        defaults.default_pod(stored)
+        return self.validate(obj) + validation.validate_pod_update(updated, stored)
 
 
 # -- services and endpoints ---------------------------------------------------

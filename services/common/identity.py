@@ -23,6 +23,8 @@ SYSTEM_BOOTSTRAPPERS = "system:bootstrappers"
 NODE_USER_PREFIX = "system:node:"
 BOOTSTRAP_USER_PREFIX = "system:bootstrap:"
 ANONYMOUS_USER = "system:anonymous"
+# The controller side (endpoints, node lifecycle, replication, scheduling), as kube-controller-manager.
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # The API server's own calls (its in-process controllers use certificates like any other).
 APISERVER_USER = "system:apiserver"
 

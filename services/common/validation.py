@@ -165,7 +165,14 @@ RESTART_POLICIES = ("Always", "Never", "OnFailure")
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 RESOURCE_NAMES = ("cpu", "ephemeral-storage", "memory")
 HOST_PATH_TYPES = (
-    "", "BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket",
+    "",
+    "BlockDevice",
+    "CharDevice",
+    "Directory",
+    "DirectoryOrCreate",
+    "File",
+    "FileOrCreate",
+    "Socket",
 )
 STORAGE_MEDIA = ("", "Memory")
 POD_PHASES = ("Failed", "Pending", "Running", "Succeeded", "Unknown")
@@ -505,6 +512,165 @@ def _validate_container(
         _validate_probe(container.liveness_probe, _child(path, "livenessProbe"), container, errors, liveness=True)
     if container.HasField("readiness_probe"):
         _validate_probe(container.readiness_probe, _child(path, "readinessProbe"), container, errors, liveness=False)
+    _validate_container_security_context(container, path, errors)
+
+
+# ---------------------------------------------------------------------------
+# Security contexts and host namespaces (what the kubelet applies on Docker:
+# services/kubelet/dockerspec.py), as Kubernetes' validation has them.
+
+SECCOMP_LOCALHOST = "Localhost"
+SECCOMP_PROFILE_TYPES = ("Localhost", "RuntimeDefault", "Unconfined")
+# User and group ids, as Kubernetes' IsValidUserID/IsValidGroupID.
+MAX_USER_ID = 2**31 - 1
+ID_RANGE = f"must be between 0 and {MAX_USER_ID}, inclusive"
+CAPABILITY_ALL = "ALL"
+# Linux's capabilities (6.x), without the CAP_ prefix: a name Docker does not
+# know fails the container at creation, so it is refused here, with its path.
+LINUX_CAPABILITIES = frozenset(
+    (
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "SYSLOG",
+        "WAKE_ALARM",
+    )
+)
+CAPABILITY_NAME = (
+    "must be an upper-case Linux capability name, with or without the CAP_ prefix (e.g. 'NET_ADMIN' or "
+    "'CAP_NET_ADMIN'), or 'ALL'"
+)
+
+
+def _validate_id(path: str, value: int, errors: list[FieldError]) -> None:
+    if not 0 <= value <= MAX_USER_ID:
+        errors.append(invalid(path, value, ID_RANGE))
+
+
+def _validate_seccomp_profile(profile: pod_pb2.SeccompProfile, path: str, errors: list[FieldError]) -> None:
+    """Kubernetes' validateSeccompProfileField: a known type; a Localhost
+    profile names a file below the kubelet's seccomp directory, and only it does."""
+    profile_path = _child(path, "localhostProfile")
+    if not profile.type:
+        errors.append(required(_child(path, "type")))
+    elif profile.type not in SECCOMP_PROFILE_TYPES:
+        errors.append(not_supported(_child(path, "type"), profile.type, SECCOMP_PROFILE_TYPES))
+    elif profile.type == SECCOMP_LOCALHOST:
+        if not profile.localhost_profile:
+            errors.append(required(profile_path, "must be set when seccomp type is Localhost"))
+        elif profile.localhost_profile.startswith("/"):
+            errors.append(invalid(profile_path, profile.localhost_profile, "must be a relative path"))
+        elif ".." in profile.localhost_profile.split("/"):
+            errors.append(invalid(profile_path, profile.localhost_profile, "must not contain '..'"))
+    elif profile.localhost_profile:
+        errors.append(
+            invalid(profile_path, profile.localhost_profile, "can only be set when seccomp type is Localhost")
+        )
+
+
+def _validate_capabilities(names: Iterable[str], path: str, errors: list[FieldError]) -> None:
+    for i, name in enumerate(names):
+        if name != CAPABILITY_ALL and name.removeprefix("CAP_") not in LINUX_CAPABILITIES:
+            errors.append(invalid(_index(path, i), name, CAPABILITY_NAME))
+
+
+def _validate_container_security_context(container: pod_pb2.Container, path: str, errors: list[FieldError]) -> None:
+    """A container's securityContext (`path` is the container's)."""
+    if not container.HasField("security_context"):
+        return
+    context = container.security_context
+    path = _child(path, "securityContext")
+    if context.HasField("capabilities"):
+        capabilities_path = _child(path, "capabilities")
+        _validate_capabilities(context.capabilities.add, _child(capabilities_path, "add"), errors)
+        _validate_capabilities(context.capabilities.drop, _child(capabilities_path, "drop"), errors)
+    for field, json_name in (("run_as_user", "runAsUser"), ("run_as_group", "runAsGroup")):
+        if context.HasField(field):
+            _validate_id(_child(path, json_name), getattr(context, field), errors)
+    if context.HasField("seccomp_profile"):
+        _validate_seccomp_profile(context.seccomp_profile, _child(path, "seccompProfile"), errors)
+    if context.HasField("allow_privilege_escalation") and not context.allow_privilege_escalation:
+        # no_new_privs cannot hold for a privileged process or one with CAP_SYS_ADMIN.
+        if context.privileged:
+            errors.append(
+                invalid(
+                    path,
+                    {"allowPrivilegeEscalation": False, "privileged": True},
+                    "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+                )
+            )
+        if any(name.removeprefix("CAP_") == "SYS_ADMIN" for name in context.capabilities.add):
+            errors.append(
+                invalid(
+                    path,
+                    {"allowPrivilegeEscalation": False, "capabilities.add": list(context.capabilities.add)},
+                    "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+                )
+            )
+
+
+def _validate_pod_security(spec: pod_pb2.PodSpec, path: str, errors: list[FieldError]) -> None:
+    """The pod's securityContext, and the ports of a pod on the host's network
+    (`path` is the pod spec's)."""
+    if spec.HasField("security_context"):
+        context = spec.security_context
+        context_path = _child(path, "securityContext")
+        for field, json_name in (("run_as_user", "runAsUser"), ("run_as_group", "runAsGroup"), ("fs_group", "fsGroup")):
+            if context.HasField(field):
+                _validate_id(_child(context_path, json_name), getattr(context, field), errors)
+        for i, group in enumerate(context.supplemental_groups):
+            _validate_id(_index(_child(context_path, "supplementalGroups"), i), group, errors)
+        if context.HasField("seccomp_profile"):
+            _validate_seccomp_profile(context.seccomp_profile, _child(context_path, "seccompProfile"), errors)
+    if spec.host_network:
+        # The container port is the host's port: a different hostPort could not be honoured.
+        for i, container in enumerate(spec.containers):
+            for j, port in enumerate(container.ports):
+                if port.host_port and port.host_port != port.container_port:
+                    port_path = _index(_child(_index(_child(path, "containers"), i), "ports"), j)
+                    errors.append(
+                        invalid(
+                            _child(port_path, "containerPort"),
+                            port.container_port,
+                            "must match `hostPort` when `hostNetwork` is true",
+                        )
+                    )
 
 
 def _validate_volumes(volumes: Iterable[pod_pb2.Volume], path: str, errors: list[FieldError]) -> set[str]:
@@ -576,6 +742,7 @@ def validate_pod_spec(spec: pod_pb2.PodSpec, path: str = "spec") -> list[FieldEr
     if spec.dns_policy and spec.dns_policy not in DNS_POLICIES:
         errors.append(not_supported(_child(path, "dnsPolicy"), spec.dns_policy, DNS_POLICIES))
     _validate_pod_dns_config(spec, _child(path, "dnsConfig"), errors)
+    _validate_pod_security(spec, path, errors)
     return errors
 
 
@@ -589,30 +756,39 @@ def _validate_pod_dns_config(spec: pod_pb2.PodSpec, path: str, errors: list[Fiel
             errors.append(required(path, f"must provide `dnsConfig` when `dnsPolicy` is {DNS_POLICY_NONE}"))
             return
         if not config.nameservers:
-            errors.append(required(
-                _child(path, "nameservers"),
-                f"must provide at least one DNS nameserver when `dnsPolicy` is {DNS_POLICY_NONE}",
-            ))
+            errors.append(
+                required(
+                    _child(path, "nameservers"),
+                    f"must provide at least one DNS nameserver when `dnsPolicy` is {DNS_POLICY_NONE}",
+                )
+            )
             return
     if not has_config:
         return
     nameservers_path = _child(path, "nameservers")
     if len(config.nameservers) > MAX_DNS_NAMESERVERS:
-        errors.append(invalid(
-            nameservers_path, list(config.nameservers), f"must not have more than {MAX_DNS_NAMESERVERS} nameservers"
-        ))
+        errors.append(
+            invalid(
+                nameservers_path, list(config.nameservers), f"must not have more than {MAX_DNS_NAMESERVERS} nameservers"
+            )
+        )
     for i, nameserver in enumerate(config.nameservers):
         _validate_ip(_index(nameservers_path, i), nameserver, errors)
     searches_path = _child(path, "searches")
     if len(config.searches) > MAX_DNS_SEARCH_PATHS:
-        errors.append(invalid(
-            searches_path, list(config.searches), f"must not have more than {MAX_DNS_SEARCH_PATHS} search paths"
-        ))
+        errors.append(
+            invalid(
+                searches_path, list(config.searches), f"must not have more than {MAX_DNS_SEARCH_PATHS} search paths"
+            )
+        )
     if len(" ".join(config.searches)) > MAX_DNS_SEARCH_LIST_CHARS:
-        errors.append(invalid(
-            searches_path, list(config.searches),
-            f"must not have more than {MAX_DNS_SEARCH_LIST_CHARS} characters (including spaces) in the search list",
-        ))
+        errors.append(
+            invalid(
+                searches_path,
+                list(config.searches),
+                f"must not have more than {MAX_DNS_SEARCH_LIST_CHARS} characters (including spaces) in the search list",
+            )
+        )
     for i, search in enumerate(config.searches):
         # A trailing dot is fine.
         _check_format(_index(searches_path, i), search.removesuffix("."), validate_dns1123_subdomain, errors)
@@ -645,9 +821,93 @@ def validate_pod(pod: pod_pb2.Pod) -> list[FieldError]:
     return errors
 
 
+# The kubelet's annotation on a mirror pod (the API's copy of one of its static pods). A
+# kubelet never runs an API pod that carries it, which is why a mirror pod is exempt from
+# Pod Security; so it may be neither added to nor removed from a pod that exists.
+MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
+# What an update of a pod's spec may change, worded as Kubernetes' ValidatePodUpdate lists it
+# (of its list, the fields this API has).
+POD_UPDATABLE_FIELDS = (
+    "`spec.containers[*].image`,"
+    "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"
+)
+# How many changed fields a refused pod update names (a hint; the first ones are enough).
+_MAX_CHANGED_FIELDS_SHOWN = 5
+
+
+def validate_pod_update(pod: pod_pb2.Pod, old: pod_pb2.Pod) -> list[FieldError]:
+    """What an update may not change in a stored pod (Kubernetes' ValidatePodUpdate): its
+    spec but for the containers' images, and its mirror pod annotation. So an update cannot
+    give a running pod a hostPath mount, a host port or a new command. spec.nodeName is set
+    by Bind alone."""
+    errors: list[FieldError] = []
+    _validate_mirror_annotation_update(pod.metadata.annotations, old.metadata.annotations, errors)
+    spec, before = pod.spec, old.spec
+    if len(spec.containers) != len(before.containers):
+        errors.append(forbidden("spec.containers", "pod updates may not add or remove containers"))
+        return errors
+    # The spec as it would be if only the updatable fields were taken from the update.
+    munged = pod_pb2.PodSpec()
+    munged.CopyFrom(spec)
+    for container, stored in zip(munged.containers, before.containers, strict=True):
+        container.image = stored.image
+    grace = "termination_grace_period_seconds"
+    if before.HasField(grace) and before.termination_grace_period_seconds < 0:
+        if munged.HasField(grace) and munged.termination_grace_period_seconds == 1:
+            munged.termination_grace_period_seconds = before.termination_grace_period_seconds
+    changed = changed_fields(before, munged, "spec")
+    if changed:
+        shown = ", ".join(changed[:_MAX_CHANGED_FIELDS_SHOWN])
+        if len(changed) > _MAX_CHANGED_FIELDS_SHOWN:
+            shown += f" and {len(changed) - _MAX_CHANGED_FIELDS_SHOWN} more"
+        errors.append(
+            forbidden("spec", f"pod updates may not change fields other than {POD_UPDATABLE_FIELDS} (changed: {shown})")
+        )
+    return errors
+
+
+def _validate_mirror_annotation_update(
+    annotations: Mapping[str, str], old: Mapping[str, str], errors: list[FieldError]
+) -> None:
+    path = _key("metadata.annotations", MIRROR_POD_ANNOTATION)
+    if MIRROR_POD_ANNOTATION in old:
+        if annotations.get(MIRROR_POD_ANNOTATION) != old[MIRROR_POD_ANNOTATION]:
+            errors.append(forbidden(path, "may not remove or update mirror pod annotation"))
+    elif MIRROR_POD_ANNOTATION in annotations:
+        errors.append(forbidden(path, "may not add mirror pod annotation"))
+
+
+def changed_fields(old: Message, new: Message, path: str) -> list[str]:
+    """The JSON paths of the fields that differ between two messages of one type, as deep
+    as the difference can be placed: into set messages on both sides and into repeated
+    messages of equal length; a map, a list that grew or shrank, or a field set on one side
+    only is named whole."""
+    changed: list[str] = []
+    for field in old.DESCRIPTOR.fields:
+        name = field.name
+        field_path = _child(path, field.json_name)
+        before, after = getattr(old, name), getattr(new, name)
+        is_message = field.type == field.TYPE_MESSAGE
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if dict(before) != dict(after):
+                changed.append(field_path)
+        elif field.is_repeated:
+            if is_message and len(before) == len(after):
+                for i, (item_before, item_after) in enumerate(zip(before, after, strict=True)):
+                    changed += changed_fields(item_before, item_after, _index(field_path, i))
+            elif list(before) != list(after):
+                changed.append(field_path)
+        elif field.has_presence and old.HasField(name) != new.HasField(name):
+            changed.append(field_path)
+        elif is_message:
+            changed += changed_fields(before, after, field_path)
+        elif before != after:
+            changed.append(field_path)
+    return changed
+
+
 # ---------------------------------------------------------------------------
 # Services and endpoints
-
 
 
 def _validate_named_ports(
@@ -668,6 +928,7 @@ def _validate_named_ports(
         _validate_port_number(_child(port_path, "port"), port.port, errors)
         if port.protocol and port.protocol not in protocols:
             errors.append(not_supported(_child(port_path, "protocol"), port.protocol, protocols))
+
 
 def validate_service(svc: service_pb2.Service) -> list[FieldError]:
     errors: list[FieldError] = []
@@ -716,6 +977,38 @@ def validate_service(svc: service_pb2.Service) -> list[FieldError]:
     return errors
 
 
+# Link-local multicast: Go's net.IP.IsLinkLocalMulticast, which Kubernetes' check uses.
+_LINK_LOCAL_MULTICAST_V4 = ipaddress.ip_network("224.0.0.0/24")
+
+
+def _validate_endpoint_ip(path: str, value: str, errors: list[FieldError]) -> None:
+    """An IP address that may be an endpoint (Kubernetes' ValidateNonSpecialIP): not one
+    that means this host or its link. A service whose endpoint is 127.0.0.1 would have every
+    node's proxy relay the service into that node's own loopback services (etcd, the
+    kubelet); a link-local one reaches a cloud's metadata service."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        errors.append(invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+        return
+    # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel (Go parses it as the IPv4 address too).
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified:
+        errors.append(invalid(path, value, "may not be unspecified (0.0.0.0, ::)"))
+    if address.is_loopback:
+        errors.append(invalid(path, value, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
+    if address.is_link_local:
+        errors.append(invalid(path, value, "may not be in the link-local range (169.254.0.0/16, fe80::/10)"))
+    if isinstance(address, ipaddress.IPv4Address):
+        link_local_multicast = address in _LINK_LOCAL_MULTICAST_V4
+    else:
+        packed = address.packed  # ff02::/16, and ff12::, ff32::...: multicast of link-local scope
+        link_local_multicast = packed[0] == 0xFF and packed[1] & 0x0F == 0x02
+    if link_local_multicast:
+        errors.append(invalid(path, value, "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"))
+
+
 def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
     errors: list[FieldError] = []
     _validate_type_meta(ep, ENDPOINTS.name, errors)
@@ -730,7 +1023,7 @@ def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
                 if not address.ip:
                     errors.append(required(_child(address_path, "ip")))
                 else:
-                    _validate_ip(_child(address_path, "ip"), address.ip, errors)
+                    _validate_endpoint_ip(_child(address_path, "ip"), address.ip, errors)
                 if address.hostname:
                     _check_format(_child(address_path, "hostname"), address.hostname, validate_dns1123_label, errors)
                 if address.node_name:
@@ -741,8 +1034,11 @@ def validate_endpoints(ep: endpoints_pb2.Endpoints) -> list[FieldError]:
         if not subset.ports:
             errors.append(required(ports_path))
         _validate_named_ports(
-            subset.ports, ports_path, CONTAINER_PORT_PROTOCOLS,
-            "a name is required when there is more than one port", errors,
+            subset.ports,
+            ports_path,
+            CONTAINER_PORT_PROTOCOLS,
+            "a name is required when there is more than one port",
+            errors,
         )
     return errors
 
@@ -848,11 +1144,17 @@ def _validate_rules(rules: Iterable[rbac_pb2.PolicyRule], errors: list[FieldErro
             errors.append(required(_child(path, "verbs"), "verbs must contain at least one value"))
         if rule.non_resource_urls and (rule.resources or rule.api_groups):
             errors.append(
-                invalid(_child(path, "nonResourceURLs"), list(rule.non_resource_urls),
-                        "rules cannot apply to both regular resources and non-resource URLs")
+                invalid(
+                    _child(path, "nonResourceURLs"),
+                    list(rule.non_resource_urls),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                )
             )
-        elif not rule.non_resource_urls and not rule.resources:
-            errors.append(required(_child(path, "resources"), "resource rules must supply at least one resource"))
+        elif not rule.non_resource_urls:
+            if not rule.api_groups:
+                errors.append(required(_child(path, "apiGroups"), "resource rules must supply at least one api group"))
+            if not rule.resources:
+                errors.append(required(_child(path, "resources"), "resource rules must supply at least one resource"))
 
 
 def _validate_role(role: Any, kind_name: str, namespaced: bool) -> list[FieldError]:
@@ -874,9 +1176,7 @@ def validate_cluster_role(role: rbac_pb2.ClusterRole) -> list[FieldError]:
 def _validate_binding(binding: Any, kind_name: str, namespaced: bool) -> list[FieldError]:
     errors: list[FieldError] = []
     _validate_type_meta(binding, kind_name, errors)
-    errors += validate_object_meta(
-        binding.metadata, namespaced=namespaced, name_validator=validate_path_segment_name
-    )
+    errors += validate_object_meta(binding.metadata, namespaced=namespaced, name_validator=validate_path_segment_name)
     ref = binding.role_ref
     allowed_ref_kinds = ["Role", "ClusterRole"] if namespaced else ["ClusterRole"]
     if ref.api_group not in ("", RBAC_API_GROUP):

@@ -16,12 +16,17 @@ from services.common.transport import aio_channel
 from services.common.client import CHANNEL_OPTIONS, ApiClient
 from services.common.manifests import Manifest, ManifestError, dump_json, dump_yaml, load_manifest_sources, to_dict
 from services.common.resources import (
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
     DEFAULT_NAMESPACE,
     ENDPOINTS,
     INITIAL_EVENTS_END_ANNOTATION,
+    NAMESPACES,
     NODES,
     PODS,
     REPLICATION_CONTROLLERS,
+    ROLE_BINDINGS,
+    ROLES,
     SERVICES,
     Kind,
     kind_for,
@@ -41,7 +46,10 @@ ALL_KINDS_ALIAS = "all"
 ALL_MEANS = (PODS, SERVICES, REPLICATION_CONTROLLERS)  # as kubectl's "all" category, for our kinds
 OUTPUT_FORMATS = ("wide", "yaml", "json", "name")
 # --cascade values: kubectl's booleans (deprecated) and policies.
-KIND_LIST = "pods (po), services (svc), replicationcontrollers (rc), nodes (no), endpoints (ep), all"
+KIND_LIST = (
+    "pods (po), services (svc), replicationcontrollers (rc), nodes (no), endpoints (ep), namespaces (ns), "
+    "roles, clusterroles, rolebindings, clusterrolebindings, all"
+)
 CASCADE_POLICIES = {"true": "Background", "background": "Background", "false": "Orphan", "orphan": "Orphan"}
 
 T = TypeVar("T")
@@ -154,8 +162,12 @@ async def list_objects(
         page = await rpc(
             ctx,
             ctx.client.list(
-                kind, namespace, label_selector=label_selector, field_selector=field_selector,
-                limit=LIST_CHUNK_SIZE, continue_token=token,
+                kind,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                limit=LIST_CHUNK_SIZE,
+                continue_token=token,
             ),
         )
         items.extend(page.items)
@@ -208,8 +220,11 @@ async def get(ctx: Context, requests: list[ResourceRequest], options: GetOptions
             results.append((request.kind, [obj for obj in found if obj is not None]))
         else:
             items, _ = await list_objects(
-                ctx, request.kind, namespace,
-                label_selector=options.label_selector, field_selector=options.field_selector,
+                ctx,
+                request.kind,
+                namespace,
+                label_selector=options.label_selector,
+                field_selector=options.field_selector,
             )
             results.append((request.kind, items))
     everything = [obj for _, objs in results for obj in objs]
@@ -276,7 +291,9 @@ async def watch(ctx: Context, requests: list[ResourceRequest], options: GetOptio
         printer.initial(items)
     while True:
         watch_options = meta_pb2.ListOptions(
-            namespace=namespace, label_selector=options.label_selector, field_selector=field_selector,
+            namespace=namespace,
+            label_selector=options.label_selector,
+            field_selector=field_selector,
             resource_version=revision,
         )
         call = ctx.client.watch(kind, watch_options)
@@ -380,6 +397,12 @@ async def _describe_one(ctx: Context, kind: Kind, obj: Any) -> str:
     if kind is NODES:
         pods, _ = await list_objects(ctx, PODS, "", field_selector=f"spec.nodeName={obj.metadata.name}")
         return describers.describe_node(obj, pods, utc_now())
+    if kind is NAMESPACES:
+        return describers.describe_namespace(obj)
+    if kind in (ROLES, CLUSTER_ROLES):
+        return describers.describe_role(obj)
+    if kind in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
+        return describers.describe_role_binding(obj)
     return describers.describe_endpoints(obj)
 
 
@@ -445,7 +468,7 @@ def place(ctx: Context, manifest: Manifest) -> tuple[Kind, ApiObject]:
     elif ctx.namespace_given and meta.namespace != ctx.namespace:
         raise CommandError(
             f'error: the namespace from the provided object "{meta.namespace}" does not match the namespace '
-            f'"{ctx.namespace}". You must pass \'--namespace={meta.namespace}\' to perform this operation.'
+            f"\"{ctx.namespace}\". You must pass '--namespace={meta.namespace}' to perform this operation."
         )
     return kind, obj
 
@@ -471,6 +494,9 @@ def desired_update(obj: ApiObject, stored: ApiObject, kind: Kind) -> ApiObject:
         meta.owner_references.extend(old.owner_references)
     if kind.has_status:
         desired.status.CopyFrom(stored.status)
+    if kind is PODS and not desired.spec.node_name:
+        # The scheduler's binding, not the manifest's: re-applying a pod keeps it where it runs.
+        desired.spec.node_name = stored.spec.node_name
     return desired
 
 
@@ -610,9 +636,7 @@ async def _delete_one(ctx: Context, kind: Kind, name: str, namespace: str, optio
             ctx.fail(f'error: timed out waiting for {kind.singular} "{name}" to be deleted')
 
 
-async def delete(
-    ctx: Context, requests: list[ResourceRequest], paths: Sequence[str], options: DeleteOptions
-) -> None:
+async def delete(ctx: Context, requests: list[ResourceRequest], paths: Sequence[str], options: DeleteOptions) -> None:
     propagation_policy(options.cascade)  # a bad value fails before anything is deleted
     if paths:
         if requests:
@@ -716,13 +740,12 @@ def pick_container(pod: Any, requested: str) -> str:
         if requested not in names:
             raise CommandError(
                 f"error: container {requested} is not valid for pod {pod.metadata.name} "
-                f'(choose one of: {" ".join(names)})'
+                f"(choose one of: {' '.join(names)})"
             )
         return requested
     if len(names) != 1:
         raise CommandError(
-            f"error: a container name must be specified for pod {pod.metadata.name}, "
-            f"choose one of: [{' '.join(names)}]"
+            f"error: a container name must be specified for pod {pod.metadata.name}, choose one of: [{' '.join(names)}]"
         )
     return names[0]
 
@@ -756,8 +779,12 @@ async def logs(ctx: Context, pod_arg: str, options: LogsOptions, out: Any = None
         raise CommandError(server_error(error, NODES, node_name)) from None
     address = kubelet_address(node)
     request = kubelet_pb2.PodLogsRequest(
-        namespace=pod.metadata.namespace, name=name, container=container, follow=options.follow,
-        tail_lines=max(options.tail, 0), timestamps=options.timestamps,
+        namespace=pod.metadata.namespace,
+        name=name,
+        container=container,
+        follow=options.follow,
+        tail_lines=max(options.tail, 0),
+        timestamps=options.timestamps,
     )
     sink = out if out is not None else sys.stdout.buffer
     # The kubelet's API takes the same credentials (its certificate is from the cluster CA).

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from kybernetes.v1 import (
+    endpoints_pb2,
+    meta_pb2,
+    namespace_pb2,
+    node_pb2,
+    pod_pb2,
+    replication_controller_pb2,
+    service_pb2,
+)
 
 from services.common.quantity import (
     QuantityError,
@@ -143,9 +151,7 @@ def _list(w: _Writer, level: int, label: str, items: Sequence[str]) -> None:
         w.line(level + 1, item)
 
 
-def _container(
-    w: _Writer, level: int, container: pod_pb2.Container, status: pod_pb2.ContainerStatus | None
-) -> None:
+def _container(w: _Writer, level: int, container: pod_pb2.Container, status: pod_pb2.ContainerStatus | None) -> None:
     w.line(level, f"{container.name}:")
     inner = level + 1
     if status is not None:
@@ -191,7 +197,7 @@ def _container(
     if container.volume_mounts:
         w.line(inner, "Mounts:")
         for mount in container.volume_mounts:
-            sub_path = f" (path \"{mount.sub_path}\")" if mount.sub_path else ""
+            sub_path = f' (path "{mount.sub_path}")' if mount.sub_path else ""
             mode = "ro" if mount.read_only else "rw"
             w.line(inner + 1, f"{mount.mount_path} from {mount.name}{sub_path} ({mode})")
     else:
@@ -367,8 +373,13 @@ def describe_node(
         w.line(1, "----", "------", "-----------------", "------------------", "------", "-------")
         for c in status.conditions:
             w.line(
-                1, c.type, c.status, format_time(c.last_heartbeat_time, tz), format_time(c.last_transition_time, tz),
-                c.reason, c.message,
+                1,
+                c.type,
+                c.status,
+                format_time(c.last_heartbeat_time, tz),
+                format_time(c.last_transition_time, tz),
+                c.reason,
+                c.message,
             )
     else:
         w.field(0, "Conditions", NONE)
@@ -403,9 +414,14 @@ def describe_node(
         for pod in sorted(running, key=lambda p: (p.metadata.namespace, p.metadata.name)):
             usage = _pod_resources(pod)
             w.line(
-                1, pod.metadata.namespace, pod.metadata.name,
-                *(_share(resource, usage[(resource, which)], allocatable)
-                  for resource in ("cpu", "memory") for which in ("requests", "limits")),
+                1,
+                pod.metadata.namespace,
+                pod.metadata.name,
+                *(
+                    _share(resource, usage[(resource, which)], allocatable)
+                    for resource in ("cpu", "memory")
+                    for which in ("requests", "limits")
+                ),
                 age(pod.metadata.creation_timestamp, now),
             )
     totals = {key: 0 for key in _RESOURCE_KEYS}
@@ -418,7 +434,9 @@ def describe_node(
     w.line(1, "--------", "--------", "------")
     for resource in ("cpu", "memory"):
         w.line(
-            1, resource, _share(resource, totals[(resource, "requests")], allocatable),
+            1,
+            resource,
+            _share(resource, totals[(resource, "requests")], allocatable),
             _share(resource, totals[(resource, "limits")], allocatable),
         )
     return w.text()
@@ -441,3 +459,101 @@ def describe_endpoints(endpoints: endpoints_pb2.Endpoints) -> str:
         w.line(0, "")
     return w.text()
 
+
+def describe_namespace(namespace: namespace_pb2.Namespace) -> str:
+    w = _Writer()
+    _metadata(w, namespace.metadata, namespaced=False)
+    w.mapping(0, "Labels", namespace.metadata.labels)
+    w.mapping(0, "Annotations", namespace.metadata.annotations, separator=": ")
+    w.field(0, "Status", namespace.status.phase)
+    # kubectl's closing lines; this API has neither quotas nor limit ranges.
+    w.line(0, "")
+    w.line(0, "No resource quota.")
+    w.line(0, "")
+    w.line(0, "No LimitRange resource.")
+    return w.text()
+
+
+def _go_list(values: Iterable[str]) -> str:
+    """Go's %v of a []string: [a b]."""
+    return "[" + " ".join(values) + "]"
+
+
+def _go_quoted(values: Iterable[str]) -> str:
+    """Go's %q of a []string: ["a" "b"]."""
+    return "[" + " ".join(f'"{value}"' for value in values) + "]"
+
+
+def _rule_sort_key(group: str, resource: str, names: Sequence[str], url: str, verbs: Sequence[str]) -> str:
+    """Kubernetes sorts a role's rules by their String() ("PolicyRule{APIGroups:...}")."""
+    parts = []
+    if not url:
+        parts += [f"APIGroups:{_go_quoted([group])}", f"Resources:{_go_quoted([resource])}"]
+    else:
+        parts.append(f"NonResourceURLs:{_go_quoted([url])}")
+    if names:
+        parts.append(f"ResourceNames:{_go_quoted(names)}")
+    parts.append(f"Verbs:{_go_quoted(verbs)}")
+    return "PolicyRule{" + ", ".join(parts) + "}"
+
+
+def policy_rule_lines(rules: Iterable[Any]) -> list[tuple[str, str, str, str]]:
+    """A role's rules as kubectl describe lists them: broken down to one resource of one
+    group each (one verb for a named or non-resource rule), the verbs on a resource merged
+    (Kubernetes' BreakdownRule, CompactRules), sorted. Cells: Resources (resource.group/sub),
+    Non-Resource URLs, Resource Names, Verbs."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    atomic: list[tuple[str, str, tuple[str, ...], str, list[str]]] = []
+    for rule in rules:
+        for group in rule.api_groups:
+            for resource in rule.resources:
+                for verb in rule.verbs:
+                    if rule.resource_names:
+                        atomic.extend((group, resource, (name,), "", [verb]) for name in rule.resource_names)
+                    else:
+                        verbs = merged.setdefault((group, resource), [])
+                        if verb not in verbs:
+                            verbs.append(verb)
+        for url in rule.non_resource_urls:
+            atomic.extend(("", "", (), url, [verb]) for verb in rule.verbs)
+    entries = [(group, resource, (), "", verbs) for (group, resource), verbs in merged.items()] + atomic
+    entries.sort(key=lambda entry: _rule_sort_key(entry[0], entry[1], entry[2], entry[3], entry[4]))
+    lines = []
+    for group, resource, names, url, verbs in entries:
+        combined = ""
+        if resource:
+            base, slash, sub = resource.partition("/")
+            combined = base + (f".{group}" if group else "") + (f"/{sub}" if slash else "")
+        lines.append((combined, _go_list([url] if url else []), _go_list(names), _go_list(verbs)))
+    return lines
+
+
+def describe_role(role: Any) -> str:
+    """A Role or ClusterRole (kubectl prints both alike, without a namespace)."""
+    w = _Writer()
+    w.field(0, "Name", role.metadata.name)
+    w.mapping(0, "Labels", role.metadata.labels)
+    w.mapping(0, "Annotations", role.metadata.annotations, separator=": ")
+    w.line(0, "PolicyRule:")
+    w.line(1, "Resources", "Non-Resource URLs", "Resource Names", "Verbs")
+    w.line(1, "---------", "-----------------", "--------------", "-----")
+    for cells in policy_rule_lines(role.rules):
+        w.line(1, *cells)
+    return w.text()
+
+
+def describe_role_binding(binding: Any) -> str:
+    """A RoleBinding or ClusterRoleBinding."""
+    w = _Writer()
+    w.field(0, "Name", binding.metadata.name)
+    w.mapping(0, "Labels", binding.metadata.labels)
+    w.mapping(0, "Annotations", binding.metadata.annotations, separator=": ")
+    w.line(0, "Role:")
+    w.field(1, "Kind", binding.role_ref.kind)
+    w.field(1, "Name", binding.role_ref.name)
+    w.line(0, "Subjects:")
+    w.line(1, "Kind", "Name", "Namespace")
+    w.line(1, "----", "----", "---------")
+    for subject in binding.subjects:
+        w.line(1, subject.kind, subject.name, subject.namespace)
+    return w.text()

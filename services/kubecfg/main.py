@@ -3,6 +3,7 @@
     kubecfg apply -f DIR_OR_FILE          kubecfg get pods -l 'tier in (frontend)' -o wide
     kubecfg describe rc web               kubecfg scale rc web --replicas 5
     kubecfg delete rc web --cascade=false kubecfg logs web-x2b9 -f
+    kubecfg auth can-i create pods        kubecfg auth whoami
 
 The API server is --server, else $KYBERNETES_SERVER, else 127.0.0.1:6443.
 """
@@ -22,7 +23,7 @@ from services.common.client import ApiClient, cluster_access, resolve_server
 from services.common.kubeconfig import KubeconfigError
 from services.common.resources import DEFAULT_NAMESPACE
 
-from . import commands
+from . import auth, commands
 from .errors import CONNECTION_CODES, CommandError, server_error, unreachable
 
 PROG = "kubecfg"
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=-1, help="last N lines (-1: all)")
     logs.add_argument("--timestamps", action="store_true")
 
+    auth.add_parser(verbs, common)
+
     verbs.add_parser("version", parents=common, help="print the client version and the server address")
     return parser
 
@@ -176,6 +179,8 @@ async def run(args: argparse.Namespace) -> int:
             await commands.delete(ctx, resources, args.filename, delete_options)
         elif verb == "scale":
             await commands.scale(ctx, commands.parse_resources(args.resources), args.replicas, args.current_replicas)
+        elif verb == "auth":
+            await auth.run(ctx, args)
         elif verb == "logs":
             logs_options = commands.LogsOptions(
                 container=args.container, follow=args.follow, tail=args.tail, timestamps=args.timestamps

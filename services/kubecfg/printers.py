@@ -8,9 +8,21 @@ from typing import Any, Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kybernetes.v1 import endpoints_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from kybernetes.v1 import endpoints_pb2, namespace_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
 
-from services.common.resources import ENDPOINTS, NODES, PODS, REPLICATION_CONTROLLERS, SERVICES, Kind
+from services.common.resources import (
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
+    ENDPOINTS,
+    NAMESPACES,
+    NODES,
+    PODS,
+    REPLICATION_CONTROLLERS,
+    ROLE_BINDINGS,
+    ROLES,
+    SERVICES,
+    Kind,
+)
 
 from .tabwriter import column_widths, pad_row
 
@@ -210,9 +222,7 @@ def node_status(node: node_pb2.Node) -> str:
 
 
 def node_roles(node: node_pb2.Node) -> str:
-    roles = sorted(
-        key[len(NODE_ROLE_PREFIX):] for key in node.metadata.labels if key.startswith(NODE_ROLE_PREFIX)
-    )
+    roles = sorted(key[len(NODE_ROLE_PREFIX) :] for key in node.metadata.labels if key.startswith(NODE_ROLE_PREFIX))
     return ",".join(role for role in roles if role) or NONE
 
 
@@ -253,6 +263,45 @@ def _endpoints_row(endpoints: endpoints_pb2.Endpoints, now: dt.datetime) -> tupl
     return [format_endpoints(endpoints), age(endpoints.metadata.creation_timestamp, now)], []
 
 
+def _namespace_row(ns: namespace_pb2.Namespace, now: dt.datetime) -> tuple[list[str], list[str]]:
+    return [ns.status.phase, age(ns.metadata.creation_timestamp, now)], []
+
+
+def created_at(ts: Timestamp) -> str:
+    """RFC 3339 in UTC, as the server's default table prints "Created At" (roles have no
+    printer of their own in Kubernetes, so kubectl shows NAME and CREATED AT)."""
+    if not timestamp_set(ts):
+        return "<unknown>"
+    return to_datetime(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _role_row(role: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
+    return [created_at(role.metadata.creation_timestamp)], []
+
+
+def binding_subjects(subjects: Any) -> tuple[list[str], list[str], list[str]]:
+    """Users, groups and service accounts ("namespace/name"), as Kubernetes' SubjectsStrings."""
+    users, groups, service_accounts = [], [], []
+    for subject in subjects:
+        if subject.kind == "ServiceAccount":
+            service_accounts.append(f"{subject.namespace}/{subject.name}")
+        elif subject.kind == "User":
+            users.append(subject.name)
+        elif subject.kind == "Group":
+            groups.append(subject.name)
+    return users, groups, service_accounts
+
+
+def _binding_row(binding: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
+    users, groups, service_accounts = binding_subjects(binding.subjects)
+    return (
+        [f"{binding.role_ref.kind}/{binding.role_ref.name}", age(binding.metadata.creation_timestamp, now)],
+        [", ".join(users), ", ".join(groups), ", ".join(service_accounts)],
+    )
+
+
+_BINDING_TABLE = TableSpec(("ROLE", "AGE"), ("USERS", "GROUPS", "SERVICEACCOUNTS"), _binding_row)
+
 TABLES: dict[str, TableSpec] = {
     PODS.name: TableSpec(("READY", "STATUS", "RESTARTS", "AGE"), ("IP", "NODE"), _pod_row),
     SERVICES.name: TableSpec(("TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR", "AGE"), (), _service_row),
@@ -265,6 +314,11 @@ TABLES: dict[str, TableSpec] = {
         _node_row,
     ),
     ENDPOINTS.name: TableSpec(("ENDPOINTS", "AGE"), (), _endpoints_row),
+    NAMESPACES.name: TableSpec(("STATUS", "AGE"), (), _namespace_row),
+    ROLES.name: TableSpec(("CREATED AT",), (), _role_row),
+    CLUSTER_ROLES.name: TableSpec(("CREATED AT",), (), _role_row),
+    ROLE_BINDINGS.name: _BINDING_TABLE,
+    CLUSTER_ROLE_BINDINGS.name: _BINDING_TABLE,
 }
 
 

@@ -184,7 +184,7 @@ async def clean_up(args: argparse.Namespace) -> int:
 async def serve(args: argparse.Namespace) -> int:
     log = configure_logging("kube-proxy").bind(node=args.node_name)
     proxier = make_data_path(args)
-    status = StatusServer(proxier, args.node_name)
+    status = StatusServer(proxier, args.node_name, args.serving)
     try:
         await status.start(args.status_listen)
     except OSError as error:

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
+from services.common.transport import ServingCertificate
 
 from .datapath import DataPath
 
@@ -37,7 +38,10 @@ class ProxyStatusServicer(proxy_pb2_grpc.ProxyServicer):
 
 
 class StatusServer:
-    def __init__(self, proxier: DataPath, node_name: str) -> None:
+    def __init__(self, proxier: DataPath, node_name: str, serving: ServingCertificate | None = None) -> None:
+        # TLS requiring a client certificate from the cluster CA: the status shows the
+        # node's service rules, which only the cluster's own identities may read.
+        self.serving = serving
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.health = HealthServicer()
         proxy_pb2_grpc.add_ProxyServicer_to_server(ProxyStatusServicer(proxier, node_name), self.server)
@@ -50,7 +54,12 @@ class StatusServer:
     async def start(self, listen: str) -> int:
         """Binds listen (host:port) and serves; returns the bound port."""
         try:
-            port = self.server.add_insecure_port(listen)
+            if self.serving is None:
+                port = self.server.add_insecure_port(listen)
+            else:
+                port = self.server.add_secure_port(
+                    listen, self.serving.server_credentials(require_client_certificate=True)
+                )
         except RuntimeError as error:  # grpc raises RuntimeError when it cannot bind
             raise OSError(f"--status-listen: cannot bind {listen}: {error}") from None
         if port == 0:

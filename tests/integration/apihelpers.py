@@ -104,3 +104,34 @@ async def collect_events(call: Any, count: int, timeout: float = 20.0) -> list[A
 
     await asyncio.wait_for(read(), timeout)
     return events
+
+
+# Pod Security's label on a Namespace (services/apiserver/auth/podsecurity.py).
+POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+
+
+async def create_namespace(api: Any, name: str, level: str | None = None, timeout: float = 10.0) -> Any:
+    """Creates the Namespace object `name`, labelled with Pod Security level `level` if given,
+    and returns once the API server's Namespace cache (what Pod Security reads) holds it, so
+    that a pod created next is judged by it. A namespace without an object is `baseline`:
+    tests whose pods need more (hostPath, host ports) call this with "privileged" first."""
+    from kybernetes.v1 import namespace_pb2
+    from services.common.resources import NAMESPACES
+
+    labels = {POD_SECURITY_ENFORCE_LABEL: level} if level else {}
+    created = await api.create(namespace_pb2.Namespace(metadata=meta_pb2.ObjectMeta(name=name, labels=labels)))
+    # A Watch is served from that same cache: the object's event arrives once the cache has it.
+    options = meta_pb2.ListOptions(
+        resource_version=created.metadata.resource_version - 1, field_selector=f"metadata.name={name}"
+    )
+    call = api.watch(NAMESPACES, options)
+    try:
+        await collect_events(call, 1, timeout)
+    finally:
+        call.cancel()
+    return created
+
+
+async def privileged_namespace(api: Any, name: str) -> Any:
+    """The Namespace `name` at Pod Security level privileged (see create_namespace)."""
+    return await create_namespace(api, name, "privileged")

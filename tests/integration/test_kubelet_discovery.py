@@ -26,6 +26,7 @@ from tests.integration.kubelet_helpers import (
     make_pod,
     node_containers,
 )
+from tests.integration.apihelpers import privileged_namespace
 from tests.polling import eventually
 from tools.processes import ApiServerProcess, free_port
 
@@ -221,6 +222,7 @@ async def test_dns_policy_none_is_exactly_dns_config(
 async def test_a_pod_on_dockers_bridge_gets_the_cluster_dns_too(
     api_kubelet: KubeletProcess, client: ApiClient, namespace: str
 ) -> None:
+    await privileged_namespace(client, namespace)  # host ports are beyond Pod Security's baseline
     reporter = _reporter()
     reporter.ports.add(container_port=8080, host_port=free_port())  # host ports: Docker's bridge
     await client.create(_bound(make_pod("bridged", reporter, namespace=namespace), api_kubelet.node))

@@ -66,10 +66,13 @@ def make_endpoints(
 
 
 class TcpBackend:
-    """An asyncio server on loopback; handler(reader, writer) serves one connection."""
+    """An asyncio server (on loopback unless told); handler(reader, writer) serves one connection."""
 
-    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+    def __init__(
+        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], host: str = LOOPBACK
+    ) -> None:
         self.handler = handler
+        self.host = host
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.connections = 0
@@ -84,7 +87,7 @@ class TcpBackend:
             finally:
                 writer.close()
 
-        self.server = await asyncio.start_server(serve, LOOPBACK, self.port or 0)
+        self.server = await asyncio.start_server(serve, self.host, self.port or 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

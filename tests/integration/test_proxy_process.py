@@ -145,12 +145,21 @@ async def exchange(host: str, port: int, payload: bytes = b"", timeout: float = 
         writer.close()
 
 
-def make_endpoints(namespace: str, name: str, backend_ports: list[int]) -> endpoints_pb2.Endpoints:
+def host_address() -> str:
+    """A non-loopback address of this host (Endpoints may not be loopback): the source address
+    of the default route, found by connecting a UDP socket, which sends nothing. A connection
+    to it stays on this machine (the kernel delivers local addresses through loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return str(probe.getsockname()[0])
+
+
+def make_endpoints(namespace: str, name: str, backend_ports: list[int], ip: str) -> endpoints_pb2.Endpoints:
     return endpoints_pb2.Endpoints(
         metadata=meta_pb2.ObjectMeta(namespace=namespace, name=name),
         subsets=[
             endpoints_pb2.EndpointSubset(
-                addresses=[endpoints_pb2.EndpointAddress(ip=LOOPBACK)],
+                addresses=[endpoints_pb2.EndpointAddress(ip=ip)],
                 ports=[endpoints_pb2.EndpointPort(name="http", port=port, protocol="TCP")],
             )
             for port in backend_ports
@@ -162,8 +171,9 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
     """Services and Endpoints created through the API are served at their cluster IPs, changed and
     removed live, and SIGTERM lets an open connection finish."""
     names = [b"alpha", b"bravo", b"charlie"]
-    backends = [await TcpBackend(name_handler(name)).start() for name in names]
-    echo = await TcpBackend(echo_handler).start()
+    host = host_address()
+    backends = [await TcpBackend(name_handler(name), host).start() for name in names]
+    echo = await TcpBackend(echo_handler, host).start()
     api = ApiClient(apiserver.address)
     # Cluster IPs of the test's own, in a range of its own (the API server's default range holds it).
     subnet = random.randrange(1, 255)
@@ -172,7 +182,7 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
                          "--service-cluster-ip-range", f"10.101.{subnet}.0/24")
     try:
         await api.create(make_service(namespace, "web", 80, web_ip))
-        await api.create(make_endpoints(namespace, "web", [b.port for b in backends]))
+        await api.create(make_endpoints(namespace, "web", [b.port for b in backends], host))
 
         async def endpoint_count() -> int:
             status = await proxy.port_status(namespace, "web")
@@ -198,7 +208,7 @@ async def test_proxy_follows_the_api_server(apiserver, namespace):
 
         # SIGTERM: listeners close at once, an open connection gets to finish.
         await api.create(make_service(namespace, "echo", 80, echo_ip))
-        await api.create(make_endpoints(namespace, "echo", [echo.port]))
+        await api.create(make_endpoints(namespace, "echo", [echo.port], host))
 
         async def echo_listening() -> bool:
             status = await proxy.port_status(namespace, "echo")

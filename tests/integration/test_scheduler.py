@@ -13,7 +13,7 @@ from tools.processes import ManagedProcess, python_module_argv
 from services.common.resources import NODES, PODS
 from tests.polling import eventually
 
-from .apihelpers import make_pod, make_service
+from .apihelpers import make_pod, make_service, privileged_namespace
 from .control_helpers import API_WAIT, FAR_GRACE, ControlPlane, add_node, heartbeat, pods_in
 
 
@@ -200,6 +200,7 @@ async def test_pending_reason_then_bound_when_a_fitting_node_appears(api, nodes,
 
 
 async def test_pending_on_a_taken_host_port_until_its_holder_goes(api, nodes, namespace):
+    await privileged_namespace(api, namespace)  # host ports are beyond Pod Security's baseline
     only = await nodes.add("only")
 
     def with_host_port(name: str) -> pod_pb2.Pod:

@@ -214,9 +214,10 @@ async def test_a_kubelet_joins_with_a_token_and_keeps_its_certificates(apiserver
     argv = python_module_argv(
         "services.kubelet.main", "--node-name", node_name, "--server", apiserver.address,
         "--bootstrap-kubeconfig", str(bootstrap), "--root-dir", str(root / "kubelet"),
-        # A documentation address (TEST-NET-1): nothing is sent there. A loopback address would be
-        # refused: a node may not get a serving certificate that could stand in for a local server.
-        "--listen", "127.0.0.1:0", "--node-ip", "192.0.2.10", "--node-status-frequency", "1",
+        # A documentation address (TEST-NET-2) the node only reports: nothing connects to it. A
+        # loopback address would be refused: a node may not get a serving certificate that could
+        # stand in for a local server.
+        "--listen", "127.0.0.1:0", "--node-ip", "198.51.100.10", "--node-status-frequency", "1",
     )
     kubelet = ManagedProcess(f"kubelet-{node_name}", argv, root / "kubelet.log")
     try:

@@ -195,8 +195,27 @@ def test_bound_pod_node_is_immutable_and_reported_alone() -> None:
     new.spec.containers[0].image = ""  # also invalid, but the immutable node is what is said
     errors = strategy.validate_update(new, old)
     assert [str(e) for e in errors] == ["spec.nodeName: field is immutable once bound (bound to n1)"]
-    unbound = pod()
-    assert strategy.validate_update(pod(node="n2"), unbound) == strategy.validate(pod(node="n2"))
+    # An unbound pod's node is set by Bind alone: an update that sets it is a spec change.
+    errors = strategy.validate_update(pod(node="n2"), pod())
+    assert [str(e) for e in errors] == [
+        "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+        "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative) "
+        "(changed: spec.nodeName)"
+    ]
+
+
+def test_pod_update_may_change_images_only() -> None:
+    strategy = strategy_for(PODS)
+    old = pod(node="n1")
+    new_image = pod(node="n1")
+    new_image.spec.containers[0].image = "busybox:2"
+    new_image.metadata.labels["tier"] = "web"
+    assert strategy.validate_update(new_image, old) == []
+    command = pod(node="n1")
+    command.spec.containers[0].command.append("sh")
+    errors = [str(e) for e in strategy.validate_update(command, old)]
+    assert len(errors) == 1 and errors[0].startswith("spec: Forbidden: pod updates may not change fields other than")
+    assert errors[0].endswith("(changed: spec.containers[0].command)")
 
 
 # -- subresources --------------------------------------------------------------------

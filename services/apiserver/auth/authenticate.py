@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from services.common.identity import (
     ANONYMOUS,
@@ -112,7 +112,7 @@ class Authenticator:
         )
 
     def authenticate(
-        self, auth_context: Mapping[str, Iterable[bytes]], metadata: Sequence[tuple[str, str | bytes]]
+        self, auth_context: Mapping[str, Iterable[bytes]], metadata: Iterable[Any]
     ) -> UserInfo:
         """The caller; ANONYMOUS when it presented nothing; AuthenticationError when
         what it presented is not valid."""
@@ -138,7 +138,8 @@ class Authenticator:
         raise AuthenticationError("invalid bearer token")
 
 
-def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+def _bearer_token(metadata: Iterable[Any]) -> str | None:
+    """From gRPC's invocation metadata: (key, value) pairs."""
     for key, value in metadata:
         if key == "authorization":
             text = value.decode(errors="replace") if isinstance(value, bytes) else value

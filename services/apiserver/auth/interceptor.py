@@ -28,24 +28,33 @@ class AuthenticatingInterceptor(grpc.aio.ServerInterceptor):
     ):
         self.authenticator = authenticator
         self.anonymous_services = anonymous_services
+        # The wrapped handler of each method, made once: the per-call cost is a lookup.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method
         service = method.split("/")[1] if method.count("/") >= 2 else ""
-        anonymous_ok = service in self.anonymous_services
-        metadata = tuple(handler_call_details.invocation_metadata or ())
+        wrapped = _wrap(handler, self._admission(anonymous_ok=service in self.anonymous_services))
+        if len(self._wrapped) < 1000:  # methods that exist; unknown ones returned None above
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def _admission(self, *, anonymous_ok: bool) -> Callable[[grpc.aio.ServicerContext], Awaitable[None]]:
         authenticator = self.authenticator
 
         async def admit(context: grpc.aio.ServicerContext) -> None:
             try:
-                user = authenticator.authenticate(context.auth_context(), metadata)
+                user = authenticator.authenticate(context.auth_context(), context.invocation_metadata() or ())
             except AuthenticationError as error:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
             if user is ANONYMOUS and not anonymous_ok:
@@ -55,7 +64,7 @@ class AuthenticatingInterceptor(grpc.aio.ServerInterceptor):
                 )
             set_current_user(user)
 
-        return _wrap(handler, admit)
+        return admit
 
 
 def _wrap(handler: grpc.RpcMethodHandler, admit: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler:
