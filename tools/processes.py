@@ -16,6 +16,8 @@ from pathlib import Path
 from tools.clusterpki import ClusterPKI
 
 REPO = Path(__file__).resolve().parents[1]
+# Kubernetes' default --service-node-port-range, which free_port() stays out of.
+NODE_PORTS = range(30000, 32768)
 # Where dev_pki() keeps its certificates: the test session sets it to a fresh directory.
 DEV_PKI_ENV = "KYBERNETES_DEV_PKI"
 
@@ -95,12 +97,18 @@ def free_port(count: int = 1) -> int:
     Chosen below the kernel's ephemeral range: a port the kernel handed out for
     bind(0) is also what it hands out as the source port of outgoing
     connections, so under a busy test run another process could take it
-    between the pick and the listen (seen: etcd's peer port, base + 1)."""
+    between the pick and the listen (seen: etcd's peer port, base + 1). Nor in
+    the node port range: a NodePort service of any cluster on this machine is
+    answered there on every node address, loopback included, and the API server
+    refuses to listen inside its own range."""
     low, _ = _ephemeral_range()
     rng = random.SystemRandom()
     for _ in range(1000):
         base = rng.randrange(10_000, max(10_001, low - count))
-        if all(_bindable(base + i) for i in range(count)):
+        ports = range(base, base + count)
+        if any(port in NODE_PORTS for port in ports):
+            continue
+        if all(_bindable(port) for port in ports):
             return base
     raise RuntimeError("no free loopback port below the ephemeral range")
 

@@ -26,6 +26,16 @@ from .server import ApiServer
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle"
+# The ports the components listen on by default (make up's), which node ports may not take.
+COMPONENT_PORTS = {
+    2379: "etcd",
+    2380: "etcd's peers",
+    6443: "the API server",
+    6444: "the API server's token port",
+    10249: "kube-proxy's status",
+    10250: "the kubelet's API",
+    10053: "kube-dns",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,9 +133,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Checked now, so that a bad range stops the server with a usage error before it starts.
     try:
         ServiceIPRange.parse(args.service_cluster_ip_range)
-        NodePortRange.parse(args.service_node_port_range)
+        node_ports = NodePortRange.parse(args.service_node_port_range)
     except RangeError as error:
         parser.error(str(error))
+    # A node port is answered on every node's address: one that is also a component's port
+    # would let a service take the kubelet's API, etcd or this server over on every node.
+    reserved = dict(COMPONENT_PORTS)
+    for flag, address in (("--listen", args.listen), ("--token-listen", args.token_listen)):
+        if address:
+            reserved[int(address.rpartition(":")[2])] = f"this API server's {flag}"
+    clashes = [f"{port} ({what})" for port, what in sorted(reserved.items()) if node_ports.allows(port)]
+    if clashes:
+        parser.error(f"--service-node-port-range {node_ports} holds ports the cluster's components use: "
+                     + ", ".join(clashes))
     args.serving = serving_from_args(parser, args)
     if args.serving is not None and args.controllers.strip() and not args.controllers_kubeconfig:
         parser.error("--controllers-kubeconfig is required for the in-process controllers (or --controllers=)")

@@ -30,7 +30,7 @@ from kybernetes.v1 import (
 )
 from services.common.log import get_logger
 from services.common.pki import CertificateAuthority
-from services.common.resources import ALL_KINDS, Kind
+from services.common.resources import ALL_KINDS, NAMESPACES, RBAC_KINDS, Kind
 from services.common.runtime import TaskGroup
 from services.common.transport import ClientCredentials, ServingCertificate
 from services.common.validation import show_value
@@ -197,14 +197,19 @@ class ApiServer:
 
         def authorize(request: Any) -> None:
             meta = getattr(request, "metadata", None)
+            field_selector = label_selector = ""
             if method in ("List", "Watch"):
                 namespace, name = request.namespace, ""
+                # The Node authorizer lets a kubelet read only its own pods and Node, which
+                # it tells from the selectors (Kubernetes' AuthorizeNodeWithSelectors).
+                field_selector, label_selector = request.field_selector, request.label_selector
             elif meta is not None and hasattr(meta, "name"):
                 namespace, name = meta.namespace or default_namespace, meta.name
             else:
                 namespace, name = request.namespace or default_namespace, request.name
             attributes = RequestAttributes(
-                current_user(), verb, kind.plural, subresource, namespace if kind.namespaced else "", name, api_group
+                current_user(), verb, kind.plural, subresource, namespace if kind.namespaced else "", name, api_group,
+                field_selector=field_selector, label_selector=label_selector,
             )
             verdict = authorizer.authorize(attributes)
             if not verdict.allowed:
@@ -259,6 +264,9 @@ class ApiServer:
             if rpc not in service.methods_by_name:
                 raise RuntimeError(f"{kind.service_name} has no {rpc} method for the {subresource.name} subresource")
             behaviours[rpc] = subresource.handle
+        if kind in POLICY_KINDS:
+            for rpc in ("Create", "Update", "Delete"):
+                behaviours[rpc] = _settled(registry, behaviours[rpc])
         handlers = {}
         for method in service.methods:
             decode = _decoder(_message_class(method.input_type.full_name))
@@ -376,6 +384,23 @@ class ApiServer:
             await self.server.stop(grace)
         await self._caches.close()
         await self.storage.close()
+
+
+# Kinds that authorization and admission read from the watch caches: a write to one
+# returns once this server's cache holds it, so that the caller's next request (a pod in
+# the namespace just labelled, a call under the binding just made) is judged by it.
+POLICY_KINDS = (NAMESPACES, *RBAC_KINDS)
+POLICY_SETTLE_TIMEOUT = 2.0
+
+
+def _settled(registry: Registry, write: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    async def settled(request: Any) -> Any:
+        obj = await write(request)
+        if not await registry.cache.caught_up(obj.metadata.resource_version, POLICY_SETTLE_TIMEOUT):
+            log.warning("policy_cache_lagging", kind=registry.kind.name, revision=obj.metadata.resource_version)
+        return obj
+
+    return settled
 
 
 def _message_class(full_name: str) -> type[Message]:

@@ -178,6 +178,7 @@ class WatchCache:
         self._ready = asyncio.Event()
         self._log = get_logger(cache=kind.plural)
         self._listeners: list[Callable[[], None]] = []
+        self._advanced = asyncio.Event()  # set (and replaced) whenever the cache applies a change
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Calls listener after every change the cache applies (the authorizers' indexes
@@ -187,6 +188,23 @@ class WatchCache:
     def _changed(self) -> None:
         for listener in self._listeners:
             listener()
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def caught_up(self, revision: int, timeout: float) -> bool:
+        """Waits until the cache has applied `revision` (a write of this kind just made);
+        False if it has not within `timeout` seconds (etcd's watch lagging)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+        return True
 
     def get(self, namespace: str, name: str) -> Any | None:
         """The cached object, or None; never a copy, so callers must not change it."""

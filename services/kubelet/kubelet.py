@@ -133,7 +133,7 @@ class Kubelet:
         # Every service, for the containers' service variables; none without an API server.
         self.services: Informer | None = None
         if self.client is not None:
-            self.mirror = MirrorManager(self.client, self.pod_config, self._on_mirror_ready)
+            self.mirror = MirrorManager(self.client, node, self.pod_config, self._on_mirror_ready)
             self.api_source = ApiSource(self.client, node, self.pod_config, self.mirror.on_event)
             self.services = Informer(self.client, SERVICES)
         self.status = StatusManager(

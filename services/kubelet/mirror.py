@@ -5,6 +5,10 @@ annotated kubernetes.io/config.mirror=<static pod hash> and bound to the node,
 so that users see static pods with kubecfg and their status. A mirror whose
 static pod changed is replaced; one whose static pod is gone is deleted; one a
 user deleted is made again.
+
+As Kubernetes' kubelet, a mirror pod's one owner is this node's Node (controller),
+which NodeRestriction requires: the Node's uid is read before mirrors are made, so
+none is made before the kubelet has registered its Node.
 """
 
 from __future__ import annotations
@@ -14,31 +18,38 @@ from typing import Any, Callable
 
 import grpc
 
-from kybernetes.v1 import pod_pb2
+from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.log import get_logger
-from services.common.resources import PODS
+from services.common.resources import NODES, PODS
 
 from .sources import CONFIG_HASH_ANNOTATION, MIRROR_ANNOTATION, STATIC_SOURCES, PodConfig, pod_source
 
 log = get_logger(module="kubelet.mirror")
 
 _PERIOD = 10.0
+# How soon mirrors are tried again when the Node is not registered yet: sooner than
+# _PERIOD, as registering takes a moment after start.
+_NODE_RETRY = 1.0
 
 
-def mirror_pod_for(pod: pod_pb2.Pod) -> pod_pb2.Pod:
+def mirror_pod_for(pod: pod_pb2.Pod, node: str, node_uid: str) -> pod_pb2.Pod:
     mirror = pod_pb2.Pod(api_version="v1", kind="Pod")
     mirror.metadata.namespace = pod.metadata.namespace
     mirror.metadata.name = pod.metadata.name
     mirror.metadata.labels.update(pod.metadata.labels)
     mirror.metadata.annotations.update(pod.metadata.annotations)
     mirror.metadata.annotations[MIRROR_ANNOTATION] = pod.metadata.annotations.get(CONFIG_HASH_ANNOTATION, "")
+    mirror.metadata.owner_references.append(
+        meta_pb2.OwnerReference(api_version="v1", kind=NODES.name, name=node, uid=node_uid, controller=True)
+    )
     mirror.spec.CopyFrom(pod.spec)
     return mirror
 
 
 class MirrorManager:
-    def __init__(self, client: Any, config: PodConfig, on_mirror_ready: Callable[[str], None]) -> None:
+    def __init__(self, client: Any, node: str, config: PodConfig, on_mirror_ready: Callable[[str], None]) -> None:
         self.client = client
+        self.node = node
         self.config = config
         self._on_mirror_ready = on_mirror_ready
         self._mirrors: dict[tuple[str, str], pod_pb2.Pod] = {}
@@ -89,6 +100,7 @@ class MirrorManager:
             for pod in self.config.pods()
             if pod_source(pod) in STATIC_SOURCES
         }
+        stale: list[pod_pb2.Pod] = []  # static pods whose mirror is missing or out of date
         for key, pod in statics.items():
             mirror = self._mirrors.get(key)
             wanted = pod.metadata.annotations.get(CONFIG_HASH_ANNOTATION, "")
@@ -98,17 +110,38 @@ class MirrorManager:
                     self._announced[key] = mirror.metadata.uid
                     self._on_mirror_ready(pod.metadata.uid)
                 continue
-            if mirror is not None:
-                await self._delete(mirror)
-            await self._create(pod)
+            stale.append(pod)
+        # Read each pass, not kept: a Node deleted and registered again has another uid.
+        node_uid = await self._node_uid() if stale else ""
+        if node_uid:
+            for pod in stale:
+                mirror = self._mirrors.get((pod.metadata.namespace, pod.metadata.name))
+                if mirror is not None:
+                    await self._delete(mirror)
+                await self._create(pod, node_uid)
         for key, mirror in list(self._mirrors.items()):
             if key not in statics:
                 await self._delete(mirror)
 
-    async def _create(self, pod: pod_pb2.Pod) -> None:
+    async def _node_uid(self) -> str:
+        """This node's Node's uid, for mirror pods' owner reference; "" when it cannot be
+        read (before the kubelet has registered it: then a sync again soon)."""
+        try:
+            node = await self.client.get(NODES, self.node, "")
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                log.info("mirror_pods_wait_for_node", node=self.node, retry_in=_NODE_RETRY)
+                asyncio.get_running_loop().call_later(_NODE_RETRY, self.trigger)
+            else:  # tried again with the next periodic sync
+                log.warning("mirror_pods_node_unreadable", node=self.node, code=error.code().name,
+                            detail=error.details())
+            return ""
+        return str(node.metadata.uid)
+
+    async def _create(self, pod: pod_pb2.Pod, node_uid: str) -> None:
         key = (pod.metadata.namespace, pod.metadata.name)
         try:
-            created = await self.client.create(mirror_pod_for(pod))
+            created = await self.client.create(mirror_pod_for(pod, self.node, node_uid))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.ALREADY_EXISTS:
                 if key not in self._conflicts_logged:

@@ -213,7 +213,11 @@ def test_components_as_containers(tmp_path):
         started = cluster.up()
         assert started.returncode == 0, started.stdout + started.stderr
         listed = subprocess.run(
-            [GRPCURL, "-plaintext", cluster.server, "list"], capture_output=True, text=True, timeout=30
+            [
+                GRPCURL, "-cacert", str(cluster.pki / "ca.crt"), "-cert", str(cluster.pki / "admin.crt"),
+                "-key", str(cluster.pki / "admin.key"), cluster.server, "list",
+            ],
+            capture_output=True, text=True, timeout=30,
         )
         assert "kybernetes.v1.PodRegistry" in listed.stdout, listed.stderr
         running = {c.name for c in docker.from_env().containers.list(filters={"name": cluster.prefix})}

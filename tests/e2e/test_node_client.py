@@ -71,10 +71,12 @@ def node() -> str:
     return node
 
 
-def test_node_client_round_trips_every_field(node, apiserver):
+def test_node_client_round_trips_every_field(node, apiserver, cluster_pki):
+    pki = cluster_pki
     try:
         result = subprocess.run(
-            [node, str(CLIENT), apiserver.address], cwd=REPO, capture_output=True, text=True, timeout=60
+            [node, str(CLIENT), apiserver.address, str(pki.ca_file), *map(str, pki.pair("admin"))],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
         )
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"the Node.js client did not finish in {error.timeout} s:\n{error.stdout}{error.stderr}")

@@ -415,6 +415,9 @@ async def test_a_full_range_is_resource_exhausted_until_a_value_is_freed():
         pytest.param("--service-cluster-ip-range=10.0.0.0/8", "10.0.0.0/8 is too large", id="ip-range-too-large"),
         pytest.param("--service-cluster-ip-range=banana", '"banana" is not a CIDR', id="ip-range-not-a-cidr"),
         pytest.param("--service-node-port-range=32767-30000", "must be FIRST-LAST", id="port-range-reversed"),
+        pytest.param(
+            "--service-node-port-range=10000-11000", "10250 (the kubelet's API)", id="port-range-takes-components"
+        ),
     ],
 )
 def test_a_bad_range_flag_stops_the_server_at_once(flag, message):

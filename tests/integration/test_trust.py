@@ -12,7 +12,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, node_pb2
+from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2, node_pb2
 from services.apiserver.storage import Storage
 from services.common import kubeconfig
 from services.common.client import ApiClient
@@ -241,3 +241,51 @@ async def test_a_kubelet_joins_with_a_token_and_keeps_its_certificates(apiserver
     finally:
         kubelet.stop()
         await api.delete(NODES, node_name, "")
+
+
+# -- what a node may read (Kubernetes' AuthorizeNodeWithSelectors) --------------------------
+
+
+async def test_a_node_reads_only_its_own_pods_and_node(apiserver, cluster_pki, api, unique_name, namespace):
+    node_1, node_2 = f"{unique_name}-1", f"{unique_name}-2"
+    for name in (node_1, node_2):
+        await api.create(make_node(name))
+    mine = await api.create(make_pod("mine", namespace, node=node_1))
+    await api.create(make_pod("theirs", namespace, node=node_2))
+    client = client_as(apiserver.address, node_credentials(cluster_pki, node_1))
+    try:
+        own = f"spec.nodeName={node_1}"
+        listed = await client.list(PODS, namespace, field_selector=own)
+        assert [pod.metadata.name for pod in listed.items] == ["mine"]
+        listed = await client.list(PODS, field_selector=f"{own},status.phase!=Failed")
+        assert [pod.metadata.name for pod in listed.items] == ["mine"]
+        # Without its selector, or with another node's, the read is refused naming the selector it needs.
+        for selector in ("", f"spec.nodeName={node_2}"):
+            refused = await expect_error(
+                grpc.StatusCode.PERMISSION_DENIED, client.list(PODS, namespace, field_selector=selector)
+            )
+            assert f'node "{node_1}" may list pods only with fieldSelector {own}' in refused
+        watch = client.watch(PODS, meta_pb2.ListOptions(namespace=namespace))
+        with pytest.raises(grpc.aio.AioRpcError) as unscoped:
+            await watch.read()
+        assert unscoped.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"may watch pods only with fieldSelector {own}" in (unscoped.value.details() or "")
+        # One pod by name: its own (once the server's watch cache holds it), not another node's.
+        got = await eventually(
+            lambda: client.get(PODS, "mine", namespace), what="its own pod readable", retry_on=(grpc.aio.AioRpcError,)
+        )
+        assert got.metadata.uid == mine.metadata.uid
+        refused = await expect_error(grpc.StatusCode.PERMISSION_DENIED, client.get(PODS, "theirs", namespace))
+        assert f'node "{node_1}" may get only pods bound to itself' in refused and node_2 not in refused
+        # Its own Node, by name or by a metadata.name selector; no other.
+        assert (await client.get(NODES, node_1, "")).metadata.name == node_1
+        listed = await client.list(NODES, field_selector=f"metadata.name={node_1}")
+        assert [node.metadata.name for node in listed.items] == [node_1]
+        refused = await expect_error(grpc.StatusCode.PERMISSION_DENIED, client.list(NODES))
+        assert f"may list nodes only with fieldSelector metadata.name={node_1}" in refused
+        refused = await expect_error(grpc.StatusCode.PERMISSION_DENIED, client.get(NODES, node_2, ""))
+        assert f'node "{node_1}" may get only its own Node' in refused
+    finally:
+        await client.close()
+        for name in (node_1, node_2):
+            await api.delete(NODES, name, "")

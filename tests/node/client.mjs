@@ -12,7 +12,7 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -26,9 +26,9 @@ const OVERALL_TIMEOUT_MS = Number(process.env.KYB_NODE_CLIENT_TIMEOUT_MS || 3000
 const INITIAL_EVENTS_END = "k8s.io/initial-events-end";
 const IMAGE = "kybernetes/busybox:latest";
 
-const address = process.argv[2];
-if (!address) {
-  console.error("usage: node client.mjs HOST:PORT");
+const [address, caFile, certFile, keyFile] = process.argv.slice(2);
+if (!address || !caFile || !certFile || !keyFile) {
+  console.error("usage: node client.mjs HOST:PORT CA.crt CLIENT.crt CLIENT.key");
   process.exit(2);
 }
 
@@ -48,9 +48,13 @@ const definition = protoLoader.loadSync(
   { includeDirs: [PROTOS], keepCase: false, longs: String, enums: String, defaults: true, arrays: true, objects: true },
 );
 const v1 = grpc.loadPackageDefinition(definition).kybernetes.v1;
-const credentials = grpc.credentials.createInsecure();
+// TLS as every client of the cluster: the cluster CA, and a client certificate from it.
+const credentials = grpc.credentials.createSsl(
+  readFileSync(caFile), readFileSync(keyFile), readFileSync(certFile),
+);
 const pods = new v1.PodRegistry(address, credentials);
 const services = new v1.ServiceRegistry(address, credentials);
+const namespaces = new v1.NamespaceRegistry(address, credentials);
 
 function check(condition, message) {
   checks += 1;
@@ -226,6 +230,14 @@ async function listAll(client, options, pageSize) {
 async function main() {
   const ns = `node-${randomBytes(5).toString("hex")}`;
   const sent = {};
+
+  // The pods sent carry every field, a host port among them: a namespace Pod Security's
+  // `privileged` level allows (the default, baseline, refuses host ports).
+  step = "Namespace Create (privileged)";
+  const namespace = await call(namespaces, "Create", {
+    metadata: { name: ns, labels: { "pod-security.kubernetes.io/enforce": "privileged" } },
+  });
+  checkEqual(namespace.status.phase, "Active", "Namespace status.phase");
 
   step = "Watch with sendInitialEvents (before any pod exists)";
   const initialWatch = openWatch(pods, { namespace: ns, sendInitialEvents: true }, "initial-events watch");
@@ -437,6 +449,7 @@ async function main() {
   checkEqual(svcDeleted.metadata.uid, svc.metadata.uid, "Service Delete: uid");
   await expectCode(call(services, "Get", { namespace: ns, name: "web" }), grpc.status.NOT_FOUND, "Service Get after Delete");
 
+  await call(namespaces, "Delete", { name: ns });
   return `${ns}: ${checks} checks passed (pods: create/get/list with selectors and pagination/update/stale update/watch/delete; service clusterIP ${svc.spec.clusterIp})`;
 }
 
@@ -451,6 +464,7 @@ main().then(
     console.log(`OK node client against ${address}: ${summary}`);
     pods.close();
     services.close();
+    namespaces.close();
     process.exit(0);
   },
   (error) => {

@@ -11,7 +11,7 @@ import pytest
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2
 from services.apiserver.auth.admission import CREATE, DELETE, UPDATE, AdmissionRequest
 from services.apiserver.auth.attributes import Decision, RequestAttributes, UnionAuthorizer, Verdict
-from services.apiserver.auth.node import NodeAuthorizer, NodeRestriction, forbidden_node_labels
+from services.apiserver.auth.node import NodeAuthorizer, NodeRestriction, admission_plugins, forbidden_node_labels
 from services.apiserver.errors import ApiError
 from services.common.identity import SYSTEM_MASTERS, SYSTEM_NODES, UserInfo, authenticated
 from services.common.resources import ALL_KINDS, NODES, PODS, Kind
@@ -95,19 +95,45 @@ def owner(node: str, uid: str = "", controller: bool = True, kind: str = "Node")
 
 
 def attrs(
-    verb: str, resource: str, subresource: str = "", name: str = "", namespace: str = "", user: UserInfo = NODE_1
+    verb: str,
+    resource: str,
+    subresource: str = "",
+    name: str = "",
+    namespace: str = "",
+    user: UserInfo = NODE_1,
+    fields: str = "",
+    labels: str = "",
 ) -> RequestAttributes:
-    return RequestAttributes(user, verb, resource, subresource, namespace, name)
+    return RequestAttributes(
+        user, verb, resource, subresource, namespace, name, field_selector=fields, label_selector=labels
+    )
 
 
 ALLOWED = [
     *(
         pytest.param(attrs(verb, resource, namespace="ns"), id=f"{verb}-{resource}")
         for verb in ("get", "list", "watch")
-        for resource in ("pods", "services", "endpoints", "namespaces")
+        for resource in ("services", "endpoints", "namespaces")
     ),
-    *(pytest.param(attrs(verb, "nodes"), id=f"{verb}-nodes") for verb in ("list", "watch")),
-    pytest.param(attrs("get", "nodes", name="node-2"), id="get-other-node"),
+    *(
+        pytest.param(attrs(verb, "pods", namespace=namespace, fields="spec.nodeName=node-1"), id=f"{verb}-own-pods{n}")
+        for verb in ("list", "watch")
+        for n, namespace in (("", ""), ("-in-namespace", "ns"))
+    ),
+    pytest.param(attrs("list", "pods", fields="spec.nodeName==node-1"), id="list-own-pods-double-equals"),
+    pytest.param(
+        attrs("watch", "pods", fields="status.phase!=Failed,spec.nodeName=node-1,metadata.namespace=ns"),
+        id="watch-own-pods-and-more-terms",
+    ),
+    pytest.param(attrs("list", "pods", fields="spec.nodeName=node-1", labels="app=web"), id="list-own-pods-labelled"),
+    *(
+        pytest.param(attrs(verb, "nodes", fields="metadata.name=node-1"), id=f"{verb}-own-node")
+        for verb in ("list", "watch")
+    ),
+    pytest.param(
+        attrs("list", "nodes", fields="metadata.name=node-1,spec.unschedulable=false"), id="list-own-node-and-more"
+    ),
+    pytest.param(attrs("get", "nodes", name="node-1"), id="get-own-node"),
     pytest.param(attrs("create", "nodes", name="node-1"), id="create-node"),
     pytest.param(attrs("update", "nodes", name="node-1"), id="update-own-node"),
     pytest.param(attrs("update", "nodes", "status", name="node-1"), id="update-own-node-status"),
@@ -140,6 +166,8 @@ NO_OPINION = [
         attrs("get", "pods", user=authenticated("kubelet", [SYSTEM_NODES])), id="in-system-nodes-without-node-name"
     ),
     pytest.param(attrs("get", "pods", user=authenticated("system:node:node-1", [])), id="node-name-without-group"),
+    pytest.param(attrs("get", "pods", "log", namespace="ns", name="p"), id="pod-log"),
+    pytest.param(attrs("get", "pods", "status", namespace="ns", name="p"), id="get-pod-status"),
 ]
 
 
@@ -171,9 +199,119 @@ class NoOpinion:
 
 def test_behind_the_union_what_the_node_authorizer_does_not_allow_is_not_allowed() -> None:
     union = UnionAuthorizer([NodeAuthorizer(fake_registries()), NoOpinion()])
-    assert union.authorize(attrs("get", "pods", namespace="ns")).allowed
+    assert union.authorize(attrs("list", "pods", fields="spec.nodeName=node-1")).allowed
+    assert not union.authorize(attrs("list", "pods")).allowed
     assert not union.authorize(attrs("update", "pods", namespace="ns", name="p")).allowed
     assert not union.authorize(attrs("update", "nodes", "status", name="node-2")).allowed
+
+
+# Reads scoped by selectors (Kubernetes' AuthorizeNodeWithSelectors): a node reads only its
+# own pods and its own Node; what it was refused says which selector it needs.
+LIST_OWN_PODS = 'node "node-1" may list pods only with fieldSelector spec.nodeName=node-1'
+LIST_OWN_NODE = 'node "node-1" may list nodes only with fieldSelector metadata.name=node-1'
+
+
+@pytest.mark.parametrize(
+    "attributes, reason",
+    [
+        pytest.param(attrs("list", "pods"), LIST_OWN_PODS, id="list-pods-without-selector"),
+        pytest.param(
+            attrs("watch", "pods", namespace="ns"),
+            'node "node-1" may watch pods only with fieldSelector spec.nodeName=node-1',
+            id="watch-pods-without-selector",
+        ),
+        pytest.param(attrs("list", "pods", fields="spec.nodeName=node-2"), LIST_OWN_PODS, id="another-nodes-pods"),
+        pytest.param(attrs("list", "pods", fields="spec.nodeName!=node-2"), LIST_OWN_PODS, id="not-equals"),
+        pytest.param(attrs("list", "pods", fields="spec.nodeName="), LIST_OWN_PODS, id="unbound-pods"),
+        pytest.param(attrs("list", "pods", fields="status.phase=Running"), LIST_OWN_PODS, id="other-field"),
+        pytest.param(
+            attrs("list", "pods", labels="spec.nodeName=node-1"), LIST_OWN_PODS, id="label-selector-does-not-scope"
+        ),
+        pytest.param(
+            attrs("list", "pods", fields="spec.nodeName"),
+            f'{LIST_OWN_PODS} (its fieldSelector does not parse: invalid field selector term "spec.nodeName": '
+            "expected FIELD=VALUE, FIELD==VALUE or FIELD!=VALUE)",
+            id="unparsable",
+        ),
+        pytest.param(attrs("list", "nodes"), LIST_OWN_NODE, id="list-nodes-without-selector"),
+        pytest.param(attrs("list", "nodes", fields="metadata.name=node-2"), LIST_OWN_NODE, id="list-another-node"),
+        pytest.param(attrs("list", "nodes", fields="metadata.name!=node-2"), LIST_OWN_NODE, id="list-nodes-but-one"),
+        pytest.param(
+            attrs("watch", "nodes", fields="spec.unschedulable=false"),
+            'node "node-1" may watch nodes only with fieldSelector metadata.name=node-1',
+            id="watch-nodes-other-field",
+        ),
+        pytest.param(
+            attrs("get", "nodes", name="node-2"),
+            'node "node-1" may get only its own Node "node-1", not "node-2"',
+            id="get-another-node",
+        ),
+    ],
+)
+def test_a_node_reads_only_its_own_pods_and_node(attributes: RequestAttributes, reason: str) -> None:
+    verdict = NodeAuthorizer(fake_registries()).authorize(attributes)
+    assert verdict == Verdict(Decision.NO_OPINION, reason)
+
+
+def test_a_selector_the_registry_would_refuse_scopes_nothing() -> None:
+    # The registry refuses it as INVALID_ARGUMENT; authorization, first, only does not allow it.
+    verdict = NodeAuthorizer(fake_registries()).authorize(attrs("list", "pods", fields="spec.nodeName=node-1,bogus=x"))
+    assert verdict.decision is Decision.NO_OPINION
+    assert verdict.reason.startswith(
+        f'{LIST_OWN_PODS} (its fieldSelector does not parse: field label "bogus" not supported in field selector'
+    )
+
+
+def test_what_a_node_may_not_read_is_refused_naming_the_selector_it_needs() -> None:
+    union = UnionAuthorizer([NodeAuthorizer(fake_registries()), NoOpinion()])
+    verdict = union.authorize(attrs("list", "pods"))
+    assert not verdict.allowed and verdict.reason == LIST_OWN_PODS
+
+
+@pytest.fixture
+def pods_of_nodes() -> dict[str, Any]:
+    registries = fake_registries()
+    for name, node in (("mine", "node-1"), ("theirs", "node-2"), ("pending", "")):
+        registries[PODS.name].cache.put(make_pod(name, "ns", node=node))
+    return registries
+
+
+def test_a_node_gets_only_pods_bound_to_itself(pods_of_nodes: dict[str, Any]) -> None:
+    authorizer = NodeAuthorizer(pods_of_nodes)
+    assert authorizer.authorize(attrs("get", "pods", namespace="ns", name="mine")).allowed
+    # Whether the pod exists, and where it runs, is not told: that is what the node may not read.
+    for name in ("theirs", "pending", "missing"):
+        verdict = authorizer.authorize(attrs("get", "pods", namespace="ns", name=name))
+        assert verdict == Verdict(
+            Decision.NO_OPINION,
+            f'node "node-1" may get only pods bound to itself (spec.nodeName=node-1), and pod "ns/{name}" is not one '
+            "of them",
+        )
+    # A pod of another namespace with the name of one of its own is another pod.
+    assert not authorizer.authorize(attrs("get", "pods", namespace="other", name="mine")).allowed
+
+
+def test_a_pod_bound_to_the_node_may_be_read_when_bound(pods_of_nodes: dict[str, Any]) -> None:
+    authorizer = NodeAuthorizer(pods_of_nodes)
+    get_pending = attrs("get", "pods", namespace="ns", name="pending")
+    assert not authorizer.authorize(get_pending).allowed
+    pods_of_nodes[PODS.name].cache.put(make_pod("pending", "ns", node="node-1"))
+    assert authorizer.authorize(get_pending).allowed
+
+
+@pytest.mark.parametrize("verb", ["list", "watch"])
+def test_a_node_lists_one_pod_by_name_when_it_is_bound_to_itself(pods_of_nodes: dict[str, Any], verb: str) -> None:
+    # As Kubernetes, which takes a list's name from its metadata.name=<name> term.
+    authorizer = NodeAuthorizer(pods_of_nodes)
+    assert authorizer.authorize(attrs(verb, "pods", namespace="ns", fields="metadata.name=mine")).allowed
+    verdict = authorizer.authorize(attrs(verb, "pods", namespace="ns", fields="metadata.name=theirs"))
+    assert verdict == Verdict(
+        Decision.NO_OPINION,
+        f'node "node-1" may {verb} only pods bound to itself (spec.nodeName=node-1), and pod "ns/theirs" is not one '
+        "of them",
+    )
+    # Across namespaces a name is no one pod.
+    assert not authorizer.authorize(attrs(verb, "pods", fields="metadata.name=mine")).allowed
 
 
 # -- NodeRestriction ----------------------------------------------------------------------
@@ -214,7 +352,6 @@ def with_owners(pod: pod_pb2.Pod, *owners: meta_pb2.OwnerReference) -> pod_pb2.P
 @pytest.mark.parametrize(
     "pod",
     [
-        pytest.param(make_pod(node="node-1", mirror=True), id="mirror-bound-to-itself"),
         pytest.param(with_owners(make_pod(node="node-1", mirror=True), owner("node-1")), id="owned-by-its-node"),
     ],
 )
@@ -284,6 +421,21 @@ def test_an_owner_reference_can_be_required_as_kubernetes_does(registries: dict[
     message = refused(lambda: admit(plugin, CREATE, PODS, make_pod(node="node-1", mirror=True)))
     assert message.endswith("a node may create only pods with an owner reference to itself")
     admit(plugin, CREATE, PODS, with_owners(make_pod(node="node-1", mirror=True), owner("node-1")))
+
+
+def test_the_api_servers_node_restriction_requires_the_owner_reference(registries: dict[str, Any]) -> None:
+    [plugin] = admission_plugins(registries)
+    assert isinstance(plugin, NodeRestriction) and plugin.require_owner_reference
+    assert NodeRestriction(registries).require_owner_reference
+    message = refused(lambda: admit(plugin, CREATE, PODS, make_pod(node="node-1", mirror=True)))
+    assert message == (
+        'node "node-1" cannot create pod "ns/p": a node may create only pods with an owner reference to itself'
+    )
+
+
+def test_without_the_switch_a_mirror_pod_without_an_owner_reference_is_admitted(registries: dict[str, Any]) -> None:
+    plugin = NodeRestriction(registries, require_owner_reference=False)
+    admit(plugin, CREATE, PODS, make_pod(node="node-1", mirror=True))
 
 
 def test_an_owner_reference_to_a_node_not_registered_is_not_found(registries: dict[str, Any]) -> None:

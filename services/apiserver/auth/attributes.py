@@ -1,7 +1,8 @@
 """What a request would do, as authorizers see it, and what they answer.
 
 After Kubernetes' authorizer.Attributes: a user, a verb on a resource (with its
-subresource), in a namespace, optionally one object by name. Every authorizer is a
+subresource), in a namespace, optionally one object by name, and a list's or watch's
+field and label selectors (KEP-4601, authorize with selectors). Every authorizer is a
 pure function of these attributes and what it has cached; none reads etcd per call.
 """
 
@@ -36,6 +37,10 @@ class RequestAttributes:
     namespace: str = ""
     name: str = ""
     api_group: str = ""  # "" (core) or "rbac.authorization.k8s.io"
+    # A list's or watch's selectors as the caller sent them (unparsed: an authorizer that
+    # narrows reads by them parses them, as Kubernetes' GetFieldSelector does), else "".
+    field_selector: str = ""
+    label_selector: str = ""
 
     def describe(self) -> str:
         """`verb "create" on resource "pods" in namespace "a"`, for PERMISSION_DENIED messages."""

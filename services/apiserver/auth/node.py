@@ -3,13 +3,17 @@
 After Kubernetes' plugin/pkg/auth/authorizer/node and plugin/pkg/admission/noderestriction.
 A kubelet authenticates as `system:node:<name>` in group `system:nodes`. The authorizer
 grants such a caller what a kubelet needs and nothing else (every other request gets no
-opinion, so RBAC decides, and there are no RBAC bindings for nodes): reading pods,
-services, endpoints, nodes and namespaces; registering and updating its Node and its
-status; creating and deleting pods (its mirror pods) and writing pods' status. Which
-objects those writes may touch needs the objects themselves, so NodeRestriction checks
-them at admission: a node may create only mirror pods bound to itself, delete only pods
-bound to itself, write the status only of pods bound to itself, and write only its own
-Node, without giving itself labels that steer workloads to it.
+opinion, so RBAC decides, and there are no RBAC bindings for nodes): reading its own pods
+and its own Node, and all services, endpoints and namespaces; registering and updating
+its Node and its status; creating and deleting pods (its mirror pods) and writing pods'
+status. As Kubernetes with AuthorizeNodeWithSelectors (1.32+), a node lists and watches
+pods only with the field selector `spec.nodeName=<itself>` and nodes only with
+`metadata.name=<itself>`, and gets only pods bound to itself and its own Node; a pod's
+binding is read from the pods' watch cache. Which objects the writes may touch needs the
+objects themselves, so NodeRestriction checks them at admission: a node may create only
+mirror pods bound to itself and owned by its Node, delete only pods bound to itself,
+write the status only of pods bound to itself, and write only its own Node, without
+giving itself labels that steer workloads to it.
 
 Both read only the watch caches (the Node authorizer's graph of which secrets a node may
 read has no counterpart here: there are no secrets). Every refusal names the node, the
@@ -23,7 +27,8 @@ from typing import Any, Mapping
 import grpc
 
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_NODES, UserInfo
-from services.common.resources import NODES, PODS
+from services.common.resources import NODES, PODS, Kind
+from services.common.selectors import FieldSelector, Operator, SelectorError
 from services.common.validation import MIRROR_POD_ANNOTATION, show_value
 
 from ..errors import ApiError
@@ -32,9 +37,12 @@ from .admission import CREATE, DELETE, UPDATE, AdmissionPlugin, AdmissionRequest
 from .attributes import ALLOW, NO_OPINION, Decision, RequestAttributes, Verdict
 
 READ_VERBS = frozenset({"get", "list", "watch"})
-# What a kubelet reads: its pods (and their mirror pods), the services and endpoints its
-# pods' environment and DNS come from, nodes (its own, before it registers) and namespaces.
-READABLE_RESOURCES = frozenset({PODS.plural, "services", "endpoints", NODES.plural, "namespaces"})
+# What a kubelet reads of every object: the services and endpoints its pods' environment
+# and DNS come from, and namespaces. Pods and nodes it reads only its own of (below).
+READABLE_RESOURCES = frozenset({"services", "endpoints", "namespaces"})
+# The selector terms that scope a node's lists and watches to itself.
+POD_NODE_FIELD = "spec.nodeName"
+NODE_NAME_FIELD = "metadata.name"
 
 # Kubernetes' label namespace that only administrators may set on a Node, so that a
 # workload selecting it cannot be steered onto a node that labelled itself.
@@ -84,20 +92,69 @@ class NodeAuthorizer:
         if resource == NODES.plural:
             return self._authorize_node(node, attributes)
         if resource == PODS.plural:
-            if subresource == "" and verb in ("create", "delete"):
-                # Mirror pods; NodeRestriction keeps a node to mirror pods bound to itself.
-                return ALLOW
-            if subresource == "status" and verb == "update":
-                # NodeRestriction keeps a node to the status of pods bound to itself.
-                return ALLOW
+            return self._authorize_pod(node, attributes)
         if subresource == "" and verb in READ_VERBS and resource in READABLE_RESOURCES:
             return ALLOW
         return NO_OPINION
 
+    def _authorize_pod(self, node: str, attributes: RequestAttributes) -> Verdict:
+        verb, subresource = attributes.verb, attributes.subresource
+        if subresource == "status":
+            # NodeRestriction keeps a node to the status of pods bound to itself.
+            return ALLOW if verb == "update" else NO_OPINION
+        if subresource:
+            return NO_OPINION
+        if verb in ("create", "delete"):
+            # Mirror pods; NodeRestriction keeps a node to mirror pods bound to itself.
+            return ALLOW
+        if verb == "get":
+            return self._pod_of_node(node, verb, attributes.namespace, attributes.name)
+        if verb not in ("list", "watch"):
+            return NO_OPINION
+        selector, problem = _field_selector(PODS, attributes.field_selector)
+        if selector is not None:
+            if _requires(selector, POD_NODE_FIELD, node):
+                return ALLOW
+            # One pod by name (Kubernetes takes a list's name from metadata.name=<name>):
+            # allowed when that pod is bound to the node, as a get of it would be.
+            named = selector.equals(NODE_NAME_FIELD)
+            if named:
+                return self._pod_of_node(node, verb, attributes.namespace, named)
+        return Verdict(
+            Decision.NO_OPINION,
+            f"node {show_value(node)} may {verb} pods only with fieldSelector {POD_NODE_FIELD}={node}{problem}",
+        )
+
+    def _pod_of_node(self, node: str, verb: str, namespace: str, name: str) -> Verdict:
+        """ALLOW when pod namespace/name is bound to node in the watch cache. The reason does
+        not say whether the pod exists or where it runs: that is what the node may not read."""
+        pod = self.registries[PODS.name].cache.get(namespace, name) if name else None
+        if pod is not None and pod.spec.node_name == node:
+            return ALLOW
+        return Verdict(
+            Decision.NO_OPINION,
+            f"node {show_value(node)} may {verb} only pods bound to itself ({POD_NODE_FIELD}={node}), and pod "
+            f"{show_value(f'{namespace}/{name}')} is not one of them",
+        )
+
     def _authorize_node(self, node: str, attributes: RequestAttributes) -> Verdict:
         verb, subresource, name = attributes.verb, attributes.subresource, attributes.name
-        if subresource == "" and verb in READ_VERBS:
-            return ALLOW
+        if subresource == "" and verb == "get":
+            # By name, not by the cache: a kubelet reads its Node before registering it.
+            if name == node:
+                return ALLOW
+            return Verdict(
+                Decision.NO_OPINION,
+                f"node {show_value(node)} may get only its own Node {show_value(node)}, not {show_value(name)}",
+            )
+        if subresource == "" and verb in ("list", "watch"):
+            selector, problem = _field_selector(NODES, attributes.field_selector)
+            if selector is not None and _requires(selector, NODE_NAME_FIELD, node):
+                return ALLOW
+            return Verdict(
+                Decision.NO_OPINION,
+                f"node {show_value(node)} may {verb} nodes only with fieldSelector {NODE_NAME_FIELD}={node}{problem}",
+            )
         if subresource == "" and verb == "create":
             # The name is in the object, which NodeRestriction sees (generateName included).
             return ALLOW
@@ -110,6 +167,24 @@ class NodeAuthorizer:
                 f"node {show_value(node)} cannot update {what} {show_value(name)}: a node may modify only its own Node",
             )
         return NO_OPINION
+
+
+def _field_selector(kind: Kind, text: str) -> tuple[FieldSelector | None, str]:
+    """The parsed selector, or None and why not (to append to a reason). The registry refuses
+    a selector that does not parse; the authorizer only declines to allow the call."""
+    try:
+        return FieldSelector.parse(text, kind.fields(kind.message()).keys()), ""
+    except SelectorError as error:
+        return None, f" (its fieldSelector does not parse: {error})"
+
+
+def _requires(selector: FieldSelector, field: str, value: str) -> bool:
+    """Whether one of the selector's ANDed terms is field=value: then it selects nothing else,
+    whatever the other terms are."""
+    return any(
+        term.field == field and term.operator is Operator.EQUALS and term.value == value
+        for term in selector.requirements
+    )
 
 
 # -- NodeRestriction ------------------------------------------------------------------
@@ -159,13 +234,14 @@ class NodeRestriction:
     """Kubernetes' NodeRestriction admission plugin for the pods and Nodes nodes write.
 
     require_owner_reference: as Kubernetes, a mirror pod must name its Node (v1, kind Node,
-    the node's name and uid, controller) as its one owner. Off while our kubelet makes
-    mirror pods without one; an owner reference a mirror pod does carry is checked either way.
+    the node's name and uid, controller) as its one owner, as our kubelet makes them
+    (services/kubelet/mirror.py). Off only to admit mirror pods of older kubelets that made
+    them without one; an owner reference a mirror pod does carry is checked either way.
     """
 
     name = "NodeRestriction"
 
-    def __init__(self, registries: Mapping[str, Registry], *, require_owner_reference: bool = False) -> None:
+    def __init__(self, registries: Mapping[str, Registry], *, require_owner_reference: bool = True) -> None:
         self.registries = registries
         self.require_owner_reference = require_owner_reference
 
@@ -283,5 +359,5 @@ def _bound_to(node: str) -> str:
 
 
 def admission_plugins(registries: Mapping[str, Registry]) -> list[AdmissionPlugin]:
-    """NodeRestriction."""
-    return [NodeRestriction(registries)]
+    """NodeRestriction, requiring mirror pods' owner reference to their Node."""
+    return [NodeRestriction(registries, require_owner_reference=True)]
