@@ -12,7 +12,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2, node_pb2
+from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, kubelet_pb2, kubelet_pb2_grpc, meta_pb2, node_pb2
 from services.apiserver.storage import Storage
 from services.common import kubeconfig
 from services.common.client import ApiClient
@@ -24,6 +24,7 @@ from tools.clusterpki import ClusterPKI
 from tools.processes import ManagedProcess, python_module_argv
 
 from .apihelpers import expect_error, make_node, make_pod
+from .kubelet_helpers import KubeletProcess
 
 
 def client_as(address: str, credentials: ClientCredentials) -> ApiClient:
@@ -289,3 +290,34 @@ async def test_a_node_reads_only_its_own_pods_and_node(apiserver, cluster_pki, a
         await client.close()
         for name in (node_1, node_2):
             await api.delete(NODES, name, "")
+
+
+# -- the kubelet's own API -----------------------------------------------------------------
+
+
+async def test_the_kubelets_api_answers_only_callers_the_cluster_authorizes(apiserver, cluster_pki, node_name):
+    kubelet = KubeletProcess(node_name, server=apiserver.address)
+    try:
+        async def list_pods(credentials: ClientCredentials) -> grpc.StatusCode:
+            async with kubelet.channel(credentials) as channel:
+                try:
+                    request = kubelet_pb2.KubeletListPodsRequest()
+                    await kubelet_pb2_grpc.KubeletStub(channel).ListPods(request, timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+            return grpc.StatusCode.OK
+
+        # The API server's client identity and an admin may; another node and a user may not.
+        assert await list_pods(cluster_pki.credentials("apiserver-kubelet-client")) == grpc.StatusCode.OK
+        assert await list_pods(cluster_pki.credentials("admin")) == grpc.StatusCode.OK
+        other_node = node_credentials(cluster_pki, f"{node_name}-other")
+        assert await list_pods(other_node) == grpc.StatusCode.PERMISSION_DENIED
+        assert await list_pods(cluster_pki.client_credentials("jane")) == grpc.StatusCode.PERMISSION_DENIED
+        # A certificate from another CA does not get through the TLS handshake.
+        stranger_ca = CertificateAuthority.create("not-the-cluster-ca")
+        stranger = stranger_ca.issue("kubernetes-admin", organizations=["system:masters"])
+        foreign = ClientCredentials(cluster_pki.ca.certificate_pem, stranger.certificate, stranger.key)
+        assert await list_pods(foreign) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        kubelet.stop()
+        kubelet.cleanup()
