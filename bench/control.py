@@ -39,7 +39,15 @@ from google.protobuf import timestamp_pb2
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, replication_controller_pb2
 from services.common.client import ApiClient
-from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, python_module_argv
+from tools.processes import (
+    ApiServerProcess,
+    EtcdProcess,
+    ManagedProcess,
+    component_security_flags,
+    free_port,
+    python_module_argv,
+    use_dev_credentials,
+)
 from services.common.resources import NODES, PODS, REPLICATION_CONTROLLERS
 from services.kubelet.naming import LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_UID
 
@@ -141,7 +149,8 @@ async def bench_scheduler(etcd_endpoint: str, mode: str, nodes: int, pods: int, 
             scheduler = ManagedProcess(
                 "scheduler",
                 python_module_argv(
-                    "services.apiserver.controllers", "--server", api_server.address, "--controllers", "scheduler"
+                    "services.apiserver.controllers", "--server", api_server.address, "--controllers", "scheduler",
+                    *component_security_flags("controllers"),
                 ),
                 f"{workdir}/scheduler-{mode}.log",
             )
@@ -301,7 +310,11 @@ class OurCluster:
         self.node = f"bench-control-{uuid.uuid4().hex[:6]}"
         self.api_server = ApiServerProcess(etcd.endpoint, log_path=f"{workdir}/apiserver-docker.log")
         self.replicator = ManagedProcess(
-            "replicator", python_module_argv("services.replicator.main", "--server", self.api_server.address),
+            "replicator",
+            python_module_argv(
+                "services.replicator.main", "--server", self.api_server.address,
+                *component_security_flags("replicator"),
+            ),
             f"{workdir}/replicator.log",
         )
         self.kubelet = ManagedProcess(
@@ -310,6 +323,7 @@ class OurCluster:
                 "services.kubelet.main", "--server", self.api_server.address, "--node-name", self.node,
                 "--listen", f"127.0.0.1:{free_port()}", "--root-dir", f"{workdir}/kubelet",
                 "--pause-image", args.pause_image,
+                *component_security_flags("kubelet", node=self.node, addresses=("127.0.0.1",)),
                 *(["--docker-concurrency", str(args.docker_concurrency)] if args.docker_concurrency else []),
                 *args.kubelet_arg,
             ),
@@ -532,6 +546,7 @@ def main() -> None:
                         help="one more kubelet flag, e.g. --kubelet-arg=--seccomp-default (repeatable)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="convergence runs of each size (ours and swarm in turns); medians are printed")
+    use_dev_credentials()  # a cluster as make up runs it: TLS, and clients as its admin
     asyncio.run(main_async(parser.parse_args()))
 
 

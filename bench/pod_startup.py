@@ -35,7 +35,15 @@ import docker
 
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.client import ApiClient
-from tools.processes import ApiServerProcess, EtcdProcess, ManagedProcess, free_port, wait_for_port
+from tools.processes import (
+    ApiServerProcess,
+    EtcdProcess,
+    ManagedProcess,
+    component_security_flags,
+    free_port,
+    use_dev_credentials,
+    wait_for_port,
+)
 from services.common.resources import PODS
 
 BUSYBOX_IMAGE = os.environ.get("KYBERNETES_BUSYBOX_IMAGE", "kybernetes/busybox:latest")
@@ -204,7 +212,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "kubelet",
             [sys.executable, "-m", "services.kubelet.main", "--node-name", node, "--server", apiserver.address,
              "--listen", f"127.0.0.1:{kubelet_port}", "--root-dir", os.path.join(workdir, "kubelet"),
-             "--pause-image", PAUSE_IMAGE, "--docker-concurrency", str(args.docker_concurrency), *args.kubelet_arg],
+             "--pause-image", PAUSE_IMAGE, "--docker-concurrency", str(args.docker_concurrency),
+             *component_security_flags("kubelet", node=node, addresses=("127.0.0.1",)), *args.kubelet_arg],
             os.path.join(workdir, "kubelet.log"),
             env={"KYBERNETES_LOG_LEVEL": "warning"},
         )
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubelet-arg", action="append", default=[], metavar="FLAG",
                         help="one more kubelet flag, e.g. --kubelet-arg=--seccomp-default (repeatable; "
                              "--seccomp-default also gives the Docker baseline Docker's default profile)")
+    use_dev_credentials()  # a cluster as make up runs it: TLS, and clients as its admin
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 

@@ -63,6 +63,14 @@ def component_security_flags(
     raise ValueError(f"unknown component {component!r}")
 
 
+def use_dev_credentials() -> ClusterPKI:
+    """Makes this process and the ones it starts clients as dev_pki()'s admin (through
+    $KYBERNETES_CONFIG, unless it is set already): what a bench does before it starts a cluster."""
+    pki = dev_pki()
+    os.environ.setdefault("KYBERNETES_CONFIG", str(pki.root / "admin.conf"))
+    return pki
+
+
 def apiserver_security_flags(pki: ClusterPKI) -> list[str]:
     """What a dev API server is started with: TLS, tokens, etcd's client certificate, and the
     in-process controllers' kubeconfig."""
