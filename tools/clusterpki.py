@@ -23,11 +23,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from services.common import kubeconfig
 from services.common.identity import SYSTEM_MASTERS, SYSTEM_NODES
-from services.common.pki import CLIENT, SERVER, CertificateAuthority, KeyPair
+from services.common.pki import CLIENT, SERVER, CertificateAuthority, KeyPair, still_good
 from services.common.transport import ClientCredentials
 
 CLUSTER_NAME = "kybernetes"
@@ -54,28 +52,11 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1")
 
 
 def _still_good(pair_dir: Path, stem: str, names: tuple[str, ...], subject: tuple[str, tuple[str, ...]] | None) -> bool:
-    """True if <stem>.crt exists, is not near expiry, covers `names` and names `subject`."""
+    """True if <stem>.crt and its key exist, it is not near expiry, covers `names` and names `subject`."""
     path = pair_dir / f"{stem}.crt"
     if not path.exists() or not (pair_dir / f"{stem}.key").exists():
         return False
-    certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    if certificate.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) < RENEW_BEFORE:
-        return False
-    if names:
-        try:
-            extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            return False
-        have = {str(n) for n in extension.get_values_for_type(x509.DNSName)}
-        have |= {str(ip) for ip in extension.get_values_for_type(x509.IPAddress)}
-        if not set(names) <= have:
-            return False
-    if subject is not None:
-        common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        groups = tuple(str(a.value) for a in certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME))
-        if not common or str(common[0].value) != subject[0] or groups != subject[1]:
-            return False
-    return True
+    return still_good(path.read_bytes(), renew_before=RENEW_BEFORE, names=names, subject=subject)
 
 
 class ClusterPKI:

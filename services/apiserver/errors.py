@@ -56,20 +56,25 @@ def invalid(
     """Field errors of one object. The code says which kind of problem: INVALID_ARGUMENT
     for bad input, ALREADY_EXISTS for a requested value another object holds (a
     cluster IP), RESOURCE_EXHAUSTED for a range with nothing left to allocate."""
-    head = f"{kind_name} {show_value(name)} is invalid: "
-    budget = MAX_MESSAGE_BYTES - len(head.encode()) - 32  # room for "; and N more errors"
+    return ApiError(code, listed_message(f"{kind_name} {show_value(name)} is invalid: ", errors, "errors"))
+
+
+def listed_message(head: str, problems: list, noun: str) -> str:
+    """head, then as many problems ("; "-separated) as fit a gRPC status trailer, and
+    "; and N more <noun>" for the rest: a message always arrives whole."""
+    budget = MAX_MESSAGE_BYTES - len(head.encode()) - 40  # room for "; and N more ..."
     shown: list[str] = []
-    for error in errors:
-        text = str(error)
+    for problem in problems:
+        text = str(problem)
         size = len(text.encode()) + 2
         if shown and size > budget:
             break
         shown.append(text)
         budget -= size
     details = "; ".join(shown)
-    if len(shown) < len(errors):
-        details += f"; and {len(errors) - len(shown)} more errors"
-    return ApiError(code, head + details)
+    if len(shown) < len(problems):
+        details += f"; and {len(problems) - len(shown)} more {noun}"
+    return head + details
 
 
 def require_name(name: str) -> None:

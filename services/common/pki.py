@@ -252,14 +252,42 @@ class CertificateAuthority:
         public_key = request.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise CertificateError("the request's key must be ECDSA (P-256)")
-        try:
-            names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            alternative = [str(n) for n in names.get_values_for_type(x509.DNSName)]
-            alternative += [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
-        except x509.ExtensionNotFound:
-            alternative = []
+        alternative = alternative_names(request.extensions)
         certificate = self._sign(request.subject, public_key, usages=usages, names=alternative, valid_for=valid_for)
         return certificate_pem(certificate), request
+
+
+def alternative_names(extensions: x509.Extensions) -> list[str]:
+    """The DNS names and IP addresses of a certificate's (or request's) subject alternative names."""
+    try:
+        names = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in names.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in names.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def still_good(
+    certificate_pem: bytes,
+    *,
+    renew_before: datetime.timedelta,
+    names: Iterable[str] = (),
+    subject: tuple[str, tuple[str, ...]] | None = None,
+) -> bool:
+    """Whether a certificate can be kept: not within `renew_before` of its end, covering
+    `names`, and naming `subject` (common name, organizations) when given."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    if certificate.not_valid_after_utc - _now() < renew_before:
+        return False
+    if not set(names) <= set(alternative_names(certificate.extensions)):
+        return False
+    if subject is not None:
+        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        groups = tuple(str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+        if not common or str(common[0].value) != subject[0] or groups != subject[1]:
+            return False
+    return True
 
 
 def certificate_request(

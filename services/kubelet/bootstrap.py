@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from cryptography import x509
 
 from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, node_pb2
 from services.common import kubeconfig
@@ -23,7 +22,7 @@ from services.common.client import ApiClient
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_NODES
 from services.common.kubeconfig import ClusterAccess
 from services.common.log import get_logger
-from services.common.pki import KeyPair, certificate_request
+from services.common.pki import KeyPair, certificate_request, still_good
 from services.common.resources import NODES
 from services.common.transport import ServingCertificate, aio_channel
 
@@ -48,20 +47,7 @@ class BootstrapPlan:
 
 
 def _valid(path: Path, names: tuple[str, ...] = ()) -> bool:
-    if not path.exists():
-        return False
-    certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    if certificate.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) < RENEW_BEFORE:
-        return False
-    if names:
-        try:
-            alternative = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            return False
-        have = {str(n) for n in alternative.get_values_for_type(x509.DNSName)}
-        have |= {str(ip) for ip in alternative.get_values_for_type(x509.IPAddress)}
-        return set(names) <= have
-    return True
+    return path.exists() and still_good(path.read_bytes(), renew_before=RENEW_BEFORE, names=names)
 
 
 async def _sign(access: ClusterAccess, common_name: str, signer: str, names: tuple[str, ...] = ()) -> KeyPair:

@@ -29,7 +29,14 @@ from cryptography.x509.oid import NameOID
 from kybernetes.v1 import certificates_pb2, certificates_pb2_grpc, meta_pb2, node_pb2
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_BOOTSTRAPPERS, SYSTEM_NODES
 from services.common.log import get_logger
-from services.common.pki import CERTIFICATE_VALIDITY, CLIENT, SERVER, CertificateAuthority, CertificateError
+from services.common.pki import (
+    CERTIFICATE_VALIDITY,
+    CLIENT,
+    SERVER,
+    CertificateAuthority,
+    CertificateError,
+    alternative_names,
+)
 from services.common.resources import NODES
 from services.common.selectors import validate_dns1123_subdomain
 
@@ -54,16 +61,6 @@ def _subject(request: x509.CertificateSigningRequest) -> tuple[str, list[str]]:
     names = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     groups = [str(a.value) for a in request.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     return (str(names[0].value) if names else ""), groups
-
-
-def _requested_names(request: x509.CertificateSigningRequest) -> list[str]:
-    try:
-        extension = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(n) for n in extension.get_values_for_type(x509.DNSName)] + [
-        str(ip) for ip in extension.get_values_for_type(x509.IPAddress)
-    ]
 
 
 class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
@@ -125,7 +122,7 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f'request: subject organization must be exactly "{SYSTEM_NODES}"'
             )
         caller = current_user()
-        names = _requested_names(parsed)
+        names = alternative_names(parsed.extensions)
         if request.signer_name == KUBELET_CLIENT_SIGNER:
             usages = [CLIENT]
             if names:

@@ -33,7 +33,7 @@ from kybernetes.v1 import pod_pb2
 from services.common.resources import NAMESPACES, PODS
 from services.common.validation import MIRROR_POD_ANNOTATION, not_supported, show_value
 
-from ..errors import MAX_MESSAGE_BYTES, ApiError, invalid
+from ..errors import ApiError, invalid, listed_message
 from ..registry import Registry
 from .admission import CREATE, UPDATE, AdmissionPlugin, AdmissionRequest
 
@@ -254,19 +254,7 @@ def forbidden_message(pod_name: str, level: str, violations: list[Violation]) ->
     """`pods "p" is forbidden: violates PodSecurity "baseline": <path>: <reason>; ...`, with as
     many violations as fit a gRPC status trailer and the count of the rest."""
     head = f"pods {show_value(pod_name)} is forbidden: violates PodSecurity {show_value(level)}: "
-    budget = MAX_MESSAGE_BYTES - len(head.encode()) - 40  # room for "; and N more violations"
-    shown: list[str] = []
-    for violation in violations:
-        text = str(violation)
-        size = len(text.encode()) + 2
-        if shown and size > budget:
-            break
-        shown.append(text)
-        budget -= size
-    details = "; ".join(shown)
-    if len(shown) < len(violations):
-        details += f"; and {len(violations) - len(shown)} more violations"
-    return head + details
+    return listed_message(head, violations, "violations")
 
 
 def _is_significant_update(pod: pod_pb2.Pod, old: pod_pb2.Pod) -> bool:
