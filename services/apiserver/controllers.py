@@ -1,7 +1,7 @@
 """The controllers that run inside the API server process, as clients of its API.
 
-`kube-apiserver --controllers=scheduler,endpoints,nodelifecycle` (the default)
-starts them over loopback gRPC. To run them on their own instead (e.g. one
+`kube-apiserver --controllers=scheduler,endpoints,nodelifecycle,nodeipam` (the
+default) starts them over loopback gRPC. To run them on their own instead (e.g. one
 scheduler for several API servers), turn them off there (`--controllers=`) and
 start them here: `python -m services.apiserver.controllers --server ADDR
 --controllers scheduler`. The flags are the same in both places.
@@ -16,12 +16,13 @@ from typing import Callable
 
 from services.common.client import ApiClient, cluster_access
 from services.common.kubeconfig import ClusterAccess, KubeconfigError
-from services.common.flags import add_api_client_flags, positive_duration
+from services.common.flags import add_api_client_flags, positive_duration, positive_int
 from services.common.log import configure_logging, get_logger
 from services.common.runtime import Controller, Manager
 from services.common.servicemain import run_service, run_until_signalled
 
 from .endpoints_controller import EndpointsController
+from .nodeipam import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_CIDR_MASK_SIZE, ClusterRanges, NodeIpamController
 from .nodelifecycle import DEFAULT_EVICTION_TIMEOUT, DEFAULT_GRACE_PERIOD, NodeLifecycleController
 from .scheduler.scheduler import DEFAULT_BIND_CONCURRENCY, Scheduler
 
@@ -51,12 +52,30 @@ def _nodelifecycle(args: argparse.Namespace) -> Controller:
     )
 
 
+def _nodeipam(args: argparse.Namespace) -> Controller:
+    return NodeIpamController(
+        cluster_cidr=getattr(args, "cluster_cidr", DEFAULT_CLUSTER_CIDR),
+        node_cidr_mask_size=getattr(args, "node_cidr_mask_size", DEFAULT_NODE_CIDR_MASK_SIZE),
+    )
+
+
 # name -> factory(args): every controller this package can run.
 CONTROLLERS: dict[str, Callable[[argparse.Namespace], Controller]] = {
     "scheduler": _scheduler,
     "endpoints": _endpoints,
     "nodelifecycle": _nodelifecycle,
+    "nodeipam": _nodeipam,
 }
+
+
+def _boolean(text: str) -> bool:
+    """Kubernetes' boolean flag values: `--flag`, `--flag=true`, `--flag=false`."""
+    value = text.strip().lower()
+    if value in ("true", "1", "t", "yes"):
+        return True
+    if value in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f'"{text}" is not true or false')
 
 
 def add_controller_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +101,53 @@ def add_controller_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="binds the scheduler keeps in flight (default %(default)s)",
     )
+    parser.add_argument(
+        "--allocate-node-cidrs",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="the nodeipam controller gives each Node a pod range (spec.podCIDR) from --cluster-cidr; "
+        "false leaves podCIDRs to whoever registers the Nodes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cluster-cidr",
+        default=DEFAULT_CLUSTER_CIDR,
+        metavar="CIDR",
+        help="the pods' addresses: every Node's podCIDR is cut from it; must not overlap "
+        "--service-cluster-ip-range (default %(default)s)",
+    )
+    parser.add_argument(
+        "--node-cidr-mask-size",
+        type=positive_int,
+        default=DEFAULT_NODE_CIDR_MASK_SIZE,
+        metavar="BITS",
+        help="prefix length of each Node's podCIDR (default %(default)s: 254 pod addresses per node)",
+    )
+
+
+def check_controller_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClusterRanges:
+    """Checks what one flag cannot check alone, so that a bad pair stops the process at once."""
+    try:
+        return ClusterRanges.parse(args.cluster_cidr, args.node_cidr_mask_size)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _enabled(names: list[str], args: argparse.Namespace) -> list[str]:
+    # As Kubernetes' controller manager: nodeipam runs only with --allocate-node-cidrs.
+    if "nodeipam" in names and not getattr(args, "allocate_node_cidrs", True):
+        log.info("controller_disabled", controller="nodeipam", reason="--allocate-node-cidrs=false")
+        return [name for name in names if name != "nodeipam"]
+    return names
 
 
 async def run(names: list[str], access: ClusterAccess, args: argparse.Namespace) -> None:
     """Runs the named controllers on one manager (one informer per kind for all of them) until cancelled."""
+    names = _enabled(names, args)
+    if not names:
+        return
     client = ApiClient.for_access(access, timeout=30.0)
     manager = Manager(client, name="controllers")
     for name in names:
@@ -121,7 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="controllers to run, comma-separated (default %(default)s)",
     )
     add_controller_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_controller_flags(parser, args)
+    return args
 
 
 async def _serve(args: argparse.Namespace) -> int:

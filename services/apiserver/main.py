@@ -13,7 +13,7 @@ from services.common.pki import CertificateAuthority
 from services.common.transport import ClientCredentials, add_serving_flags, serving_from_args
 from services.common.servicemain import run_service, stop_on_signals
 
-from .controllers import add_controller_flags
+from .controllers import add_controller_flags, check_controller_flags
 from .ipallocator import (
     DEFAULT_SERVICE_CLUSTER_IP_RANGE,
     DEFAULT_SERVICE_NODE_PORT_RANGE,
@@ -25,7 +25,7 @@ from .auth.authenticate import Authenticator
 from .server import ApiServer
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
-DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle"
+DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
 # The ports the components listen on by default (make up's), which node ports may not take.
 COMPONENT_PORTS = {
     2379: "etcd",
@@ -132,10 +132,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Checked now, so that a bad range stops the server with a usage error before it starts.
     try:
-        ServiceIPRange.parse(args.service_cluster_ip_range)
+        services = ServiceIPRange.parse(args.service_cluster_ip_range).network
         node_ports = NodePortRange.parse(args.service_node_port_range)
     except RangeError as error:
         parser.error(str(error))
+    pods = check_controller_flags(parser, args).cluster
+    # A pod address that is also a service address would be routed to a node and DNATed by every proxy.
+    if args.allocate_node_cidrs and services.version == pods.version and services.overlaps(pods):
+        parser.error(f"--cluster-cidr {pods} overlaps --service-cluster-ip-range {services}")
     # A node port is answered on every node's address: one that is also a component's port
     # would let a service take the kubelet's API, etcd or this server over on every node.
     reserved = dict(COMPONENT_PORTS)
@@ -168,6 +172,9 @@ async def serve(args: argparse.Namespace) -> int:
         serving=args.serving,
         authenticator=Authenticator(token_file=args.token_auth_file, bootstrap_token_file=args.bootstrap_token_file),
         pod_security_default=args.pod_security_default,
+        # Without allocation, podCIDRs come from elsewhere: only overlap and immutability are checked.
+        cluster_cidr=args.cluster_cidr if args.allocate_node_cidrs else None,
+        node_cidr_mask_size=args.node_cidr_mask_size,
         etcd_credentials=(
             ClientCredentials.from_files(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
             if args.etcd_cafile

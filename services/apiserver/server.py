@@ -50,6 +50,7 @@ from .ipallocator import (
     NodePortRange,
     ServiceIPRange,
 )
+from .nodeipam import DEFAULT_NODE_CIDR_MASK_SIZE
 from .registry import Registry, build_registries
 from .storage import Storage
 from .strategies import build_strategies
@@ -108,6 +109,8 @@ class ApiServer:
         serving: ServingCertificate | None = None,
         authenticator: Authenticator | None = None,
         pod_security_default: str = "baseline",
+        cluster_cidr: str | None = None,
+        node_cidr_mask_size: int = DEFAULT_NODE_CIDR_MASK_SIZE,
         etcd_credentials: ClientCredentials | None = None,
         signing_ca: CertificateAuthority | None = None,
     ) -> None:
@@ -132,7 +135,13 @@ class ApiServer:
         authorizer = build_authorizer(self.registries)
         self.authorizer: Authorizer | None = authorizer if serving is not None else None
         # Admission is policy on objects, not on callers: it runs with --insecure-dev too.
-        plugins = build_admission_plugins(self.registries, authorizer, pod_security_default=pod_security_default)
+        plugins = build_admission_plugins(
+            self.registries,
+            authorizer,
+            pod_security_default=pod_security_default,
+            cluster_cidr=cluster_cidr,
+            node_cidr_mask_size=node_cidr_mask_size,
+        )
         for registry in self.registries.values():
             registry.admission.plugins = list(plugins)
         # Built now so that a method nothing serves fails before anything starts.

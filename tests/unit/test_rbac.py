@@ -568,6 +568,8 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, str, str]]]] = {
             # nodelifecycle.py: informers on nodes, pods; node and pod status; eviction.
             ("update", "nodes/status", ""),
             ("delete", "pods", "ns"),
+            # nodeipam.py: informer on nodes; a node's spec.podCIDR; NetworkUnavailable.
+            ("update", "nodes", ""),
             # services/replicator/manager.py: informers on rcs and pods; get rc; pods; rc status.
             *((verb, "replicationcontrollers", "") for verb in ("list", "watch")),
             ("get", "replicationcontrollers", "ns"),
@@ -608,6 +610,7 @@ def test_every_component_may_make_the_calls_its_code_makes(component: str) -> No
         (CONTROLLERS, "create", "roles", "ns", RBAC),
         (CONTROLLERS, "create", "clusterrolebindings", "", RBAC),
         (CONTROLLERS, "delete", "nodes", "", ""),
+        (CONTROLLERS, "create", "nodes", "", ""),
         (CONTROLLERS, "update", "services", "ns", ""),
         (CONTROLLERS, "create", "services", "ns", ""),
         (KUBELET_CLIENT, "create", "pods", "ns", ""),

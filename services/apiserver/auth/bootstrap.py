@@ -155,6 +155,8 @@ _SCHEDULER_RULES = (
 #   create, update and delete endpoints.
 # - node lifecycle (nodelifecycle.py): informers on nodes and pods; UpdateStatus of nodes
 #   (Ready Unknown) and pods (Ready False and back); delete of pods (eviction).
+# - node IPAM (nodeipam.py): informer on nodes; update of nodes (spec.podCIDR), UpdateStatus
+#   of nodes (NetworkUnavailable).
 # - replicator (services/replicator/manager.py): informers on replication controllers and
 #   pods; get of a controller (before adopting or deleting); create, update (adopt, release)
 #   and delete of pods; UpdateStatus of controllers.
@@ -166,6 +168,7 @@ _CONTROLLER_MANAGER_RULES = (
     rule(["get"], [CORE], ["replicationcontrollers"]),
     rule(["create", "update", "delete"], [CORE], ["endpoints"]),
     rule(["create", "update", "delete"], [CORE], ["pods"]),
+    rule(["update"], [CORE], ["nodes"]),
     rule(["update"], [CORE], ["nodes/status", "pods/status", "replicationcontrollers/status"]),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from .. import nodeipam
 from ..registry import Registry
 from . import node, objectrules, podsecurity, rbac
 from .admission import AdmissionPlugin
@@ -16,13 +17,19 @@ def build_authorizer(registries: Mapping[str, Registry]) -> UnionAuthorizer:
 
 
 def build_admission_plugins(
-    registries: Mapping[str, Registry], authorizer: UnionAuthorizer, *, pod_security_default: str
+    registries: Mapping[str, Registry],
+    authorizer: UnionAuthorizer,
+    *,
+    pod_security_default: str,
+    cluster_cidr: str | None = None,
+    node_cidr_mask_size: int = nodeipam.DEFAULT_NODE_CIDR_MASK_SIZE,
 ) -> list[AdmissionPlugin]:
     """Validating admission, in order: NodeRestriction, RBAC's escalation check, the object
-    rules (endpoints addresses, immutable fields), then Pod Security."""
+    rules (endpoints addresses, immutable fields, Node pod ranges), then Pod Security."""
     return [
         *node.admission_plugins(registries),
         *rbac.admission_plugins(registries, authorizer),
         *objectrules.admission_plugins(registries),
+        *nodeipam.admission_plugins(registries, cluster_cidr=cluster_cidr, node_cidr_mask_size=node_cidr_mask_size),
         *podsecurity.admission_plugins(registries, default_level=pod_security_default),
     ]
