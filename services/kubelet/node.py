@@ -21,6 +21,7 @@ from kybernetes.v1 import node_pb2
 from services.common.log import get_logger
 from services.common.quantity import format_cpu_millis, format_memory_bytes
 from services.common.runtime import Backoff
+from services.common.resources import NODES
 from services.common.timestamps import now_timestamp
 
 log = get_logger(module="kubelet.node")
@@ -137,6 +138,12 @@ class NodeStatusReporter:
         node = node_pb2.Node()
         node.metadata.name = self.node_name
         node.status.CopyFrom(self._status())
+        # UpdateStatus replaces the whole status: conditions other components own (the range
+        # allocator's NetworkUnavailable) are carried over from the stored Node, as
+        # Kubernetes' kubelet keeps them.
+        stored = await self.client.get(NODES, self.node_name, "")
+        own = {condition.type for condition in node.status.conditions}
+        node.status.conditions.extend(c for c in stored.status.conditions if c.type not in own)
         await self.client.update_status(node)
 
     async def run(self) -> None:
