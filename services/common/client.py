@@ -13,7 +13,7 @@ from kybernetes.v1 import meta_pb2, pod_pb2
 from . import kubeconfig as kubeconfig_module
 from .kubeconfig import ClusterAccess
 from .resources import DEFAULT_NAMESPACE, PODS, Kind, kind_of_message
-from .transport import ClientCredentials, aio_channel
+from .transport import FAST_RECONNECT, ClientCredentials, aio_channel
 
 DEFAULT_SERVER = "127.0.0.1:6443"
 SERVER_ENV = "KYBERNETES_SERVER"
@@ -26,6 +26,7 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    *FAST_RECONNECT,
 ]
 
 

@@ -18,6 +18,15 @@ from typing import Sequence
 import grpc
 
 
+# Channel options that reconnect within about a second of a server's return (gRPC's
+# default back-off grows to 120 s): etcd for the API server, the API server for every client.
+FAST_RECONNECT: list[tuple[str, object]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+
+
 @dataclass(frozen=True)
 class ClientCredentials:
     """What a client trusts (the cluster CA) and how it proves who it is: a client
