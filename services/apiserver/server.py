@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, unknown_fields
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -75,15 +75,42 @@ def _object_name(request: Any) -> str:
 # etcd's own request limit (--max-request-bytes, 1.5 MiB by default).
 MAX_REQUEST_BYTES = 3 * 2**19
 
+# The methods whose request is an object to store: fields it does not know are refused.
+WRITE_METHODS = frozenset({"Create", "Update", "UpdateStatus", "Bind"})
+
 # How often the health service checks etcd, and how long an answer may take.
 ETCD_HEALTH_PERIOD = 2.0
 ETCD_HEALTH_TIMEOUT = 2.0
 
 
-def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
+def _unknown_fields(message: Message, path: str = "") -> list[str]:
+    """Where a decoded message holds fields its schema does not have: `spec.containers[0].#99`."""
+    unknown = unknown_fields.UnknownFieldSet(message)
+    found = [f"{path}#{unknown[index].field_number}" for index in range(len(unknown))]
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        name = f"{path}{descriptor.json_name}"
+        if descriptor.message_type.GetOptions().map_entry:
+            if descriptor.message_type.fields_by_name["value"].message_type is not None:
+                for key, item in value.items():
+                    found += _unknown_fields(item, f"{name}[{key}].")
+        elif descriptor.is_repeated:
+            for index, item in enumerate(value):
+                found += _unknown_fields(item, f"{name}[{index}].")
+        else:
+            found += _unknown_fields(value, f"{name}.")
+    return found
+
+
+def _decoder(message_class: type[Message], *, strict: bool) -> Callable[[bytes], Any]:
     """Decodes a request inside the handler rather than as gRPC's deserializer: a request that
     is not the message (garbage, invalid UTF-8 in a string, nesting too deep) then gets
-    INVALID_ARGUMENT saying so, where gRPC's own layer would answer UNKNOWN."""
+    INVALID_ARGUMENT saying so, where gRPC's own layer would answer UNKNOWN.
+
+    Fields the schema does not have are never kept (else a client could store opaque bytes
+    that every reader is served back). An object written with some (strict) is refused
+    naming them, as Kubernetes' strict field validation does; other requests drop them."""
     name = message_class.DESCRIPTOR.full_name
 
     def decode(data: bytes) -> Any:
@@ -96,11 +123,24 @@ def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
                 "an object may be",
             )
         try:
-            return message_class.FromString(data)
+            message = message_class.FromString(data)
         except DecodeError as error:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message: {show_value(str(error))}"
             ) from None
+        message.DiscardUnknownFields()
+        # The re-encoded size is the sent size unless something was dropped (or the sender
+        # encoded a default value, which is legal): only then look for what and where.
+        if strict and message.ByteSize() != len(data):
+            unknown = _unknown_fields(message_class.FromString(data))
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request: unknown field(s) {show_value(shown)} in {name}: not in this server's API "
+                    "(are the client's protos newer?)",
+                )
+        return message
 
     return decode
 
@@ -290,7 +330,7 @@ class ApiServer:
                 behaviours[rpc] = _settled(registry, behaviours[rpc])
         handlers = {}
         for method in service.methods:
-            decode = _decoder(_message_class(method.input_type.full_name))
+            decode = _decoder(_message_class(method.input_type.full_name), strict=method.name in WRITE_METHODS)
             if method.server_streaming:
                 handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                     self._watch(kind, registry, decode), response_serializer=_passthrough

@@ -20,9 +20,10 @@ import grpc
 
 # Channel options that reconnect within about a second of a server's return (gRPC's
 # default back-off grows to 120 s): etcd for the API server, the API server for every client.
+# Not grpc.min_reconnect_backoff_ms: gRPC's core takes it as the connect timeout too, and a
+# TLS handshake on a busy machine needs more than a fraction of a second.
 FAST_RECONNECT: list[tuple[str, object]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 

@@ -304,3 +304,42 @@ async def test_an_object_over_the_size_limit_is_refused_before_etcd(api, namespa
     large = make_pod("large", namespace)
     large.spec.containers[0].env.add(name="BLOB", value="x" * (2**20))
     assert (await api.create(large)).metadata.name == "large"
+
+
+# -- unknown fields are never stored ---------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field, encoded by hand: what no generated client would send."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+async def test_an_object_with_fields_the_api_does_not_have_is_refused_naming_them(apiserver, api, namespace):
+    pod = make_pod("smuggler", namespace)
+    container = pod.spec.containers[0].SerializeToString() + _field(40, b"abc")
+    spec = pod_pb2.PodSpec()
+    spec.CopyFrom(pod.spec)
+    del spec.containers[:]
+    raw = (
+        _field(3, pod.metadata.SerializeToString())
+        + _field(4, spec.SerializeToString() + _field(2, container))
+        + _field(99, b"y" * 2**20)  # 1 MiB of opaque bytes every reader would be served
+    )
+    with blocking_channel(apiserver.address, dev_pki().credentials("admin")) as channel:
+        create = channel.unary_unary("/kybernetes.v1.PodRegistry/Create")
+        with pytest.raises(grpc.RpcError) as refused:
+            create(raw, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = refused.value.details()
+    assert "unknown field(s)" in message and "#99" in message and "spec.containers[0].#40" in message, message
+    fits(message)
+    await expect_error(grpc.StatusCode.NOT_FOUND, api.get(PODS, "smuggler", namespace))
