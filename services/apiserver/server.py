@@ -30,6 +30,7 @@ from kybernetes.v1 import (
 )
 from services.common.log import get_logger
 from services.common.pki import CertificateAuthority
+from services.common.selectors import validate_dns1123_label
 from services.common.resources import ALL_KINDS, NAMESPACES, RBAC_KINDS, Kind
 from services.common.runtime import TaskGroup
 from services.common.transport import ClientCredentials, ServingCertificate
@@ -112,6 +113,8 @@ def _decoder(message_class: type[Message], *, strict: bool) -> Callable[[bytes],
     that every reader is served back). An object written with some (strict) is refused
     naming them, as Kubernetes' strict field validation does; other requests drop them."""
     name = message_class.DESCRIPTOR.full_name
+    # Get, List, Watch and Delete name a namespace outside any object's metadata.
+    names_namespace = message_class in (meta_pb2.GetRequest, meta_pb2.ListOptions, meta_pb2.DeleteRequest)
 
     def decode(data: bytes) -> Any:
         if len(data) > MAX_REQUEST_BYTES:
@@ -123,12 +126,18 @@ def _decoder(message_class: type[Message], *, strict: bool) -> Callable[[bytes],
                 "an object may be",
             )
         try:
-            message = message_class.FromString(data)
+            message: Any = message_class.FromString(data)
         except DecodeError as error:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {name} message: {show_value(str(error))}"
             ) from None
         message.DiscardUnknownFields()
+        if names_namespace and message.namespace:
+            reason = validate_dns1123_label(message.namespace)
+            if reason:  # else a List in "Bad/Name" would answer an empty list, as if it existed
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"namespace: {show_value(message.namespace)}: {reason}"
+                )
         # The re-encoded size is the sent size unless something was dropped (or the sender
         # encoded a default value, which is legal): only then look for what and where.
         if strict and message.ByteSize() != len(data):

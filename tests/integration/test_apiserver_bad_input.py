@@ -343,3 +343,14 @@ async def test_an_object_with_fields_the_api_does_not_have_is_refused_naming_the
     assert "unknown field(s)" in message and "#99" in message and "spec.containers[0].#40" in message, message
     fits(message)
     await expect_error(grpc.StatusCode.NOT_FOUND, api.get(PODS, "smuggler", namespace))
+
+
+async def test_a_request_in_a_namespace_that_cannot_exist_is_invalid(api):
+    for call in (
+        api.list(PODS, "Bad/Name"),
+        api.get(PODS, "p", "Bad/Name"),
+        api.delete(PODS, "p", "x" * 100),
+    ):
+        message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, call)
+        assert message.startswith("namespace: "), message
+        fits(message)
