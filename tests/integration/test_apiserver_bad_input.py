@@ -354,3 +354,34 @@ async def test_a_request_in_a_namespace_that_cannot_exist_is_invalid(api):
         message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, call)
         assert message.startswith("namespace: "), message
         fits(message)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# -- D9: huge requests neither get in nor stay in memory --------------------------------------
+
+
+async def test_huge_requests_are_refused_without_growing_the_server(apiserver, api, namespace):
+    before = rss_bytes(apiserver.pid)
+    blob = b"z" * (40 * 2**20)
+
+    def send() -> grpc.StatusCode:
+        with blocking_channel(apiserver.address, dev_pki().credentials("admin"), [
+            ("grpc.max_send_message_length", 64 * 2**20),
+        ]) as channel:
+            try:
+                channel.unary_unary("/kybernetes.v1.PodRegistry/Create")(blob, timeout=30)
+            except grpc.RpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(asyncio.to_thread(send) for _ in range(8)))
+    assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    # Eight 40 MiB requests: the server read none of them whole (it grew by 3 GB once).
+    assert rss_bytes(apiserver.pid) - before < 100 * 2**20
+    assert (await api.list(PODS, namespace)).items == []
