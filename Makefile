@@ -14,7 +14,7 @@ ETCD_IMAGE ?= kybernetes/etcd:latest
 BASE_IMAGE ?= kybernetes/python-base:bookworm
 PYTEST_ARGS ?=
 
-.PHONY: deps dockerd venv generate images check test unit up down status bench clean
+.PHONY: deps dockerd venv generate images check test unit up down status join-token bench clean
 
 deps:
 	@bash scripts/ensure-deps.sh
@@ -69,6 +69,10 @@ down: venv
 
 status: venv
 	$(PY) -m tools.localcluster status --state-dir $(STATE_DIR)
+
+# A join token for a new node, in $(STATE_DIR)/bootstrap.conf (kubeadm token create).
+join-token: venv
+	$(PY) -m tools.localcluster join-token --state-dir $(STATE_DIR)
 
 bench: deps venv images
 	$(PY) -m bench.apiserver

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from services.common import kubeconfig
 from services.common.identity import SYSTEM_MASTERS, SYSTEM_NODES
-from services.common.pki import CLIENT, SERVER, CertificateAuthority, KeyPair, still_good
+from services.common.pki import CLIENT, SERVER, CertificateAuthority, still_good
 from services.common.transport import ClientCredentials
 
 CLUSTER_NAME = "kybernetes"
@@ -261,5 +261,3 @@ class ClusterPKI:
     def bootstrap_token_file(self) -> Path:
         return self.pki / "bootstrap-tokens"
 
-
-__all__ = ["ClusterPKI", "KeyPair", "ADMIN", "CONTROLLER_MANAGER", "KUBE_PROXY", "KUBE_DNS"]

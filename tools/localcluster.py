@@ -20,6 +20,7 @@ kubeconfig is written to ~/.kybernetes/config (what kubecfg reads by default).
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import json
 import os
@@ -569,6 +570,30 @@ def status(args: argparse.Namespace) -> int:
     return worst
 
 
+def join_token(args: argparse.Namespace) -> int:
+    """A join token for a new node (kubeadm token create): appended to the API server's
+    bootstrap token file (re-read when it changes) and written into a bootstrap kubeconfig
+    that names the API server's token address and the cluster CA."""
+    state = Path(args.state_dir).resolve()
+    recorded = load_state(state).get("components", {})
+    api_args = recorded.get("apiserver", {}).get("args", [])
+    if "--token-listen" not in api_args:
+        print("no cluster is running here (make up starts one)", file=sys.stderr)
+        return 1
+    token_address = api_args[api_args.index("--token-listen") + 1]
+    pki = ClusterPKI(state)
+    token = pki.new_bootstrap_token(datetime.timedelta(seconds=args.ttl))
+    path = state / "bootstrap.conf"
+    kubeconfig.write(path, kubeconfig.render(
+        cluster="kybernetes", server=args.server or token_address, ca_certificate=pki.ca.certificate_pem,
+        user="bootstrap", token=token,
+    ))
+    listen = api_args[api_args.index("--listen") + 1]
+    print(f"join token {token.split('.')[0]}.… valid for {args.ttl} s, in {path}")
+    print(f"on the new node: kubelet --node-name NAME --server {listen} --bootstrap-kubeconfig bootstrap.conf ...")
+    return 0
+
+
 def _print_next_steps(plan: ClusterPlan, user_kubeconfig: str) -> None:
     kubecfg = str(REPO / ".venv" / "bin" / "kubecfg")
     admin = plan.state_dir / "admin.conf"
@@ -601,9 +626,14 @@ status:  make status      stop: make down"""
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "status"):
+    for name in ("up", "down", "status", "join-token"):
         command = sub.add_parser(name)
         command.add_argument("--state-dir", default=str(REPO / ".kybernetes"))
+        if name == "join-token":
+            command.add_argument("--ttl", type=int, default=24 * 3600, help="seconds the token is valid (default 24 h)")
+            command.add_argument(
+                "--server", default="", help="the token address the new node reaches (default: as started)"
+            )
         if name == "up":
             command.add_argument("--nodes", type=int, default=1)
             command.add_argument("--mode", choices=("processes", "containers"), default="processes")
@@ -644,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "up" and args.nodes < 1:
         parser.error("--nodes must be at least 1")
-    sys.exit({"up": up, "down": down, "status": status}[args.command](args))
+    sys.exit({"up": up, "down": down, "status": status, "join-token": join_token}[args.command](args))
 
 
 if __name__ == "__main__":
