@@ -7,21 +7,38 @@ import grpc
 from services.common.validation import show_value
 
 
-# gRPC sends the status message in a trailer (grpc-message, percent-encoded), and a
-# peer refuses trailers over its metadata limit (16 KiB by default): the client then
-# sees RESOURCE_EXHAUSTED "Stream removed" instead of the error. Every message is
-# capped here, in UTF-8 bytes, so that even fully percent-encoded (3 bytes per
-# byte) it fits with room for the other headers.
+# gRPC sends the status message in a trailer (grpc-message), percent-encoding every byte
+# outside printable ASCII (and "%") as three. A peer refuses trailers over its metadata
+# limit: always over 16 KiB, and at random between its soft limit (8 KiB) and that; the
+# client then sees RESOURCE_EXHAUSTED "Stream removed" instead of the error. Every message
+# is capped here by its size as sent, so that it fits under the soft limit with room for
+# the other trailers: 4,000 characters of ASCII, a third of that where every byte is
+# escaped (a 4 KiB name of "é" once made a 12 KiB trailer; issue 14, D5).
 MAX_MESSAGE_BYTES = 4000
+
+# The bytes gRPC sends as they are in a grpc-message (its "compatible" percent-encoding).
+_UNESCAPED = bytes(b for b in range(0x20, 0x7F) if b != 0x25)
+
+
+def wire_size(text: str) -> int:
+    """How many bytes text takes in a grpc-message trailer."""
+    data = text.encode()
+    return len(data) + 2 * len(data.translate(None, _UNESCAPED))
 
 
 def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
-    """message, cut to at most `limit` UTF-8 bytes (saying how much was cut)."""
-    data = message.encode()
-    if len(data) <= limit:
+    """message, cut to at most `limit` bytes as sent in a trailer (saying how much was cut)."""
+    # Every character takes a byte at least: look no further than `limit` of them.
+    if len(message) <= limit and wire_size(message) <= limit:
         return message
-    kept = data[: limit - 64].decode(errors="ignore")
-    return f"{kept}…({len(message) - len(kept)} more characters)"
+    budget = limit - 64  # room for the note below
+    kept = 0
+    for char in message[:budget]:
+        budget -= wire_size(char)
+        if budget < 0:
+            break
+        kept += 1
+    return f"{message[:kept]}…({len(message) - kept} more characters)"
 
 
 class ApiError(Exception):
@@ -62,11 +79,11 @@ def invalid(
 def listed_message(head: str, problems: list, noun: str) -> str:
     """head, then as many problems ("; "-separated) as fit a gRPC status trailer, and
     "; and N more <noun>" for the rest: a message always arrives whole."""
-    budget = MAX_MESSAGE_BYTES - len(head.encode()) - 40  # room for "; and N more ..."
+    budget = MAX_MESSAGE_BYTES - wire_size(head) - 40  # room for "; and N more ..."
     shown: list[str] = []
     for problem in problems:
         text = str(problem)
-        size = len(text.encode()) + 2
+        size = wire_size(text) + 2
         if shown and size > budget:
             break
         shown.append(text)

@@ -385,3 +385,111 @@ async def test_huge_requests_are_refused_without_growing_the_server(apiserver, a
     # Eight 40 MiB requests: the server read none of them whole (it grew by 3 GB once).
     assert rss_bytes(apiserver.pid) - before < 100 * 2**20
     assert (await api.list(PODS, namespace)).items == []
+
+
+# -- D9: a rejected request is not kept (found by test_hostile_input.py) ------------------------
+
+
+async def test_rejected_requests_are_not_kept_in_memory(apiserver, api, namespace):
+    """Requests under gRPC's 4 MiB limit, refused by the API server: each one was kept (the
+    aborted call's exception held the frames that held its bytes, in a cycle only a full
+    garbage collection frees), 4 MB a request, 600 MB after 150 of them."""
+    too_large = b"\x1a\x02" + b"x" * (3_900_000)  # over the 1.5 MiB object limit
+    not_valid = make_pod("p", namespace, labels={"app": "v" * 1_400_000}).SerializeToString()
+    watch_too_large = meta_pb2.ListOptions(label_selector="a" * 3_900_000).SerializeToString()
+
+    def send_all() -> set[grpc.StatusCode]:
+        codes = set()
+        with blocking_channel(apiserver.address, dev_pki().credentials("admin")) as channel:
+            create = channel.unary_unary("/kybernetes.v1.PodRegistry/Create")
+            watch = channel.unary_stream("/kybernetes.v1.PodRegistry/Watch")
+            for i in range(60):
+                try:
+                    if i % 3 == 2:
+                        next(iter(watch(watch_too_large, timeout=10)))
+                    else:
+                        create(too_large if i % 3 == 0 else not_valid, timeout=10)
+                except grpc.RpcError as error:
+                    codes.add(error.code())
+        return codes
+
+    await asyncio.to_thread(send_all)  # gRPC's and the allocator's buffers, once
+    before = rss_bytes(apiserver.pid)
+    codes = await asyncio.to_thread(send_all)
+    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT}, codes
+    grown = rss_bytes(apiserver.pid) - before
+    assert grown < 48 * 2**20, f"60 rejected 1.4-3.9 MB requests kept {grown / 2**20:.0f} MiB"
+    assert (await api.list(PODS, namespace)).items == []
+
+
+# -- D5: a message of escaped characters fits the trailer as sent (found by test_hostile_input.py) --
+
+
+def trailer_bytes(message: str) -> int:
+    """Its size in a grpc-message trailer: every byte but printable ASCII (and "%") as three."""
+    data = message.encode()
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in data)
+
+
+async def test_an_error_quoting_non_ascii_fits_the_trailer_as_sent(api, namespace):
+    """A 4 KiB uid of "é" was quoted whole (4,000 UTF-8 bytes, under the cap): 12 KiB once
+    percent-encoded, over the client's 8 KiB soft limit, so the client got "Stream removed"
+    (RESOURCE_EXHAUSTED) at random instead of the error."""
+    created = await api.create(make_pod("web", namespace))
+    changed = make_pod("web", namespace)
+    changed.metadata.uid = "é" * 2048
+    for _ in range(5):  # the soft limit refuses at random: one pass could be lucky
+        message = await expect_error(grpc.StatusCode.FAILED_PRECONDITION, api.update(changed))
+        assert message.startswith("metadata.uid: "), message[:100]
+        assert trailer_bytes(message) <= 4096, trailer_bytes(message)
+    stored = await api.get(PODS, "web", namespace)
+    assert stored.metadata.resource_version == created.metadata.resource_version
+
+
+# -- D5: log lines quote client values cut short (found by test_hostile_input.py) -----------------
+
+
+async def test_huge_values_are_cut_in_the_request_log(apiserver, api, namespace):
+    log_start = apiserver.log_path.stat().st_size
+    await expect_error(grpc.StatusCode.NOT_FOUND, api.get(PODS, "n" * 200_000, namespace))
+    call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, field_selector="bogus=" + "f" * 200_000))
+    await expect_error(grpc.StatusCode.INVALID_ARGUMENT, collect_events(call, 1))
+
+    def longest_line() -> int:
+        with open(apiserver.log_path, "rb") as log:
+            log.seek(log_start)
+            return max((len(line) for line in log), default=0)
+
+    # Both calls are logged once they end; the watch's line may come a moment after its error.
+    await asyncio.sleep(0.5)
+    assert 0 < longest_line() < 4096, longest_line()
+
+
+async def test_refused_anonymous_requests_are_not_kept_in_memory(apiserver):
+    """On the token port, a caller with no credentials at all is refused (UNAUTHENTICATED)
+    before any handler runs; the refusal kept each request as the handlers' did (4 MB a call)."""
+    from services.common.transport import ClientCredentials
+
+    anonymous = ClientCredentials(dev_pki().credentials("admin").ca_certificate)  # trusts the CA, proves nothing
+    payload = b"\x1a\x02" + b"x" * 3_900_000
+
+    def send_all() -> set[grpc.StatusCode]:
+        codes = set()
+        with blocking_channel(apiserver.token_address, anonymous) as channel:
+            create = channel.unary_unary("/kybernetes.v1.PodRegistry/Create")
+            watch = channel.unary_stream("/kybernetes.v1.PodRegistry/Watch")
+            for i in range(40):
+                try:
+                    if i % 4 == 3:
+                        next(iter(watch(payload, timeout=10)))
+                    else:
+                        create(payload, timeout=10)
+                except grpc.RpcError as error:
+                    codes.add(error.code())
+        return codes
+
+    await asyncio.to_thread(send_all)
+    before = rss_bytes(apiserver.pid)
+    assert await asyncio.to_thread(send_all) == {grpc.StatusCode.UNAUTHENTICATED}
+    grown = rss_bytes(apiserver.pid) - before
+    assert grown < 48 * 2**20, f"40 refused anonymous 3.9 MB requests kept {grown / 2**20:.0f} MiB"
