@@ -5,6 +5,12 @@ default) starts them over loopback gRPC. To run them on their own instead (e.g. 
 scheduler for several API servers), turn them off there (`--controllers=`) and
 start them here: `python -m services.apiserver.controllers --server ADDR
 --controllers scheduler`. The flags are the same in both places.
+
+Where several run (one per API server, or standalone copies), they elect a leader
+through the Lease `kube-system/kube-controller-manager` (`--leader-elect`, on by
+default, as kube-controller-manager's): only the holder runs the controllers; the
+others wait to take over. The election runs beside the API server, never in its way:
+the server serves whether or not its controllers lead.
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ from typing import Callable
 
 from services.common.client import ApiClient, cluster_access
 from services.common.kubeconfig import ClusterAccess, KubeconfigError
-from services.common.flags import add_api_client_flags, positive_duration, positive_int
+from services.common.flags import add_api_client_flags, boolean, positive_duration, positive_int
 from services.common.log import configure_logging, get_logger
 from services.common.runtime import Controller, Manager
+from services.common.runtime.leaderelection import (
+    LeaderElector,
+    add_leader_election_flags,
+    check_leader_election_flags,
+    leader_election_config,
+)
 from services.common.servicemain import run_service, run_until_signalled
 
 from .endpoints_controller import EndpointsController
@@ -68,14 +80,8 @@ CONTROLLERS: dict[str, Callable[[argparse.Namespace], Controller]] = {
 }
 
 
-def _boolean(text: str) -> bool:
-    """Kubernetes' boolean flag values: `--flag`, `--flag=true`, `--flag=false`."""
-    value = text.strip().lower()
-    if value in ("true", "1", "t", "yes"):
-        return True
-    if value in ("false", "0", "f", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f'"{text}" is not true or false')
+# The lease the controllers elect their leader with (kube-controller-manager's).
+LEASE_NAME = "kube-controller-manager"
 
 
 def add_controller_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +109,7 @@ def add_controller_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allocate-node-cidrs",
-        type=_boolean,
+        type=boolean,
         nargs="?",
         const=True,
         default=True,
@@ -125,10 +131,12 @@ def add_controller_flags(parser: argparse.ArgumentParser) -> None:
         metavar="BITS",
         help="prefix length of each Node's podCIDR (default %(default)s: 254 pod addresses per node)",
     )
+    add_leader_election_flags(parser, default_name=LEASE_NAME)
 
 
 def check_controller_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClusterRanges:
     """Checks what one flag cannot check alone, so that a bad pair stops the process at once."""
+    check_leader_election_flags(parser, args)
     try:
         return ClusterRanges.parse(args.cluster_cidr, args.node_cidr_mask_size)
     except ValueError as error:
@@ -144,16 +152,27 @@ def _enabled(names: list[str], args: argparse.Namespace) -> list[str]:
 
 
 async def run(names: list[str], access: ClusterAccess, args: argparse.Namespace) -> None:
-    """Runs the named controllers on one manager (one informer per kind for all of them) until cancelled."""
+    """Runs the named controllers on one manager (one informer per kind for all of them) until
+    cancelled; with leader election, only while this copy holds the lease (a new manager, with
+    fresh informers and controllers, each time it leads again)."""
     names = _enabled(names, args)
     if not names:
         return
     client = ApiClient.for_access(access, timeout=30.0)
-    manager = Manager(client, name="controllers")
-    for name in names:
-        manager.add(CONTROLLERS[name](args))
-    try:
+
+    async def lead() -> None:
+        manager = Manager(client, name="controllers")
+        for name in names:
+            manager.add(CONTROLLERS[name](args))
         await manager.run()
+
+    # A namespace built without the election flags (e.g. by a test) runs as a lone copy.
+    election = leader_election_config(args) if hasattr(args, "leader_elect") else None
+    try:
+        if election is None:
+            await lead()
+        else:
+            await LeaderElector(client, election).run_forever(lead)
     finally:
         await client.close()
 

@@ -2,11 +2,14 @@
 same name listing where its pods can be reached.
 
 For each pod the selector matches (same namespace, bound, with an IP, not
-finished) and each service port, the target port is resolved: a number as is,
+finished, not being deleted) and each service port, the target port is resolved: a number as is,
 a name through the pod's container ports (a pod without that named port is left
 out of that port). Pods with the same resolved ports form one subset; a pod
 that is Running with Ready=True on a node whose Ready condition is True is in
-`addresses`, any other in `notReadyAddresses`. Output is sorted, and written
+`addresses`, any other in `notReadyAddresses`. A terminating pod (deletionTimestamp
+set) is in neither, from the moment it is marked, while its containers still
+serve what they have (Kubernetes' ShouldPodBeInEndpoints; there is no
+publishNotReadyAddresses here to keep it). Output is sorted, and written
 only when it differs from what is stored, so an unchanged cluster costs no
 writes.
 
@@ -25,7 +28,7 @@ import grpc
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, service_pb2
 from services.common.log import get_logger
-from services.common.podutil import is_pod_ready, is_terminated, node_condition_ready
+from services.common.podutil import is_being_deleted, is_pod_ready, is_terminated, node_condition_ready
 from services.common.resources import ENDPOINTS, NODES, PODS, SERVICES
 from services.common.runtime import Manager, WorkQueue, run_workers
 from services.common.runtime.informer import Informer
@@ -62,7 +65,7 @@ def endpoint_subsets(
     for pod in pods:
         if pod.metadata.namespace != service.metadata.namespace or not selector.matches(pod.metadata.labels):
             continue
-        if not pod.status.pod_ip or not pod.spec.node_name or is_terminated(pod):
+        if not pod.status.pod_ip or not pod.spec.node_name or is_terminated(pod) or is_being_deleted(pod):
             continue
         ports: list[tuple[str, int, str]] = []
         for service_port in service.spec.ports:

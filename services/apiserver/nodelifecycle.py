@@ -85,6 +85,9 @@ class RestorePodReady:
 class EvictPod:
     pod: pod_pb2.Pod
     reason: str
+    # No kubelet will finish a graceful deletion (the node does not exist): delete at once,
+    # as Kubernetes' pod garbage collector does for pods of a missing node.
+    force: bool = False
 
 
 Action = Union[MarkNodeUnknown, MarkPodNotReady, RestorePodReady, EvictPod]
@@ -133,7 +136,7 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
         )
         if now - not_ready_since >= eviction_timeout:
             why = f"node {name} has been not ready for {round(now - not_ready_since)}s"
-            actions.extend(EvictPod(pod, why) for pod in pods)
+            actions.extend(EvictPod(pod, why) for pod in pods if not pod.metadata.HasField("deletion_timestamp"))
         else:
             actions.extend(MarkPodNotReady(pod, name) for pod in pods if _pod_ready_status(pod) != FALSE)
     missing_since: dict[str, float] = {}
@@ -142,7 +145,7 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
             continue
         since = missing_since[name] = observed.missing_since.get(name, now)
         if now - since >= eviction_timeout:
-            actions.extend(EvictPod(pod, f"node {name} does not exist") for pod in pods)
+            actions.extend(EvictPod(pod, f"node {name} does not exist", force=True) for pod in pods)
     return Plan(actions, missing_since)
 
 
@@ -324,7 +327,8 @@ class NodeLifecycleController:
         else:
             pod = action.pod
             call = self.client.delete(
-                PODS, pod.metadata.name, pod.metadata.namespace, resource_version=pod.metadata.resource_version
+                PODS, pod.metadata.name, pod.metadata.namespace, resource_version=pod.metadata.resource_version,
+                grace_period_seconds=0 if action.force else None,
             )
             if await self._write(call, pod=pod_key(pod)):
                 log.warning("pod_evicted", pod=pod_key(pod), node=pod.spec.node_name, reason=action.reason)

@@ -11,6 +11,15 @@ never names a kind. List splices each item's revision onto its stored bytes;
 the field numbers it needs are read from the kind's descriptors when the
 registry is built, and a kind that does not fit fails then, not on a List.
 
+Deletion (Kubernetes' rest.BeforeDelete and the generic store's Delete): a
+kind whose strategy gives a grace period (`graceful_delete_period`: pods) is
+deleted gracefully: the Delete marks it (metadata.deletionTimestamp = now +
+grace, deletionGracePeriodSeconds = grace) and keeps it, a later Delete may
+only shorten the grace, and one with grace 0 removes it. An object with
+metadata.finalizers is only marked, whatever its kind, and is removed by the
+update that empties its finalizers once its grace is 0 (Kubernetes'
+ShouldDeleteDuringUpdate). The decision is `plan_deletion` (pure).
+
 Side keys: a strategy with `has_side_keys` gives, for each write attempt, keys
 to create and delete in the same etcd transaction as the object (`SideKeys`;
 a service's cluster IP and node ports, see ipallocator.py). Such a write is one
@@ -30,12 +39,13 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Generic, Iterable, Ma
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import meta_pb2
 from services.common.resources import DEFAULT_NAMESPACE, Kind
-from services.common.selectors import FieldSelector, LabelSelector, SelectorError
+from services.common.selectors import FieldSelector, LabelSelector, SelectorError, validate_label_key
 from services.common.timestamps import now_timestamp
-from services.common.validation import FieldError, forbidden
+from services.common.validation import FieldError, forbidden, invalid as invalid_field
 
 from .auth.admission import CREATE, DELETE, UPDATE, AdmissionChain, AdmissionRequest
 from .auth.context import current_user
@@ -239,6 +249,116 @@ def _decode_continue(token: str, prefix: bytes) -> tuple[int, bytes]:
     return revision, start
 
 
+# -- deletion -------------------------------------------------------------------
+
+# A finalizer list longer than this is refused (no kind needs more than a handful).
+_MAX_FINALIZERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """What one Delete does to the stored object: remove it (`now`), store `marked`
+    instead (the object with its deletion marks, kept), or neither (a graceful
+    deletion is under way and the request does not shorten it)."""
+
+    now: bool = False
+    marked: ApiObject | None = None
+
+
+_PENDING = Deletion()
+_DELETE_NOW = Deletion(now=True)
+
+
+def _marked_copy(obj: ApiObject) -> ApiObject:
+    copy = type(obj)()
+    copy.CopyFrom(obj)
+    return copy
+
+
+def _mark(obj: ApiObject, deletion_timestamp: Timestamp, grace: int, *, first: bool) -> ApiObject:
+    """A copy of obj with the deletion marks; the first marking bumps the generation (as
+    Kubernetes does, so a controller watching generations sees the object is going)."""
+    marked = _marked_copy(obj)
+    meta = marked.metadata
+    meta.deletion_timestamp.CopyFrom(deletion_timestamp)
+    meta.deletion_grace_period_seconds = grace
+    if first and meta.generation > 0:
+        meta.generation += 1
+    return marked
+
+
+def plan_deletion(
+    obj: ApiObject,
+    requested_grace: int | None,
+    graceful_period: Callable[[ApiObject, int | None], int | None],
+    now: Timestamp,
+) -> Deletion:
+    """Kubernetes' rest.BeforeDelete and the generic store's Delete, on one stored object (pure).
+
+    requested_grace: the request's gracePeriodSeconds (None: not given; a negative
+    one counts as 1). graceful_period(obj, requested): the kind's grace period for
+    obj (Kubernetes' CheckGracefulDelete), None for a kind without graceful deletion.
+    """
+    if requested_grace is not None and requested_grace < 0:
+        requested_grace = 1
+    meta = obj.metadata
+    finalizers = len(meta.finalizers) > 0
+    if meta.HasField("deletion_timestamp"):
+        stored = meta.deletion_grace_period_seconds if meta.HasField("deletion_grace_period_seconds") else 0
+        if stored > 0:
+            # A graceful deletion under way: only a shorter grace changes anything.
+            if requested_grace is None or requested_grace >= stored:
+                return _PENDING
+            if requested_grace == 0 and not finalizers:
+                return _DELETE_NOW
+            deadline = Timestamp(seconds=meta.deletion_timestamp.seconds - stored + requested_grace)
+            return Deletion(marked=_mark(obj, deadline, requested_grace, first=False))
+        if not finalizers:
+            return _DELETE_NOW  # marked with no grace left (finalized, or an Orphan delete's mark)
+        # Kubernetes' markAsDeleting: the earlier of the stored time and now, grace 0.
+        deadline = meta.deletion_timestamp if meta.deletion_timestamp.seconds <= now.seconds else now
+        return Deletion(marked=_mark(obj, deadline, 0, first=False))
+    period = graceful_period(obj, requested_grace)
+    if period is not None and period > 0:
+        deadline = Timestamp(seconds=now.seconds + period)
+        return Deletion(marked=_mark(obj, deadline, period, first=True))
+    if finalizers:
+        return Deletion(marked=_mark(obj, now, 0, first=True))
+    return _DELETE_NOW
+
+
+def removed_by_update(updated: ApiObject, old: ApiObject) -> bool:
+    """An update that empties the finalizers of an object marked for deletion with no
+    grace left removes it (Kubernetes' ShouldDeleteDuringUpdate)."""
+    meta = old.metadata
+    if updated.metadata.finalizers or not meta.HasField("deletion_timestamp"):
+        return False
+    return not meta.HasField("deletion_grace_period_seconds") or meta.deletion_grace_period_seconds == 0
+
+
+def validate_finalizers(meta: meta_pb2.ObjectMeta, old: meta_pb2.ObjectMeta | None = None) -> list[FieldError]:
+    """Each finalizer a qualified name (Kubernetes' ValidateFinalizerName); none added to an
+    object being deleted (ValidateNoNewFinalizers)."""
+    errors: list[FieldError] = []
+    if len(meta.finalizers) > _MAX_FINALIZERS:
+        errors.append(invalid_field("metadata.finalizers", len(meta.finalizers), f"at most {_MAX_FINALIZERS}"))
+        return errors
+    for i, name in enumerate(meta.finalizers):
+        reason = validate_label_key(name)
+        if reason:
+            errors.append(invalid_field(f"metadata.finalizers[{i}]", name, reason))
+    if old is not None and old.HasField("deletion_timestamp"):
+        added = sorted(set(meta.finalizers) - set(old.finalizers))
+        if added:
+            errors.append(
+                forbidden(
+                    "metadata.finalizers",
+                    f"no new finalizers can be added if the object is being deleted, found new finalizers {added}",
+                )
+            )
+    return errors
+
+
 # -- what the registry asks of a kind -------------------------------------------
 
 
@@ -355,6 +475,12 @@ class Strategy(Generic[T]):
 
     async def before_delete(self, registry: Registry, obj: T, propagation_policy: str) -> None:
         """Runs before each attempt to delete obj (it may run again after a lost race)."""
+
+    def graceful_delete_period(self, obj: T, requested: int | None) -> int | None:
+        """The grace period a Delete gives obj (Kubernetes' CheckGracefulDelete; requested:
+        the request's, None when not given); None: the kind has no graceful deletion
+        (removed at once, unless it has finalizers)."""
+        return None
 
     async def side_keys(self, registry: Registry, obj: T | None, old: T | None) -> SideKeys:
         """With has_side_keys: what to write beside obj, for one attempt of a create
@@ -553,7 +679,9 @@ class Registry:
         meta.uid = str(uuid.uuid4())
         meta.creation_timestamp.CopyFrom(now_timestamp())
         meta.ClearField("deletion_timestamp")
+        meta.ClearField("deletion_grace_period_seconds")
         meta.generation = 1
+        self._raise_invalid(obj, validate_finalizers(meta))
         self.strategy.prepare_for_create(obj)
         generated = not meta.name and bool(meta.generate_name)
         if generated:
@@ -627,10 +755,13 @@ class Registry:
         name: str,
         expected_revision: int,
         mutate: Callable[[ApiObject], ApiObject | None],
+        *,
+        remove_if: Callable[[ApiObject, ApiObject], bool] | None = None,
     ) -> ApiObject:
         """Reads, applies mutate(current) -> new object (None: nothing to do),
         and writes if nobody wrote meanwhile; retries a lost race unless the
-        caller named the revision it expects."""
+        caller named the revision it expects. remove_if(new, current): the write
+        removes the object instead (the update that finalizes a deletion)."""
         for _ in range(_CONFLICT_RETRIES):
             current = await self._read(namespace, name)
             if expected_revision and current.metadata.resource_version != expected_revision:
@@ -638,6 +769,15 @@ class Registry:
             updated = mutate(current)
             if updated is None:
                 return current
+            if remove_if is not None and remove_if(updated, current):
+                revision = await self._remove(namespace, name, current)
+                if revision is None:
+                    if expected_revision:
+                        latest = await self._read(namespace, name)
+                        raise conflict(self.kind.plural, name, expected_revision, latest.metadata.resource_version)
+                    continue
+                updated.metadata.resource_version = revision
+                return updated
             if self.strategy.has_side_keys:
                 key, stored = self._key(namespace, name), current.metadata.resource_version
                 side = await self.strategy.side_keys(self, updated, current)
@@ -681,20 +821,52 @@ class Registry:
             meta.uid = old.uid
             meta.generate_name = old.generate_name
             meta.creation_timestamp.CopyFrom(old.creation_timestamp)
+            # Server-owned: a client's update neither sets nor clears the deletion marks.
             if old.HasField("deletion_timestamp"):
                 meta.deletion_timestamp.CopyFrom(old.deletion_timestamp)
             else:
                 meta.ClearField("deletion_timestamp")
+            if old.HasField("deletion_grace_period_seconds"):
+                meta.deletion_grace_period_seconds = old.deletion_grace_period_seconds
+            else:
+                meta.ClearField("deletion_grace_period_seconds")
             meta.resource_version = old.resource_version
             meta.generation = old.generation
             self.strategy.prepare_for_update(updated, current)
-            self._raise_invalid(updated, self.strategy.validate_update(updated, current))
+            self._raise_invalid(
+                updated, validate_finalizers(meta, old) + self.strategy.validate_update(updated, current)
+            )
             self.admit(UPDATE, updated, current)
             return updated
 
-        return await self.guarded_write(namespace, request.metadata.name, request.metadata.resource_version, mutate)
+        return await self.guarded_write(
+            namespace, request.metadata.name, request.metadata.resource_version, mutate, remove_if=removed_by_update
+        )
+
+    async def _remove(self, namespace: str, name: str, current: ApiObject) -> int | None:
+        """Removes the object if it is still at current's revision (with its side keys):
+        the revision of the removal, or None when somebody wrote it meanwhile."""
+        key, stored = self._key(namespace, name), current.metadata.resource_version
+        if self.strategy.has_side_keys:
+            side = await self.strategy.side_keys(self, None, current)
+            revision, _ = await self._write_with_side_keys(key, stored, delete(key), side)
+            return revision
+        return await self.storage.delete(key, stored)
+
+    async def _replace(self, namespace: str, name: str, current: ApiObject, updated: ApiObject) -> int | None:
+        """Writes updated over current if it is still at current's revision: the new
+        revision, or None when somebody wrote it meanwhile."""
+        key, stored = self._key(namespace, name), current.metadata.resource_version
+        value = self.encode(updated)
+        if self.strategy.has_side_keys:
+            side = await self.strategy.side_keys(self, updated, current)
+            revision, _ = await self._write_with_side_keys(key, stored, put(key, value), side)
+            return revision
+        return await self.storage.update(key, value, stored)
 
     async def delete(self, request: meta_pb2.DeleteRequest) -> ApiObject:
+        """Removes the object, or marks it for deletion and keeps it (see plan_deletion):
+        the object as removed or as now stored."""
         require_name(request.name)
         if request.propagation_policy not in _PROPAGATION_POLICIES:
             raise ApiError(
@@ -703,22 +875,35 @@ class Registry:
             )
         namespace = self.namespace_of(request.namespace)
         policy = request.propagation_policy or BACKGROUND
+        requested = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
         for _ in range(_CONFLICT_RETRIES):
             current = await self._read(namespace, request.name)
             stored = current.metadata.resource_version
             if request.resource_version and stored != request.resource_version:
                 raise conflict(self.kind.plural, request.name, request.resource_version, stored)
+            if request.preconditions_uid and request.preconditions_uid != current.metadata.uid:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f'{self.kind.plural} "{request.name}": the uid in the precondition ({request.preconditions_uid}) '
+                    f"does not match the stored object's ({current.metadata.uid}): it was deleted and made again",
+                )
             self.admit(DELETE, current)
             await self.strategy.before_delete(self, current, policy)
-            key = self._key(namespace, request.name)
-            if self.strategy.has_side_keys:
-                side = await self.strategy.side_keys(self, None, current)
-                revision, _ = await self._write_with_side_keys(key, stored, delete(key), side)
-            else:
-                revision = await self.storage.delete(key, stored)
-            if revision is not None:
-                current.metadata.resource_version = revision
+            plan = plan_deletion(current, requested, self.strategy.graceful_delete_period, now_timestamp())
+            if plan.now:
+                revision = await self._remove(namespace, request.name, current)
+                if revision is not None:
+                    current.metadata.resource_version = revision
+                    return current
+            elif plan.marked is None:
+                return current  # a graceful deletion under way, not shortened: nothing to write
+            elif self.encode(plan.marked) == self.encode(current):
                 return current
+            else:
+                revision = await self._replace(namespace, request.name, current, plan.marked)
+                if revision is not None:
+                    plan.marked.metadata.resource_version = revision
+                    return plan.marked
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{request.name}": too many concurrent writers')
 
 

@@ -13,6 +13,8 @@ the kind's strategy the rest:
 - status_fields: what the status subresource (UpdateStatus) copies from the request;
 - subresources: the extra RPCs of the kind (UpdateStatus; Bind for pods only);
 - before_delete: the RC's `propagationPolicy: Orphan` (kubectl's --cascade=orphan);
+- graceful_delete_period: a bound pod is deleted gracefully (the registry marks
+  it and its kubelet removes it once its containers have stopped);
 - side_keys / repair: a service's cluster IP and node ports, allocated in the
   service's own etcd transaction (ServiceAllocator; ranges, picking and the
   design in ipallocator.py).
@@ -33,6 +35,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import (
+    coordination_pb2,
     endpoints_pb2,
     meta_pb2,
     namespace_pb2,
@@ -47,6 +50,7 @@ from services.common.resources import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -122,11 +126,33 @@ def bind_pod(pod: pod_pb2.Pod, binding: pod_pb2.Binding, namespace: str, now: Ti
         )
     if binding.metadata.uid and binding.metadata.uid != pod.metadata.uid:
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f'pod "{name}" was replaced (uid differs)')
+    if pod.metadata.HasField("deletion_timestamp"):
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION, f'pod "{name}" is being deleted, cannot be assigned to a host'
+        )
     updated = pod_pb2.Pod()
     updated.CopyFrom(pod)
     updated.spec.node_name = binding.target.name
     podutil.set_pod_condition(updated, podutil.POD_SCHEDULED, podutil.TRUE, "", "", now)
     return updated
+
+
+def pod_grace_period(pod: pod_pb2.Pod, requested: int | None) -> int:
+    """The grace period a Delete gives a pod (Kubernetes' podStrategy.CheckGracefulDelete):
+    the request's, else the pod's spec.terminationGracePeriodSeconds (30 by default); 0, at
+    once, for a pod no kubelet runs (not bound) or that is over (Succeeded or Failed).
+
+    A mirror pod also goes at once: its static pod runs whatever the API says, and its
+    kubelet makes it again (Kubernetes marks it and that kubelet removes it at once)."""
+    if not pod.spec.node_name or podutil.is_terminated(pod):
+        return 0
+    if validation.MIRROR_POD_ANNOTATION in pod.metadata.annotations:
+        return 0
+    if requested is not None:
+        return max(0, requested)
+    if pod.spec.HasField("termination_grace_period_seconds"):
+        return max(0, pod.spec.termination_grace_period_seconds)
+    return defaults.DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
 
 
 class BindingREST(SubresourceREST):
@@ -164,6 +190,9 @@ class PodStrategy(Strategy[pod_pb2.Pod]):
 
     def validate(self, obj: pod_pb2.Pod) -> list[FieldError]:
         return validation.validate_pod(obj)
+
+    def graceful_delete_period(self, obj: pod_pb2.Pod, requested: int | None) -> int | None:
+        return pod_grace_period(obj, requested)
 
     def validate_update(self, obj: pod_pb2.Pod, old: pod_pb2.Pod) -> list[FieldError]:
         # Checked first and alone, as before strategies: the message names only this.
@@ -659,6 +688,23 @@ class RbacStrategy(Strategy[Any]):
         return errors
 
 
+# -- leases ---------------------------------------------------------------------------
+
+
+class LeaseStrategy(Strategy[coordination_pb2.Lease]):
+    """Leader election's leases (Kubernetes' coordination/lease strategy): a spec only, no
+    status; the generation stays where it was (a renewal every few seconds is no new spec)."""
+
+    def prepare_for_create(self, obj: coordination_pb2.Lease) -> None:
+        defaults.default_lease(obj)
+
+    def prepare_for_update(self, obj: coordination_pb2.Lease, old: coordination_pb2.Lease) -> None:
+        defaults.default_lease(obj)
+
+    def validate(self, obj: coordination_pb2.Lease) -> list[FieldError]:
+        return validation.validate_lease(obj)
+
+
 # -- the table --------------------------------------------------------------------
 
 _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
@@ -672,6 +718,7 @@ _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
     CLUSTER_ROLES.name: RbacStrategy,
     ROLE_BINDINGS.name: RbacStrategy,
     CLUSTER_ROLE_BINDINGS.name: RbacStrategy,
+    LEASES.name: LeaseStrategy,
 }
 
 

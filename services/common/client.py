@@ -131,13 +131,19 @@ class ApiClient:
         *,
         resource_version: int = 0,
         propagation_policy: str = "",
+        grace_period_seconds: int | None = None,
+        preconditions_uid: str = "",
     ) -> Any:
+        """Deletes; a bound pod is only marked (Terminating) unless grace_period_seconds is 0."""
         request = meta_pb2.DeleteRequest(
             namespace=namespace if kind.namespaced else "",
             name=name,
             resource_version=resource_version,
             propagation_policy=propagation_policy,
+            preconditions_uid=preconditions_uid,
         )
+        if grace_period_seconds is not None:
+            request.grace_period_seconds = grace_period_seconds
         return await self.stub(kind).Delete(request, timeout=self.timeout)
 
     async def bind(self, namespace: str, name: str, node_name: str) -> pod_pb2.Pod:

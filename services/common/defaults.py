@@ -12,6 +12,7 @@ from typing import Any, Callable
 from google.protobuf.message import Message
 
 from kybernetes.v1 import (
+    coordination_pb2,
     endpoints_pb2,
     namespace_pb2,
     node_pb2,
@@ -25,6 +26,7 @@ from services.common.resources import (
     CLUSTER_ROLES,
     DEFAULT_NAMESPACE,
     ENDPOINTS,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -168,6 +170,11 @@ def _default_rbac(kind: Kind) -> Callable[[Any], None]:
     return default
 
 
+def default_lease(lease: coordination_pb2.Lease) -> None:
+    # Kubernetes defaults nothing in a Lease's spec: an unset duration or count stays unset.
+    _default_type_meta(lease, LEASES)
+
+
 _DEFAULTERS: dict[type[Message], Callable[[Any], None]] = {
     pod_pb2.Pod: default_pod,
     service_pb2.Service: default_service,
@@ -179,6 +186,7 @@ _DEFAULTERS: dict[type[Message], Callable[[Any], None]] = {
     rbac_pb2.ClusterRole: _default_rbac(CLUSTER_ROLES),
     rbac_pb2.RoleBinding: _default_rbac(ROLE_BINDINGS),
     rbac_pb2.ClusterRoleBinding: _default_rbac(CLUSTER_ROLE_BINDINGS),
+    coordination_pb2.Lease: default_lease,
 }
 
 

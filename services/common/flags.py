@@ -38,6 +38,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def boolean(text: str) -> bool:
+    """Kubernetes' boolean flag values: `--flag`, `--flag=true`, `--flag=false` (with nargs="?", const=True)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "t", "yes"):
+        return True
+    if value in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f'"{text}" is not true or false')
+
+
 def add_api_client_flags(parser: argparse.ArgumentParser) -> None:
     """--server and --kubeconfig, as every client component of the API server spells them."""
     parser.add_argument(

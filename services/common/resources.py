@@ -13,6 +13,8 @@ from typing import Any, Callable
 from google.protobuf.message import Message
 
 from kybernetes.v1 import (
+    coordination_pb2,
+    coordination_pb2_grpc,
     endpoints_pb2,
     endpoints_pb2_grpc,
     namespace_pb2,
@@ -32,6 +34,8 @@ from kybernetes.v1 import (
 API_VERSION = "v1"
 # Kubernetes keeps RBAC in its own API group; manifests name it so.
 RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
+# Leases (leader election) are in Kubernetes' coordination group.
+COORDINATION_API_VERSION = "coordination.k8s.io/v1"
 DEFAULT_NAMESPACE = "default"
 # Annotation on the BOOKMARK that closes the initial events of a Watch.
 INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"
@@ -165,10 +169,17 @@ CLUSTER_ROLE_BINDINGS = Kind(
     stub=rbac_pb2_grpc.ClusterRoleBindingRegistryStub, service_name="kybernetes.v1.ClusterRoleBindingRegistry",
     namespaced=False, has_status=False, api_version=RBAC_API_VERSION,
 )
+LEASES = Kind(
+    name="Lease", plural="leases", singular="lease", short_names=(),
+    message=coordination_pb2.Lease, list_message=coordination_pb2.LeaseList,
+    event_message=coordination_pb2.LeaseWatchEvent,
+    stub=coordination_pb2_grpc.LeaseRegistryStub, service_name="kybernetes.v1.LeaseRegistry",
+    has_status=False, api_version=COORDINATION_API_VERSION,
+)
 
 ALL_KINDS: tuple[Kind, ...] = (
     PODS, SERVICES, ENDPOINTS, REPLICATION_CONTROLLERS, NODES,
-    NAMESPACES, ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS,
+    NAMESPACES, ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, LEASES,
 )
 RBAC_KINDS: tuple[Kind, ...] = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
 _BY_NAME: dict[str, Kind] = {}

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from google.protobuf.message import Message
 
 from kybernetes.v1 import (
+    coordination_pb2,
     endpoints_pb2,
     meta_pb2,
     namespace_pb2,
@@ -39,6 +40,7 @@ from services.common.resources import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -1222,6 +1224,44 @@ def validate_role_ref_update(binding: Any, old: Any) -> list[FieldError]:
     return []
 
 
+# A lease holder's identity: at most this long (Kubernetes' identities are "host_uuid").
+MAX_HOLDER_IDENTITY_LENGTH = 253
+# What a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_TIMESTAMP_SECONDS, _MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _validate_timestamp(path: str, value: Any, errors: list[FieldError]) -> None:
+    if not _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS:
+        errors.append(invalid(_child(path, "seconds"), value.seconds, "must be between years 1 and 9999"))
+    if not 0 <= value.nanos <= 999_999_999:
+        errors.append(invalid(_child(path, "nanos"), value.nanos, "must be between 0 and 999999999, inclusive"))
+
+
+def validate_lease(lease: coordination_pb2.Lease) -> list[FieldError]:
+    """Kubernetes' ValidateLease: a DNS-subdomain name, a positive lease duration, no
+    negative transition count; and a holder identity of at most 253 characters."""
+    errors: list[FieldError] = []
+    _validate_type_meta(lease, LEASES.name, errors)
+    errors += validate_object_meta(lease.metadata, namespaced=True)
+    spec = lease.spec
+    if len(spec.holder_identity) > MAX_HOLDER_IDENTITY_LENGTH:
+        errors.append(
+            invalid(
+                "spec.holderIdentity",
+                spec.holder_identity,
+                f"must be no more than {MAX_HOLDER_IDENTITY_LENGTH} characters",
+            )
+        )
+    if spec.HasField("lease_duration_seconds") and spec.lease_duration_seconds <= 0:
+        errors.append(invalid("spec.leaseDurationSeconds", spec.lease_duration_seconds, "must be greater than 0"))
+    if spec.HasField("lease_transitions") and spec.lease_transitions < 0:
+        errors.append(invalid("spec.leaseTransitions", spec.lease_transitions, NON_NEGATIVE))
+    for field_name, json_name in (("acquire_time", "acquireTime"), ("renew_time", "renewTime")):
+        if spec.HasField(field_name):
+            _validate_timestamp(f"spec.{json_name}", getattr(spec, field_name), errors)
+    return errors
+
+
 _VALIDATORS: dict[type[Message], Callable[[Any], list[FieldError]]] = {
     pod_pb2.Pod: validate_pod,
     service_pb2.Service: validate_service,
@@ -1233,6 +1273,7 @@ _VALIDATORS: dict[type[Message], Callable[[Any], list[FieldError]]] = {
     rbac_pb2.ClusterRole: validate_cluster_role,
     rbac_pb2.RoleBinding: validate_role_binding,
     rbac_pb2.ClusterRoleBinding: validate_cluster_role_binding,
+    coordination_pb2.Lease: validate_lease,
 }
 
 

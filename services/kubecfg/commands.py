@@ -21,6 +21,7 @@ from services.common.resources import (
     DEFAULT_NAMESPACE,
     ENDPOINTS,
     INITIAL_EVENTS_END_ANNOTATION,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -403,6 +404,8 @@ async def _describe_one(ctx: Context, kind: Kind, obj: Any) -> str:
         return describers.describe_role(obj)
     if kind in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
         return describers.describe_role_binding(obj)
+    if kind is LEASES:
+        return describers.describe_lease(obj)
     return describers.describe_endpoints(obj)
 
 
@@ -571,6 +574,14 @@ async def create(ctx: Context, paths: Sequence[str]) -> None:
 # --- delete ------------------------------------------------------------------
 
 
+# kubectl's warning for --force: the object is removed from the API at once, whether or not its
+# containers have stopped.
+FORCE_WARNING = (
+    "Warning: Immediate deletion does not wait for confirmation that the running resource has been "
+    "terminated. The resource may continue to run on the cluster indefinitely."
+)
+
+
 @dataclass(frozen=True)
 class DeleteOptions:
     label_selector: str = ""
@@ -579,6 +590,40 @@ class DeleteOptions:
     ignore_not_found: bool = False
     wait: bool = True
     timeout: float = 0  # seconds to wait for a graceful deletion to finish; 0 = no limit
+    grace_period: int = -1  # seconds a pod gets to stop; -1: its own terminationGracePeriodSeconds
+    force: bool = False  # with grace 0: removed from the API at once
+    now: bool = False  # grace 1: stop at once
+
+
+def delete_grace_period(options: DeleteOptions) -> int | None:
+    """The gracePeriodSeconds a Delete asks for, None for the object's own, as kubectl
+    resolves --grace-period, --now and --force: --now is 1; 0 without --force is 1 (so that
+    nothing is removed before it stopped by mistake); --force alone is 0."""
+    grace = options.grace_period
+    if options.now:
+        if grace != -1:
+            raise CommandError("error: --now and --grace-period cannot be specified together")
+        grace = 1
+    if grace == 0 and not options.force:
+        grace = 1
+    if options.force and grace < 0:
+        grace = 0
+    if options.force and grace > 0:
+        raise CommandError("error: --force and --grace-period greater than 0 cannot be specified together")
+    return grace if grace >= 0 else None
+
+
+async def delete_object(
+    client: ApiClient, kind: Kind, name: str, namespace: str, *, propagation_policy: str = "",
+    grace_period_seconds: int | None = None,
+) -> ApiObject:
+    """Delete with the options ApiClient.delete does not take (gracePeriodSeconds)."""
+    request = meta_pb2.DeleteRequest(
+        namespace=namespace if kind.namespaced else "", name=name, propagation_policy=propagation_policy
+    )
+    if grace_period_seconds is not None:
+        request.grace_period_seconds = grace_period_seconds
+    return await client.stub(kind).Delete(request, timeout=client.timeout)
 
 
 def propagation_policy(cascade: str) -> str:
@@ -620,14 +665,17 @@ async def _wait_gone(ctx: Context, kind: Kind, namespace: str, name: str, uid: s
 
 async def _delete_one(ctx: Context, kind: Kind, name: str, namespace: str, options: DeleteOptions) -> None:
     policy = propagation_policy(options.cascade) if kind is REPLICATION_CONTROLLERS else ""
+    grace = delete_grace_period(options)
     try:
-        deleted = await rpc(ctx, ctx.client.delete(kind, name, namespace, propagation_policy=policy))
+        deleted = await rpc(
+            ctx, delete_object(ctx.client, kind, name, namespace, propagation_policy=policy, grace_period_seconds=grace)
+        )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.NOT_FOUND and options.ignore_not_found:
             return
         ctx.fail(server_error(error, kind, name))
         return
-    ctx.say(f'{kind.singular} "{name}" deleted')
+    ctx.say(f'{kind.singular} "{name}" {"force deleted" if grace == 0 else "deleted"}')
     if options.wait and deleted.metadata.deletion_timestamp.ByteSize():
         try:
             async with asyncio.timeout(options.timeout or None):
@@ -638,6 +686,8 @@ async def _delete_one(ctx: Context, kind: Kind, name: str, namespace: str, optio
 
 async def delete(ctx: Context, requests: list[ResourceRequest], paths: Sequence[str], options: DeleteOptions) -> None:
     propagation_policy(options.cascade)  # a bad value fails before anything is deleted
+    if delete_grace_period(options) == 0:
+        print(FORCE_WARNING, file=ctx.err, flush=True)
     if paths:
         if requests:
             raise CommandError("error: cannot give resources as arguments together with -f")

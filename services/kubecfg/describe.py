@@ -242,8 +242,11 @@ def describe_pod(pod: pod_pb2.Pod, now: dt.datetime, tz: dt.tzinfo | None = None
         w.time(0, "Start Time", pod.status.start_time)
     w.mapping(0, "Labels", meta.labels)
     w.mapping(0, "Annotations", meta.annotations, separator=": ")
-    if timestamp_set(meta.deletion_timestamp):
+    terminating = timestamp_set(meta.deletion_timestamp)
+    if terminating:
+        # kubectl: the deletion's grace period beside it (the one the kubelet gives the containers).
         w.field(0, "Status", f"Terminating (lasts {age(meta.deletion_timestamp, now)})")
+        w.field(0, "Termination Grace Period", f"{meta.deletion_grace_period_seconds}s")
     else:
         w.field(0, "Status", pod.status.phase or "Pending")
     if pod.status.reason:
@@ -266,8 +269,10 @@ def describe_pod(pod: pod_pb2.Pod, now: dt.datetime, tz: dt.tzinfo | None = None
     _volumes(w, 0, pod.spec.volumes)
     restart = pod.spec.restart_policy or "Always"
     w.field(0, "Restart Policy", restart)
-    grace = pod.spec.termination_grace_period_seconds if pod.spec.HasField("termination_grace_period_seconds") else 30
-    w.field(0, "Termination Grace Period", f"{grace}s")
+    if not terminating:
+        spec = pod.spec
+        grace = spec.termination_grace_period_seconds if spec.HasField("termination_grace_period_seconds") else 30
+        w.field(0, "Termination Grace Period", f"{grace}s")
     w.field(0, "Node-Selectors", format_labels(pod.spec.node_selector))
     return w.text()
 
@@ -556,4 +561,26 @@ def describe_role_binding(binding: Any) -> str:
     w.line(1, "----", "----", "---------")
     for subject in binding.subjects:
         w.line(1, subject.kind, subject.name, subject.namespace)
+    return w.text()
+
+
+def describe_lease(lease: Any) -> str:
+    """A Lease, as kubectl's generic describer prints its spec (who holds it, since when)."""
+    w = _Writer()
+    _metadata(w, lease.metadata)
+    w.mapping(0, "Labels", lease.metadata.labels)
+    w.mapping(0, "Annotations", lease.metadata.annotations, separator=": ")
+    w.field(0, "API Version", lease.api_version)
+    w.field(0, "Kind", lease.kind)
+    spec = lease.spec
+    w.line(0, "Spec:")
+    if spec.HasField("acquire_time"):
+        w.time(1, "Acquire Time", spec.acquire_time)
+    w.field(1, "Holder Identity", spec.holder_identity or NONE)
+    if spec.HasField("lease_duration_seconds"):
+        w.field(1, "Lease Duration Seconds", spec.lease_duration_seconds)
+    if spec.HasField("lease_transitions"):
+        w.field(1, "Lease Transitions", spec.lease_transitions)
+    if spec.HasField("renew_time"):
+        w.time(1, "Renew Time", spec.renew_time)
     return w.text()

@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--wait", nargs="?", const=True, default=True, type=_bool,
                         help="wait until a gracefully deleted object is gone (default true)")
     delete.add_argument("--timeout", type=float, default=0, help="seconds to wait with --wait (0: no limit)")
+    delete.add_argument(
+        "--grace-period", type=int, default=-1,
+        help="seconds a pod gets to stop (-1: its terminationGracePeriodSeconds; 0 means 1 unless --force)",
+    )
+    delete.add_argument(
+        "--force", nargs="?", const=True, default=False, type=_bool,
+        help="with --grace-period=0 (the default then): remove from the API at once, without waiting for "
+        "the containers to stop",
+    )
+    delete.add_argument("--now", nargs="?", const=True, default=False, type=_bool,
+                        help="signal the pod to stop at once (--grace-period=1)")
 
     scale = verbs.add_parser("scale", parents=common, help="set a replication controller's replicas")
     scale.add_argument("resources", nargs="+", metavar="rc NAME | rc/NAME")
@@ -174,6 +185,7 @@ async def run(args: argparse.Namespace) -> int:
             delete_options = commands.DeleteOptions(
                 label_selector=args.selector, all=args.all, cascade=args.cascade,
                 ignore_not_found=args.ignore_not_found, wait=args.wait, timeout=args.timeout,
+                grace_period=args.grace_period, force=args.force, now=args.now,
             )
             resources = commands.parse_resources(args.resources, allow_all=False)
             await commands.delete(ctx, resources, args.filename, delete_options)

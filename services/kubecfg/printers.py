@@ -14,6 +14,7 @@ from services.common.resources import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -300,6 +301,11 @@ def _binding_row(binding: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
     )
 
 
+def _lease_row(lease: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
+    # kubectl's lease columns: who holds it ("" once released), and its age.
+    return [lease.spec.holder_identity, age(lease.metadata.creation_timestamp, now)], []
+
+
 _BINDING_TABLE = TableSpec(("ROLE", "AGE"), ("USERS", "GROUPS", "SERVICEACCOUNTS"), _binding_row)
 
 TABLES: dict[str, TableSpec] = {
@@ -319,6 +325,7 @@ TABLES: dict[str, TableSpec] = {
     CLUSTER_ROLES.name: TableSpec(("CREATED AT",), (), _role_row),
     ROLE_BINDINGS.name: _BINDING_TABLE,
     CLUSTER_ROLE_BINDINGS.name: _BINDING_TABLE,
+    LEASES.name: TableSpec(("HOLDER", "AGE"), (), _lease_row),
 }
 
 

@@ -156,6 +156,7 @@ class Kubelet:
             publish_status=self.status.publish, source_of=pod_source,
             runtime_default_seccomp=config.seccomp_default, network=self.network,
             service_environment=self.service_environment, pod_dns=self.pod_dns,
+            pod_terminated=self.status.pod_terminated,
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)

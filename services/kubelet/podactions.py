@@ -32,6 +32,12 @@ the answer it gets once the other steps are done. What only an attempt can
 tell — a sandbox or container that could not be made, started or wired — is
 recorded by the worker in its state and the back-off, where the next answer
 sees it.
+
+A pod the API server is deleting (metadata.deletionTimestamp set) is not
+synced but terminated (Kubernetes' SyncTerminatingPod): `compute_termination`
+says which containers still run and the grace period they get (the
+deletion's, never longer than one given before); once none runs, the worker
+reports `terminal_pod_status` and the kubelet removes the pod from the API.
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ from enum import StrEnum
 from typing import Hashable, Iterable, Mapping, Protocol
 
 from kybernetes.v1 import pod_pb2
+from services.common.podutil import CONTAINERS_READY, READY, TERMINATED_PHASES
 
 from .containers import CREATED, ContainerInfo
 from .dockerspec import sandbox_hash
-from .naming import INFRA_CONTAINER_NAME, container_hash
+from .naming import INFRA_CONTAINER_NAME, container_hash, grace_period_seconds
 from .status import (
     CONTAINER_CREATING,
     CRASH_LOOP_BACK_OFF,
     RESTART_NEVER,
     RESTART_ON_FAILURE,
+    pod_phase,
     restart_policy,
     should_restart,
 )
@@ -520,3 +528,85 @@ def _garbage(by_name: Mapping[str, list[ContainerInfo]]) -> tuple[ContainerInfo,
         keep = 0 if name == INFRA_CONTAINER_NAME else DEAD_CONTAINERS_KEPT
         doomed.extend(dead[: max(0, len(dead) - keep)])
     return tuple(doomed)
+
+
+# --- termination: a pod the API server is deleting -----------------------------------------
+
+# Kubernetes' reason, message and exit code for a container with no terminated state when
+# its pod is terminated (one that never started, or that the runtime lost).
+CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
+CONTAINER_STATUS_UNKNOWN_MESSAGE = "The container could not be located when the pod was terminated"
+CONTAINER_STATUS_UNKNOWN_EXIT_CODE = 137
+POD_COMPLETED = "PodCompleted"
+
+
+def is_terminating(pod: pod_pb2.Pod) -> bool:
+    """The API server is deleting the pod: it is stopped, never started again."""
+    return pod.metadata.HasField("deletion_timestamp")
+
+
+def termination_grace_period(pod: pod_pb2.Pod, previous: int | None = None) -> int:
+    """The grace period a terminating pod's containers get (Kubernetes' calculateEffectiveGracePeriod):
+    the deletion's (metadata.deletionGracePeriodSeconds) when above 0, else the pod's
+    spec.terminationGracePeriodSeconds; never longer than one given before (a second Delete
+    may only shorten it)."""
+    meta = pod.metadata
+    if meta.HasField("deletion_grace_period_seconds") and meta.deletion_grace_period_seconds > 0:
+        grace = int(meta.deletion_grace_period_seconds)
+    else:
+        grace = grace_period_seconds(pod)
+    return grace if previous is None else min(grace, previous)
+
+
+@dataclass(frozen=True)
+class PodTermination:
+    """What stopping a terminating pod takes now: its running app containers, all at once,
+    then (once they have stopped) its running sandboxes, each SIGTERM, `grace` seconds, SIGKILL."""
+
+    grace: int
+    kill: tuple[ContainerInfo, ...] = ()
+    kill_sandboxes: tuple[ContainerInfo, ...] = ()
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing of the pod runs: its final status can be reported and the pod removed."""
+        return not self.kill and not self.kill_sandboxes
+
+
+def compute_termination(
+    pod: pod_pb2.Pod, containers: Iterable[ContainerInfo], previous_grace: int | None = None
+) -> PodTermination:
+    """The next step of stopping `pod` (pure): the app containers first, the sandbox after them."""
+    grace = termination_grace_period(pod, previous_grace)
+    running = [info for info in sorted(containers, key=ContainerInfo.sort_key) if info.running]
+    apps = tuple(info for info in running if not info.is_infra)
+    if apps:
+        return PodTermination(grace, kill=apps)
+    return PodTermination(grace, kill_sandboxes=tuple(info for info in running if info.is_infra))
+
+
+def terminal_pod_status(status: pod_pb2.PodStatus, now: float) -> pod_pb2.PodStatus:
+    """The final status of a terminated pod (a new message), as Kubernetes' kubelet reports it
+    before the pod is removed (getPhase with podIsTerminal, statusManager.TerminatePod): every
+    container terminated (one without a terminated state: ContainerStatusUnknown, exit code
+    137), the phase Succeeded when every container exited 0, else Failed, whatever the
+    restartPolicy, and the pod not ready."""
+    final = pod_pb2.PodStatus()
+    final.CopyFrom(status)
+    for container in final.container_statuses:
+        if container.state.HasField("terminated"):
+            continue
+        container.state.Clear()
+        container.state.terminated.reason = CONTAINER_STATUS_UNKNOWN
+        container.state.terminated.message = CONTAINER_STATUS_UNKNOWN_MESSAGE
+        container.state.terminated.exit_code = CONTAINER_STATUS_UNKNOWN_EXIT_CODE
+        container.ready = False
+        container.started = False
+    final.phase = pod_phase(RESTART_NEVER, list(final.container_statuses))
+    if final.phase in TERMINATED_PHASES:
+        for condition in final.conditions:
+            if condition.type in (READY, CONTAINERS_READY):
+                if condition.status != "False":
+                    condition.last_transition_time.FromSeconds(int(now))
+                condition.status, condition.reason, condition.message = "False", POD_COMPLETED, ""
+    return final

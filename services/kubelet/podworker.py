@@ -10,6 +10,16 @@ then publishes the pod's status. What only an attempt can tell (a container
 or sandbox that could not be made or started) is recorded in the worker's
 state and the back-off, where the next decision sees it. Workers of different
 pods run concurrently, so one slow pod never holds up another.
+
+A pod the API server is deleting (deletionTimestamp set) is terminated instead
+of synced: its app containers get SIGTERM and, after the deletion's grace
+period, SIGKILL; then its sandbox; its address is released; its final status
+(terminal phase) is published, and then the kubelet removes the pod from the
+API (NodeContext.pod_terminated; the status manager sends the status first).
+A shorter grace from a second Delete hurries the kill under way. Everything is
+derived from the pod and Docker again on each pass, so a kubelet restarted in
+the middle finishes the job. The containers stay (stopped) until the pod is
+gone from the API, then the teardown removes them with its volumes.
 """
 
 from __future__ import annotations
@@ -57,11 +67,15 @@ from .podactions import (
     Waiting,
     backoff_key,
     compute_pod_actions,
+    compute_termination,
     containers_by_name,
+    is_terminating,
     pod_key,
     running_sandbox,
     sandbox_retry_at,
     sandbox_waiting,
+    terminal_pod_status,
+    termination_grace_period,
 )
 from .podnetwork import PodNetwork, PodNetworkError
 from .probes import ProbeManager
@@ -104,6 +118,9 @@ class NodeContext:
     service_environment: Callable[[pod_pb2.Pod], Awaitable[dict[str, str]]] | None = None
     # pod_dns(pod): its DNS settings (resolvconf.py); None: the node's resolv.conf.
     pod_dns: Callable[[pod_pb2.Pod], Awaitable[PodDns]] | None = None
+    # pod_terminated(uid, pod): a pod the API server is deleting has stopped and its
+    # final status is published: remove it from the API (after that status).
+    pod_terminated: Callable[[str, pod_pb2.Pod], None] | None = None
 
 
 class PodWorker:
@@ -125,6 +142,13 @@ class PodWorker:
         self._start_time: float | None = None
         self._pod_ip = ""
         self._last_status: pod_pb2.PodStatus | None = None
+        # Termination: the grace period its kills were given (only ever shortened), the
+        # task that hurries a kill under way when a second Delete shortens it, and
+        # whether the pod has been reported terminated.
+        self._kill_grace: int | None = None
+        self._killing = False
+        self._hurry: asyncio.Task | None = None
+        self._terminated = False
         self._log = get_logger(module="kubelet.podworker", pod_uid=uid)
 
     # --- driving -----------------------------------------------------------------------
@@ -139,6 +163,10 @@ class PodWorker:
         if pod is not None:
             self._last_pod = pod
             self._log = get_logger(module="kubelet.podworker", pod=pod_key(pod), pod_uid=self.uid)
+            if is_terminating(pod) and self._killing and self._kill_grace is not None:
+                grace = termination_grace_period(pod, self._kill_grace)
+                if grace < self._kill_grace:
+                    self._hurry_kill(grace)
         self.poke()
 
     def poke(self) -> None:
@@ -157,6 +185,8 @@ class PodWorker:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._hurry is not None:
+            self._hurry.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -178,6 +208,8 @@ class PodWorker:
                         if await self._teardown():
                             if self.pod is None:
                                 return
+                    elif is_terminating(pod):
+                        await self._terminate(pod)
                     else:
                         await self._sync(pod)
                     sync_backoff.reset()
@@ -193,7 +225,14 @@ class PodWorker:
             self._on_finished(self.uid)
 
     # --- sync ----------------------------------------------------------------------------
-    # --- sync ----------------------------------------------------------------------------
+
+    def _note_start_time(self, pod: pod_pb2.Pod) -> None:
+        if self._start_time is None:
+            if pod.status.HasField("start_time"):
+                self._start_time = pod.status.start_time.ToNanoseconds() / 1e9
+            else:
+                existing = self.context.cache.for_pod(self.uid)
+                self._start_time = min((c.created_at for c in existing), default=time.time())
 
     async def _sync(self, pod: pod_pb2.Pod) -> None:
         context = self.context
@@ -201,12 +240,7 @@ class PodWorker:
             # Over before this kubelet started, and its containers are gone:
             # never run it again; its recorded status stands.
             return
-        if self._start_time is None:
-            if pod.status.HasField("start_time"):
-                self._start_time = pod.status.start_time.ToNanoseconds() / 1e9
-            else:
-                existing = context.cache.for_pod(self.uid)
-                self._start_time = min((c.created_at for c in existing), default=time.time())
+        self._note_start_time(pod)
         grace = grace_period_seconds(pod)
 
         # 1. Kill what must go: the containers, then (judged on what that left) the sandbox.
@@ -659,9 +693,75 @@ class PodWorker:
         if infos:
             await asyncio.gather(*(self.context.runtime.remove(info) for info in infos))
 
+    # --- termination ---------------------------------------------------------------------
+
+    async def _terminate(self, pod: pod_pb2.Pod) -> None:
+        """Stops a pod the API server is deleting (Kubernetes' SyncTerminatingPod): its app
+        containers (SIGTERM, the deletion's grace, SIGKILL), then its sandbox; then releases
+        its address, publishes its final status and asks for its removal from the API."""
+        context = self.context
+        step = compute_termination(pod, context.cache.for_pod(self.uid), self._kill_grace)
+        if not step.stopped:
+            self._terminated = False
+            context.probes.forget_pod(self.uid)
+            if self._kill_grace is None:
+                self._log.info(
+                    "pod_terminating", grace_period=step.grace, running=len(step.kill) or len(step.kill_sandboxes)
+                )
+            self._kill_grace = step.grace
+            self._killing = True
+            try:
+                if step.kill:
+                    await self._kill_all(list(step.kill), step.grace)
+                    step = compute_termination(pod, context.cache.for_pod(self.uid), self._kill_grace)
+                if step.kill_sandboxes and not step.kill:
+                    await self._kill_all(list(step.kill_sandboxes), step.grace)
+            finally:
+                self._killing = False
+            step = compute_termination(pod, context.cache.for_pod(self.uid), self._kill_grace)
+            if not step.stopped:
+                self.poke_at(time.time() + 1.0)  # something would not stop (or restarted): again soon
+                return
+        if self._terminated:
+            return  # reported already; the pod's removal from the API ends the worker
+        if context.network is not None:
+            await context.network.release(self.uid)
+        context.probes.forget_pod(self.uid)
+        if not is_terminated(pod):
+            # A pod the API shows terminal has had its final status (by this kubelet
+            # before a restart): computing it again from what is left could only lose detail.
+            self._note_start_time(pod)
+            self._pod_ip = self._pod_ip or pod.status.pod_ip
+            self._publish(pod, {}, terminal=True)
+        self._terminated = True
+        self._log.info("pod_terminated")
+        if context.pod_terminated is not None:
+            context.pod_terminated(self.uid, pod)
+
+    def _hurry_kill(self, grace: int) -> None:
+        """A second Delete shortened the grace while the pod's containers are being stopped:
+        they get the shorter one now (SIGTERM again, then SIGKILL when it ends)."""
+        self._kill_grace = grace
+        running = [info for info in self.context.cache.for_pod(self.uid) if info.running and not info.is_infra]
+        self._log.info("pod_termination_hurried", grace_period=grace, containers=len(running))
+        previous = self._hurry
+        if previous is not None and not previous.done():
+            previous.cancel()
+        self._hurry = asyncio.get_running_loop().create_task(
+            self._kill_quietly(running, grace), name=f"pod-{self.uid}-hurry"
+        )
+
+    async def _kill_quietly(self, infos: list[ContainerInfo], grace: float) -> None:
+        try:
+            await self._kill_all(infos, grace)
+        except Exception:  # the kill under way goes on; the next pass sees what still runs
+            self._log.exception("pod_termination_hurry_failed")
+
     # --- status ------------------------------------------------------------------------
 
-    def _publish(self, pod: pod_pb2.Pod, waiting: dict[str, Waiting]) -> None:
+    def _publish(self, pod: pod_pb2.Pod, waiting: dict[str, Waiting], *, terminal: bool = False) -> None:
+        """Computes and publishes the pod's status; terminal: its final one (the pod has stopped
+        for good), in which nothing restarts and the phase is Succeeded or Failed."""
         context = self.context
         by_name = containers_by_name(context.cache.for_pod(self.uid))
         observations = []
@@ -674,7 +774,7 @@ class PodWorker:
             ready = False
             if current is not None and current.running:
                 current_ids.add(current.id)
-                if sandbox is not None:
+                if sandbox is not None and not terminal:
                     context.probes.ensure(pod, spec, current, self._pod_ip)
                 ready = context.probes.is_ready(spec, current.id)
             observations.append(
@@ -702,6 +802,8 @@ class PodWorker:
             reason=reason,
             message=message,
         )
+        if terminal:
+            status = terminal_pod_status(status, time.time())
         self._last_status = status
         context.publish_status(self.uid, pod, status)
 
@@ -716,7 +818,7 @@ class PodWorker:
         containers = context.cache.for_pod(self.uid)
         if containers:
             grace = (
-                grace_period_seconds(self._last_pod)
+                termination_grace_period(self._last_pod, self._kill_grace)
                 if self._last_pod is not None
                 else max((c.grace_period for c in containers), default=0)
             )

@@ -82,7 +82,10 @@ def make_static_pod(manifest: Message, source: str, node: str) -> pod_pb2.Pod:
     pod.ClearField("status")
     meta = pod.metadata
     meta.namespace = meta.namespace or DEFAULT_NAMESPACE
-    for server_owned in ("uid", "resource_version", "generation", "creation_timestamp", "deletion_timestamp"):
+    for server_owned in (
+        "uid", "resource_version", "generation", "creation_timestamp", "deletion_timestamp",
+        "deletion_grace_period_seconds",
+    ):
         meta.ClearField(server_owned)
     if not meta.name:
         raise InvalidPodError("metadata.name: Required value (static pods need a name)")
@@ -109,11 +112,13 @@ def parse_static_pods(text: str, origin: str, source: str, node: str) -> list[po
 
 def _spec_fingerprint(pod: pod_pb2.Pod) -> tuple:
     """What a pod worker acts on: a change elsewhere (status, resource_version)
-    does not wake it."""
+    does not wake it. A deletion does, and so does a shorter grace for it."""
+    meta = pod.metadata
     return (
-        pod.metadata.uid,
+        meta.uid,
         pod.spec.SerializeToString(deterministic=True),
-        pod.metadata.HasField("deletion_timestamp"),
+        meta.HasField("deletion_timestamp"),
+        meta.deletion_grace_period_seconds if meta.HasField("deletion_grace_period_seconds") else None,
     )
 
 
@@ -458,8 +463,10 @@ class ServerSource:
 class ApiSource:
     """Pods bound to this node, through an Informer (a resuming watch).
 
-    Mirror pods (the API's read-only copies of this node's static pods) are
-    not run: they go to the mirror handler."""
+    A pod being deleted (deletionTimestamp set) stays wanted, as terminating:
+    its worker stops it and the kubelet then removes it from the API; it leaves
+    when the API's DELETED event comes. Mirror pods (the API's read-only copies
+    of this node's static pods) are not run: they go to the mirror handler."""
 
     def __init__(
         self,
@@ -479,7 +486,7 @@ class ApiSource:
         if is_mirror_pod(pod):
             self._on_mirror_event(event_type, pod)
             return
-        if event_type == "DELETED" or pod.metadata.HasField("deletion_timestamp"):
+        if event_type == "DELETED":
             self.config.remove_pod(SOURCE_API, pod.metadata.uid)
         else:
             self.config.update_pod(SOURCE_API, pod)

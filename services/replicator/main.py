@@ -1,4 +1,7 @@
-"""kube-replicator: keeps every replication controller's pods at spec.replicas, through the API."""
+"""kube-replicator: keeps every replication controller's pods at spec.replicas, through the API.
+
+Several copies may run: they elect a leader through the Lease kube-system/kube-replicator
+(--leader-elect, on by default) and only the leader acts."""
 
 from __future__ import annotations
 
@@ -8,10 +11,19 @@ from services.common.client import client_from_args
 from services.common.flags import add_api_client_flags, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
+from services.common.runtime.leaderelection import (
+    LeaderElector,
+    add_leader_election_flags,
+    check_leader_election_flags,
+    leader_election_config,
+)
 from services.common.servicemain import run_service, run_until_signalled
 
 from .expectations import DEFAULT_TIMEOUT
 from .manager import DEFAULT_CONCURRENCY, DEFAULT_RESYNC_PERIOD, DEFAULT_WORKERS, ReplicationManager
+
+# The lease the replicators elect their leader with.
+LEASE_NAME = "kube-replicator"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,26 +46,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long to wait for the watch to show our own creates/deletes before acting again "
         "(default %(default)s)",
     )
-    return parser.parse_args(argv)
+    add_leader_election_flags(parser, default_name=LEASE_NAME)
+    args = parser.parse_args(argv)
+    check_leader_election_flags(parser, args)
+    return args
 
 
 async def serve(args: argparse.Namespace) -> int:
     log = configure_logging("replicator")
     client = client_from_args(args, timeout=30.0)
-    replicator = ReplicationManager(
-        workers=args.workers,
-        concurrency=args.concurrency,
-        resync_period=args.resync_period,
-        expectations_timeout=args.expectations_timeout,
-    )
-    manager = Manager(client, name="replicator")
-    manager.add(replicator)
-    log.info("replicator_starting", server=client.server)
+    # One per term as leader: a new term starts from fresh informers and expectations.
+    terms: list[ReplicationManager] = []
+
+    async def lead() -> None:
+        replicator = ReplicationManager(
+            workers=args.workers,
+            concurrency=args.concurrency,
+            resync_period=args.resync_period,
+            expectations_timeout=args.expectations_timeout,
+        )
+        terms.append(replicator)
+        manager = Manager(client, name="replicator")
+        manager.add(replicator)
+        await manager.run()
+
+    election = leader_election_config(args)
+    main = lead() if election is None else LeaderElector(client, election).run_forever(lead)
+    log.info("replicator_starting", server=client.server, leader_elect=election is not None)
     try:
-        code = await run_until_signalled(manager.run(), name="replicator")
+        code = await run_until_signalled(main, name="replicator")
     finally:
         await client.close()
-    log.info("replicator_stopped", created=replicator.created, deleted=replicator.deleted)
+    log.info(
+        "replicator_stopped",
+        created=sum(term.created for term in terms),
+        deleted=sum(term.deleted for term in terms),
+    )
     return code
 
 

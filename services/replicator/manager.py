@@ -8,7 +8,11 @@ work queue of controller keys; a worker syncs one controller at a time:
    released, and a matching orphan (no controller) is adopted;
 2. count: live owned pods minus spec.replicas is what to create or delete,
    but only once the expectations of its previous sync are met (see
-   expectations.py), so a watch that lags our own writes never over-creates;
+   expectations.py), so a watch that lags our own writes never over-creates.
+   A pod being deleted (deletionTimestamp set: its kubelet is stopping it) is
+   not live (Kubernetes' FilterActivePods): its replacement is made at once,
+   and a scale-down neither counts it nor deletes it again; its marking meets
+   the expectation of its deletion, as its removal would;
 3. act: creates (slow start: 1, 2, 4, ... at a time, stopping at the first
    failure) and deletes run in parallel, bounded by one semaphore for the
    whole process;
@@ -30,7 +34,7 @@ import grpc
 
 from kybernetes.v1 import pod_pb2, replication_controller_pb2
 from services.common.log import get_logger
-from services.common.podutil import is_active
+from services.common.podutil import is_active, is_being_deleted as pod_being_deleted
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.common.runtime import Manager, WorkQueue, run_workers
 from services.common.runtime.informer import Informer
@@ -135,10 +139,12 @@ class ReplicationManager:
                 key = (namespace, ref.name)
                 if event_type == "ADDED":
                     self.expectations.creation_observed(key)
-                elif event_type == "DELETED":
+                if event_type == "DELETED" or pod_being_deleted(pod):
+                    # Marked for deletion is as good as gone for counting (Kubernetes'
+                    # updatePod): no need to wait out its grace period to act again.
                     self.expectations.deletion_observed(key, pod.metadata.uid)
                 self.queue.add(key)
-            elif self._synced and event_type != "DELETED":
+            elif self._synced and event_type != "DELETED" and not pod_being_deleted(pod):
                 self.gc_queue.add((namespace, name))
         elif event_type != "DELETED" and is_active(pod):
             self._queue_matching_controllers(pod)  # an orphan someone may adopt
@@ -333,8 +339,8 @@ class ReplicationManager:
     async def collect(self, key: ObjectKey) -> None:
         """Deletes the pod if its replication controller is gone."""
         pod = self.pods.get(*key)
-        if pod is None:
-            return
+        if pod is None or pod_being_deleted(pod):
+            return  # gone, or going already
         ref = rc_controller_ref(pod)
         if ref is None or self._controller(key[0], ref.name, ref.uid) is not None:
             return
@@ -360,6 +366,8 @@ class ReplicationManager:
     def _scan_for_garbage(self) -> None:
         for pod in self.pods.list():
             ref = rc_controller_ref(pod)
+            if pod_being_deleted(pod):
+                continue
             if ref is not None and self._controller(pod.metadata.namespace, ref.name, ref.uid) is None:
                 self.gc_queue.add((pod.metadata.namespace, pod.metadata.name))
 

@@ -188,8 +188,14 @@ def test_apply_get_describe_scale_delete(kubecfg: Kubecfg, tmp_path: Path, uniqu
     assert table(kubecfg("get", "rc").out)[1][:3] == ["frontend", "5", "0"]
     assert "Replicas:     0 current / 5 desired" in kubecfg("describe", "rc", "frontend").out
 
-    by_label = kubecfg("delete", "pods", "-l", "tier=backend")
-    assert (by_label.code, by_label.out) == (0, 'pod "db-1" deleted\n'), by_label.err
+    # db-1 is bound to a node no kubelet runs: its graceful deletion only marks it (Terminating),
+    # and only --force removes it (with kubectl's warning), as with kubectl.
+    graceful = kubecfg("delete", "pods", "-l", "tier=backend", "--wait=false")
+    assert (graceful.code, graceful.out) == (0, 'pod "db-1" deleted\n'), graceful.err
+    assert table(kubecfg("get", "pods").out)[1][:3] == ["db-1", "0/1", "Terminating"]
+    by_label = kubecfg("delete", "pods", "-l", "tier=backend", "--force")
+    assert (by_label.code, by_label.out) == (0, 'pod "db-1" force deleted\n'), by_label.err
+    assert by_label.err.startswith("Warning: Immediate deletion does not wait for confirmation"), by_label.err
     by_file = kubecfg("delete", "-f", str(manifest), "--ignore-not-found")
     assert by_file.code == 0, by_file.err
     assert by_file.out.splitlines() == [

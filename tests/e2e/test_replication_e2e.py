@@ -65,8 +65,11 @@ def running_ready(pod: pod_pb2.Pod) -> bool:
 
 
 def spread_of(api: ApiClient, namespace: str, expected: dict[str, int]):
+    """The live pods (not being deleted) per node: a dead node's evicted pods stay, terminating,
+    until its kubelet comes back to finish them (as in Kubernetes), and do not count."""
+
     async def check():
-        pods = await pods_in(api, namespace, "app=web")
+        pods = [p for p in await pods_in(api, namespace, "app=web") if not p.metadata.HasField("deletion_timestamp")]
         ready = [p for p in pods if running_ready(p)]
         placed = collections.Counter(p.spec.node_name for p in ready)
         assert len(pods) == sum(expected.values()) and placed == expected, f"ready pods per node: {dict(placed)}"

@@ -29,6 +29,11 @@ FAR_GRACE = "--node-monitor-grace-period=3600"  # nodes stay ready without heart
 # How these tests wait (`eventually(check, what=..., **API_WAIT)`): the control plane
 # acts within a second or two; an object a check reads may not exist yet (an RPC error).
 API_WAIT: dict[str, Any] = {"timeout": 30, "interval": 0.1, "retry_on": (grpc.aio.AioRpcError,)}
+# A replicator started after another was killed waits for its lease to run out: 4 s here,
+# not Kubernetes' 15 s; the renew deadline outlasts an API server restart.
+REPLICATOR_LEASE = (
+    "--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=0.5s"
+)
 
 
 class ControlPlane:
@@ -75,7 +80,9 @@ class ControlPlane:
         self._replicator_starts += 1
         self.replicator = ManagedProcess(
             "replicator",
-            python_module_argv("services.replicator.main", "--server", self.address, "--resync-period", "5", *args),
+            python_module_argv(
+                "services.replicator.main", "--server", self.address, "--resync-period", "5", *REPLICATOR_LEASE, *args
+            ),
             f"{self.workdir}/replicator-{self._replicator_starts}.log",
         )
 

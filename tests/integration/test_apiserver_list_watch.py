@@ -186,10 +186,15 @@ async def test_field_selector_watch_sees_binding_as_added_and_unbinding_as_delet
     call = api.watch(PODS, meta_pb2.ListOptions(field_selector=f"spec.nodeName={unique_name}"))
     await api.create(make_pod("web", namespace))
     await api.bind(namespace, "web", unique_name)
+    # A bound pod's deletion is graceful: marked (MODIFIED), then removed (its kubelet's grace 0).
     await api.delete(PODS, "web", namespace)
-    events = await collect_events(call, 2)
+    await api.stub(PODS).Delete(meta_pb2.DeleteRequest(namespace=namespace, name="web", grace_period_seconds=0))
+    events = await collect_events(call, 3)
     call.cancel()
-    assert [(e.type, e.object.spec.node_name) for e in events] == [("ADDED", unique_name), ("DELETED", unique_name)]
+    assert [(e.type, e.object.spec.node_name) for e in events] == [
+        ("ADDED", unique_name), ("MODIFIED", unique_name), ("DELETED", unique_name)
+    ]
+    assert events[1].object.metadata.HasField("deletion_timestamp")
 
 
 async def test_label_change_out_of_selector_is_deleted_for_the_watcher(api, namespace):

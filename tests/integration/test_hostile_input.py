@@ -52,12 +52,13 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from kybernetes.v1 import endpoints_pb2, meta_pb2, namespace_pb2, pod_pb2, rbac_pb2
+from kybernetes.v1 import coordination_pb2, endpoints_pb2, meta_pb2, namespace_pb2, pod_pb2, rbac_pb2
 from services.common.resources import (
     ALL_KINDS,
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -195,13 +196,16 @@ def valid_object(kind: Kind, name: str, namespace: str = HOSTILE_NS) -> Message:
     if kind is CLUSTER_ROLE_BINDINGS:
         ref = rbac_pb2.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=TARGET)
         return rbac_pb2.ClusterRoleBinding(metadata=meta, subjects=[subject], role_ref=ref)
+    if kind is LEASES:
+        spec = coordination_pb2.LeaseSpec(holder_identity="host_1_abcd", lease_duration_seconds=15)
+        return coordination_pb2.Lease(metadata=meta, spec=spec)
     # A kind added since (its builder belongs here): its metadata alone, which may not be valid.
     return kind.message(metadata=meta)
 
 
 BUILT_KINDS = {
     PODS.name, SERVICES.name, REPLICATION_CONTROLLERS.name, NODES.name, ENDPOINTS.name, NAMESPACES.name,
-    ROLES.name, CLUSTER_ROLES.name, ROLE_BINDINGS.name, CLUSTER_ROLE_BINDINGS.name,
+    ROLES.name, CLUSTER_ROLES.name, ROLE_BINDINGS.name, CLUSTER_ROLE_BINDINGS.name, LEASES.name,
 }
 
 

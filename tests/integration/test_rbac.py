@@ -328,6 +328,10 @@ async def test_reconcile_bootstrap_creates_then_changes_nothing(registries: dict
     assert system.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
     for name in ("default", "kube-public"):
         await registries[NAMESPACES.name].get(meta_pb2.GetRequest(name=name))
+    # Leader election's leases: a Role in kube-system, bound to the controller identity.
+    locking = meta_pb2.GetRequest(namespace="kube-system", name="system::leader-locking-kube-controller-manager")
+    assert [r.resources[0] for r in (await registries[ROLES.name].get(locking)).rules] == ["leases"]
+    assert (await registries[ROLE_BINDINGS.name].get(locking)).subjects[0].name == "system:kube-controller-manager"
 
 
 async def test_reconcile_adds_what_is_missing_unless_autoupdate_is_false(registries: dict[str, Registry]) -> None:

@@ -28,8 +28,14 @@ def api_address(plane) -> str:
 
 
 def live_pods(api: ApiClient, namespace: str, count: int, selector: str = "app=web"):
+    """Pods that count toward the replicas (Kubernetes' FilterActivePods): not finished, and not
+    being deleted (with no kubelet here, a bound pod's graceful deletion never ends)."""
+
     async def check():
-        pods = [p for p in await pods_in(api, namespace, selector) if p.status.phase not in ("Succeeded", "Failed")]
+        pods = [
+            p for p in await pods_in(api, namespace, selector)
+            if p.status.phase not in ("Succeeded", "Failed") and not p.metadata.HasField("deletion_timestamp")
+        ]
         assert len(pods) == count, f"{len(pods)} live pods"
         return pods or True  # none left (count 0) is done too: an empty list would read as "not yet"
 

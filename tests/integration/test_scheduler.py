@@ -222,7 +222,18 @@ async def test_pending_on_a_taken_host_port_until_its_holder_goes(api, nodes, na
         **API_WAIT,
     )
 
-    await api.delete(PODS, "first", namespace)
+    # Its deletion is graceful: while its kubelet stops it, the holder keeps the port (as in
+    # Kubernetes). There is no kubelet here: the test removes it as one would, with grace 0.
+    marked = await api.delete(PODS, "first", namespace)
+    assert marked.metadata.HasField("deletion_timestamp")
+    await eventually(
+        pending_with(api, namespace, "second", message),
+        what="second still waiting while the holder terminates",
+        **API_WAIT,
+    )
+    await api.stub(PODS).Delete(
+        meta_pb2.DeleteRequest(namespace=namespace, name="first", grace_period_seconds=0), timeout=10
+    )
     pod = await eventually(
         bound(api, namespace, "second"),
         what="second to be bound once the port is free",

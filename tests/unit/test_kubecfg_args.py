@@ -61,6 +61,12 @@ def test_flags_before_or_after_the_verb() -> None:
     delete = parser.parse_args(["delete", "rc", "web", "--cascade=false", "--ignore-not-found"])
     assert delete.cascade == "false" and delete.ignore_not_found is True and delete.wait is True
     assert parser.parse_args(["delete", "po", "x", "--wait=false"]).wait is False
+    assert (delete.grace_period, delete.force, delete.now) == (-1, False, False)
+    graceful = parser.parse_args(["delete", "po", "x", "--grace-period=5"])
+    assert graceful.grace_period == 5
+    forced = parser.parse_args(["delete", "po", "x", "--force", "--grace-period", "0"])
+    assert (forced.force, forced.grace_period) == (True, 0)
+    assert parser.parse_args(["delete", "po", "x", "--now"]).now is True
     assert parser.parse_args(["scale", "rc", "web", "--replicas=3"]).replicas == 3
 
 

@@ -29,6 +29,7 @@ class FakeClient:
         self.conflicts_to_inject = 0
         self.writes: list[str] = []
         self.deletes: list[tuple[str, str]] = []
+        self.graces: list[int | None] = []
 
     def _key(self, obj: Any) -> tuple[str, str, str]:
         return (kind_of_message(obj).name, obj.metadata.namespace, obj.metadata.name)
@@ -81,6 +82,21 @@ class FakeClient:
         del self.objects[(kind.name, namespace, name)]
         self.deletes.append((name, propagation_policy))
         return obj
+
+    timeout = 10.0
+
+    def stub(self, kind):
+        """The kind's stub: its Delete takes the whole DeleteRequest (gracePeriodSeconds too)."""
+        client = self
+
+        class Stub:
+            async def Delete(self, request, timeout=None):
+                namespace = request.namespace or "default"
+                grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
+                client.graces.append(grace)
+                return await client.delete(kind, request.name, namespace, propagation_policy=request.propagation_policy)
+
+        return Stub()
 
 
 MANIFEST = """\
@@ -185,3 +201,46 @@ async def test_get_and_delete_by_selector(ctx, tmp_path) -> None:
     assert lines(ctx.out) == ['replicationcontroller "web" deleted']
     assert lines(ctx.err) == ['Error from server (NotFound): replicationcontrollers "gone" not found']
     assert ctx.client.deletes[-1] == ("web", "Orphan")
+
+
+@pytest.mark.parametrize(
+    ("options", "grace", "said", "warned"),
+    [
+        pytest.param(commands.DeleteOptions(), None, 'pod "solo" deleted', False, id="the-pods-own"),
+        pytest.param(commands.DeleteOptions(grace_period=5), 5, 'pod "solo" deleted', False, id="grace-period"),
+        pytest.param(commands.DeleteOptions(now=True), 1, 'pod "solo" deleted', False, id="now"),
+        # kubectl: --grace-period=0 without --force means 1, so nothing goes before it stopped by mistake.
+        pytest.param(commands.DeleteOptions(grace_period=0), 1, 'pod "solo" deleted', False, id="zero-is-one"),
+        pytest.param(commands.DeleteOptions(force=True), 0, 'pod "solo" force deleted', True, id="force"),
+        pytest.param(
+            commands.DeleteOptions(force=True, grace_period=0), 0, 'pod "solo" force deleted', True, id="force-zero"
+        ),
+    ],
+)
+async def test_delete_grace_period_now_and_force(ctx, tmp_path, options, grace, said, warned) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(MANIFEST)
+    await commands.apply(ctx, [str(path)])
+    lines(ctx.out)
+    await commands.delete(ctx, [commands.ResourceRequest(PODS, ("solo",))], [], options)
+    assert ctx.client.graces == [grace]
+    assert lines(ctx.out) == [said]
+    assert lines(ctx.err) == ([commands.FORCE_WARNING] if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            commands.DeleteOptions(now=True, grace_period=3),
+            "error: --now and --grace-period cannot be specified together", id="now-and-grace",
+        ),
+        pytest.param(
+            commands.DeleteOptions(force=True, grace_period=3),
+            "error: --force and --grace-period greater than 0 cannot be specified together", id="force-and-grace",
+        ),
+    ],
+)
+def test_delete_grace_period_conflicts(options, message) -> None:
+    with pytest.raises(commands.CommandError, match=message):
+        commands.delete_grace_period(options)

@@ -223,6 +223,17 @@ def test_describe_pod_sections() -> None:
     assert [line.split() for line in lines if line.strip().startswith("cpu:")] == [["cpu:", "500m"]]
     liveness = "Liveness: http-get http://:http/healthz delay=0s timeout=1s period=10s #success=1 #failure=3"
     assert [" ".join(line.split()) for line in lines if "Liveness:" in line] == [liveness]
+    assert [" ".join(line.split()) for line in lines if "Grace Period" in line] == ["Termination Grace Period: 30s"]
+
+
+def test_describe_a_terminating_pod_shows_the_deletions_grace() -> None:
+    pod = running_pod()
+    pod.spec.termination_grace_period_seconds = 30
+    pod.metadata.deletion_timestamp.CopyFrom(ago(4))
+    pod.metadata.deletion_grace_period_seconds = 5
+    lines = [" ".join(line.split()) for line in describe_pod(pod, NOW, tz=dt.timezone.utc).splitlines()]
+    assert "Status: Terminating (lasts 4s)" in lines
+    assert [line for line in lines if "Grace Period" in line] == ["Termination Grace Period: 5s"]
 
 
 def test_format_probe_kinds() -> None:

@@ -123,7 +123,16 @@ def test_pods_on_a_node_that_does_not_exist_are_evicted_after_the_timeout() -> N
     almost = plan_node_lifecycle(Observed([], pods, first.missing_since), NOW + EVICTION - 1, GRACE, EVICTION)
     assert almost.actions == [] and almost.missing_since == {"ghost": NOW}
     due = plan_node_lifecycle(Observed([], pods, almost.missing_since), NOW + EVICTION, GRACE, EVICTION)
-    assert due.actions == [EvictPod(pods["ghost"][0], "node ghost does not exist")]
+    # No kubelet will finish a graceful deletion there: the eviction is forced.
+    assert due.actions == [EvictPod(pods["ghost"][0], "node ghost does not exist", force=True)]
+
+
+def test_pods_already_terminating_are_not_evicted_again() -> None:
+    stale = node(ready="Unknown", heartbeat_age=1000, transition_age=1000)
+    terminating = pod("a")
+    terminating.metadata.deletion_timestamp.seconds = int(NOW)
+    plan = plan_node_lifecycle(Observed([stale], {"n1": [terminating, pod("b")]}), NOW, GRACE, EVICTION)
+    assert [action.pod.metadata.name for action in plan.actions if isinstance(action, EvictPod)] == ["b"]
 
 
 def test_a_missing_node_that_appears_or_loses_its_pods_is_forgotten() -> None:

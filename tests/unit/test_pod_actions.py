@@ -35,6 +35,10 @@ from services.kubelet.podactions import (
     PodWorkerState,
     backoff_key,
     compute_pod_actions,
+    compute_termination,
+    is_terminating,
+    terminal_pod_status,
+    termination_grace_period,
 )
 
 NOW = 1_800_000_000.0
@@ -553,3 +557,106 @@ def test_one_step_at_a_time_the_sandbox_is_judged_after_the_container_kills() ->
         "create_sandbox": "attempt=1",
         "start": ["web attempt=1 record_restart"],
     }))
+
+
+# --- termination: a pod the API server is deleting ------------------------------------------------------
+
+
+def _terminating(pod: pod_pb2.Pod, *, spec_grace: int | None = 30, deletion_grace: int | None = 30) -> pod_pb2.Pod:
+    marked = copy.deepcopy(pod)
+    if spec_grace is not None:
+        marked.spec.termination_grace_period_seconds = spec_grace
+    marked.metadata.deletion_timestamp.seconds = int(NOW) + (deletion_grace or 0)
+    if deletion_grace is not None:
+        marked.metadata.deletion_grace_period_seconds = deletion_grace
+    return marked
+
+
+@pytest.mark.parametrize(
+    ("spec_grace", "deletion_grace", "previous", "expected"),
+    [
+        pytest.param(30, 30, None, 30, id="the-deletions"),
+        pytest.param(30, 5, None, 5, id="a-shorter-deletion"),
+        pytest.param(30, 0, None, 30, id="deletion-0-means-the-specs"),
+        pytest.param(7, None, None, 7, id="no-deletion-grace-the-specs"),
+        pytest.param(None, None, None, 30, id="the-default"),
+        pytest.param(30, 30, 4, 4, id="never-longer-than-one-given-before"),
+        pytest.param(30, 2, 4, 2, id="shorter-than-before"),
+    ],
+)
+def test_termination_grace_period(spec_grace, deletion_grace, previous, expected) -> None:
+    pod = _terminating(POD, spec_grace=spec_grace, deletion_grace=deletion_grace)
+    assert is_terminating(pod) and not is_terminating(POD)
+    assert termination_grace_period(pod, previous) == expected
+
+
+@pytest.mark.parametrize(
+    ("containers", "kill", "kill_sandboxes"),
+    [
+        pytest.param([_sandbox(), _app("web"), _app("side")], ["side-0", "web-0"], [], id="apps-first"),
+        pytest.param(
+            [_sandbox(), _app("web", EXITED), _app("side", EXITED, exit_code=143)], [], ["POD-0"],
+            id="then-the-sandbox",
+        ),
+        pytest.param(
+            [_sandbox(EXITED), _app("web", EXITED), _app("side", EXITED, exit_code=137)], [], [],
+            id="stopped",
+        ),
+        pytest.param([], [], [], id="never-started"),
+        # A container that crashed and waits for its restart is not restarted: only what runs is killed.
+        pytest.param([_sandbox(), _app("web", EXITED, exit_code=1), _app("side")], ["side-0"], [], id="crashed-one"),
+    ],
+)
+def test_compute_termination(containers, kill, kill_sandboxes) -> None:
+    pod = _terminating(POD_TWO, deletion_grace=12)
+    before = copy.deepcopy(containers)
+    step = compute_termination(pod, containers)
+    assert step.grace == 12
+    assert sorted(info.id for info in step.kill) == kill
+    assert [info.id for info in step.kill_sandboxes] == kill_sandboxes
+    assert step.stopped == (not kill and not kill_sandboxes)
+    assert containers == before
+
+
+def _status(*containers: tuple[str, str, int], ready: str = "False") -> pod_pb2.PodStatus:
+    """A status with (name, state, exit code) per container and a Ready condition."""
+    status = pod_pb2.PodStatus(phase="Running")
+    for name, state, exit_code in containers:
+        entry = status.container_statuses.add(name=name)
+        if state == "terminated":
+            entry.state.terminated.exit_code = exit_code
+            entry.state.terminated.reason = "Completed" if exit_code == 0 else "Error"
+        elif state == "waiting":
+            entry.state.waiting.reason = "ContainerCreating"
+        else:
+            entry.state.running.SetInParent()
+            entry.ready = True
+    for kind in ("Ready", "ContainersReady"):
+        condition = status.conditions.add(type=kind, status=ready, reason="ContainersNotReady")
+        condition.last_transition_time.seconds = 100
+    return status
+
+
+@pytest.mark.parametrize(
+    ("status", "phase", "unknown"),
+    [
+        pytest.param(_status(("web", "terminated", 0), ("side", "terminated", 0)), "Succeeded", [], id="all-exit-0"),
+        pytest.param(_status(("web", "terminated", 0), ("side", "terminated", 143)), "Failed", [], id="one-failed"),
+        pytest.param(_status(("web", "terminated", 137)), "Failed", [], id="killed"),
+        pytest.param(_status(("web", "waiting", 0)), "Failed", ["web"], id="never-started"),
+        pytest.param(_status(("web", "running", 0), ready="True"), "Failed", ["web"], id="lost-while-running"),
+    ],
+)
+def test_terminal_pod_status(status, phase, unknown) -> None:
+    before = copy.deepcopy(status)
+    final = terminal_pod_status(status, NOW)
+    assert status == before
+    assert final.phase == phase
+    assert all(s.state.HasField("terminated") and not s.ready for s in final.container_statuses)
+    lost = [s.name for s in final.container_statuses if s.state.terminated.reason == "ContainerStatusUnknown"]
+    assert lost == unknown
+    assert all(s.state.terminated.exit_code == 137 for s in final.container_statuses if s.name in unknown)
+    for condition in final.conditions:
+        assert (condition.status, condition.reason) == ("False", "PodCompleted")
+        was_ready = any(c.type == condition.type and c.status == "True" for c in status.conditions)
+        assert condition.last_transition_time.seconds == (int(NOW) if was_ready else 100)

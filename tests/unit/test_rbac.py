@@ -529,7 +529,17 @@ def test_other_kinds_are_not_checked() -> None:
 
 
 def bootstrap_authorizer() -> rbac.RBACAuthorizer:
-    return rbac.RBACAuthorizer(registries_with(*bootstrap.cluster_roles(), *bootstrap.cluster_role_bindings()))
+    return rbac.RBACAuthorizer(
+        registries_with(
+            *bootstrap.cluster_roles(),
+            *bootstrap.cluster_role_bindings(),
+            *bootstrap.namespace_roles(),
+            *bootstrap.namespace_role_bindings(),
+        )
+    )
+
+
+COORDINATION = "coordination.k8s.io"
 
 
 CONTROLLERS = authenticated(CONTROLLER_MANAGER_USER, [])
@@ -539,9 +549,9 @@ DNS = authenticated(bootstrap.KUBE_DNS, [])
 KUBELET_CLIENT = authenticated(bootstrap.APISERVER_KUBELET_CLIENT, [])
 BOOTSTRAPPER = authenticated("system:bootstrap:abcdef", ["system:bootstrappers"])
 
-# Every call each component's code makes (verb, resource, namespace; "ns" stands for any
-# namespace), read from the code: informers List and Watch their kinds across namespaces.
-COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, str, str]]]] = {
+# Every call each component's code makes (verb, resource, namespace[, API group]; "ns" stands
+# for any namespace), read from the code: informers List and Watch their kinds across namespaces.
+COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, ...]]]] = {
     # services/apiserver/scheduler/scheduler.py: informers on pods, nodes, services; Bind;
     # UpdateStatus of an unschedulable pod.
     "scheduler": (
@@ -576,6 +586,9 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, str, str]]]] = {
             ("create", "pods", "ns"),
             ("update", "pods", "ns"),
             ("update", "replicationcontrollers/status", "ns"),
+            # services/common/runtime/leaderelection.py: the controllers' and the replicators'
+            # leases (kube-controller-manager, kube-replicator) in kube-system.
+            *((verb, "leases", "kube-system", COORDINATION) for verb in ("get", "create", "update")),
         ],
     ),
     # services/proxy/main.py: informers on endpoints and services.
@@ -594,7 +607,11 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, str, str]]]] = {
 def test_every_component_may_make_the_calls_its_code_makes(component: str) -> None:
     authorizer = bootstrap_authorizer()
     who, calls = COMPONENT_CALLS[component]
-    denied = [call for call in calls if not allowed(authorizer, request(who, call[0], call[1], call[2]))]
+    denied = [
+        call
+        for call in calls
+        if not allowed(authorizer, request(who, call[0], call[1], call[2], group=call[3] if len(call) > 3 else ""))
+    ]
     assert denied == []
 
 
@@ -613,6 +630,14 @@ def test_every_component_may_make_the_calls_its_code_makes(component: str) -> No
         (CONTROLLERS, "create", "nodes", "", ""),
         (CONTROLLERS, "update", "services", "ns", ""),
         (CONTROLLERS, "create", "services", "ns", ""),
+        # Leases in kube-system only, and no more verbs than election uses.
+        (CONTROLLERS, "get", "leases", "ns", "coordination.k8s.io"),
+        (CONTROLLERS, "create", "leases", "default", "coordination.k8s.io"),
+        (CONTROLLERS, "delete", "leases", "kube-system", "coordination.k8s.io"),
+        (CONTROLLERS, "list", "leases", "kube-system", "coordination.k8s.io"),
+        (CONTROLLERS, "get", "leases", "kube-system", ""),
+        (SCHEDULER, "update", "leases", "kube-system", "coordination.k8s.io"),
+        (PROXY, "get", "leases", "kube-system", "coordination.k8s.io"),
         (KUBELET_CLIENT, "create", "pods", "ns", ""),
         (BOOTSTRAPPER, "list", "pods", "ns", ""),
         (BOOTSTRAPPER, "create", "nodes", "", ""),
@@ -683,12 +708,19 @@ def test_bootstrap_objects_are_valid_labelled_and_consistent() -> None:
     roles, bindings = bootstrap.cluster_roles(), bootstrap.cluster_role_bindings()
     names = [r.metadata.name for r in roles]
     assert len(set(names)) == len(names)
-    for obj in [*roles, *bindings]:
+    local_roles, local_bindings = bootstrap.namespace_roles(), bootstrap.namespace_role_bindings()
+    for obj in [*roles, *bindings, *local_roles, *local_bindings]:
         assert validate(obj) == [], obj.metadata.name
         assert obj.metadata.labels == {"kubernetes.io/bootstrapping": "rbac-defaults"}
         assert obj.metadata.annotations == {"rbac.authorization.kubernetes.io/autoupdate": "true"}
     for item in bindings:
         assert item.role_ref.name in names
+    system_namespaces = {ns.metadata.name for ns in bootstrap.namespaces()}
+    local_names = {(r.metadata.namespace, r.metadata.name) for r in local_roles}
+    for item in local_bindings:
+        assert item.metadata.namespace in system_namespaces
+        assert item.role_ref.kind == "Role"
+        assert (item.metadata.namespace, item.role_ref.name) in local_names
     namespaces = {ns.metadata.name: dict(ns.metadata.labels) for ns in bootstrap.namespaces()}
     assert namespaces == {
         "default": {},

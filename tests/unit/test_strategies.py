@@ -19,7 +19,15 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kybernetes.v1 import endpoints_pb2, meta_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from kybernetes.v1 import (
+    coordination_pb2,
+    endpoints_pb2,
+    meta_pb2,
+    node_pb2,
+    pod_pb2,
+    replication_controller_pb2,
+    service_pb2,
+)
 from services.apiserver.errors import ApiError
 from services.apiserver.ipallocator import NodePortRange, ServiceIPRange, TakenView, owner_record
 from services.apiserver.registry import BACKGROUND, ORPHAN, LayoutError, WireLayout, wire_layout
@@ -40,6 +48,7 @@ from services.common.resources import (
     NAMESPACES,
     RBAC_KINDS,
     ENDPOINTS,
+    LEASES,
     NODES,
     PODS,
     REPLICATION_CONTROLLERS,
@@ -98,6 +107,15 @@ def endpoints(ip: str = "10.244.0.5") -> endpoints_pb2.Endpoints:
     )
 
 
+def lease(holder: str = "a", renewed: int = 1_700_000_000) -> coordination_pb2.Lease:
+    return coordination_pb2.Lease(
+        metadata=meta_pb2.ObjectMeta(name="kube-controller-manager", namespace="kube-system"),
+        spec=coordination_pb2.LeaseSpec(
+            holder_identity=holder, lease_duration_seconds=15, renew_time=Timestamp(seconds=renewed)
+        ),
+    )
+
+
 # -- the table ---------------------------------------------------------------------
 
 
@@ -136,6 +154,12 @@ def test_every_kind_has_its_strategy() -> None:
             ENDPOINTS, endpoints(), lambda e: e.subsets[0].ports[0].protocol == "TCP",
             id="endpoints-defaults",
         ),
+        pytest.param(
+            LEASES, lease(),
+            lambda le: (le.api_version, le.kind) == ("coordination.k8s.io/v1", "Lease")
+            and not le.spec.HasField("lease_transitions"),
+            id="lease-type-meta-only",
+        ),
     ],
 )
 def test_prepare_for_create(kind: Kind, given: Message, check: Callable[[Any], bool]) -> None:
@@ -173,6 +197,10 @@ def test_prepare_for_create(kind: Kind, given: Message, check: Callable[[Any], b
         pytest.param(
             ENDPOINTS, endpoints("10.244.0.5"), endpoints("10.244.0.6"), 7, lambda e: True,
             id="endpoints-no-spec-no-bump",
+        ),
+        pytest.param(
+            LEASES, lease(renewed=1), lease(renewed=2), 7, lambda le: le.spec.renew_time.seconds == 2,
+            id="lease-renewal-no-bump",
         ),
     ],
 )
@@ -226,7 +254,7 @@ SUBRESOURCES = {
     ENDPOINTS.name: {},
     REPLICATION_CONTROLLERS.name: {"status": "UpdateStatus"},
     NODES.name: {"status": "UpdateStatus"},
-    **{kind.name: {} for kind in (NAMESPACES, *RBAC_KINDS)},
+    **{kind.name: {} for kind in (NAMESPACES, *RBAC_KINDS, LEASES)},
 }
 STANDARD_METHODS = {"Create", "Get", "List", "Update", "Delete", "Watch"}
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kybernetes/v1/meta.proto\x12\rkybernetes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0eOwnerReference\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x12\n\ncontroller\x18\x05 \x01(\x08\"\x83\x04\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgenerate_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\x03\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x36\n\x12\x63reation_timestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x64\x65letion_timestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06labels\x18\t \x03(\x0b\x32%.kybernetes.v1.ObjectMeta.LabelsEntry\x12?\n\x0b\x61nnotations\x18\n \x03(\x0b\x32*.kybernetes.v1.ObjectMeta.AnnotationsEntry\x12\x37\n\x10owner_references\x18\x0b \x03(\x0b\x32\x1d.kybernetes.v1.OwnerReference\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x08ListMeta\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x02 \x01(\tR\x08\x63ontinue\x12\x1c\n\x14remaining_item_count\x18\x03 \x01(\x03\"\xb8\x01\n\x0bListOptions\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x05 \x01(\tR\x08\x63ontinue\x12\x18\n\x10resource_version\x18\x06 \x01(\x03\x12\x1b\n\x13send_initial_events\x18\x07 \x01(\x08\"-\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"f\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x12\x1a\n\x12propagation_policy\x18\x04 \x01(\tB.Z,kybernetes.io/api/kybernetes/v1;kybernetesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kybernetes/v1/meta.proto\x12\rkybernetes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0eOwnerReference\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x12\n\ncontroller\x18\x05 \x01(\x08\"\xe5\x04\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgenerate_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\x03\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x36\n\x12\x63reation_timestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x64\x65letion_timestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06labels\x18\t \x03(\x0b\x32%.kybernetes.v1.ObjectMeta.LabelsEntry\x12?\n\x0b\x61nnotations\x18\n \x03(\x0b\x32*.kybernetes.v1.ObjectMeta.AnnotationsEntry\x12\x37\n\x10owner_references\x18\x0b \x03(\x0b\x32\x1d.kybernetes.v1.OwnerReference\x12*\n\x1d\x64\x65letion_grace_period_seconds\x18\x0c \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nfinalizers\x18\r \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42 \n\x1e_deletion_grace_period_seconds\"d\n\x08ListMeta\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x02 \x01(\tR\x08\x63ontinue\x12\x1c\n\x14remaining_item_count\x18\x03 \x01(\x03\"\xb8\x01\n\x0bListOptions\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12 \n\x0e\x63ontinue_token\x18\x05 \x01(\tR\x08\x63ontinue\x12\x18\n\x10resource_version\x18\x06 \x01(\x03\x12\x1b\n\x13send_initial_events\x18\x07 \x01(\x08\"-\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xbd\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x12\x1a\n\x12propagation_policy\x18\x04 \x01(\t\x12!\n\x14grace_period_seconds\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x11preconditions_uid\x18\x06 \x01(\tB\x17\n\x15_grace_period_secondsB.Z,kybernetes.io/api/kybernetes/v1;kybernetesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OWNERREFERENCE']._serialized_start=76
   _globals['_OWNERREFERENCE']._serialized_end=174
   _globals['_OBJECTMETA']._serialized_start=177
-  _globals['_OBJECTMETA']._serialized_end=692
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=595
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=640
-  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_start=642
-  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_end=692
-  _globals['_LISTMETA']._serialized_start=694
-  _globals['_LISTMETA']._serialized_end=794
-  _globals['_LISTOPTIONS']._serialized_start=797
-  _globals['_LISTOPTIONS']._serialized_end=981
-  _globals['_GETREQUEST']._serialized_start=983
-  _globals['_GETREQUEST']._serialized_end=1028
-  _globals['_DELETEREQUEST']._serialized_start=1030
-  _globals['_DELETEREQUEST']._serialized_end=1132
+  _globals['_OBJECTMETA']._serialized_end=790
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=659
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=704
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_start=706
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_end=756
+  _globals['_LISTMETA']._serialized_start=792
+  _globals['_LISTMETA']._serialized_end=892
+  _globals['_LISTOPTIONS']._serialized_start=895
+  _globals['_LISTOPTIONS']._serialized_end=1079
+  _globals['_GETREQUEST']._serialized_start=1081
+  _globals['_GETREQUEST']._serialized_end=1126
+  _globals['_DELETEREQUEST']._serialized_start=1129
+  _globals['_DELETEREQUEST']._serialized_end=1318
 # @@protoc_insertion_point(module_scope)

@@ -4,15 +4,18 @@ Kubernetes' bootstrap policy (plugin/pkg/auth/authorizer/rbac/bootstrappolicy), 
 to the kinds this API serves: the user-facing roles `cluster-admin`, `admin`, `edit` and
 `view` (their rules listed, not aggregated), `system:basic-user` for every authenticated
 caller, and one role per component identity, each granting what that component's code
-calls and nothing more (see each role's comment). Events, secrets, config maps, leases
-and the other kinds Kubernetes' roles name are left out: this API has none of them.
+calls and nothing more (see each role's comment). Events, secrets, config maps and the
+other kinds Kubernetes' roles name are left out: this API has none of them. Leader election
+leases are granted by a Role in kube-system (Kubernetes' namespaced bootstrap roles), not
+cluster-wide.
 
 `reconcile_bootstrap` is Kubernetes' RBAC reconciliation at start-up: a missing object is
 created; an existing one annotated `rbac.authorization.kubernetes.io/autoupdate: "false"`
 is left as its owner wrote it; any other gets the rules (or subjects) it lacks added,
 never removed, and a binding whose roleRef differs is recreated. Then the namespaces
 `default`, `kube-system` (Pod Security level `privileged`: the components' static pods
-run there) and `kube-public` are created if missing.
+run there) and `kube-public` are created if missing, and the Roles and RoleBindings in
+them reconciled the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import grpc
 from kybernetes.v1 import meta_pb2, namespace_pb2, rbac_pb2
 from services.common.identity import CONTROLLER_MANAGER_USER, SYSTEM_AUTHENTICATED, SYSTEM_BOOTSTRAPPERS, SYSTEM_MASTERS
 from services.common.log import get_logger
-from services.common.resources import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, NAMESPACES, Kind
+from services.common.resources import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, NAMESPACES, ROLE_BINDINGS, ROLES, Kind
 from services.common.validation import RBAC_API_GROUP
 
 from ..errors import ApiError
@@ -49,6 +52,7 @@ CORE = ""
 AUTHORIZATION_GROUP = "authorization.k8s.io"
 AUTHENTICATION_GROUP = "authentication.k8s.io"
 CERTIFICATES_GROUP = "certificates.k8s.io"
+COORDINATION_GROUP = "coordination.k8s.io"
 
 # Kubernetes' verb sets for the user-facing roles. patch and deletecollection have no RPC
 # here; they stay so that these roles read as Kubernetes' do and cover manifests written
@@ -78,9 +82,10 @@ def rule(
     )
 
 
-def _metadata(name: str) -> meta_pb2.ObjectMeta:
+def _metadata(name: str, namespace: str = "") -> meta_pb2.ObjectMeta:
     return meta_pb2.ObjectMeta(
         name=name,
+        namespace=namespace,
         labels={BOOTSTRAPPING_LABEL: BOOTSTRAPPING_VALUE},
         annotations={AUTOUPDATE_ANNOTATION: "true"},
     )
@@ -106,6 +111,23 @@ def cluster_role_binding(name: str, *subjects: rbac_pb2.Subject, role: str = "")
         metadata=_metadata(name),
         subjects=subjects,
         role_ref=rbac_pb2.RoleRef(api_group=RBAC_API_GROUP, kind=CLUSTER_ROLES.name, name=role or name),
+    )
+
+
+def role(name: str, namespace: str, *rules: rbac_pb2.PolicyRule) -> rbac_pb2.Role:
+    return rbac_pb2.Role(
+        api_version=ROLES.api_version, kind=ROLES.name, metadata=_metadata(name, namespace), rules=rules
+    )
+
+
+def role_binding(name: str, namespace: str, *subjects: rbac_pb2.Subject, role: str = "") -> rbac_pb2.RoleBinding:
+    """A binding, in namespace, of the Role `role` there (by default the binding's own name)."""
+    return rbac_pb2.RoleBinding(
+        api_version=ROLE_BINDINGS.api_version,
+        kind=ROLE_BINDINGS.name,
+        metadata=_metadata(name, namespace),
+        subjects=subjects,
+        role_ref=rbac_pb2.RoleRef(api_group=RBAC_API_GROUP, kind=ROLES.name, name=role or name),
     )
 
 
@@ -213,6 +235,29 @@ def cluster_roles() -> list[rbac_pb2.ClusterRole]:
     ]
 
 
+# Leader election (services/common/runtime/leaderelection.py) of the controllers in the API
+# servers (lease kube-controller-manager) and of the replicators (lease kube-replicator),
+# both as this identity: get, create and update of leases in kube-system, nowhere else.
+# Kubernetes grants kube-controller-manager the same verbs (create any lease, get and update
+# its own); here the lease names are flags (--leader-elect-resource-name), so the Role names
+# none, and its namespace is the bound.
+LEADER_LOCKING_CONTROLLER_MANAGER = "system::leader-locking-kube-controller-manager"
+_LEADER_LOCKING_RULES = (rule(["get", "create", "update"], [COORDINATION_GROUP], ["leases"]),)
+
+
+def namespace_roles() -> list[rbac_pb2.Role]:
+    """The Roles of the system namespaces (Kubernetes' NamespaceRoles)."""
+    return [role(LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, *_LEADER_LOCKING_RULES)]
+
+
+def namespace_role_bindings() -> list[rbac_pb2.RoleBinding]:
+    return [
+        role_binding(
+            LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, subject(USER_KIND, CONTROLLER_MANAGER_USER)
+        )
+    ]
+
+
 def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
     return [
         cluster_role_binding("cluster-admin", subject(GROUP_KIND, SYSTEM_MASTERS)),
@@ -279,10 +324,11 @@ def _reconciled_metadata(desired: Any, expected: Any, existing: Any) -> None:
     desired.metadata.annotations.update(annotations)
 
 
-def reconciled_role(expected: rbac_pb2.ClusterRole, existing: rbac_pb2.ClusterRole) -> rbac_pb2.ClusterRole | None:
-    """The stored role with what it lacks added (metadata, and the expected rules it does not
-    cover, atom by atom, as Kubernetes appends them), or None when nothing is missing."""
-    desired = rbac_pb2.ClusterRole()
+def reconciled_role(expected: Any, existing: Any) -> Any | None:
+    """The stored role (a ClusterRole or a Role) with what it lacks added (metadata, and the
+    expected rules it does not cover, atom by atom, as Kubernetes appends them), or None
+    when nothing is missing."""
+    desired = type(existing)()
     desired.CopyFrom(existing)
     _reconciled_metadata(desired, expected, existing)
     _, missing = covers([Rule.of(r) for r in existing.rules], expected.rules)
@@ -299,11 +345,10 @@ def reconciled_role(expected: rbac_pb2.ClusterRole, existing: rbac_pb2.ClusterRo
     return None if desired == existing else desired
 
 
-def reconciled_binding(
-    expected: rbac_pb2.ClusterRoleBinding, existing: rbac_pb2.ClusterRoleBinding
-) -> rbac_pb2.ClusterRoleBinding | None:
-    """The stored binding with the expected subjects it lacks added, or None when complete."""
-    desired = rbac_pb2.ClusterRoleBinding()
+def reconciled_binding(expected: Any, existing: Any) -> Any | None:
+    """The stored binding (cluster-wide or not) with the expected subjects it lacks added, or
+    None when complete."""
+    desired = type(existing)()
     desired.CopyFrom(existing)
     _reconciled_metadata(desired, expected, existing)
     have = {_subject_key(s) for s in existing.subjects}
@@ -311,9 +356,9 @@ def reconciled_binding(
     return None if desired == existing else desired
 
 
-async def _read(registry: Registry, name: str) -> Any | None:
+async def _read(registry: Registry, name: str, namespace: str = "") -> Any | None:
     try:
-        return await registry.get(meta_pb2.GetRequest(name=name))
+        return await registry.get(meta_pb2.GetRequest(name=name, namespace=namespace))
     except ApiError as error:
         if error.code == grpc.StatusCode.NOT_FOUND:
             return None
@@ -322,27 +367,26 @@ async def _read(registry: Registry, name: str) -> Any | None:
 
 async def _reconcile(registry: Registry, expected: Any) -> str:
     kind: Kind = registry.kind
-    name = expected.metadata.name
+    name, namespace = expected.metadata.name, expected.metadata.namespace
+    is_binding = kind in (CLUSTER_ROLE_BINDINGS, ROLE_BINDINGS)
     for _ in range(_ATTEMPTS):
-        existing = await _read(registry, name)
+        existing = await _read(registry, name, namespace)
         try:
             if existing is None:
                 await registry.create(expected)
                 return CREATED
             if _protected(existing):
                 return PROTECTED
-            if kind is CLUSTER_ROLE_BINDINGS and existing.role_ref != expected.role_ref:
+            if is_binding and existing.role_ref != expected.role_ref:
                 # A roleRef cannot change: Kubernetes deletes and recreates the binding.
                 await registry.delete(
-                    meta_pb2.DeleteRequest(name=name, resource_version=existing.metadata.resource_version)
+                    meta_pb2.DeleteRequest(
+                        name=name, namespace=namespace, resource_version=existing.metadata.resource_version
+                    )
                 )
                 await registry.create(expected)
                 return RECREATED
-            desired = (
-                reconciled_binding(expected, existing)
-                if kind is CLUSTER_ROLE_BINDINGS
-                else reconciled_role(expected, existing)
-            )
+            desired = reconciled_binding(expected, existing) if is_binding else reconciled_role(expected, existing)
             if desired is None:
                 return UNCHANGED
             await registry.update(desired)  # guarded by the resource_version just read
@@ -381,6 +425,16 @@ async def reconcile_bootstrap(registries: Mapping[str, Registry]) -> list[Reconc
     for namespace in namespaces():
         action = await _ensure_namespace(registries[NAMESPACES.name], namespace)
         done.append(Reconciled(NAMESPACES.name, namespace.metadata.name, action))
+    # Once their namespaces exist.
+    namespaced: tuple[tuple[Kind, list[Any]], ...] = (
+        (ROLES, list(namespace_roles())),
+        (ROLE_BINDINGS, list(namespace_role_bindings())),
+    )
+    for kind, objects in namespaced:
+        registry = registries[kind.name]
+        for obj in objects:
+            action = await _reconcile(registry, obj)
+            done.append(Reconciled(kind.name, f"{obj.metadata.namespace}/{obj.metadata.name}", action))
     for item in done:
         if item.action != UNCHANGED:
             log.info("bootstrap_reconciled", kind=item.kind, name=item.name, action=item.action)

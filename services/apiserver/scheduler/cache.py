@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from kybernetes.v1 import node_pb2, pod_pb2
-from services.common.podutil import is_terminated, last_heartbeat, node_condition_ready
+from services.common.podutil import is_being_deleted, is_terminated, last_heartbeat, node_condition_ready
 from services.common.quantity import QuantityError, parse_cpu_millis, parse_memory_bytes, parse_quantity
 from services.common.selectors import LabelSelector
 
@@ -93,6 +93,8 @@ class PodInfo:
     host_ports: tuple[HostPort, ...]
     controller_uid: str
     groups: frozenset[str] = frozenset()
+    # Being deleted: still holds its resources and ports, no longer counts for spreading.
+    terminating: bool = False
 
     @classmethod
     def from_pod(cls, pod: pod_pb2.Pod) -> PodInfo:
@@ -108,6 +110,7 @@ class PodInfo:
             memory_bytes=memory,
             host_ports=pod_host_ports(pod.spec),
             controller_uid=controller_uid(pod),
+            terminating=is_being_deleted(pod),
         )
 
     @property
@@ -184,7 +187,7 @@ class NodeInfo:
             self.ports[port] += sign
             if self.ports[port] <= 0:
                 del self.ports[port]
-        if pod.groups:
+        if pod.groups and not pod.terminating:
             self.groups[pod.groups] += sign
             if self.groups[pod.groups] <= 0:
                 del self.groups[pod.groups]
@@ -295,6 +298,7 @@ class SchedulerCache:
             and placed.info.uid == pod.metadata.uid
             and placed.node_name == pod.spec.node_name
             and placed.terminated == terminated
+            and placed.info.terminating == is_being_deleted(pod)
             and placed.info.generation == pod.metadata.generation
             and placed.info.labels == dict(pod.metadata.labels)
         ):

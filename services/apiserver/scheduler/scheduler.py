@@ -18,6 +18,11 @@ net. A heartbeat alone is not a change, so the scheduler does not spin.
 Binding is guarded by the API server (a pod is bound once; FAILED_PRECONDITION
 when it already is), so two schedulers may race safely: the loser's assumption
 is corrected by the watch.
+
+A pod being deleted (deletionTimestamp set) is never placed (Kubernetes'
+skipPodSchedule). A bound one still holds its resources and host ports on its
+node until it is gone or has finished, as in Kubernetes, but no longer counts
+for spreading (its replacement may go beside it).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import grpc
 
 from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, service_pb2
 from services.common.log import get_logger
-from services.common.podutil import POD_SCHEDULED, find_condition, is_node_ready, is_terminated
+from services.common.podutil import POD_SCHEDULED, find_condition, is_being_deleted, is_node_ready, is_terminated
 from services.common.resources import NODES, PODS, SERVICES
 from services.common.runtime import Backoff, Manager, TaskGroup
 from services.common.runtime.informer import Informer
@@ -155,7 +160,7 @@ class Scheduler:
             if self.cache.set_bound_pod(pod):
                 self._cluster_changed()
             return
-        if is_terminated(pod):
+        if is_terminated(pod) or is_being_deleted(pod):
             self._drop(key)
             self.cache.remove_pod(key)
             return
@@ -237,7 +242,9 @@ class Scheduler:
     def schedule_one(self, key: PodKey) -> bool:
         """Decides for one pod; returns True when it started a task that holds a slot."""
         pod = self.pods.get(*key)
-        if pod is None or pod.spec.node_name or is_terminated(pod) or self.cache.is_assumed(key):
+        if pod is None or pod.spec.node_name or is_terminated(pod) or is_being_deleted(pod):
+            return False
+        if self.cache.is_assumed(key):
             return False
         info = self.cache.pod_info(pod)
         nodes = self.cache.registered_nodes()
