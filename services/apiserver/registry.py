@@ -43,9 +43,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import meta_pb2
 from services.common.resources import DEFAULT_NAMESPACE, Kind
-from services.common.selectors import FieldSelector, LabelSelector, SelectorError, validate_label_key
+from services.common.selectors import (
+    FieldSelector,
+    LabelSelector,
+    SelectorError,
+    validate_dns1123_label,
+    validate_label_key,
+)
 from services.common.timestamps import now_timestamp
-from services.common.validation import FieldError, forbidden, invalid as invalid_field
+from services.common.validation import FieldError, forbidden, show_value
+from services.common.validation import invalid as invalid_field
 
 from .auth.admission import CREATE, DELETE, UPDATE, AdmissionChain, AdmissionRequest
 from .auth.context import current_user
@@ -387,7 +394,7 @@ class StatusREST(SubresourceREST):
         registry = self.registry
         require_name(request.metadata.name)
         registry.forbid_namespace(request)
-        namespace = registry.namespace_of(request.metadata.namespace)
+        namespace = registry.stored_namespace_of(request.metadata.namespace)
 
         def mutate(current: ApiObject) -> ApiObject:
             updated = type(current)()
@@ -548,6 +555,17 @@ class Registry:
         if not self.kind.namespaced:
             return ""
         return namespace or DEFAULT_NAMESPACE
+
+    def stored_namespace_of(self, namespace: str) -> str:
+        """namespace_of for a write to a stored object (Update, UpdateStatus, Bind): a name no
+        namespace can have is INVALID_ARGUMENT naming metadata.namespace, not a NOT_FOUND."""
+        if self.kind.namespaced and namespace:
+            reason = validate_dns1123_label(namespace)
+            if reason:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"metadata.namespace: {show_value(namespace)}: {reason}"
+                )
+        return self.namespace_of(namespace)
 
     def _key(self, namespace: str, name: str) -> bytes:
         return self.kind.key(namespace, name).encode()
@@ -806,7 +824,7 @@ class Registry:
     async def update(self, request: ApiObject) -> ApiObject:
         require_name(request.metadata.name)
         self.forbid_namespace(request)
-        namespace = self.namespace_of(request.metadata.namespace)
+        namespace = self.stored_namespace_of(request.metadata.namespace)
 
         def mutate(current: ApiObject) -> ApiObject:
             updated = type(request)()

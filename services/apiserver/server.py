@@ -21,13 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from kybernetes.v1 import (
-    authorization_pb2,
-    authorization_pb2_grpc,
-    certificates_pb2,
-    certificates_pb2_grpc,
-    meta_pb2,
-)
+from kybernetes.v1 import authorization_pb2, certificates_pb2, meta_pb2
 from services.common.log import get_logger
 from services.common.pki import CertificateAuthority
 from services.common.selectors import validate_dns1123_label
@@ -416,10 +410,13 @@ class ApiServer:
         )
         self.server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        certificates_pb2_grpc.add_CertificatesServicer_to_server(self.certificates, self.server)
-        authorization_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(self._review_authorizer), self.server
-        )
+        self.server.add_generic_rpc_handlers([
+            _decoding_handler(certificates_pb2.DESCRIPTOR.services_by_name["Certificates"], self.certificates),
+            _decoding_handler(
+                authorization_pb2.DESCRIPTOR.services_by_name["Authorization"],
+                AuthorizationServicer(self._review_authorizer),
+            ),
+        ])
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
             [kind.service_name for kind in ALL_KINDS]
@@ -502,6 +499,27 @@ def _settled(registry: Registry, write: Callable[[Any], Any]) -> Callable[[Any],
         return obj
 
     return settled
+
+
+def _decoding_handler(service: Any, servicer: Any) -> grpc.GenericRpcHandler:
+    """A servicer's unary methods behind the API's own decoding: a request that is not the
+    message is INVALID_ARGUMENT saying so (gRPC's generated registration would answer UNKNOWN)."""
+    handlers = {}
+    for method in service.methods:
+        decode = _decoder(_message_class(method.input_type.full_name), strict=False)
+        behaviour = getattr(servicer, method.name)
+
+        async def handler(data: bytes, context: grpc.aio.ServicerContext, decode: Any = decode,
+                          behaviour: Any = behaviour) -> Any:
+            try:
+                request = decode(data)
+            except ApiError as error:
+                _fail(context, error.code, error.message)
+                return None
+            return await behaviour(request, context)
+
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=_passthrough)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _message_class(full_name: str) -> type[Message]:

@@ -163,7 +163,7 @@ class BindingREST(SubresourceREST):
 
     async def handle(self, request: pod_pb2.Binding) -> pod_pb2.Pod:
         require_name(request.metadata.name)
-        namespace = self.registry.namespace_of(request.metadata.namespace)
+        namespace = self.registry.stored_namespace_of(request.metadata.namespace)
         check_binding(request)
 
         def mutate(pod: pod_pb2.Pod) -> pod_pb2.Pod:

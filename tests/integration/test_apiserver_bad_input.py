@@ -493,3 +493,26 @@ async def test_refused_anonymous_requests_are_not_kept_in_memory(apiserver):
     assert await asyncio.to_thread(send_all) == {grpc.StatusCode.UNAUTHENTICATED}
     grown = rss_bytes(apiserver.pid) - before
     assert grown < 48 * 2**20, f"40 refused anonymous 3.9 MB requests kept {grown / 2**20:.0f} MiB"
+
+
+def test_garbage_to_the_certificate_and_authorization_services_is_invalid_argument(apiserver):
+    with blocking_channel(apiserver.address, dev_pki().credentials("admin")) as channel:
+        for method in (
+            "/kybernetes.v1.Certificates/Sign",
+            "/kybernetes.v1.Authorization/CreateSelfSubjectAccessReview",
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(method)(b"\xff\xff\xff\xff", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert refused.value.details().startswith("request: not a valid kybernetes.v1."), refused.value.details()
+
+
+async def test_writes_to_an_object_in_a_namespace_that_cannot_exist_are_invalid(api):
+    pod = make_pod("p", "Bad/Name")
+    binding = pod_pb2.Binding(
+        metadata=meta_pb2.ObjectMeta(namespace="Bad/Name", name="p"),
+        target=pod_pb2.ObjectReference(kind="Node", name="n1"),
+    )
+    for call in (api.update(pod), api.update_status(pod), api.stub(PODS).Bind(binding, timeout=10)):
+        message = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, call)
+        assert message.startswith("metadata.namespace: "), message
