@@ -5,7 +5,6 @@ its status and for leaving stored state as it was."""
 from __future__ import annotations
 
 import datetime
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -208,8 +207,10 @@ async def test_an_expired_bootstrap_token_is_refused(apiserver, cluster_pki):
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "expired" in refused.value.details()
 
 
-async def test_a_kubelet_joins_with_a_token_and_keeps_its_certificates(apiserver, cluster_pki, api, node_name):
-    root = Path(tempfile.mkdtemp(prefix="kyb-join-"))
+async def test_a_kubelet_joins_with_a_token_and_keeps_its_certificates(
+    apiserver, cluster_pki, api, node_name, tmp_path
+):
+    root = tmp_path  # pytest removes it, keys and all
     token = cluster_pki.new_bootstrap_token(datetime.timedelta(minutes=10))
     bootstrap = write_bootstrap_kubeconfig(root / "bootstrap.conf", apiserver.token_address, cluster_pki, token)
     argv = python_module_argv(
