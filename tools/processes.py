@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.common.kubeconfig import KUBECONFIG_ENV
 from tools.clusterpki import ClusterPKI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def use_dev_credentials() -> ClusterPKI:
     """Makes this process and the ones it starts clients as dev_pki()'s admin (through
     $KYBERNETES_CONFIG, unless it is set already): what a bench does before it starts a cluster."""
     pki = dev_pki()
-    os.environ.setdefault("KYBERNETES_CONFIG", str(pki.root / "admin.conf"))
+    os.environ.setdefault(KUBECONFIG_ENV, str(pki.root / "admin.conf"))
     return pki
 
 

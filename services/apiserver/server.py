@@ -213,6 +213,8 @@ class ApiServer:
         self.authenticator = authenticator or Authenticator()
         authorizer = build_authorizer(self.registries)
         self.authorizer: Authorizer | None = authorizer if serving is not None else None
+        # SubjectAccessReviews answer from the policy even where calls are not authorized.
+        self._review_authorizer = authorizer
         # Admission is policy on objects, not on callers: it runs with --insecure-dev too.
         plugins = build_admission_plugins(
             self.registries,
@@ -226,8 +228,6 @@ class ApiServer:
         # Built now so that a method nothing serves fails before anything starts.
         self._handlers = [self._service_handler(kind) for kind in ALL_KINDS]
         self.certificates = CertificatesServicer(signing_ca, self.registries)
-        # SubjectAccessReviews answer from the policy even where calls are not authorized.
-        self._review_authorizer = authorizer
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         # One watch cache per kind, each following etcd for as long as the server runs:

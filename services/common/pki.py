@@ -29,6 +29,10 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 CLIENT = "client"
 SERVER = "server"
+# Kubernetes' signer names: a kubelet's client certificate and its serving certificate
+# (what a joining kubelet asks Certificates.Sign for, and what the API server signs).
+KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 _USAGE_OIDS = {CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH, SERVER: ExtendedKeyUsageOID.SERVER_AUTH}
 
 

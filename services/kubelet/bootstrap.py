@@ -22,14 +22,18 @@ from services.common.client import ApiClient
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_NODES
 from services.common.kubeconfig import ClusterAccess
 from services.common.log import get_logger
-from services.common.pki import KeyPair, certificate_request, still_good
+from services.common.pki import (
+    KUBELET_CLIENT_SIGNER,
+    KUBELET_SERVING_SIGNER,
+    KeyPair,
+    certificate_request,
+    still_good,
+)
 from services.common.resources import NODES
 from services.common.transport import ServingCertificate, aio_channel
 
 log = get_logger(module="kubelet.bootstrap")
 
-KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 # A certificate this close to its end is asked for again at start.
 RENEW_BEFORE = datetime.timedelta(days=7)
 

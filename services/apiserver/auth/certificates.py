@@ -36,6 +36,8 @@ from services.common.pki import (
     CertificateAuthority,
     CertificateError,
     alternative_names,
+    KUBELET_CLIENT_SIGNER,
+    KUBELET_SERVING_SIGNER,
 )
 from services.common.resources import NODES
 from services.common.selectors import validate_dns1123_subdomain
@@ -46,8 +48,6 @@ from .context import current_user
 
 log = get_logger()
 
-KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 MIN_EXPIRATION = datetime.timedelta(minutes=10)
 
 
@@ -72,30 +72,27 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
         self, request: certificates_pb2.CertificateSigningRequest, context: grpc.aio.ServicerContext
     ) -> certificates_pb2.IssuedCertificate:
         try:
-            certificate = self._sign(request, await self._stored_node(request))
+            parsed, node = self._checked(request)
+            certificate = self._sign(request, parsed, node, await self._stored_node(node))
         except Refused as refused:
             await context.abort(refused.code, str(refused))
         assert self.ca is not None
         return certificates_pb2.IssuedCertificate(certificate=certificate, ca_certificate=self.ca.certificate_pem)
 
-    async def _stored_node(self, request: certificates_pb2.CertificateSigningRequest) -> node_pb2.Node | None:
+    async def _stored_node(self, node: str) -> node_pb2.Node | None:
         """The Node the request names, read from etcd rather than the cache: a node that has
         just registered its address asks for a certificate for it the next moment."""
         try:
-            common_name, _ = _subject(x509.load_pem_x509_csr(request.request))
-        except ValueError:
-            return None  # _sign says what is wrong with it
-        name = common_name[len(NODE_USER_PREFIX) :]
-        if not common_name.startswith(NODE_USER_PREFIX) or validate_dns1123_subdomain(name):
-            return None
-        try:
-            return await self.nodes.get(meta_pb2.GetRequest(name=name))
+            return await self.nodes.get(meta_pb2.GetRequest(name=node))
         except ApiError as error:
             if error.code == grpc.StatusCode.NOT_FOUND:
                 return None
             raise Refused(error.code, error.message) from None
 
-    def _sign(self, request: certificates_pb2.CertificateSigningRequest, stored: node_pb2.Node | None) -> bytes:
+    def _checked(
+        self, request: certificates_pb2.CertificateSigningRequest
+    ) -> tuple[x509.CertificateSigningRequest, str]:
+        """The parsed request and the node it names, or why it is not one this CA signs."""
         if self.ca is None:
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION, "this API server has no signing CA (--cluster-signing-key-file)"
@@ -121,6 +118,17 @@ class CertificatesServicer(certificates_pb2_grpc.CertificatesServicer):
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, f'request: subject organization must be exactly "{SYSTEM_NODES}"'
             )
+        return parsed, node
+
+    def _sign(
+        self,
+        request: certificates_pb2.CertificateSigningRequest,
+        parsed: x509.CertificateSigningRequest,
+        node: str,
+        stored: node_pb2.Node | None,
+    ) -> bytes:
+        """Who may have it, then the certificate (the CA's own check of the request aside)."""
+        assert self.ca is not None
         caller = current_user()
         names = alternative_names(parsed.extensions)
         if request.signer_name == KUBELET_CLIENT_SIGNER:
