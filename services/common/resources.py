@@ -71,9 +71,11 @@ class Kind:
     plural: str  # "pods": the etcd key segment and kubecfg's resource name
     singular: str  # "pod"
     short_names: tuple[str, ...]
-    message: type[Message]
-    list_message: type[Message]
-    event_message: type[Message]
+    # The generated classes. Typed as Any: they are built with their fields as keywords
+    # (Pod(metadata=...)), which types-protobuf's generic Message does not declare.
+    message: type[Any]
+    list_message: type[Any]
+    event_message: type[Any]
     stub: Callable[[Any], Any]  # the generated client stub class
     service_name: str  # full gRPC service name
     namespaced: bool = True
