@@ -323,6 +323,8 @@ class OurCluster:
                 "services.kubelet.main", "--server", self.api_server.address, "--node-name", self.node,
                 "--listen", f"127.0.0.1:{free_port()}", "--root-dir", f"{workdir}/kubelet",
                 "--pause-image", args.pause_image,
+                # No range allocator runs here (--controllers=): the kubelet's own range.
+                "--pod-cidr", "10.88.0.0/16",
                 *component_security_flags("kubelet", node=self.node, addresses=("127.0.0.1",)),
                 *(["--docker-concurrency", str(args.docker_concurrency)] if args.docker_concurrency else []),
                 *args.kubelet_arg,

@@ -213,6 +213,8 @@ async def main_async(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "services.kubelet.main", "--node-name", node, "--server", apiserver.address,
              "--listen", f"127.0.0.1:{kubelet_port}", "--root-dir", os.path.join(workdir, "kubelet"),
              "--pause-image", PAUSE_IMAGE, "--docker-concurrency", str(args.docker_concurrency),
+             # No range allocator runs here (--controllers=): the kubelet's own range.
+             "--pod-cidr", "10.88.0.0/16",
              *component_security_flags("kubelet", node=node, addresses=("127.0.0.1",)), *args.kubelet_arg],
             os.path.join(workdir, "kubelet.log"),
             env={"KYBERNETES_LOG_LEVEL": "warning"},

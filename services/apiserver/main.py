@@ -22,7 +22,7 @@ from .ipallocator import (
     ServiceIPRange,
 )
 from .auth.authenticate import Authenticator
-from .server import ApiServer
+from .server import ApiServer, listen_addresses
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
@@ -40,7 +40,8 @@ COMPONENT_PORTS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kube-apiserver", description=__doc__)
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC address (default %(default)s)")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN,
+                        help="gRPC address, or several comma-separated (default %(default)s)")
     parser.add_argument(
         "--etcd-servers",
         default="127.0.0.1:2379",
@@ -78,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--token-listen",
         default="",
         metavar="HOST:PORT",
-        help="a second TLS address that asks for no client certificate: bearer tokens, bootstrap "
-        "tokens and anonymous health checks (grpcio cannot make a client certificate optional on one port)",
+        help="a second TLS address (or several, comma-separated) that asks for no client certificate: bearer "
+        "tokens, bootstrap tokens and anonymous health checks (grpcio cannot make a client certificate optional "
+        "on one port)",
     )
     security.add_argument(
         "--token-auth-file",
@@ -143,8 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # A node port is answered on every node's address: one that is also a component's port
     # would let a service take the kubelet's API, etcd or this server over on every node.
     reserved = dict(COMPONENT_PORTS)
-    for flag, address in (("--listen", args.listen), ("--token-listen", args.token_listen)):
-        if address:
+    for flag, addresses in (("--listen", args.listen), ("--token-listen", args.token_listen)):
+        for address in listen_addresses(addresses):
             reserved[int(address.rpartition(":")[2])] = f"this API server's {flag}"
     clashes = [f"{port} ({what})" for port, what in sorted(reserved.items()) if node_ports.allows(port)]
     if clashes:

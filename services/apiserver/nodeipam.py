@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Union
 import grpc
 
 from kybernetes.v1 import node_pb2
+from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.log import get_logger
 from services.common.podutil import TRUE, find_condition
 from services.common.resources import NODES
@@ -54,9 +55,6 @@ if TYPE_CHECKING:  # the standalone controllers process need not load the storag
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-# Kubernetes' flannel/kubeadm convention: clear of the service range (10.96.0.0/12), the
-# kubelet's static-pod bridge (10.88.0.0/16) and Docker's bridges (172.17.0.0/16 and up).
-DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_NODE_CIDR_MASK_SIZE = 24
 # Kubernetes' cidrset limit: a cluster CIDR cut into at most 2^16 node ranges.
 MAX_NODE_RANGE_BITS = 16

@@ -172,6 +172,11 @@ def _decoder(message_class: type[Message], *, strict: bool) -> Callable[[bytes],
     return decode
 
 
+def listen_addresses(value: str) -> list[str]:
+    """`--listen`'s comma-separated host:port addresses."""
+    return [address.strip() for address in value.split(",") if address.strip()]
+
+
 class ApiServer:
     """Owns the storage, one registry per kind, and the gRPC server."""
 
@@ -425,21 +430,31 @@ class ApiServer:
             + [health_service, reflection.SERVICE_NAME],
             self.server,
         )
-        if self.serving is None:
-            port = self.server.add_insecure_port(listen)
-        else:
-            port = self.server.add_secure_port(listen, self.serving.server_credentials(require_client_certificate=True))
-        if port == 0:
-            raise OSError(f"--listen: cannot bind {listen}")
+        # Several addresses each (loopback for the host's clients, the host network's for
+        # the nodes'); the first one's port is the one reported.
+        ports = []
+        for address in listen_addresses(listen):
+            if self.serving is None:
+                bound = self.server.add_insecure_port(address)
+            else:
+                bound = self.server.add_secure_port(
+                    address, self.serving.server_credentials(require_client_certificate=True)
+                )
+            if bound == 0:
+                raise OSError(f"--listen: cannot bind {address}")
+            ports.append(bound)
+        port = ports[0]
         self.token_port = 0
         if token_listen:
             if self.serving is None:
                 raise ValueError("--token-listen needs TLS (--tls-cert-file)")
-            self.token_port = self.server.add_secure_port(
-                token_listen, self.serving.server_credentials(require_client_certificate=False)
-            )
-            if self.token_port == 0:
-                raise OSError(f"--token-listen: cannot bind {token_listen}")
+            for address in listen_addresses(token_listen):
+                bound = self.server.add_secure_port(
+                    address, self.serving.server_credentials(require_client_certificate=False)
+                )
+                if bound == 0:
+                    raise OSError(f"--token-listen: cannot bind {address}")
+                self.token_port = self.token_port or bound
         await asyncio.gather(*(registry.cache.wait_ready() for registry in self.registries.values()))
         await self.server.start()
         await self._set_serving(True)

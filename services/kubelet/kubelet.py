@@ -17,13 +17,15 @@ import asyncio
 import itertools
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from kybernetes.v1 import pod_pb2, service_pb2
 from services.common.client import ApiClient
+from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.kubeconfig import ClusterAccess
 from services.common.transport import ServingCertificate
 from services.common.log import get_logger
-from services.common.resources import SERVICES
+from services.common.resources import NODES, SERVICES
 from services.common.runtime import Backoff, TaskGroup
 from services.common.runtime.informer import Informer
 
@@ -47,7 +49,7 @@ from .sources import (
     pod_source,
 )
 from .naming import static_pod_name
-from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork
+from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
 from .resolvconf import (
     DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_HOST_RESOLV_CONF,
@@ -94,7 +96,11 @@ class KubeletConfig:
     # "kubenet": the kubelet wires each pod sandbox itself (podnetwork.py);
     # "docker": every sandbox on Docker's bridge, as Docker networks containers.
     network_plugin: str = "kubenet"
-    pod_cidr: str = DEFAULT_POD_CIDR
+    # The pods' range: None with an API server takes the Node's spec.podCIDR (and without
+    # one, DEFAULT_POD_CIDR); given, it is used as is (kubelets sharing one bridge and pool).
+    pod_cidr: str | None = None
+    # Pod traffic to these addresses keeps the pod's source address (the cluster's pod range).
+    non_masquerade_cidr: str = DEFAULT_CLUSTER_CIDR
     pod_bridge: str = DEFAULT_BRIDGE
     network_state_dir: str = DEFAULT_STATE_DIR
     node_ip: str = "127.0.0.1"
@@ -118,8 +124,15 @@ class Kubelet:
         self.volumes = VolumeManager(config.root_dir, node)
         self.backoff = Backoff(config.restart_backoff_initial, config.restart_backoff_max)
         self.probes = ProbeManager(self.runtime, self._poke)
+        with_api_server = config.access is not None or bool(config.server)
         self.network = (
-            PodNetwork(node, config.pod_cidr, config.pod_bridge, config.network_state_dir)
+            PodNetwork(
+                node,
+                config.pod_cidr or (None if with_api_server else DEFAULT_POD_CIDR),
+                config.pod_bridge,
+                config.network_state_dir,
+                config.non_masquerade_cidr,
+            )
             if config.network_plugin == "kubenet" else None
         )
         self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
@@ -129,6 +142,9 @@ class Kubelet:
         elif config.server:
             self.client = ApiClient(config.server, credentials=None)
         self.mirror: MirrorManager | None = None
+        # This node's own Node object: its podCIDR configures the pod network.
+        self.own_node: Informer | None = None
+        self.reporter: NodeStatusReporter | None = None
         self.api_source: ApiSource | None = None
         # Every service, for the containers' service variables; none without an API server.
         self.services: Informer | None = None
@@ -136,6 +152,9 @@ class Kubelet:
             self.mirror = MirrorManager(self.client, node, self.pod_config, self._on_mirror_ready)
             self.api_source = ApiSource(self.client, node, self.pod_config, self.mirror.on_event)
             self.services = Informer(self.client, SERVICES)
+            if self.network is not None and not self.network.configured:
+                self.own_node = Informer(self.client, NODES, field_selector=f"metadata.name={node}")
+                self.own_node.add_handler(self._on_own_node)
         self.status = StatusManager(
             self.client,
             api_pod=self.api_source.get if self.api_source is not None else (lambda namespace, name: None),
@@ -179,10 +198,9 @@ class Kubelet:
             "kubelet_starting", docker=self.runtime.version, containers_found=len(adopted),
             pods_found=len({c.pod_uid for c in adopted}),
         )
-        if self.network is not None:
+        if self.network is not None and self.network.configured:
             await self.network.setup()
-            # Addresses of pods gone while no kubelet watched (any node's: the pool is the host's).
-            await self.network.collect_garbage(await self.runtime.pod_uids_on_host())
+            await self._collect_network_garbage()
         self._started = True
         await self.server_source.load()
         port = await self.server.start()
@@ -196,13 +214,43 @@ class Kubelet:
             self.tasks.guard(self.mirror.run, name="mirror-pods")
             if self.services is not None:
                 self.tasks.guard(self.services.run, name="services-informer")
-            reporter = NodeStatusReporter(
+            self.reporter = reporter = NodeStatusReporter(
                 self.client, self.config.node_name, node_ip=self.config.node_ip, hostname=socket.gethostname(),
                 kubelet_port=port, runtime_version=self.runtime.version,
-                frequency=self.config.node_status_frequency,
+                frequency=self.config.node_status_frequency, network_not_ready=self._network_not_ready,
             )
             self.tasks.guard(reporter.run, name="node-status")
+            if self.own_node is not None:
+                self.tasks.guard(self.own_node.run, name="own-node-informer")
         self.tasks.guard(self._resync_loop, name="resync")
+
+    async def _collect_network_garbage(self) -> None:
+        assert self.network is not None
+        # Addresses of pods gone while no kubelet watched (any node's: the pool is the host's).
+        await self.network.collect_garbage(await self.runtime.pod_uids_on_host())
+
+    def _network_not_ready(self) -> str | None:
+        """Why pods cannot be networked yet (the node reports NotReady for it); None when they can."""
+        if self.network is None or self.network.configured:
+            return None
+        return "network is not ready: the node has no pod range (spec.podCIDR) yet"
+
+    async def _on_own_node(self, event_type: str, node: Any, old: Any) -> None:
+        """The Node's podCIDR, once the range allocator set it, configures the pod network;
+        pods waiting for an address go on at once, and the node turns Ready."""
+        if event_type == "DELETED" or not node.spec.pod_cidr or self.network is None:
+            return
+        try:
+            configured = await self.network.configure(node.spec.pod_cidr)
+        except PodNetworkError as error:
+            self._log.error("pod_network_setup_failed", pod_cidr=node.spec.pod_cidr, error=str(error))
+            return
+        if configured:
+            await self._collect_network_garbage()
+            if self.reporter is not None:
+                self.reporter.poke()
+            for worker in list(self.workers.values()):
+                worker.poke()
 
     async def _mark_mirror_synced(self) -> None:
         assert self.api_source is not None and self.mirror is not None

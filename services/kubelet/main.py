@@ -15,6 +15,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.client import cluster_access
 from services.common.flags import duration, positive_int
 from services.common import kubeconfig
@@ -84,8 +85,13 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--network-plugin", choices=("kubenet", "docker"), default="kubenet",
                         help="kubenet: the kubelet wires each pod into its bridge (default); "
                              "docker: Docker's bridge networking for every pod")
-    parser.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR,
-                        help="kubenet: the pods' addresses; kubelets on one host share it (default %(default)s)")
+    parser.add_argument("--pod-cidr", default=None,
+                        help="kubenet: the pods' addresses. With an API server the default is the Node's "
+                             "spec.podCIDR (set by the range allocator; the kubelet waits for it); given, it is used "
+                             f"instead (kubelets sharing one bridge and pool). Without one: {DEFAULT_POD_CIDR}")
+    parser.add_argument("--non-masquerade-cidr", default=DEFAULT_CLUSTER_CIDR,
+                        help="kubenet: pod traffic to this range keeps the pod's address (the cluster's pod range); "
+                             "the rest leaves masqueraded as the node (default %(default)s)")
     parser.add_argument("--pod-bridge", default=DEFAULT_BRIDGE, help="kubenet: the node's bridge (default %(default)s)")
     parser.add_argument("--network-state-dir", default=DEFAULT_STATE_DIR,
                         help="kubenet: the host's address pool, shared by its kubelets (default %(default)s)")
@@ -99,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
                              "(default %(default)s)")
     args = parser.parse_args(argv)
     try:
-        PodNetwork(args.node_name, args.pod_cidr, args.pod_bridge, args.network_state_dir)
+        PodNetwork(args.node_name, args.pod_cidr, args.pod_bridge, args.network_state_dir, args.non_masquerade_cidr)
     except PodNetworkError as error:
         parser.error(str(error))
     if args.restart_backoff_max < args.restart_backoff_initial:
@@ -150,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         seccomp_default=args.seccomp_default,
         network_plugin=args.network_plugin,
         pod_cidr=args.pod_cidr,
+        non_masquerade_cidr=args.non_masquerade_cidr,
         pod_bridge=args.pod_bridge,
         network_state_dir=args.network_state_dir,
         cluster_dns=args.cluster_dns,

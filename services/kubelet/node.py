@@ -12,7 +12,7 @@ import asyncio
 import os
 import platform
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,6 +27,8 @@ from services.common.timestamps import now_timestamp
 log = get_logger(module="kubelet.node")
 
 MAX_PODS = "110"
+# Kubernetes' nodeStatusUpdateRetry: a heartbeat that meets a concurrent write tries again.
+CONFLICT_RETRIES = 5
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
 
@@ -87,6 +89,7 @@ class NodeStatusReporter:
         kubelet_port: int,
         runtime_version: str,
         frequency: float,
+        network_not_ready: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.client = client
         self.node_name = node_name
@@ -94,7 +97,10 @@ class NodeStatusReporter:
         self._base_status = build_node_status(
             node_ip=node_ip, hostname=hostname, kubelet_port=kubelet_port, runtime_version=runtime_version,
         )
+        self._network_not_ready = network_not_ready
         self._ready_since: Timestamp | None = None
+        self._ready_state: bool | None = None
+        self._wake = asyncio.Event()
         self._registered = False
         self._log = log.bind(node=node_name)
 
@@ -102,13 +108,30 @@ class NodeStatusReporter:
         status = node_pb2.NodeStatus()
         status.CopyFrom(self._base_status)
         now = now_timestamp()
-        if self._ready_since is None:
+        not_ready = self._network_not_ready()
+        ready = not_ready is None
+        if self._ready_since is None or ready != self._ready_state:
             self._ready_since = now
+            self._ready_state = ready
+        # As Kubernetes' kubelet: NotReady while the pod network cannot be set up, so
+        # nothing is scheduled to a node that could not give its pods addresses.
         status.conditions.append(node_pb2.NodeCondition(
-            type="Ready", status="True", reason="KubeletReady", message="kubelet is posting ready status",
+            type="Ready", status="True" if ready else "False", reason="KubeletReady" if ready else "KubeletNotReady",
+            message="kubelet is posting ready status" if ready else not_ready,
             last_heartbeat_time=now, last_transition_time=self._ready_since,
         ))
         return status
+
+    def poke(self) -> None:
+        """Sends the status now rather than at the next period (the node just turned Ready)."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
 
     def _node(self) -> node_pb2.Node:
         node = node_pb2.Node(api_version="v1", kind="Node")
@@ -135,16 +158,24 @@ class NodeStatusReporter:
         self._registered = True
 
     async def heartbeat(self) -> None:
-        node = node_pb2.Node()
-        node.metadata.name = self.node_name
-        node.status.CopyFrom(self._status())
         # UpdateStatus replaces the whole status: conditions other components own (the range
         # allocator's NetworkUnavailable) are carried over from the stored Node, as
-        # Kubernetes' kubelet keeps them.
-        stored = await self.client.get(NODES, self.node_name, "")
-        own = {condition.type for condition in node.status.conditions}
-        node.status.conditions.extend(c for c in stored.status.conditions if c.type not in own)
-        await self.client.update_status(node)
+        # Kubernetes' kubelet keeps them. The write is conditional on the version read, so
+        # a condition set in between is not overwritten: read again and retry.
+        for attempt in range(CONFLICT_RETRIES):
+            node = node_pb2.Node()
+            node.metadata.name = self.node_name
+            node.status.CopyFrom(self._status())
+            stored = await self.client.get(NODES, self.node_name, "")
+            node.metadata.resource_version = stored.metadata.resource_version
+            own = {condition.type for condition in node.status.conditions}
+            node.status.conditions.extend(c for c in stored.status.conditions if c.type not in own)
+            try:
+                await self.client.update_status(node)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.ABORTED or attempt == CONFLICT_RETRIES - 1:
+                    raise
 
     async def run(self) -> None:
         # Retries come quicker than heartbeats, never slower.
@@ -156,7 +187,7 @@ class NodeStatusReporter:
                 else:
                     await self.heartbeat()
                 backoff.reset()
-                await asyncio.sleep(self.frequency)
+                await self._sleep(self.frequency)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     self._registered = False  # deleted by someone: register again

@@ -12,6 +12,14 @@ Addresses come from a host-local pool (as CNI's host-local IPAM): one file
 per address, created exclusively, naming its owner. Every kubelet on the host
 shares the pool, so simulated nodes on one machine never hand out the same
 address, and a restarted kubelet finds its pods' addresses again.
+
+The pod range is the Node's `spec.podCIDR` (the API server's range allocator
+gives every node its own /24 of the cluster range), so the network is
+configured once the kubelet has read it; until then no pod gets an address
+and the node reports NotReady, as Kubernetes' kubenet does. A kubelet without
+an API server uses --pod-cidr. Pod traffic is masqueraded only when it leaves
+the cluster range (--non-masquerade-cidr): a pod on another node sees the
+sender's own address.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.log import get_logger
 
 log = get_logger()
@@ -34,6 +44,8 @@ DEFAULT_STATE_DIR = "/var/lib/kybernetes/networks"
 POD_INTERFACE = "eth0"
 # An allocation younger than this may belong to a sandbox still being made.
 GC_MIN_AGE = 60.0
+# Where the range comes from with an API server.
+NODE_POD_CIDR = "the Node's spec.podCIDR"
 # Files the kubelet writes for every pod on its network, by path in the container.
 HOSTS_PATH = "/etc/hosts"
 RESOLV_CONF_PATH = "/etc/resolv.conf"
@@ -190,6 +202,17 @@ def resolv_conf(node_resolv_conf: str) -> str:
     return "\n".join(kept) + "\n" if kept else ""
 
 
+def parse_pod_cidr(cidr: str, source: str) -> ipaddress.IPv4Network:
+    """source: where the range came from, for the error (the flag or the Node's field)."""
+    try:
+        network = ipaddress.IPv4Network(cidr)
+    except ValueError as error:
+        raise PodNetworkError(f"{source} {cidr!r}: {error}") from None
+    if network.num_addresses < 4:
+        raise PodNetworkError(f"{source} {cidr!r}: too small for a gateway and pods")
+    return network
+
+
 def _enable_ip_forwarding() -> None:
     # Docker turns it on already; in a container /proc/sys is read-only, so write only if off.
     path = Path("/proc/sys/net/ipv4/ip_forward")
@@ -219,34 +242,67 @@ async def _run(*command: str, input_text: str | None = None, ok_if: tuple[str, .
 
 
 class PodNetwork:
-    """The node's pod network: its bridge, its address pool, each sandbox's veth."""
+    """The node's pod network: its bridge, its address pool, each sandbox's veth.
 
-    def __init__(self, node: str, cidr: str = DEFAULT_POD_CIDR, bridge: str = DEFAULT_BRIDGE,
-                 state_dir: str = DEFAULT_STATE_DIR) -> None:
-        try:
-            network = ipaddress.IPv4Network(cidr)
-        except ValueError as error:
-            raise PodNetworkError(f"--pod-cidr {cidr!r}: {error}") from None
-        if network.num_addresses < 4:
-            raise PodNetworkError(f"--pod-cidr {cidr!r}: too small for a gateway and pods")
+    cidr None: not configured yet (the kubelet waits for its Node's podCIDR)."""
+
+    def __init__(self, node: str, cidr: str | None = DEFAULT_POD_CIDR, bridge: str = DEFAULT_BRIDGE,
+                 state_dir: str = DEFAULT_STATE_DIR, non_masquerade_cidr: str = DEFAULT_CLUSTER_CIDR) -> None:
         if not 0 < len(bridge) <= 15:
             raise PodNetworkError(f"--pod-bridge {bridge!r}: must be 1 to 15 characters")
+        try:
+            self.non_masquerade = ipaddress.IPv4Network(non_masquerade_cidr)
+        except ValueError as error:
+            raise PodNetworkError(f"--non-masquerade-cidr {non_masquerade_cidr!r}: {error}") from None
         self.node = node
-        self.network = network
         self.bridge = bridge
-        self.pool = AddressPool(Path(state_dir) / bridge, network, node)
-        self._log = log.bind(node=node, bridge=bridge, pod_cidr=cidr)
+        self.state_dir = state_dir
+        self._pool: AddressPool | None = None
+        self._log = log.bind(node=node, bridge=bridge)
+        if cidr is not None:
+            self._pool = self._new_pool(cidr, "--pod-cidr")
+
+    def _new_pool(self, cidr: str, source: str) -> AddressPool:
+        network = parse_pod_cidr(cidr, source)
+        return AddressPool(Path(self.state_dir) / self.bridge, network, self.node)
+
+    @property
+    def configured(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def pool(self) -> AddressPool:
+        if self._pool is None:
+            raise PodNetworkError("network is not ready: this node has no pod range (spec.podCIDR) yet")
+        return self._pool
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return self.pool.network
 
     @property
     def gateway(self) -> str:
         return str(self.pool.gateway)
 
+    async def configure(self, cidr: str) -> bool:
+        """Sets the pod range (the Node's podCIDR) and sets the network up; True when
+        this configured it. A range that changes later is ignored (Kubernetes never
+        changes a Node's podCIDR; a new one needs a new Node and a kubelet restart)."""
+        if self._pool is not None:
+            if str(self._pool.network) != str(parse_pod_cidr(cidr, NODE_POD_CIDR)):
+                self._log.warning("pod_cidr_change_ignored", pod_cidr=str(self._pool.network), new=cidr)
+            return False
+        self._pool = self._new_pool(cidr, NODE_POD_CIDR)
+        await self.setup()
+        return True
+
     async def setup(self) -> None:
         """The bridge with the gateway address, forwarding, and the iptables rules
         that let pods reach each other and the world. Idempotent; kubelets
         sharing the host share the bridge."""
+        network = self.network
         await _run("ip", "link", "add", self.bridge, "type", "bridge", ok_if=("File exists",))
-        await _run("ip", "addr", "replace", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)
+        await _run("ip", "addr", "replace", f"{self.gateway}/{network.prefixlen}", "dev", self.bridge)
         await _run("ip", "link", "set", self.bridge, "up")
         await asyncio.to_thread(_enable_ip_forwarding)
         comment = ["-m", "comment", "--comment", f"kybernetes pod network {self.bridge}"]
@@ -254,8 +310,9 @@ class PodNetwork:
             # Docker sets FORWARD's policy to DROP; bridged pod traffic passes FORWARD too.
             ("filter", "FORWARD", ["-i", self.bridge, "-j", "ACCEPT"]),
             ("filter", "FORWARD", ["-o", self.bridge, "-j", "ACCEPT"]),
-            # Pods reach beyond the node as the node.
-            ("nat", "POSTROUTING", ["-s", str(self.network), "!", "-o", self.bridge, "-j", "MASQUERADE"]),
+            # Pods reach beyond the cluster as the node; to other pods, on any node, as themselves.
+            ("nat", "POSTROUTING", ["-s", str(network), "!", "-d", str(self.non_masquerade), "!", "-o", self.bridge,
+                                    "-j", "MASQUERADE"]),
         ]
         for table, chain, rule in rules:
             try:
@@ -263,16 +320,25 @@ class PodNetwork:
             except PodNetworkError:
                 await _run("iptables", "-w", "-t", table, "-I", chain, "1", *rule, *comment)
         await asyncio.to_thread(self.pool.load)
-        self._log.info("pod_network_ready", gateway=self.gateway)
+        self._log.info("pod_network_ready", pod_cidr=str(network), gateway=self.gateway,
+                       non_masquerade_cidr=str(self.non_masquerade))
 
     async def address_for(self, pod_uid: str) -> str:
         return await asyncio.to_thread(self.pool.allocate, pod_uid)
 
     async def release(self, pod_uid: str) -> None:
-        await asyncio.to_thread(self.pool.release, pod_uid)
+        if self._pool is None:
+            return  # nothing handed out yet; an address from before a restart is collected once configured
+        await asyncio.to_thread(self._pool.release, pod_uid)
 
     def attached(self, sandbox_id: str) -> bool:
-        return os.path.exists(f"/sys/class/net/{veth_name(sandbox_id)}")
+        # By name in this process's network namespace (/sys/class/net shows the one
+        # sysfs was mounted in, which is the host's for a kubelet run with nsenter --net).
+        try:
+            socket.if_nametoindex(veth_name(sandbox_id))
+        except OSError:
+            return False
+        return True
 
     async def attach(self, sandbox_id: str, pid: int, address: str) -> None:
         """Gives the running sandbox (its process `pid`) eth0 with `address`."""
@@ -329,6 +395,8 @@ class PodNetwork:
         return await asyncio.to_thread(write)
 
     async def collect_garbage(self, live_pod_uids: set[str]) -> None:
+        if self._pool is None:
+            return
         for allocation in await asyncio.to_thread(self.pool.release_unowned, live_pod_uids):
             self._log.info("pod_address_released_unowned", address=allocation.address, pod_uid=allocation.pod_uid,
                            owner=allocation.node)

@@ -85,6 +85,7 @@ from .status import (
     CREATE_CONTAINER_CONFIG_ERROR,
     CREATE_CONTAINER_ERROR,
     CREATE_POD_SANDBOX_ERROR,
+    NETWORK_NOT_READY,
     ERR_IMAGE_NEVER_PULL,
     ContainerObservation,
     compute_pod_status,
@@ -361,6 +362,14 @@ class PodWorker:
         context = self.context
         if plan.reuse is not None:
             return plan.reuse  # made before a crash, never started: start it
+        network = context.network
+        if network is not None and not network.configured and not pod.spec.host_network:
+            # No back-off: the kubelet pokes every worker once the node's range is known.
+            message = "network is not ready: the node has no pod range (spec.podCIDR) yet"
+            failure = CreateFailure(NETWORK_NOT_READY, message, now, plan.spec_hash)
+            self._state = self._state.with_sandbox_failure(failure)
+            self._log.info("pod_network_not_ready_waiting")
+            return None
         if plan.remove is not None:
             await context.runtime.remove(plan.remove)
         namespace, name = pod.metadata.namespace, pod.metadata.name
@@ -790,7 +799,7 @@ class PodWorker:
         reason = message = ""
         failure = self._state.sandbox_failure
         if failure is not None and sandbox is None:
-            reason, message = CREATE_POD_SANDBOX_ERROR, failure.message
+            reason, message = failure.reason, failure.message
         status = compute_pod_status(
             pod,
             observations,

@@ -36,6 +36,8 @@ CREATE_CONTAINER_ERROR = "CreateContainerError"
 CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
 # A pod whose sandbox could not be made (the pod's reason; its containers wait in ContainerCreating).
 CREATE_POD_SANDBOX_ERROR = "CreatePodSandboxError"
+# A pod on the pod network of a node that has no pod range yet (Kubernetes' NetworkNotReady).
+NETWORK_NOT_READY = "NetworkNotReady"
 
 RESTART_ALWAYS = "Always"
 RESTART_ON_FAILURE = "OnFailure"

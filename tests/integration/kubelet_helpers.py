@@ -27,6 +27,10 @@ from tools.processes import ManagedProcess, component_security_flags, dev_pki, f
 NODE_LABEL = "io.kybernetes.node"
 
 # Short periods so that tests see changes quickly.
+# The simulated nodes of these tests share the host's network namespace, so they share one
+# bridge and address pool (as before nodes had ranges of their own); None takes the
+# Node's podCIDR from the API server's range allocator, as make up's kubelets do.
+SHARED_POD_CIDR = "10.88.0.0/16"
 FAST_FLAGS = [
     "--file-check-frequency", "1s",
     "--http-check-frequency", "1s",
@@ -72,8 +76,10 @@ class KubeletProcess:
         server: str | None = None,
         root_dir: str | None = None,
         node_ip: str = "127.0.0.1",
+        pod_cidr: str | None = SHARED_POD_CIDR,
     ) -> None:
         self.node = node
+        self.pod_cidr = pod_cidr
         self.extra_args = list(extra_args)
         self.server = server
         self.node_ip = node_ip
@@ -94,6 +100,7 @@ class KubeletProcess:
             "--pause-image", PAUSE_IMAGE,
             "--node-ip", self.node_ip,
             *FAST_FLAGS,
+            *(["--pod-cidr", self.pod_cidr] if self.pod_cidr else []),
             *self.extra_args,
         ]
         # Its node's identity and serving certificate from the session's CA, as make up does;
