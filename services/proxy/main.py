@@ -7,7 +7,10 @@ proxy's own (nftables.py); `iptables`, a fallback for kernels without
 nftables, chains of its own (iptables.py); `userspace` relays every service
 port through a listener on --bind-address, where an nftables table of portals
 sends the cluster IPs and node ports (userspace.py). `--cleanup` deletes this
-node's table and chains, whichever mode made them, and exits.
+node's table and chains, whichever mode made them, and the pod routes, and exits.
+
+With `--pod-routes` (the default) the proxy also routes every other node's pod
+range via that node's address (flannel's host-gw; routes.py), from a watch of Nodes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from services.common.client import client_from_args
 from services.common.transport import add_serving_flags, serving_from_args
 from services.common.flags import add_api_client_flags, duration, positive_duration
 from services.common.log import configure_logging
-from services.common.resources import ENDPOINTS, SERVICES
+from services.common.resources import ENDPOINTS, NODES, SERVICES
 from services.common.runtime import TaskFailed, TaskGroup
 from services.common.runtime.informer import Informer
 from services.common.servicemain import run_service, run_until_signalled
@@ -32,6 +35,7 @@ from .datapath import MODES, DataPath
 from .iptproxier import IptablesOptions, IptablesProxier
 from .nftproxier import NftOptions, NftProxier, cleanup
 from .proxier import ProxyOptions
+from .routes import ROUTE_PROTOCOL, PodRoutes, RouteApplier
 from .status import StatusServer
 from .syncrunner import SyncError
 from .userspace import UserspaceProxier
@@ -51,7 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cleanup", action="store_true",
-        help="delete this node's nftables table and iptables chains (any mode's) and exit",
+        help="delete this node's nftables table and iptables chains (any mode's) and the pod routes, and exit",
+    )
+    parser.add_argument(
+        "--pod-routes", action=argparse.BooleanOptionalAction, default=True,
+        help="route every other node's spec.podCIDR via its InternalIP (host-gw), kept in step with a watch of "
+        f"Nodes; routes are marked with protocol {ROUTE_PROTOCOL} and left in place when the proxy stops. Inert when "
+        "no other node's InternalIP is on a network of this host (e.g. every node on a loopback address) "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--bind-address", default="127.0.0.1",
@@ -166,6 +177,16 @@ async def clean_up(args: argparse.Namespace) -> int:
     except SyncError as error:
         failed = True
         log.error("cleanup_failed", table=f"ip {table}", error=str(error))
+    routes = RouteApplier()
+    routes_removed = 0
+    if routes.available():
+        try:
+            routes_removed = await routes.remove_all()
+        except SyncError as error:
+            failed = True
+            log.error("cleanup_failed", routes=f"proto {ROUTE_PROTOCOL}", error=str(error))
+    else:
+        log.info("cleanup_routes_skipped", reason="ip (iproute2) not installed")
     removed = 0
     if iptproxier.available():
         try:
@@ -177,7 +198,8 @@ async def clean_up(args: argparse.Namespace) -> int:
         log.info("cleanup_iptables_skipped", reason="iptables-restore or iptables-save not installed")
     if failed:
         return 1
-    log.info("cleanup_done", table=f"ip {table}", chains=chains, iptables_chains_removed=removed)
+    log.info("cleanup_done", table=f"ip {table}", chains=chains, iptables_chains_removed=removed,
+             pod_routes_removed=routes_removed)
     return 0
 
 
@@ -214,9 +236,16 @@ async def serve(args: argparse.Namespace) -> int:
     tasks.guard(run_services, name="informer-services", fatal=True)
     tasks.guard(proxier.run, name=f"data-path-{proxier.mode}", fatal=True)
     tasks.spawn(report_synced(), name="report-synced")
+    if args.pod_routes:
+        # Routes that fail to apply are retried, never fatal: the services work without them.
+        nodes_informer = Informer(client, NODES)
+        pod_routes = PodRoutes(nodes_informer, args.node_name, RouteApplier(), resync_period=args.sync_period)
+        tasks.guard(nodes_informer.run, name="informer-nodes", fatal=True)
+        tasks.guard(pod_routes.run, name="pod-routes")
     started: dict = dict(
         mode=proxier.mode, server=client.server, node_ip=args.node_ip,
         service_cluster_ip_range=args.service_cluster_ip_range, status_listen=args.status_listen,
+        pod_routes=f"proto {ROUTE_PROTOCOL}" if args.pod_routes else "off",
     )
     if isinstance(proxier, NftProxier):
         started.update(table=f"ip {proxier.table}")
