@@ -10,6 +10,15 @@ own. kube-dns runs on the pod bridge's gateway behind the kube-dns service.
 `down` stops every component, removes the proxies' tables and every container
 the cluster made and its data (etcd, pod volumes), keeping the logs.
 
+Nodes as hosts: with one node the host is the node (its kubelet and proxy in
+the host's network namespace, on 127.0.0.1), as on a single real machine.
+With several, each node is a host of its own: a network namespace on a
+bridge standing for the LAN (tools/hostnetwork.py), its kubelet and proxy
+inside it, its own pod bridge, pod range, tables and routes; the host is the
+control-plane machine on the LAN's first address (the API server and
+kube-dns answer there) with a proxy of its own. The LAN bridge exists in both
+cases: kube-dns listens on it, so that every node's pods reach it.
+
 Security is on from the first `up`, as in k3s: a cluster CA and every component's
 certificate are made in <state-dir>/pki (tools/clusterpki.py), etcd takes only the
 API server's certificate, every connection is TLS, each component authenticates as
@@ -35,9 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.common import kubeconfig
+from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.transport import ClientCredentials
 
 from .clusterpki import ClusterPKI
+from .hostnetwork import DEFAULT_BRIDGE as HOST_BRIDGE, DEFAULT_NETWORK as HOST_NETWORK, NETNS_DIR, HostNetwork
+from .hostnetwork import HostNetworkError, remove_pod_bridge
 from .processes import REPO, ManagedProcess, apiserver_security_flags, etcd_argv, port_open, python_module_argv
 
 ETCD_PORT = 2379
@@ -47,9 +59,12 @@ PROXY_STATUS_PORT = 10249
 NODE_LABEL = "io.kybernetes.node"
 # Services: Kubernetes' default range; the cluster DNS is its tenth address, as kubeadm's.
 SERVICE_CIDR = "10.96.0.0/12"
-# kube-dns listens on the pod bridge's gateway (the host, as pods see it) on this
-# port; its service maps <cluster DNS IP>:53 there.
+# kube-dns listens on the host's address on the host network (the LAN bridge, which every
+# node's pods reach) on this port; its service maps <cluster DNS IP>:53 there.
 DNS_PORT = 10053
+# A root-namespace node's pod bridge: the cluster's own, not the tests' shared kyb0, so
+# that `down` can remove it with its rules.
+POD_BRIDGE = "kyb-pods"
 DNS_NAMESPACE = "kube-system"
 
 
@@ -75,36 +90,47 @@ class Component:
     grpc_health: bool = True
     pid: int = 0
     container: str = ""
+    # The node's network namespace it runs in; "" for the host's.
+    netns: str = ""
 
     def log_path(self, state: Path) -> Path:
         return state / "logs" / f"{self.name}.log"
 
     def process_argv(self) -> list[str]:
         if self.program == "etcd":
-            return [shutil.which("etcd") or "/usr/bin/etcd", *self.args]
-        return python_module_argv(PROGRAMS[self.program], *self.args)
+            argv = [shutil.which("etcd") or "/usr/bin/etcd", *self.args]
+        else:
+            argv = python_module_argv(PROGRAMS[self.program], *self.args)
+        if self.netns:
+            # Only the network namespace: the kubelet's tmpfs mounts must be the host's, which Docker sees.
+            argv = ["nsenter", f"--net={NETNS_DIR}/{self.netns}", "--", *argv]
+        return argv
 
 
 @dataclass
 class ClusterPlan:
     state_dir: Path
     nodes: list[str]
+    host_network: HostNetwork
     api: str = f"127.0.0.1:{API_PORT}"
     components: list[Component] = field(default_factory=list)
     cluster_dns: str = ""
     dns_endpoint: tuple[str, int] = ("", 0)
+    # Nodes in network namespaces of their own (several nodes), else the host is the node.
+    nodes_as_hosts: bool = False
+    pod_bridge: str = POD_BRIDGE
+    # The root namespace's proxy's node name (the node's, or the control-plane host's).
+    host_proxy_node: str = ""
+
+    def node_addresses(self, node_network: str) -> list[str]:
+        if self.nodes_as_hosts:
+            return [self.host_network.node_address(index) for index in range(len(self.nodes))]
+        return [node_ip(index, node_network) for index in range(len(self.nodes))]
 
 
 def cluster_dns_ip(service_cidr: str) -> str:
     """The cluster DNS service's address: the tenth of the service range (10.96.0.10)."""
     return str(ipaddress.ip_network(service_cidr)[10])
-
-
-def pod_gateway() -> str:
-    """The host's address on the pod bridge (every kubelet of this host shares it)."""
-    from services.kubelet.podnetwork import DEFAULT_POD_CIDR
-
-    return str(next(ipaddress.ip_network(DEFAULT_POD_CIDR).hosts()))
 
 
 def node_names(count: int, prefix: str = "") -> list[str]:
@@ -127,9 +153,17 @@ def token_address(api: str) -> str:
 def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
     nodes = node_names(args.nodes, args.node_prefix)
-    api = f"127.0.0.1:{args.api_port}"
+    net = HostNetwork(args.host_bridge, args.host_network, args.cluster_cidr)
+    plan = ClusterPlan(state, nodes, net, nodes_as_hosts=len(nodes) > 1, pod_bridge=args.pod_bridge)
+    # The host's clients use loopback; the nodes, the host's address on the LAN.
+    api = plan.api = f"127.0.0.1:{args.api_port}"
+    lan_api = f"{net.gateway}:{args.api_port}"
+    node_api = lan_api if plan.nodes_as_hosts else api
     etcd = f"127.0.0.1:{args.etcd_port}"
-    pki = ensure_pki(state, nodes, args.node_network, api)
+    addresses = plan.node_addresses(args.node_network)
+    plan.host_proxy_node = f"{args.node_prefix}host" if plan.nodes_as_hosts else nodes[0]
+    pki = ensure_pki(state, nodes, addresses, node_api, api, net.gateway)
+    token_port = int(token_address(api).rpartition(":")[2])
     components = [
         Component(
             "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1, pki.etcd_flags())[1:],
@@ -138,9 +172,9 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         Component(
             "apiserver", "kube-apiserver",
             [
-                "--listen", api, "--token-listen", token_address(api), "--etcd-servers", etcd,
-                "--service-cluster-ip-range", args.service_cidr, *apiserver_security_flags(pki),
-                *args.apiserver_arg,
+                "--listen", f"{api},{lan_api}", "--token-listen", f"{token_address(api)},{net.gateway}:{token_port}",
+                "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
+                "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki), *args.apiserver_arg,
             ],
             health=api,
         ),
@@ -149,15 +183,15 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         ),
     ]
     cluster_dns = cluster_dns_ip(args.service_cidr)
-    for index, node in enumerate(nodes):
-        ip = node_ip(index, args.node_network)
+    for node, ip in zip(nodes, addresses, strict=True):
+        netns = net.namespace(node) if plan.nodes_as_hosts else ""
         kubelet_listen = f"{ip}:{KUBELET_PORT}"
         components.append(
             Component(
                 f"kubelet-{node}",
                 "kubelet",
                 [
-                    "--server", api,
+                    "--server", node_api,
                     "--kubeconfig", str(pki.root / f"kubelet-{node}.conf"),
                     *pki.serving_flags("kubelet", pki.node_dir(node)),
                     "--node-name", node,
@@ -166,48 +200,66 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                     "--root-dir", str(state / "kubelet" / node),
                     "--pause-image", args.pause_image,
                     "--cluster-dns", cluster_dns,
+                    # The pod range is the Node's (the API server's range allocator gives it).
+                    "--pod-bridge", args.pod_bridge,
+                    "--non-masquerade-cidr", args.cluster_cidr,
                 ],
                 health=kubelet_listen,
+                netns=netns,
             )
         )
-        status_listen = f"{ip}:{PROXY_STATUS_PORT}"
-        components.append(
-            Component(
-                f"proxy-{node}",
-                "kube-proxy",
-                [
-                    "--server", api,
-                    "--kubeconfig", str(pki.root / "kube-proxy.conf"),
-                    *pki.serving_flags("kube-proxy", pki.node_dir(node)),
-                    "--node-name", node,
-                    "--proxy-mode", args.proxy_mode,
-                    # The original design's round robin: the walkthrough's pages rotate over the pods.
-                    "--load-balance", "round-robin",
-                    "--node-ip", ip,
-                    "--bind-address", ip,
-                    "--service-cluster-ip-range", args.service_cidr,
-                    "--status-listen", status_listen,
-                ],
-                health=status_listen,
-            )
-        )
-    # After the kubelets: the pod bridge it listens on is theirs.
-    dns_listen = f"{pod_gateway()}:{args.dns_port}"
+        components.append(proxy_component(f"proxy-{node}", node, ip, node_api, netns, pki, args))
+    if plan.nodes_as_hosts:
+        # The control-plane host's own proxy: cluster IPs answer from the host too, and its
+        # routes reach every node's pods (as on a control-plane node of Kubernetes').
+        pki.ensure_node(plan.host_proxy_node, (net.gateway,))
+        components.append(proxy_component("proxy-host", plan.host_proxy_node, net.gateway, api, "", pki, args))
+    dns_listen = f"{net.gateway}:{args.dns_port}"
     dns_args = ["--server", api, "--kubeconfig", str(pki.root / "kube-dns.conf"), "--listen", dns_listen]
     for upstream in args.dns_upstream:
         dns_args += ["--upstream", upstream]
     components.append(Component("dns", "kube-dns", dns_args, health=dns_listen, grpc_health=False))
-    return ClusterPlan(state, nodes, api, components, cluster_dns, (pod_gateway(), args.dns_port))
+    plan.components = components
+    plan.cluster_dns = cluster_dns
+    plan.dns_endpoint = (net.gateway, args.dns_port)
+    return plan
 
 
-def ensure_pki(state: Path, nodes: list[str], node_network: str, api: str) -> ClusterPKI:
+def proxy_component(
+    name: str, node: str, ip: str, api: str, netns: str, pki: ClusterPKI, args: argparse.Namespace
+) -> Component:
+    status_listen = f"{ip}:{PROXY_STATUS_PORT}"
+    return Component(
+        name,
+        "kube-proxy",
+        [
+            "--server", api,
+            "--kubeconfig", str(pki.root / "kube-proxy.conf"),
+            *pki.serving_flags("kube-proxy", pki.node_dir(node)),
+            "--node-name", node,
+            "--proxy-mode", args.proxy_mode,
+            # The original design's round robin: the walkthrough's pages rotate over the pods.
+            "--load-balance", "round-robin",
+            "--node-ip", ip,
+            "--bind-address", ip,
+            "--service-cluster-ip-range", args.service_cidr,
+            "--status-listen", status_listen,
+        ],
+        health=status_listen,
+        netns=netns,
+    )
+
+
+def ensure_pki(
+    state: Path, nodes: list[str], addresses: list[str], node_api: str, api: str, lan_address: str
+) -> ClusterPKI:
     """The cluster's CA and certificates (made on the first `up`, kept after), and a
-    kubeconfig per identity pointing at this API server."""
+    kubeconfig per identity pointing at this API server (the nodes' at its LAN address)."""
     pki = ClusterPKI(state)
-    pki.ensure_control_plane()
-    for index, node in enumerate(nodes):
-        pki.ensure_node(node, (node_ip(index, node_network),))
-        pki.write_node_kubeconfig(node, api)
+    pki.ensure_control_plane(apiserver_names=(lan_address,))
+    for node, address in zip(nodes, addresses, strict=True):
+        pki.ensure_node(node, (address,))
+        pki.write_node_kubeconfig(node, node_api)
     pki.write_client_kubeconfigs(api)
     pki.ensure_token_file()
     return pki
@@ -403,10 +455,15 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
 
 
 def up(args: argparse.Namespace) -> int:
+    if args.mode == "containers" and args.nodes > 1:
+        print("nodes as hosts (NODES > 1) run in process mode: each node's kubelet and proxy join its "
+              "network namespace, which a component container cannot (yet)", file=sys.stderr)
+        return 2
     plan = plan_cluster(args)
     state = plan.state_dir
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    ensure_loopback_addresses(len(plan.nodes), args.node_network)
+    if not plan.nodes_as_hosts:
+        ensure_loopback_addresses(len(plan.nodes), args.node_network)
     recorded = load_state(state)
     running_nodes = recorded.get("nodes") if recorded.get("components") else None
     if running_nodes and (running_nodes != plan.nodes or recorded.get("mode") != args.mode):
@@ -416,7 +473,13 @@ def up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    recorded.update(nodes=plan.nodes, mode=args.mode)
+    recorded.update(nodes=plan.nodes, mode=args.mode, network=network_record(plan))
+    save_state(state, recorded)
+    try:
+        wire_hosts(plan)
+    except HostNetworkError as error:
+        print(f"could not set up the host network: {error}", file=sys.stderr)
+        return 1
     credentials = admin_credentials(state)
     for component in plan.components:
         previous = recorded["components"].get(component.name)
@@ -446,6 +509,33 @@ def up(args: argparse.Namespace) -> int:
         print(f"  admin kubeconfig written to {user_config}")
     _print_next_steps(plan, args.user_kubeconfig)
     return 0
+
+
+def network_record(plan: ClusterPlan) -> dict:
+    """What `down` needs to undo the network (recorded before any of it is made)."""
+    net = plan.host_network
+    return {
+        "host_bridge": net.bridge, "host_network": net.network, "cluster_cidr": net.cluster_cidr,
+        "nodes_as_hosts": plan.nodes_as_hosts, "pod_bridge": plan.pod_bridge,
+        "root_proxies": [plan.host_proxy_node] if plan.nodes_as_hosts else list(plan.nodes),
+    }
+
+
+def wire_hosts(plan: ClusterPlan) -> None:
+    """The LAN bridge, and with nodes as hosts a namespace per node; a namespace on this
+    bridge that no node of the plan has (a dead cluster's) is removed first."""
+    net = plan.host_network
+    net.ensure_host()
+    if not plan.nodes_as_hosts:
+        return
+    wanted = {net.namespace(node) for node in plan.nodes}
+    for namespace in net.namespaces():
+        if namespace not in wanted:
+            node = namespace[len(net.bridge) + 1:]
+            print(f"  removing {namespace}, left by an earlier cluster")
+            net.remove_node(node)
+    for index, node in enumerate(plan.nodes):
+        net.ensure_node(node, index)
 
 
 def _wait_healthy(component: Component, timeout: float, credentials: ClientCredentials | None) -> bool:
@@ -506,13 +596,19 @@ def down(args: argparse.Namespace) -> int:
             print(f"  {name:<24} stopped")
     from services.kubelet.podnetwork import release_node_addresses
 
-    for node in recorded.get("nodes", []):
+    network = recorded.get("network")
+    nodes = recorded.get("nodes", [])
+    # Tables, chains and routes of the proxies in the host's namespace; a node's own
+    # namespace takes everything in it when it goes.
+    for node in network["root_proxies"] if network else nodes:
         remove_proxy_rules(node)
-    removed = remove_node_containers(recorded.get("nodes", []))
+    removed = remove_node_containers(nodes)
     if removed:
         print(f"  removed {removed} pod container(s)")
-    release_node_addresses(set(recorded.get("nodes", [])))
-    recorded.update(components={}, nodes=[])
+    release_node_addresses(set(nodes))
+    if network:
+        unwire_hosts(network, nodes)
+    recorded.update(components={}, nodes=[], network=None)
     if state.exists():
         save_state(state, recorded)
     # A fresh cluster next time: etcd's data and the kubelets' pod directories
@@ -520,6 +616,19 @@ def down(args: argparse.Namespace) -> int:
     for data in (state / "etcd", state / "kubelet"):
         shutil.rmtree(data, ignore_errors=True)
     return 0
+
+
+def unwire_hosts(network: dict, nodes: list[str]) -> None:
+    """Every namespace, bridge, route and rule `wire_hosts` and the root namespace's kubelet made."""
+    net = HostNetwork(network["host_bridge"], network["host_network"], network["cluster_cidr"])
+    try:
+        for namespace in net.namespaces():
+            net.remove_node(namespace[len(net.bridge) + 1:])
+        if not network["nodes_as_hosts"]:
+            remove_pod_bridge(network["pod_bridge"])
+        net.remove_host()
+    except HostNetworkError as error:
+        print(f"  (could not remove all of the host network: {error})", file=sys.stderr)
 
 
 def remove_proxy_rules(node: str) -> None:
@@ -646,7 +755,21 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--etcd-port", type=int, default=ETCD_PORT, help="etcd client port (peer: +1)")
             command.add_argument("--api-port", type=int, default=API_PORT)
             command.add_argument(
-                "--node-network", default="127.0.0", help="node N gets the address <network>.N (default 127.0.0)"
+                "--node-network", default="127.0.0",
+                help="one node: its address is <network>.1 (default 127.0.0, the host's loopback)",
+            )
+            command.add_argument(
+                "--host-network", default=HOST_NETWORK,
+                help="the simulated LAN: the host takes its first address, node N (with several nodes) "
+                "the next ones (default %(default)s)",
+            )
+            command.add_argument("--host-bridge", default=HOST_BRIDGE, help="the LAN's bridge (default %(default)s)")
+            command.add_argument(
+                "--pod-bridge", default=POD_BRIDGE, help="each node's bridge for its pods (default %(default)s)"
+            )
+            command.add_argument(
+                "--cluster-cidr", default=DEFAULT_CLUSTER_CIDR,
+                help="the pods' addresses; each node gets a /24 of it (default %(default)s)",
             )
             command.add_argument("--node-prefix", default="", help="prefix of node names (default: none)")
             command.add_argument("--container-prefix", default="kyb-", help="prefix of component container names")
@@ -657,7 +780,9 @@ def main(argv: list[str] | None = None) -> None:
                 "--service-cidr", default=SERVICE_CIDR,
                 help="service cluster IP range; the cluster DNS is its tenth address (default %(default)s)",
             )
-            command.add_argument("--dns-port", type=int, default=DNS_PORT, help="kube-dns's port on the pod bridge")
+            command.add_argument(
+                "--dns-port", type=int, default=DNS_PORT, help="kube-dns's port on the host's LAN address"
+            )
             command.add_argument(
                 "--user-kubeconfig", default=str(kubeconfig.DEFAULT_KUBECONFIG),
                 help="where to write the admin's kubeconfig for kubecfg; empty: only <state-dir>/admin.conf "

@@ -1,14 +1,17 @@
 """A whole local cluster for end-to-end tests, started as `make up` starts one.
 
-The cluster uses its own ports, loopback network and node names, so it can run
-beside a `make up` cluster. The `local_cluster` fixture (conftest.py) starts
-them and takes them down after the test.
+The cluster uses its own ports, loopback network, host network (LAN bridge and
+addresses), pod range, bridges and node names, so it can run beside a `make up`
+cluster. With several nodes each is a network namespace on its LAN bridge. The
+`local_cluster` fixture (conftest.py) starts them and takes them down after the test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import re
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
 from services.common.transport import ClientCredentials, blocking_channel
 from services.proxy.nftables import table_name
 from tools.localcluster import NODE_LABEL, PROXY_STATUS_PORT
+from tools.hostnetwork import HostNetwork, remove_pod_bridge
 from tools.processes import REPO, free_port
 
 # How e2e tests wait (`eventually_blocking(check, what=..., **CLUSTER_WAIT)`): a whole
@@ -44,13 +48,21 @@ PAGE_LINE = re.compile(r"^guestbook frontend (?P<pod>\S+): backend \(via (?P<via
 
 
 class LocalCluster:
-    def __init__(self, tmp_path: Path, nodes: int, mode: str = "processes") -> None:
+    def __init__(
+        self, tmp_path: Path, nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = ()
+    ) -> None:
         self.state = tmp_path / "cluster"
         self.api_port = free_port(2)  # and the next one: the API server's bearer-token port
         self.network = f"127.0.{random.randint(10, 250)}"
         self.prefix = f"e2e{uuid.uuid4().hex[:6]}-"
         self.mode = mode
         self.nodes = [f"{self.prefix}node-{i}" for i in range(1, nodes + 1)]
+        tag = uuid.uuid4().hex[:6]
+        # A LAN, a pod range and bridges of its own, clear of make up's (10.240.0.0/24, 10.244.0.0/16).
+        self.host_network = HostNetwork(
+            f"kyt{tag}", f"10.241.{random.randint(0, 255)}.0/24", f"10.{random.randint(200, 230)}.0.0/16"
+        )
+        self.pod_bridge = f"kyp{tag}"
         # A service range of its own, outside make up's 10.96.0.0/12: every proxy
         # on this kernel rejects what its own range holds and no service matches.
         self.service_cidr = f"10.{random.randint(112, 127)}.{random.randint(0, 255)}.0/24"
@@ -60,11 +72,14 @@ class LocalCluster:
             "--node-network", self.network, "--node-prefix", self.prefix,
             "--container-prefix", self.prefix, "--service-cidr", self.service_cidr,
             "--dns-port", str(free_port()),
+            "--host-bridge", self.host_network.bridge, "--host-network", self.host_network.network,
+            "--cluster-cidr", self.host_network.cluster_cidr, "--pod-bridge", self.pod_bridge,
             # Its admin kubeconfig stays in its state dir: the user's ~/.kybernetes/config is left alone.
             "--user-kubeconfig", "",
             # Names outside the cluster go nowhere: nothing listens there, so a test
             # never sends a query off this machine.
             "--dns-upstream", f"127.0.0.1:{free_port()}",
+            *(f"--apiserver-arg={arg}" for arg in apiserver_args),
         ]
 
     @property
@@ -80,8 +95,29 @@ class LocalCluster:
     def pki(self) -> Path:
         return self.state / "pki"
 
+    @property
+    def cluster_cidr(self) -> str:
+        return self.host_network.cluster_cidr
+
+    @property
+    def nodes_as_hosts(self) -> bool:
+        return len(self.nodes) > 1
+
     def node_ip(self, index: int) -> str:
+        if self.nodes_as_hosts:
+            return self.host_network.node_address(index)
         return f"{self.network}.{index + 1}"
+
+    def namespace(self, index: int) -> str:
+        """Node `index`'s network namespace (several nodes)."""
+        return self.host_network.namespace(self.nodes[index])
+
+    def in_node(self, index: int, *command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Runs a command on node `index`, as on that host (in its network namespace)."""
+        return subprocess.run(
+            [*self.host_network.exec_prefix(self.nodes[index]), *command], capture_output=True, text=True,
+            timeout=timeout,
+        )
 
     def localcluster(self, command: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -138,10 +174,45 @@ class LocalCluster:
             return proxy_pb2_grpc.ProxyStub(channel).Status(proxy_pb2.ProxyStatusRequest(), timeout=10)
 
     def nft_tables(self) -> set[str]:
-        """This cluster's nodes' kube-proxy tables that are in the kernel."""
-        listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=30, check=True)
-        present = {line.split()[-1] for line in listed.stdout.splitlines() if line.startswith("table ip ")}
-        return present & {table_name(node) for node in self.nodes}
+        """This cluster's nodes' kube-proxy tables that are in the kernel (the host's, and each
+        node's namespace that exists)."""
+        listings = [["nft", "list", "tables"]] + [
+            ["ip", "netns", "exec", namespace, "nft", "list", "tables"] for namespace in self.host_network.namespaces()
+        ]
+        present = set()
+        for command in listings:
+            listed = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+            present |= {line.split()[-1] for line in listed.stdout.splitlines() if line.startswith("table ip ")}
+        return present & {table_name(node) for node in [*self.nodes, f"{self.prefix}host"]}
+
+    def network_leftovers(self) -> list[str]:
+        """What of this cluster's network is still on the machine: namespaces, links, routes, rules."""
+        net = self.host_network
+        found = [f"netns {name}" for name in net.namespaces()]
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        found += [f"link {name}" for name in (net.bridge, self.pod_bridge) if re.search(rf" {name}[:@]", links)]
+        routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+        network_prefix = net.network.rsplit(".", 1)[0] + "."
+        cluster_prefix = net.cluster_cidr.split(".")[0] + "." + net.cluster_cidr.split(".")[1] + "."
+        found += [f"route {line}" for line in routes.splitlines() if line.startswith((network_prefix, cluster_prefix))
+                  or f" {cluster_prefix}" in line or net.bridge in line or self.pod_bridge in line]
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+        found += [f"rule {line}" for line in rules.splitlines()
+                  if net.bridge in line or self.pod_bridge in line or net.cluster_cidr in line or net.network in line]
+        return found
+
+    def kill_node(self, index: int) -> None:
+        """Node `index`'s host dies: its kubelet and proxy are killed (SIGKILL) and its network
+        namespace goes, with its pods' wires (their containers keep running in Docker, unreachable)."""
+        components = json.loads((self.state / "cluster.json").read_text())["components"]
+        node = self.nodes[index]
+        for name in (f"kubelet-{node}", f"proxy-{node}"):
+            pid = components[name]["pid"]
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.host_network.remove_node(node)
 
     def recorded_pids(self) -> list[int]:
         data = json.loads((self.state / "cluster.json").read_text())
@@ -157,6 +228,11 @@ class LocalCluster:
         # A `down` that failed may leave a proxy's table: traffic to this cluster's range would still be NATed.
         for table in self.nft_tables():
             subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True, timeout=30)
+        # ... and its namespaces, bridges, routes and rules.
+        for namespace in self.host_network.namespaces():
+            self.host_network.remove_node(namespace[len(self.host_network.bridge) + 1:])
+        remove_pod_bridge(self.pod_bridge)
+        self.host_network.remove_host()
 
 
 def running_and_ready(pods: list[dict]) -> bool:

@@ -18,8 +18,9 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """
     started: list[LocalCluster] = []
 
-    def start(nodes: int, mode: str = "processes") -> LocalCluster:
-        cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", nodes=nodes, mode=mode)
+    def start(nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = ()) -> LocalCluster:
+        cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", nodes=nodes, mode=mode,
+                               apiserver_args=apiserver_args)
         started.append(cluster)
         result = cluster.up()
         assert result.returncode == 0, result.stdout + result.stderr
@@ -28,4 +29,7 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     yield start
     for cluster in started:
         cluster.down()
+        leftovers = cluster.network_leftovers()
         cluster.remove_leftovers()
+        # `down` removes every namespace, bridge, route and rule the cluster made.
+        assert leftovers == [], leftovers

@@ -1,6 +1,7 @@
-"""The whole design end to end, as `make up` runs it: three simulated nodes on one
-Docker daemon, both examples applied with kubecfg, traffic to cluster IPs and node
-ports through the proxies' nftables tables, names from kube-dns."""
+"""The whole design end to end, as `make up` runs it: three simulated nodes (each a
+network namespace on the cluster's LAN bridge) on one Docker daemon, both examples
+applied with kubecfg, traffic to cluster IPs and node ports through the proxies'
+nftables tables, names from kube-dns."""
 
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ def test_examples_on_three_nodes(cluster, tmp_path):
     # Services answer on their cluster IPs, from the cluster's own range.
     frontend_ip, backend_ip, canary_ip = (cluster.cluster_ip(name) for name in ("frontend", "backend", "frontend-prod"))
     assert {frontend_ip, backend_ip, canary_ip} <= set(map(str, ipaddress.ip_network(cluster.service_cidr)))
-    # Each node's proxy has its table in the kernel.
-    assert cluster.nft_tables() == {table_name(node) for node in cluster.nodes}
+    # Each node's proxy has its table in its node's kernel namespace, and the host's proxy in the host's.
+    assert cluster.nft_tables() == {table_name(node) for node in [*cluster.nodes, f"{cluster.prefix}host"]}
 
     # Each page is built in the frontend pod from two calls to the backend: through the backend
     # service's DNS name and through $BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT.

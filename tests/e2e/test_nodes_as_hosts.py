@@ -1,0 +1,211 @@
+"""Nodes as network hosts (issue 13), as `make up NODES=3` runs them: each node a network
+namespace on the cluster's LAN bridge with a pod range of its own, routes to the other
+nodes' ranges, pods reaching pods across nodes by address with no NAT, services and DNS
+from every node, and a node that is lost or deleted taking its pods, range and routes
+with it."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.polling import eventually_blocking
+
+from .cluster import CLUSTER_WAIT, LocalCluster, running_and_ready
+
+# A web server that answers with the pod's name and the address it sees the client at.
+WHOAMI_SCRIPT = (
+    "mkdir -p /www/cgi-bin && "
+    "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $HOSTNAME $REMOTE_ADDR\\n' > /www/cgi-bin/who && "
+    "chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www"
+)
+
+
+def whoami_pod(name: str, node: str) -> str:
+    return f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: whoami}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: kybernetes/busybox:latest
+    command: ["sh", "-c", {json.dumps(WHOAMI_SCRIPT)}]
+    ports: [{{name: http, containerPort: 8080}}]
+"""
+
+
+WHOAMI_RC = f"""\
+apiVersion: v1
+kind: ReplicationController
+metadata: {{name: spread}}
+spec:
+  replicas: 3
+  selector: {{app: spread}}
+  template:
+    metadata: {{labels: {{app: spread}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: kybernetes/busybox:latest
+        command: ["sh", "-c", {json.dumps(WHOAMI_SCRIPT)}]
+        ports: [{{name: http, containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: spread}}
+spec:
+  selector: {{app: spread}}
+  ports: [{{port: 80, targetPort: http}}]
+"""
+
+WHOAMI_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: whoami}
+spec:
+  selector: {app: whoami}
+  ports: [{port: 80, targetPort: http}]
+"""
+
+
+def who(cluster: LocalCluster, pod: str, url: str) -> tuple[str, str]:
+    """(the pod that answered, the client address it saw), asked from inside `pod`."""
+    code, reply = cluster.exec_in(pod, "wget", "-q", "-O", "-", url)
+    assert code == 0, f"{pod} -> {url}: {reply}"
+    name, address = reply.split()
+    # busybox httpd listens on IPv6 too and shows an IPv4 client as [::ffff:a.b.c.d].
+    return name, address.removeprefix("[::ffff:").removesuffix("]")
+
+
+def node_ranges(cluster: LocalCluster) -> dict[str, str]:
+    nodes = json.loads(cluster.kubecfg("get", "nodes", "-o", "json"))["items"]
+    return {node["metadata"]["name"]: node["spec"].get("podCIDR", "") for node in nodes}
+
+
+def pod_routes(cluster: LocalCluster, index: int) -> dict[str, str]:
+    """Node `index`'s routes to other nodes' pod ranges: range -> the node address it goes via."""
+    routes = cluster.in_node(index, "ip", "-4", "route", "show").stdout
+    return {
+        match["range"]: match["via"]
+        for match in re.finditer(r"^(?P<range>\S+/\d+) via (?P<via>\S+) dev eth0", routes, re.MULTILINE)
+        if ipaddress.ip_network(match["range"]).subnet_of(ipaddress.ip_network(cluster.cluster_cidr))
+    }
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# A lost node is noticed in seconds, not Kubernetes' 40 s (heartbeats come every 10 s).
+FAST_NODE_LIFECYCLE = ("--node-monitor-grace-period=15s", "--pod-eviction-timeout=1s")
+
+
+@pytest.fixture
+def cluster(local_cluster):
+    return local_cluster(nodes=3, apiserver_args=FAST_NODE_LIFECYCLE)
+
+
+@pytest.mark.docker
+def test_pods_reach_pods_and_services_across_nodes(cluster, tmp_path):
+    ranges = eventually_blocking(
+        lambda: (found := node_ranges(cluster)) and all(found.values()) and len(found) == 3 and found,
+        what="every node with a pod range", **CLUSTER_WAIT,
+    )
+    assert len(set(ranges.values())) == 3, ranges
+    assert all(
+        ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network(cluster.cluster_cidr)) for cidr in ranges.values()
+    ), ranges
+    # Each node routes the other nodes' ranges via their addresses (host-gw), its own is its bridge's.
+    for index, node in enumerate(cluster.nodes):
+        expected = {
+            ranges[other]: cluster.node_ip(other_index)
+            for other_index, other in enumerate(cluster.nodes) if other != node
+        }
+        eventually_blocking(lambda index=index, expected=expected: pod_routes(cluster, index) == expected,
+                            what=f"{node}'s routes to the other nodes' pods", **CLUSTER_WAIT)
+
+    names = [f"whoami-{index + 1}" for index in range(3)]
+    manifests = [
+        write(tmp_path, f"{name}.yaml", whoami_pod(name, node)) for name, node in zip(names, cluster.nodes, strict=True)
+    ]
+    for manifest in manifests:
+        cluster.kubecfg("apply", "-f", manifest)
+    cluster.kubecfg("apply", "-f", write(tmp_path, "service.yaml", WHOAMI_SERVICE))
+    pods = eventually_blocking(
+        lambda: len(found := cluster.pods("app=whoami")) == 3 and running_and_ready(found) and found,
+        what="a whoami pod running on each node", **CLUSTER_WAIT,
+    )
+    ip_of = {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in pods}
+    for pod in pods:
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(ranges[pod["spec"]["nodeName"]])
+
+    # Pod to pod across nodes, by address: the receiver sees the sender's own address (no NAT).
+    answered, seen = who(cluster, "whoami-1", f"http://{ip_of['whoami-3']}:8080/cgi-bin/who")
+    assert (answered, seen) == ("whoami-3", ip_of["whoami-1"])
+    answered, seen = who(cluster, "whoami-3", f"http://{ip_of['whoami-2']}:8080/cgi-bin/who")
+    assert (answered, seen) == ("whoami-2", ip_of["whoami-3"])
+
+    # The service's cluster IP and DNS name, from a pod on each node, reach the backends on all
+    # three nodes (round robin), and each other backend sees the asking pod's address.
+    cluster_ip = cluster.cluster_ip("whoami")
+    eventually_blocking(lambda: len(cluster.ready_addresses("whoami")) == 3, what="3 endpoints", **CLUSTER_WAIT)
+    for client in names:
+        for target in (cluster_ip, "whoami", "whoami.default.svc.cluster.local"):
+            replies = [who(cluster, client, f"http://{target}/cgi-bin/who") for _ in range(6)]
+            assert {answered for answered, _ in replies} == set(names), (client, target, replies)
+            # Except for a pod that reached itself: hairpin traffic is masqueraded, as Kubernetes does.
+            assert {seen for answered, seen in replies if answered != client} == {ip_of[client]}, replies
+
+
+@pytest.mark.docker
+def test_a_lost_node_takes_its_pods_range_and_routes_with_it(cluster, tmp_path):
+    lost = cluster.nodes[2]
+    cluster.kubecfg("apply", "-f", write(tmp_path, "spread.yaml", WHOAMI_RC))
+    pods = eventually_blocking(
+        lambda: len(found := cluster.pods("app=spread")) == 3 and running_and_ready(found) and found,
+        what="3 spread pods running", **CLUSTER_WAIT,
+    )
+    assert sorted(pod["spec"]["nodeName"] for pod in pods) == cluster.nodes
+    asker = next(pod["metadata"]["name"] for pod in pods if pod["spec"]["nodeName"] == cluster.nodes[0])
+    lost_range = node_ranges(cluster)[lost]
+
+    # The host of node-3 dies: its kubelet and proxy are killed and its namespace goes.
+    cluster.kill_node(2)
+    # Its pods are deleted once it is not ready (they stay Terminating: no kubelet confirms, as
+    # in Kubernetes), recreated on the others at once, and the service answers from them alone.
+    def replaced() -> bool:
+        active = [pod for pod in cluster.pods("app=spread") if not pod["metadata"].get("deletionTimestamp")]
+        return len(active) == 3 and running_and_ready(active) and lost not in {p["spec"]["nodeName"] for p in active}
+
+    eventually_blocking(replaced, what="the lost node's pod recreated on another node", **CLUSTER_WAIT)
+
+    def service_answers() -> bool:
+        for _ in range(6):
+            code, reply = cluster.exec_in(asker, "timeout", "3", "wget", "-q", "-O", "-", "http://spread/cgi-bin/who")
+            assert code == 0, reply
+        return True
+
+    eventually_blocking(service_answers, what="the service answering from the remaining nodes", **CLUSTER_WAIT)
+
+    # Deleting the Node frees its range, takes its routes off the other nodes, and its pods go.
+    cluster.kubecfg("delete", "node", lost)
+    eventually_blocking(lambda: lost not in {pod["spec"]["nodeName"] for pod in cluster.pods("app=spread")},
+                        what="the deleted node's pods gone", **CLUSTER_WAIT)
+    for index in (0, 1):
+        eventually_blocking(lambda index=index: lost_range not in pod_routes(cluster, index),
+                            what=f"the route to {lost}'s range gone from {cluster.nodes[index]}", **CLUSTER_WAIT)
+    spare = f"{cluster.prefix}spare"
+    spare_manifest = f"apiVersion: v1\nkind: Node\nmetadata: {{name: {spare}}}\n"
+    cluster.kubecfg("apply", "-f", write(tmp_path, "spare.yaml", spare_manifest))
+    eventually_blocking(lambda: node_ranges(cluster).get(spare) == lost_range,
+                        what="the freed range given to the next node", **CLUSTER_WAIT)
