@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.kybernetes
 NODES ?= 1
 MODE ?= processes
+# This machine's address on a real LAN, for other machines to join (README: A second machine).
+API_ADDRESS ?=
 BUSYBOX_IMAGE ?= kybernetes/busybox:latest
 PAUSE_IMAGE ?= kybernetes/pause:latest
 COMPONENT_IMAGE ?= kybernetes/kybernetes:latest
@@ -62,7 +64,7 @@ test: deps venv images check
 up: deps venv images
 	$(PY) -m tools.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
 	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE) \
-	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE)
+	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE) $(if $(API_ADDRESS),--api-address $(API_ADDRESS))
 
 down: venv
 	$(PY) -m tools.localcluster down --state-dir $(STATE_DIR)
@@ -70,7 +72,7 @@ down: venv
 status: venv
 	$(PY) -m tools.localcluster status --state-dir $(STATE_DIR)
 
-# A join token for a new node, in $(STATE_DIR)/bootstrap.conf (kubeadm token create).
+# What a new machine needs to join, in $(STATE_DIR)/join/ (kubeadm token create --print-join-command).
 join-token: venv
 	$(PY) -m tools.localcluster join-token --state-dir $(STATE_DIR)
 

@@ -121,6 +121,9 @@ class ClusterPlan:
     pod_bridge: str = POD_BRIDGE
     # The root namespace's proxy's node name (the node's, or the control-plane host's).
     host_proxy_node: str = ""
+    # The API server's address for other machines (`up --api-address`), and what joins use.
+    api_address: str = ""
+    pause_image: str = ""
 
     def node_addresses(self, node_network: str) -> list[str]:
         if self.nodes_as_hosts:
@@ -154,7 +157,10 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
     nodes = node_names(args.nodes, args.node_prefix)
     net = HostNetwork(args.host_bridge, args.host_network, args.cluster_cidr)
-    plan = ClusterPlan(state, nodes, net, nodes_as_hosts=len(nodes) > 1, pod_bridge=args.pod_bridge)
+    plan = ClusterPlan(
+        state, nodes, net, nodes_as_hosts=len(nodes) > 1, pod_bridge=args.pod_bridge, api_address=args.api_address,
+        pause_image=args.pause_image,
+    )
     # The host's clients use loopback; the nodes, the host's address on the LAN.
     api = plan.api = f"127.0.0.1:{args.api_port}"
     lan_api = f"{net.gateway}:{args.api_port}"
@@ -162,8 +168,12 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     etcd = f"127.0.0.1:{args.etcd_port}"
     addresses = plan.node_addresses(args.node_network)
     plan.host_proxy_node = f"{args.node_prefix}host" if plan.nodes_as_hosts else nodes[0]
-    pki = ensure_pki(state, nodes, addresses, node_api, api, net.gateway)
+    # Where machines beyond this one reach the API server (a second real node): also listened on.
+    public = [args.api_address] if args.api_address else []
+    pki = ensure_pki(state, nodes, addresses, node_api, api, (net.gateway, *public))
     token_port = int(token_address(api).rpartition(":")[2])
+    listen = ",".join(f"{host}:{args.api_port}" for host in ("127.0.0.1", net.gateway, *public))
+    token_listen = ",".join(f"{host}:{token_port}" for host in ("127.0.0.1", net.gateway, *public))
     components = [
         Component(
             "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1, pki.etcd_flags())[1:],
@@ -172,7 +182,7 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         Component(
             "apiserver", "kube-apiserver",
             [
-                "--listen", f"{api},{lan_api}", "--token-listen", f"{token_address(api)},{net.gateway}:{token_port}",
+                "--listen", listen, "--token-listen", token_listen,
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
                 "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki), *args.apiserver_arg,
             ],
@@ -251,12 +261,12 @@ def proxy_component(
 
 
 def ensure_pki(
-    state: Path, nodes: list[str], addresses: list[str], node_api: str, api: str, lan_address: str
+    state: Path, nodes: list[str], addresses: list[str], node_api: str, api: str, api_addresses: tuple[str, ...]
 ) -> ClusterPKI:
     """The cluster's CA and certificates (made on the first `up`, kept after), and a
     kubeconfig per identity pointing at this API server (the nodes' at its LAN address)."""
     pki = ClusterPKI(state)
-    pki.ensure_control_plane(apiserver_names=(lan_address,))
+    pki.ensure_control_plane(apiserver_names=api_addresses)
     for node, address in zip(nodes, addresses, strict=True):
         pki.ensure_node(node, (address,))
         pki.write_node_kubeconfig(node, node_api)
@@ -518,6 +528,7 @@ def network_record(plan: ClusterPlan) -> dict:
         "host_bridge": net.bridge, "host_network": net.network, "cluster_cidr": net.cluster_cidr,
         "nodes_as_hosts": plan.nodes_as_hosts, "pod_bridge": plan.pod_bridge,
         "root_proxies": [plan.host_proxy_node] if plan.nodes_as_hosts else list(plan.nodes),
+        "api_address": plan.api_address, "pause_image": plan.pause_image,
     }
 
 
@@ -680,26 +691,45 @@ def status(args: argparse.Namespace) -> int:
 
 
 def join_token(args: argparse.Namespace) -> int:
-    """A join token for a new node (kubeadm token create): appended to the API server's
-    bootstrap token file (re-read when it changes) and written into a bootstrap kubeconfig
-    that names the API server's token address and the cluster CA."""
+    """What a new machine needs to join (kubeadm token create --print-join-command): a join
+    token appended to the API server's bootstrap token file (re-read when it changes), in a
+    bootstrap kubeconfig naming the API server's token address on the LAN and the cluster CA;
+    the cluster's kube-proxy kubeconfig; and cluster.env for scripts/join-node.sh. In <state>/join/."""
     state = Path(args.state_dir).resolve()
-    recorded = load_state(state).get("components", {})
-    api_args = recorded.get("apiserver", {}).get("args", [])
-    if "--token-listen" not in api_args:
+    recorded = load_state(state)
+    api_args = recorded.get("components", {}).get("apiserver", {}).get("args", [])
+    network = recorded.get("network")
+    if "--token-listen" not in api_args or not network:
         print("no cluster is running here (make up starts one)", file=sys.stderr)
         return 1
-    token_address = api_args[api_args.index("--token-listen") + 1]
+    # The address other machines reach: the one `up --api-address` named, else the host's on
+    # the simulated LAN (which namespaces on this machine reach).
+    host = network.get("api_address") or HostNetwork(network["host_bridge"], network["host_network"]).gateway
+    api_port = int(api_args[api_args.index("--listen") + 1].split(",")[0].rpartition(":")[2])
+    token_port = int(token_address(f"127.0.0.1:{api_port}").rpartition(":")[2])
+    server = args.server or f"{host}:{api_port}"
     pki = ClusterPKI(state)
     token = pki.new_bootstrap_token(datetime.timedelta(seconds=args.ttl))
-    path = state / "bootstrap.conf"
-    kubeconfig.write(path, kubeconfig.render(
-        cluster="kybernetes", server=args.server or token_address, ca_certificate=pki.ca.certificate_pem,
-        user="bootstrap", token=token,
+    join = state / "join"
+    join.mkdir(parents=True, exist_ok=True)
+    kubeconfig.write(join / "bootstrap.conf", kubeconfig.render(
+        cluster="kybernetes", server=f"{server.rpartition(':')[0]}:{token_port}",
+        ca_certificate=pki.ca.certificate_pem, user="bootstrap", token=token,
     ))
-    listen = api_args[api_args.index("--listen") + 1]
-    print(f"join token {token.split('.')[0]}.… valid for {args.ttl} s, in {path}")
-    print(f"on the new node: kubelet --node-name NAME --server {listen} --bootstrap-kubeconfig bootstrap.conf ...")
+    # The cluster's kube-proxy identity, as kubeadm hands every node's kube-proxy one credential.
+    proxy = pki.credentials("kube-proxy")
+    kubeconfig.write(join / "kube-proxy.conf", kubeconfig.render(
+        cluster="kybernetes", server=server, ca_certificate=proxy.ca_certificate, user="system:kube-proxy",
+        certificate=proxy.certificate, key=proxy.key,
+    ))
+    service_cidr = api_args[api_args.index("--service-cluster-ip-range") + 1]
+    (join / "cluster.env").write_text(
+        f"API_SERVER={server}\nCLUSTER_DNS={cluster_dns_ip(service_cidr)}\n"
+        f"CLUSTER_CIDR={network['cluster_cidr']}\nSERVICE_CIDR={service_cidr}\n"
+        f"PAUSE_IMAGE={network.get('pause_image', 'kybernetes/pause:latest')}\n"
+    )
+    print(f"join token {token.split('.')[0]}.… valid for {args.ttl} s; what a new node needs is in {join}/")
+    print(f"on the new machine (a checkout with `make images venv` run): scripts/join-node.sh {join} NAME ITS-LAN-IP")
     return 0
 
 
@@ -754,6 +784,11 @@ def main(argv: list[str] | None = None) -> None:
             # Isolation, so a second cluster (e.g. a test's) can run beside `make up`'s.
             command.add_argument("--etcd-port", type=int, default=ETCD_PORT, help="etcd client port (peer: +1)")
             command.add_argument("--api-port", type=int, default=API_PORT)
+            command.add_argument(
+                "--api-address", default="",
+                help="this machine's address on a real LAN: the API server listens there too (and its "
+                "certificate names it), and `join-token` gives it to new machines (default: none)",
+            )
             command.add_argument(
                 "--node-network", default="127.0.0",
                 help="one node: its address is <network>.1 (default 127.0.0, the host's loopback)",

@@ -36,6 +36,8 @@ log = get_logger(module="kubelet.bootstrap")
 
 # A certificate this close to its end is asked for again at start.
 RENEW_BEFORE = datetime.timedelta(days=7)
+# Writes of the new Node that meet a concurrent one (the range allocator's) are tried again.
+REGISTER_RETRIES = 5
 
 
 class BootstrapError(RuntimeError):
@@ -76,10 +78,20 @@ async def _register(access: ClusterAccess, node_name: str, node_ip: str) -> None
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise BootstrapError(f"registering node {node_name}: {error.code().name}: {error.details()}") from None
-        current = await client.get(NODES, node_name, "")
-        if not any(a.address == node_ip for a in current.status.addresses):
+        # The range allocator writes the new Node at once too: a lost race is read again.
+        for attempt in range(REGISTER_RETRIES):
+            current = await client.get(NODES, node_name, "")
+            if any(a.address == node_ip for a in current.status.addresses):
+                return
             current.status.addresses.append(node_pb2.NodeAddress(type="InternalIP", address=node_ip))
-            await client.update_status(current)
+            try:
+                await client.update_status(current)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.ABORTED or attempt == REGISTER_RETRIES - 1:
+                    raise BootstrapError(
+                        f"registering node {node_name}: {error.code().name}: {error.details()}"
+                    ) from None
 
 
 async def bootstrap(plan: BootstrapPlan, node_name: str, node_ip: str) -> tuple[ClusterAccess, ServingCertificate]:

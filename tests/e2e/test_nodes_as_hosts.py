@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.polling import eventually_blocking
+from tools.processes import REPO
 
 from .cluster import CLUSTER_WAIT, LocalCluster, running_and_ready
 
@@ -209,3 +212,51 @@ def test_a_lost_node_takes_its_pods_range_and_routes_with_it(cluster, tmp_path):
     cluster.kubecfg("apply", "-f", write(tmp_path, "spare.yaml", spare_manifest))
     eventually_blocking(lambda: node_ranges(cluster).get(spare) == lost_range,
                         what="the freed range given to the next node", **CLUSTER_WAIT)
+
+
+@pytest.mark.docker
+def test_a_second_machine_joins_as_the_readme_says(local_cluster, tmp_path):
+    """README, "A second machine": `make join-token` on the control plane, then
+    scripts/join-node.sh on the new machine, here a namespace on the cluster's LAN."""
+    cluster = local_cluster(nodes=2)
+    joined = f"{cluster.prefix}node-3"
+    cluster.nodes.append(joined)  # so that the teardown removes its pods' containers too
+    made = cluster.localcluster("join-token", "--state-dir", str(cluster.state))
+    assert made.returncode == 0, made.stderr
+    join_dir = cluster.state / "join"
+    assert {path.name for path in join_dir.iterdir()} == {"bootstrap.conf", "kube-proxy.conf", "cluster.env"}
+    address = cluster.host_network.ensure_node(joined, 2)
+    env = {**os.environ, "KYBERNETES_NODE_STATE": str(tmp_path / "joined"), "KYBERNETES_LOG_DIR": str(tmp_path)}
+    try:
+        started = subprocess.run(
+            [*cluster.host_network.exec_prefix(joined), "bash", str(REPO / "scripts" / "join-node.sh"),
+             str(join_dir), joined, address],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr + "".join(
+            path.read_text() for path in tmp_path.glob("*.log")
+        )
+        # It registers as itself, gets a range, turns Ready, and the others route its range to it.
+        ranges = eventually_blocking(
+            lambda: (found := node_ranges(cluster)).get(joined) and found, what="the new node's range",
+            **CLUSTER_WAIT,
+        )
+        eventually_blocking(lambda: pod_routes(cluster, 0).get(ranges[joined]) == address,
+                            what="node-1's route to the new node's pods", **CLUSTER_WAIT)
+        for name, node in (("far", joined), ("near", cluster.nodes[0])):
+            cluster.kubecfg("apply", "-f", write(tmp_path, f"{name}.yaml", whoami_pod(name, node)))
+        pods = eventually_blocking(
+            lambda: len(found := cluster.pods("app=whoami")) == 2 and running_and_ready(found) and found,
+            what="a pod on the new node and one on node-1", **CLUSTER_WAIT,
+        )
+        ip_of = {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in pods}
+        assert ipaddress.ip_address(ip_of["far"]) in ipaddress.ip_network(ranges[joined])
+        assert who(cluster, "near", f"http://{ip_of['far']}:8080/cgi-bin/who") == ("far", ip_of["near"])
+        assert who(cluster, "far", f"http://{ip_of['near']}:8080/cgi-bin/who") == ("near", ip_of["far"])
+        # Services and DNS work from the new machine's pods (its own proxy).
+        cluster.kubecfg("apply", "-f", write(tmp_path, "service.yaml", WHOAMI_SERVICE))
+        eventually_blocking(lambda: len(cluster.ready_addresses("whoami")) == 2, what="2 endpoints", **CLUSTER_WAIT)
+        answered = {who(cluster, "far", "http://whoami/cgi-bin/who")[0] for _ in range(4)}
+        assert answered == {"far", "near"}
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "join-node.sh"), "stop", joined], env=env, timeout=60)
