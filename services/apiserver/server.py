@@ -17,7 +17,7 @@ from typing import Any, Callable
 import grpc
 from google.protobuf import descriptor_pool, unknown_fields
 from google.protobuf.message import DecodeError, Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
@@ -414,7 +414,10 @@ class ApiServer:
             ],
         )
         self.server.add_generic_rpc_handlers(self._handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Health too: a garbage Check is INVALID_ARGUMENT, not UNKNOWN (issue 14).
+        self.server.add_generic_rpc_handlers([
+            _decoding_handler(health_pb2.DESCRIPTOR.services_by_name["Health"], self.health)
+        ])
         self.server.add_generic_rpc_handlers([
             _decoding_handler(certificates_pb2.DESCRIPTOR.services_by_name["Certificates"], self.certificates),
             _decoding_handler(
@@ -517,10 +520,13 @@ def _settled(registry: Registry, write: Callable[[Any], Any]) -> Callable[[Any],
 
 
 def _decoding_handler(service: Any, servicer: Any) -> grpc.GenericRpcHandler:
-    """A servicer's unary methods behind the API's own decoding: a request that is not the
-    message is INVALID_ARGUMENT saying so (gRPC's generated registration would answer UNKNOWN)."""
+    """A servicer's methods (unary, or server-streaming ones that write to the context) behind
+    the API's own decoding: a request that is not the message is INVALID_ARGUMENT saying so
+    (gRPC's generated registration would answer UNKNOWN)."""
     handlers = {}
     for method in service.methods:
+        if method.client_streaming:
+            raise ValueError(f"{method.full_name}: client streaming is not decoded here")
         decode = _decoder(_message_class(method.input_type.full_name), strict=False)
         behaviour = getattr(servicer, method.name)
 
@@ -533,7 +539,10 @@ def _decoding_handler(service: Any, servicer: Any) -> grpc.GenericRpcHandler:
                 return None
             return await behaviour(request, context)
 
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=_passthrough)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=_passthrough)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=_passthrough)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 

@@ -507,6 +507,23 @@ def test_garbage_to_the_certificate_and_authorization_services_is_invalid_argume
             assert refused.value.details().startswith("request: not a valid kybernetes.v1."), refused.value.details()
 
 
+def test_garbage_to_the_health_service_is_invalid_argument_and_health_still_answers(apiserver):
+    with blocking_channel(apiserver.address, dev_pki().credentials("admin")) as channel:
+        for method, call in (("/grpc.health.v1.Health/Check", channel.unary_unary),
+                             ("/grpc.health.v1.Health/Watch", channel.unary_stream)):
+            with pytest.raises(grpc.RpcError) as refused:
+                reply = call(method)(b"\xff\xff\xff\xff", timeout=10)
+                if method.endswith("Watch"):
+                    next(iter(reply))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert refused.value.details().startswith("request: not a valid grpc.health.v1."), refused.value.details()
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        watched = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        assert next(iter(watched)).status == health_pb2.HealthCheckResponse.SERVING
+        watched.cancel()
+
+
 async def test_writes_to_an_object_in_a_namespace_that_cannot_exist_are_invalid(api):
     pod = make_pod("p", "Bad/Name")
     binding = pod_pb2.Binding(
