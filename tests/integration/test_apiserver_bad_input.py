@@ -518,9 +518,10 @@ def test_garbage_to_the_health_service_is_invalid_argument_and_health_still_answ
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
             assert refused.value.details().startswith("request: not a valid grpc.health.v1."), refused.value.details()
         health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
         watched = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)
-        assert next(iter(watched)).status == health_pb2.HealthCheckResponse.SERVING
+        assert next(iter(watched)).status == serving
         watched.cancel()
 
 
