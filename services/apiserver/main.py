@@ -8,6 +8,7 @@ from pathlib import Path
 
 from services.common import kubeconfig
 from services.common.kubeconfig import ClusterAccess
+from services.common.flags import positive_int
 from services.common.log import configure_logging
 from services.common.pki import CertificateAuthority
 from services.common.transport import ClientCredentials, add_serving_flags, serving_from_args
@@ -22,6 +23,7 @@ from .ipallocator import (
     ServiceIPRange,
 )
 from .auth.authenticate import Authenticator
+from .auth.replicaslimit import DEFAULT_MAX_REPLICAS
 from .server import ApiServer, listen_addresses
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
@@ -127,6 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Pod Security level of namespaces without the enforce label (default %(default)s)",
     )
     security.add_argument(
+        "--max-replicas",
+        type=positive_int,
+        default=DEFAULT_MAX_REPLICAS,
+        metavar="N",
+        help="the most pods one replication controller may ask for; more is RESOURCE_EXHAUSTED "
+        "(default %(default)s)",
+    )
+    security.add_argument(
         "--insecure-dev",
         action="store_true",
         help="plaintext, no authentication or authorization: development only, never make up's",
@@ -174,6 +184,7 @@ async def serve(args: argparse.Namespace) -> int:
         serving=args.serving,
         authenticator=Authenticator(token_file=args.token_auth_file, bootstrap_token_file=args.bootstrap_token_file),
         pod_security_default=args.pod_security_default,
+        max_replicas=args.max_replicas,
         # Without allocation, podCIDRs come from elsewhere: only overlap and immutability are checked.
         cluster_cidr=args.cluster_cidr if args.allocate_node_cidrs else None,
         node_cidr_mask_size=args.node_cidr_mask_size,

@@ -37,6 +37,7 @@ from .auth.certificates import CertificatesServicer
 from .auth.context import current_user
 from .auth.interceptor import AuthenticatingInterceptor
 from .auth.review import AuthorizationServicer
+from .auth.replicaslimit import DEFAULT_MAX_REPLICAS
 from .auth.setup import build_admission_plugins, build_authorizer
 from .errors import ApiError
 from .ipallocator import (
@@ -195,6 +196,7 @@ class ApiServer:
         pod_security_default: str = "baseline",
         cluster_cidr: str | None = None,
         node_cidr_mask_size: int = DEFAULT_NODE_CIDR_MASK_SIZE,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
         etcd_credentials: ClientCredentials | None = None,
         signing_ca: CertificateAuthority | None = None,
     ) -> None:
@@ -227,6 +229,7 @@ class ApiServer:
             pod_security_default=pod_security_default,
             cluster_cidr=cluster_cidr,
             node_cidr_mask_size=node_cidr_mask_size,
+            max_replicas=max_replicas,
         )
         for registry in self.registries.values():
             registry.admission.plugins = list(plugins)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import grpc
 
 from kybernetes.v1 import endpoints_pb2, meta_pb2, namespace_pb2, pod_pb2
-from services.common.resources import ENDPOINTS, PODS
+from services.apiserver.auth.replicaslimit import DEFAULT_MAX_REPLICAS
+from services.common.resources import ENDPOINTS, PODS, REPLICATION_CONTROLLERS
 
 from .apihelpers import (
     POD_SECURITY_ENFORCE_LABEL,
     create_namespace,
     expect_error,
     make_pod,
+    make_rc,
     privileged_namespace,
 )
 
@@ -116,3 +118,17 @@ async def test_a_pod_update_may_change_images_but_not_the_command(api, namespace
     updated = await api.update(new_image)
     assert updated.spec.containers[0].image == "kybernetes/busybox:other"
     assert list(updated.spec.containers[0].command) == list(created.spec.containers[0].command)
+
+
+async def test_replicas_past_the_ceiling_are_resource_exhausted_and_nothing_is_stored(api, namespace):
+    too_many = make_rc("huge", namespace, {"app": "huge"}, replicas=DEFAULT_MAX_REPLICAS + 1)
+    message = await expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, api.create(too_many))
+    assert message.startswith(f"spec.replicas: {DEFAULT_MAX_REPLICAS + 1} exceeds"), message
+    await expect_error(grpc.StatusCode.NOT_FOUND, api.get(REPLICATION_CONTROLLERS, "huge", namespace))
+    # Scaling past it is refused too; the stored controller keeps its replicas.
+    stored = await api.create(make_rc("fine", namespace, {"app": "fine"}, replicas=0))
+    stored.spec.replicas = 1_000_000
+    await expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, api.update(stored))
+    assert (await api.get(REPLICATION_CONTROLLERS, "fine", namespace)).spec.replicas == 0
+    stored.spec.replicas = DEFAULT_MAX_REPLICAS
+    assert (await api.update(stored)).spec.replicas == DEFAULT_MAX_REPLICAS
