@@ -8,6 +8,8 @@ NODES ?= 1
 MODE ?= processes
 # This machine's address on a real LAN, for other machines to join (README: A second machine).
 API_ADDRESS ?=
+# HA=1: three etcd members, two API servers, two replicators (README: A highly available control plane).
+HA ?=
 BUSYBOX_IMAGE ?= kybernetes/busybox:latest
 PAUSE_IMAGE ?= kybernetes/pause:latest
 COMPONENT_IMAGE ?= kybernetes/kybernetes:latest
@@ -64,7 +66,8 @@ test: deps venv images check
 up: deps venv images
 	$(PY) -m tools.localcluster up --state-dir $(STATE_DIR) --nodes $(NODES) --mode $(MODE) \
 	  --busybox-image $(BUSYBOX_IMAGE) --pause-image $(PAUSE_IMAGE) \
-	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE) $(if $(API_ADDRESS),--api-address $(API_ADDRESS))
+	  --component-image $(COMPONENT_IMAGE) --etcd-image $(ETCD_IMAGE) $(if $(API_ADDRESS),--api-address $(API_ADDRESS)) \
+	  $(if $(filter 1,$(HA)),--ha)
 
 down: venv
 	$(PY) -m tools.localcluster down --state-dir $(STATE_DIR)

@@ -62,6 +62,9 @@ SERVICE_CIDR = "10.96.0.0/12"
 # kube-dns listens on the host's address on the host network (the LAN bridge, which every
 # node's pods reach) on this port; its service maps <cluster DNS IP>:53 there.
 DNS_PORT = 10053
+# HA=1: etcd's members, and the API servers and replicators (one of which leads).
+HA_ETCD_MEMBERS = 3
+HA_REPLICAS = 2
 # A root-namespace node's pod bridge: the cluster's own, not the tests' shared kyb0, so
 # that `down` can remove it with its rules.
 POD_BRIDGE = "kyb-pods"
@@ -153,6 +156,11 @@ def token_address(api: str) -> str:
     return f"{host}:{int(port) + 1}"
 
 
+def replica_name(component: str, index: int) -> str:
+    """etcd, apiserver, replicator for the first (or only) one; etcd-2, apiserver-2, ... after."""
+    return component if index == 0 else f"{component}-{index + 1}"
+
+
 def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
     nodes = node_names(args.nodes, args.node_prefix)
@@ -161,37 +169,46 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         state, nodes, net, nodes_as_hosts=len(nodes) > 1, pod_bridge=args.pod_bridge, api_address=args.api_address,
         pause_image=args.pause_image,
     )
+    # Highly available: three etcd members, two API servers (each with the controllers, one
+    # leading), two replicators (one leading); every client knows every API server.
+    replicas = HA_REPLICAS if args.ha else 1
+    api_ports = [args.api_port + 2 * index for index in range(replicas)]  # each with its token port above
     # The host's clients use loopback; the nodes, the host's address on the LAN.
-    api = plan.api = f"127.0.0.1:{args.api_port}"
-    lan_api = f"{net.gateway}:{args.api_port}"
+    api = plan.api = ",".join(f"127.0.0.1:{port}" for port in api_ports)
+    lan_api = ",".join(f"{net.gateway}:{port}" for port in api_ports)
     node_api = lan_api if plan.nodes_as_hosts else api
-    etcd = f"127.0.0.1:{args.etcd_port}"
+    members = {
+        replica_name("etcd", index): args.etcd_port + 2 * index for index in range(HA_ETCD_MEMBERS if args.ha else 1)
+    }
+    etcd = ",".join(f"127.0.0.1:{port}" for port in members.values())
     addresses = plan.node_addresses(args.node_network)
     plan.host_proxy_node = f"{args.node_prefix}host" if plan.nodes_as_hosts else nodes[0]
     # Where machines beyond this one reach the API server (a second real node): also listened on.
     public = [args.api_address] if args.api_address else []
     pki = ensure_pki(state, nodes, addresses, node_api, api, (net.gateway, *public))
-    token_port = int(token_address(api).rpartition(":")[2])
-    listen = ",".join(f"{host}:{args.api_port}" for host in ("127.0.0.1", net.gateway, *public))
-    token_listen = ",".join(f"{host}:{token_port}" for host in ("127.0.0.1", net.gateway, *public))
-    components = [
-        Component(
-            "etcd", "etcd", etcd_argv(state / "etcd", args.etcd_port, args.etcd_port + 1, pki.etcd_flags())[1:],
-            health=etcd, grpc_health=False,
-        ),
-        Component(
-            "apiserver", "kube-apiserver",
+    components = []
+    for name, port in members.items():
+        peers = {member: member_port + 1 for member, member_port in members.items()}
+        argv = etcd_argv(state / "etcd" / name if args.ha else state / "etcd", port, port + 1, pki.etcd_flags(),
+                         name=name if args.ha else "default", peers=peers if args.ha else None)
+        components.append(Component(name, "etcd", argv[1:], health=f"127.0.0.1:{port}", grpc_health=False))
+    for index, port in enumerate(api_ports):
+        hosts = ("127.0.0.1", net.gateway, *public)
+        components.append(Component(
+            replica_name("apiserver", index), "kube-apiserver",
             [
-                "--listen", listen, "--token-listen", token_listen,
+                "--listen", ",".join(f"{host}:{port}" for host in hosts),
+                "--token-listen", ",".join(f"{host}:{port + 1}" for host in hosts),
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
                 "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki), *args.apiserver_arg,
             ],
-            health=api,
-        ),
-        Component(
-            "replicator", "kube-replicator", ["--server", api, "--kubeconfig", str(state / "controller-manager.conf")]
-        ),
-    ]
+            health=f"127.0.0.1:{port}",
+        ))
+    for index in range(replicas):
+        components.append(Component(
+            replica_name("replicator", index), "kube-replicator",
+            ["--server", api, "--kubeconfig", str(state / "controller-manager.conf"), *args.replicator_arg],
+        ))
     cluster_dns = cluster_dns_ip(args.service_cidr)
     for node, ip in zip(nodes, addresses, strict=True):
         netns = net.namespace(node) if plan.nodes_as_hosts else ""
@@ -465,6 +482,9 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
 
 
 def up(args: argparse.Namespace) -> int:
+    if args.mode == "containers" and args.ha:
+        print("HA runs in process mode (each replica is a process of its own)", file=sys.stderr)
+        return 2
     if args.mode == "containers" and args.nodes > 1:
         print("nodes as hosts (NODES > 1) run in process mode: each node's kubelet and proxy join its "
               "network namespace, which a component container cannot (yet)", file=sys.stderr)
@@ -741,6 +761,7 @@ def _print_next_steps(plan: ClusterPlan, user_kubeconfig: str) -> None:
     pki = plan.state_dir / "pki"
     token = (pki / "tokens.csv").read_text().split(",")[0]
     grpcurl = REPO / ".venv" / "bin" / "grpcurl"
+    first_api = plan.api.split(",")[0]
     # The first node's address, where the guestbook's frontend answers on its node port.
     node_ip = next(
         (c.args[c.args.index("--node-ip") + 1] for c in plan.components if c.program == "kubelet"), "127.0.0.1"
@@ -754,8 +775,8 @@ try:
   {kubecfg} get pods -o wide
   {kubecfg} get svc      # services on their CLUSTER-IP, from the host and from pods
   busybox wget -q -O - http://{node_ip}:30001/     # the guestbook's frontend on its node port
-  {grpcurl} -cacert {pki}/ca.crt -cert {pki}/admin.crt -key {pki}/admin.key {plan.api} list
-  {grpcurl} -cacert {pki}/ca.crt -H 'authorization: Bearer {token}' {token_address(plan.api)} list
+  {grpcurl} -cacert {pki}/ca.crt -cert {pki}/admin.crt -key {pki}/admin.key {first_api} list
+  {grpcurl} -cacert {pki}/ca.crt -H 'authorization: Bearer {token}' {token_address(first_api)} list
 kubeconfig: {user_kubeconfig or admin}   certificates: {pki}/
 logs:    {plan.state_dir / 'logs'}/
 status:  make status      stop: make down"""
@@ -783,7 +804,17 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each component")
             # Isolation, so a second cluster (e.g. a test's) can run beside `make up`'s.
             command.add_argument("--etcd-port", type=int, default=ETCD_PORT, help="etcd client port (peer: +1)")
-            command.add_argument("--api-port", type=int, default=API_PORT)
+            command.add_argument(
+                "--api-port", type=int, default=API_PORT,
+                help="the API server's port, its bearer-token port the next one; with --ha the second API "
+                "server's two follow (default %(default)s)",
+            )
+            command.add_argument(
+                "--ha", action="store_true",
+                help=f"highly available: {HA_ETCD_MEMBERS} etcd members (client ports from --etcd-port, two "
+                f"apart), {HA_REPLICAS} API servers and {HA_REPLICAS} replicators, each client knowing every "
+                "API server",
+            )
             command.add_argument(
                 "--api-address", default="",
                 help="this machine's address on a real LAN: the API server listens there too (and its "
@@ -810,6 +841,9 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--container-prefix", default="kyb-", help="prefix of component container names")
             command.add_argument(
                 "--apiserver-arg", action="append", default=[], help="extra flag for the API server (repeatable)"
+            )
+            command.add_argument(
+                "--replicator-arg", action="append", default=[], help="extra flag for the replicator (repeatable)"
             )
             command.add_argument(
                 "--service-cidr", default=SERVICE_CIDR,

@@ -206,27 +206,33 @@ class ManagedProcess:
 
 
 def etcd_argv(
-    data_dir: str | os.PathLike, client_port: int, peer_port: int, tls_flags: list[str] | None = None
+    data_dir: str | os.PathLike,
+    client_port: int,
+    peer_port: int,
+    tls_flags: list[str] | None = None,
+    *,
+    name: str = "default",
+    peers: dict[str, int] | None = None,
 ) -> list[str]:
     """etcd on loopback; with tls_flags (ClusterPKI.etcd_flags) both ports are TLS with
-    client-certificate authentication."""
+    client-certificate authentication. peers: a cluster's members (name -> peer port),
+    this one among them; none: a cluster of one."""
     scheme = "https" if tls_flags else "http"
     endpoint = f"{scheme}://127.0.0.1:{client_port}"
     peer = f"{scheme}://127.0.0.1:{peer_port}"
-    return [*_etcd_base(data_dir, endpoint, peer), *(tls_flags or [])]
-
-
-def _etcd_base(data_dir: str | os.PathLike, endpoint: str, peer: str) -> list[str]:
+    members = peers or {name: peer_port}
+    initial_cluster = ",".join(f"{member}={scheme}://127.0.0.1:{port}" for member, port in members.items())
     return [
         shutil.which("etcd") or "/usr/bin/etcd",
-        "--name", "default",
+        "--name", name,
         "--data-dir", str(data_dir),
         "--listen-client-urls", endpoint,
         "--advertise-client-urls", endpoint,
         "--listen-peer-urls", peer,
         "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", f"default={peer}",
+        "--initial-cluster", initial_cluster,
         "--log-level", "error",
+        *(tls_flags or []),
     ]
 
 

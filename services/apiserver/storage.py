@@ -38,18 +38,13 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return _RANGE_END_ALL
 
 
-def channel_target(endpoints: list[str]) -> str:
-    """One gRPC target for one or several etcd members ("host:port" each).
-
-    Several members become an ipv4: target list that gRPC balances and fails
-    over across; a single member may be a host name.
-    """
+def etcd_target(endpoints: list[str]) -> str:
+    """The members' HOST:PORT addresses as one target (see transport.channel_target: several
+    are balanced and failed over across)."""
     cleaned = [e.removeprefix("http://").removeprefix("https://").rstrip("/") for e in endpoints if e]
     if not cleaned:
         raise ValueError("--etcd-servers: at least one endpoint is required")
-    if len(cleaned) == 1:
-        return cleaned[0]
-    return "ipv4:" + ",".join(cleaned)
+    return ",".join(cleaned)
 
 
 @dataclass(slots=True)
@@ -165,7 +160,7 @@ class Storage:
         write_hold: float = WRITE_HOLD,
         credentials: ClientCredentials | None = None,
     ) -> None:
-        self.target = channel_target(endpoints)
+        self.target = etcd_target(endpoints)
         self._credentials = credentials
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
@@ -180,7 +175,6 @@ class Storage:
                 self.target,
                 self._credentials,
                 [
-                    ("grpc.lb_policy_name", "round_robin"),
                     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
                     ("grpc.keepalive_time_ms", 10_000),
                     ("grpc.keepalive_timeout_ms", 5_000),

@@ -11,6 +11,7 @@ tokens, bootstrap tokens, and the health check). Both serve the same handlers.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -58,22 +59,58 @@ class ClientCredentials:
         )
 
 
+def server_addresses(target: str) -> list[str]:
+    """The HOST:PORT addresses of a target: one, or several comma-separated (replicas of one
+    server: several API servers, the members of an etcd cluster)."""
+    return [address.strip() for address in target.split(",") if address.strip()]
+
+
+def channel_target(target: str) -> tuple[str, list[tuple[str, object]]]:
+    """gRPC's target and the options it needs, for one address or several.
+
+    Several become an `ipv4:` list that gRPC balances calls and watches over (round robin)
+    and fails over across within a connection attempt: a replica that dies is skipped, its
+    streams break and their clients resume on another. The replicas share one serving
+    certificate, so TLS checks the first address's name for all of them."""
+    addresses = server_addresses(target)
+    if not addresses:
+        raise ValueError("no server address given")
+    if len(addresses) == 1:
+        return addresses[0], []
+    hosts = [address.rpartition(":")[0] for address in addresses]
+    for address, host in zip(addresses, hosts, strict=True):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{address}: several servers must be given as IPv4 HOST:PORT addresses") from None
+    return "ipv4:" + ",".join(addresses), [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.ssl_target_name_override", hosts[0]),
+        ("grpc.default_authority", addresses[0]),
+    ]
+
+
 def aio_channel(
     target: str, credentials: ClientCredentials | None, options: Sequence[tuple[str, object]] = ()
 ) -> grpc.aio.Channel:
     """A channel that verifies the server (and presents credentials); plaintext only
-    when no credentials were given (a server run with --insecure-dev)."""
+    when no credentials were given (a server run with --insecure-dev). `target`: one
+    HOST:PORT, or several comma-separated replicas (channel_target)."""
+    target, extra = channel_target(target)
+    options = [*options, *extra]
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    return grpc.aio.secure_channel(target, credentials.channel_credentials(), options=list(options))
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials.channel_credentials(), options=options)
 
 
 def blocking_channel(
     target: str, credentials: ClientCredentials | None, options: Sequence[tuple[str, object]] = ()
 ) -> grpc.Channel:
+    target, extra = channel_target(target)
+    options = [*options, *extra]
     if credentials is None:
-        return grpc.insecure_channel(target, options=list(options))
-    return grpc.secure_channel(target, credentials.channel_credentials(), options=list(options))
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials.channel_credentials(), options=options)
 
 
 @dataclass(frozen=True)

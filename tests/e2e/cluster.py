@@ -25,7 +25,7 @@ import docker
 from kybernetes.v1 import proxy_pb2, proxy_pb2_grpc
 from services.common.transport import ClientCredentials, blocking_channel
 from services.proxy.nftables import table_name
-from tools.localcluster import NODE_LABEL, PROXY_STATUS_PORT
+from tools.localcluster import HA_ETCD_MEMBERS, HA_REPLICAS, NODE_LABEL, PROXY_STATUS_PORT
 from tools.hostnetwork import HostNetwork, remove_pod_bridge
 from tools.processes import REPO, free_port
 
@@ -49,10 +49,14 @@ PAGE_LINE = re.compile(r"^guestbook frontend (?P<pod>\S+): backend \(via (?P<via
 
 class LocalCluster:
     def __init__(
-        self, tmp_path: Path, nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = ()
+        self, tmp_path: Path, nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = (),
+        ha: bool = False, replicator_args: tuple[str, ...] = (),
     ) -> None:
         self.state = tmp_path / "cluster"
-        self.api_port = free_port(2)  # and the next one: the API server's bearer-token port
+        self.ha = ha
+        # Each API server's port and the next one (its bearer-token port); etcd's client and peer ports.
+        self.api_port = free_port(2 * HA_REPLICAS if ha else 2)
+        etcd_port = free_port(2 * HA_ETCD_MEMBERS if ha else 2)
         self.network = f"127.0.{random.randint(10, 250)}"
         self.prefix = f"e2e{uuid.uuid4().hex[:6]}-"
         self.mode = mode
@@ -68,7 +72,7 @@ class LocalCluster:
         self.service_cidr = f"10.{random.randint(112, 127)}.{random.randint(0, 255)}.0/24"
         self.up_args = [
             "--state-dir", str(self.state), "--nodes", str(nodes), "--mode", mode,
-            "--etcd-port", str(free_port(2)), "--api-port", str(self.api_port),
+            "--etcd-port", str(etcd_port), "--api-port", str(self.api_port), *(["--ha"] if ha else []),
             "--node-network", self.network, "--node-prefix", self.prefix,
             "--container-prefix", self.prefix, "--service-cidr", self.service_cidr,
             "--dns-port", str(free_port()),
@@ -80,11 +84,17 @@ class LocalCluster:
             # never sends a query off this machine.
             "--dns-upstream", f"127.0.0.1:{free_port()}",
             *(f"--apiserver-arg={arg}" for arg in apiserver_args),
+            *(f"--replicator-arg={arg}" for arg in replicator_args),
         ]
 
     @property
     def server(self) -> str:
+        """The (first) API server's address."""
         return f"127.0.0.1:{self.api_port}"
+
+    def component_pid(self, name: str) -> int:
+        """The recorded process of a component (`apiserver`, `etcd-2`, `kubelet-<node>`, ...)."""
+        return int(json.loads((self.state / "cluster.json").read_text())["components"][name]["pid"])
 
     @property
     def kubeconfig(self) -> Path:
@@ -204,15 +214,17 @@ class LocalCluster:
     def kill_node(self, index: int) -> None:
         """Node `index`'s host dies: its kubelet and proxy are killed (SIGKILL) and its network
         namespace goes, with its pods' wires (their containers keep running in Docker, unreachable)."""
-        components = json.loads((self.state / "cluster.json").read_text())["components"]
         node = self.nodes[index]
         for name in (f"kubelet-{node}", f"proxy-{node}"):
-            pid = components[name]["pid"]
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.kill_component(name)
         self.host_network.remove_node(node)
+
+    def kill_component(self, name: str) -> None:
+        """kill -9 of one component's process."""
+        try:
+            os.kill(self.component_pid(name), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def recorded_pids(self) -> list[int]:
         data = json.loads((self.state / "cluster.json").read_text())

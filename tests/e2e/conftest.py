@@ -18,9 +18,12 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """
     started: list[LocalCluster] = []
 
-    def start(nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = ()) -> LocalCluster:
+    def start(
+        nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = (), ha: bool = False,
+        replicator_args: tuple[str, ...] = (),
+    ) -> LocalCluster:
         cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", nodes=nodes, mode=mode,
-                               apiserver_args=apiserver_args)
+                               apiserver_args=apiserver_args, ha=ha, replicator_args=replicator_args)
         started.append(cluster)
         result = cluster.up()
         assert result.returncode == 0, result.stdout + result.stderr
