@@ -42,7 +42,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import meta_pb2
-from services.common.resources import DEFAULT_NAMESPACE, Kind
+from services.common.resources import DEFAULT_NAMESPACE, FOREGROUND_FINALIZER, Kind
 from services.common.selectors import (
     FieldSelector,
     LabelSelector,
@@ -78,8 +78,8 @@ T = TypeVar("T")
 
 # Kubernetes' alphabet for generated name suffixes: no vowels, no look-alikes.
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-BACKGROUND, ORPHAN = "Background", "Orphan"
-_PROPAGATION_POLICIES = ("", BACKGROUND, ORPHAN)
+BACKGROUND, ORPHAN, FOREGROUND = "Background", "Orphan", "Foreground"
+_PROPAGATION_POLICIES = ("", BACKGROUND, ORPHAN, FOREGROUND)
 _CONFLICT_RETRIES = 16
 
 # -- List's wire layout -------------------------------------------------------
@@ -334,6 +334,16 @@ def plan_deletion(
     return _DELETE_NOW
 
 
+def with_finalizer(obj: ApiObject, finalizer: str) -> ApiObject:
+    """A copy of obj holding the finalizer (obj itself when it holds it already)."""
+    if finalizer in obj.metadata.finalizers:
+        return obj
+    updated = type(obj)()
+    updated.CopyFrom(obj)
+    updated.metadata.finalizers.append(finalizer)
+    return updated
+
+
 def removed_by_update(updated: ApiObject, old: ApiObject) -> bool:
     """An update that empties the finalizers of an object marked for deletion with no
     grace left removes it (Kubernetes' ShouldDeleteDuringUpdate)."""
@@ -454,6 +464,10 @@ class Strategy(Generic[T]):
     status_fields: ClassVar[tuple[str, ...]] = ()
     # Whether writes carry side_keys (False: the batched single-key path, no extra call).
     has_side_keys: ClassVar[bool] = False
+    # Whether a garbage collector deletes this kind's dependents (a Foreground delete then
+    # keeps the object, with the foregroundDeletion finalizer, until they are gone); for the
+    # other kinds Foreground is Background, as no collector would remove the finalizer.
+    collects_dependents: ClassVar[bool] = False
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
@@ -889,7 +903,8 @@ class Registry:
         if request.propagation_policy not in _PROPAGATION_POLICIES:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f'propagationPolicy: "{request.propagation_policy}" is not one of {BACKGROUND}, {ORPHAN}',
+                f"propagationPolicy: {show_value(request.propagation_policy)} is not one of {BACKGROUND}, "
+                f"{FOREGROUND}, {ORPHAN}",
             )
         namespace = self.namespace_of(request.namespace)
         policy = request.propagation_policy or BACKGROUND
@@ -907,7 +922,10 @@ class Registry:
                 )
             self.admit(DELETE, current)
             await self.strategy.before_delete(self, current, policy)
-            plan = plan_deletion(current, requested, self.strategy.graceful_delete_period, now_timestamp())
+            candidate = current
+            if policy == FOREGROUND and self.strategy.collects_dependents:
+                candidate = with_finalizer(current, FOREGROUND_FINALIZER)
+            plan = plan_deletion(candidate, requested, self.strategy.graceful_delete_period, now_timestamp())
             if plan.now:
                 revision = await self._remove(namespace, request.name, current)
                 if revision is not None:

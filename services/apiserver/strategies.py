@@ -567,6 +567,7 @@ ReplicationController = replication_controller_pb2.ReplicationController
 class ReplicationControllerStrategy(Strategy[ReplicationController]):
     subresources = (StatusREST,)
     status_fields = ("status",)
+    collects_dependents = True  # the replicator deletes a controller's pods
 
     def prepare_for_create(self, obj: ReplicationController) -> None:
         defaults.default_replication_controller(obj)

@@ -39,6 +39,9 @@ COORDINATION_API_VERSION = "coordination.k8s.io/v1"
 DEFAULT_NAMESPACE = "default"
 # Annotation on the BOOKMARK that closes the initial events of a Watch.
 INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"
+# Kubernetes' finalizer of a foreground deletion: the API server puts it on the owner, which
+# stays (marked) until the garbage collector of its dependents (the replicator) removes it.
+FOREGROUND_FINALIZER = "foregroundDeletion"
 
 
 def _pod_fields(pod: pod_pb2.Pod) -> dict[str, str]:

@@ -51,7 +51,10 @@ KIND_LIST = (
     "pods (po), services (svc), replicationcontrollers (rc), nodes (no), endpoints (ep), namespaces (ns), "
     "roles, clusterroles, rolebindings, clusterrolebindings, all"
 )
-CASCADE_POLICIES = {"true": "Background", "background": "Background", "false": "Orphan", "orphan": "Orphan"}
+CASCADE_POLICIES = {
+    "true": "Background", "background": "Background", "false": "Orphan", "orphan": "Orphan",
+    "foreground": "Foreground",
+}
 
 T = TypeVar("T")
 # An API object: the message of one of the kinds, with `metadata` (and `status` where the
@@ -631,7 +634,7 @@ def propagation_policy(cascade: str) -> str:
         return CASCADE_POLICIES[cascade.lower()]
     except KeyError:
         raise CommandError(
-            f'error: invalid cascade value "{cascade}": must be one of background, orphan '
+            f'error: invalid cascade value "{cascade}": must be one of background, foreground, orphan '
             "(or the deprecated true, false)"
         ) from None
 

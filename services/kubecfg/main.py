@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--all", action="store_true", help="every object of the kind in the namespace")
     delete.add_argument(
         "--cascade", nargs="?", const="background", default="background",
-        help="background (default: an RC's pods go too) or orphan (=false: they stay)",
+        help="background (default: an RC's pods go too), foreground (the RC stays until its pods are gone) "
+        "or orphan (=false: they stay)",
     )
     delete.add_argument("--ignore-not-found", nargs="?", const=True, default=False, type=_bool)
     delete.add_argument("--wait", nargs="?", const=True, default=True, type=_bool,

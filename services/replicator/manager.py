@@ -35,7 +35,7 @@ import grpc
 from kybernetes.v1 import pod_pb2, replication_controller_pb2
 from services.common.log import get_logger
 from services.common.podutil import is_active, is_being_deleted as pod_being_deleted
-from services.common.resources import PODS, REPLICATION_CONTROLLERS
+from services.common.resources import FOREGROUND_FINALIZER, PODS, REPLICATION_CONTROLLERS
 from services.common.runtime import Manager, WorkQueue, run_workers
 from services.common.runtime.informer import Informer
 
@@ -44,12 +44,15 @@ from .replicas import (
     compute_status,
     controller_ref,
     deletion_order,
+    foreground_plan,
+    in_foreground_deletion,
     is_being_deleted,
     new_pod,
     owner_reference,
     rc_controller_ref,
     replica_diff,
     selector_of,
+    without_finalizer,
 )
 
 ObjectKey = tuple[str, str]  # (namespace, name)
@@ -167,6 +170,9 @@ class ReplicationManager:
         if rc is None:
             self.expectations.forget(key)
             return
+        if in_foreground_deletion(rc):
+            await self._delete_in_foreground(rc)
+            return
         if is_being_deleted(rc):
             return  # its pods are being released or collected: hands off
         # Decide whether we may act before reading the pods: events that arrive after this
@@ -184,6 +190,35 @@ class ReplicationManager:
             self.queue.add_after(key, self.expectations.timeout + 0.1)
             return
         await self._manage(rc, key, active)
+
+    async def _delete_in_foreground(self, rc: ReplicationController) -> None:
+        """Deletes the controller's pods; once none is left (each pod's deletion event
+        brings us back), removes the finalizer, and with it the controller."""
+        doomed, finished = foreground_plan(rc, self.pods.in_namespace(rc.metadata.namespace))
+        if finished:
+            # The cache may lag a pod made just before the delete: the API server decides.
+            listed = await self.client.list(PODS, rc.metadata.namespace)
+            doomed, finished = foreground_plan(rc, list(listed.items))
+        for pod in doomed:
+            async with self._writes:
+                try:
+                    await self.client.delete(PODS, pod.metadata.name, pod.metadata.namespace,
+                                             resource_version=pod.metadata.resource_version)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND):
+                        raise
+            log.info("pod_deleted_in_foreground", rc=_rc_name(rc), pod=_pod_name(pod))
+        if not finished:
+            return
+        async with self._writes:
+            try:
+                # Guarded by the controller's resource_version: a change meanwhile brings us back.
+                await self.client.update(without_finalizer(rc, FOREGROUND_FINALIZER))
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND):
+                    raise
+                return
+        log.info("foreground_deletion_finished", rc=_rc_name(rc))
 
     async def _claim(self, rc: ReplicationController) -> list[pod_pb2.Pod]:
         """The live pods the controller owns, after adopting and releasing."""

@@ -13,7 +13,7 @@ import time
 
 from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
 from services.common.podutil import has_ready_condition, is_pod_available
-from services.common.resources import API_VERSION, REPLICATION_CONTROLLERS
+from services.common.resources import API_VERSION, FOREGROUND_FINALIZER, REPLICATION_CONTROLLERS
 from services.common.selectors import LabelSelector
 
 CREATED_BY_ANNOTATION = "kybernetes.io/created-by"
@@ -69,6 +69,28 @@ def is_being_deleted(rc: ReplicationController) -> bool:
     """An API server deleting a controller with propagation Orphan marks it first, then
     releases its pods: a controller in that state must neither adopt nor create."""
     return rc.metadata.HasField("deletion_timestamp")
+
+
+def in_foreground_deletion(rc: ReplicationController) -> bool:
+    return is_being_deleted(rc) and FOREGROUND_FINALIZER in rc.metadata.finalizers
+
+
+def foreground_plan(rc: ReplicationController, pods: list[pod_pb2.Pod]) -> tuple[list[pod_pb2.Pod], bool]:
+    """A foreground deletion of the controller, as Kubernetes' garbage collector does it:
+    (its pods to delete now, whether its finalizer may go: none of its pods is left, not
+    even a terminating one). Pure: `pods` are those of the controller's namespace."""
+    uid = rc.metadata.uid
+    owned = [pod for pod in pods if (ref := controller_ref(pod)) is not None and ref.uid == uid]
+    return [pod for pod in owned if not pod.metadata.HasField("deletion_timestamp")], not owned
+
+
+def without_finalizer(rc: ReplicationController, finalizer: str) -> ReplicationController:
+    updated = ReplicationController()
+    updated.CopyFrom(rc)
+    kept = [name for name in updated.metadata.finalizers if name != finalizer]
+    del updated.metadata.finalizers[:]
+    updated.metadata.finalizers.extend(kept)
+    return updated
 
 
 def selector_of(rc: ReplicationController) -> LabelSelector:

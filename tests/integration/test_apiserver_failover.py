@@ -40,7 +40,7 @@ async def test_a_killed_api_server_is_failed_over_with_nothing_lost(replicas, na
         await informer.wait_synced(10)
 
         async def write(count: int) -> None:
-            for index in range(count):
+            for _ in range(count):
                 name = f"p{len(acknowledged) + len(failures):03}"
                 try:
                     await client.create(make_pod(name, namespace))

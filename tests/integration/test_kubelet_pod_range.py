@@ -8,6 +8,7 @@ traffic leaves masqueraded only when it is not for the cluster's pod range.
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import subprocess
 import uuid
@@ -53,6 +54,10 @@ def bridge() -> Iterator[str]:
     assert subprocess.run(["ip", "link", "show", name], capture_output=True).returncode != 0
 
 
+def output_of(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
 def ready_condition(node: node_pb2.Node) -> node_pb2.NodeCondition | None:
     return find_condition(node.status.conditions, "Ready")
 
@@ -94,10 +99,9 @@ async def test_pods_wait_for_the_node_range_then_take_addresses_from_it(plane, n
         condition = ready_condition(await api.get(NODES, node_name))
         assert condition is not None and condition.status == "True", condition
 
-        addresses = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True,
-                                   text=True, check=True).stdout
+        addresses = await asyncio.to_thread(output_of, "ip", "-4", "-o", "addr", "show", "dev", bridge)
         assert "10.244.231.1/24" in addresses
-        nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+        nat = await asyncio.to_thread(output_of, "iptables-save", "-t", "nat")
         masquerade = [line for line in nat.splitlines() if f"kybernetes pod network {bridge}" in line]
         assert masquerade and all("! -d 10.244.0.0/16" in line for line in masquerade), masquerade
     finally:

@@ -3,15 +3,16 @@ the test binds pods and writes their status where a test needs them running)."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
-from kybernetes.v1 import replication_controller_pb2
+from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
 from services.common.client import ApiClient
 from services.common.resources import PODS, REPLICATION_CONTROLLERS
 from services.replicator.replicas import CREATED_BY_ANNOTATION
 from tests.polling import eventually
 
-from .apihelpers import make_pod, make_rc, scale
+from .apihelpers import expect_error, make_pod, make_rc, scale
 from .control_helpers import API_WAIT, ControlPlane, PodCreations, kubecfg, pods_in, set_pod_status
 
 
@@ -270,3 +271,44 @@ async def test_scale_to_zero_and_back(api, namespace):
     await eventually(
         live_pods(api, namespace, 0), what="no pods", **API_WAIT
     )
+
+
+async def test_a_foreground_delete_keeps_the_controller_until_its_pods_are_gone(api, namespace):
+    await api.create(make_rc("web", namespace, {"app": "web"}, replicas=3))
+    pods = await eventually(live_pods(api, namespace, 3), what="3 pods", **API_WAIT)
+    # One is on a node (with no kubelet here its deletion waits, as for a pod still stopping).
+    bound = pods[0].metadata.name
+    await api.stub(PODS).Bind(pod_pb2.Binding(
+        metadata=meta_pb2.ObjectMeta(namespace=namespace, name=bound),
+        target=pod_pb2.ObjectReference(kind="Node", name="node-without-kubelet"),
+    ), timeout=10)
+    deleted = await api.delete(REPLICATION_CONTROLLERS, "web", namespace, propagation_policy="Foreground")
+    assert deleted.metadata.HasField("deletion_timestamp")
+    assert list(deleted.metadata.finalizers) == ["foregroundDeletion"]
+
+    async def only_the_bound_pod_terminating() -> bool:
+        left = await pods_in(api, namespace)
+        assert [(p.metadata.name, p.metadata.HasField("deletion_timestamp")) for p in left] == [(bound, True)], left
+        return True
+
+    await eventually(only_the_bound_pod_terminating, what="the other pods gone, the bound one terminating",
+                     **API_WAIT)
+    # The controller is still there, replacing nothing, while its last pod stops.
+    rc = await api.get(REPLICATION_CONTROLLERS, "web", namespace)
+    assert rc.metadata.HasField("deletion_timestamp") and list(rc.metadata.finalizers) == ["foregroundDeletion"]
+    assert len(await pods_in(api, namespace)) == 1
+    # The pod stops (its kubelet would confirm with grace 0): then the controller goes.
+    await api.delete(PODS, bound, namespace, grace_period_seconds=0)
+
+    async def controller_gone() -> bool:
+        await expect_error(grpc.StatusCode.NOT_FOUND, api.get(REPLICATION_CONTROLLERS, "web", namespace))
+        return True
+
+    await eventually(controller_gone, what="the controller removed once its pods were gone", **API_WAIT)
+
+
+async def test_foreground_on_a_kind_without_dependents_deletes_at_once(api, namespace):
+    await api.create(make_pod("lonely", namespace))
+    deleted = await api.delete(PODS, "lonely", namespace, propagation_policy="Foreground")
+    assert not deleted.metadata.finalizers
+    await expect_error(grpc.StatusCode.NOT_FOUND, api.get(PODS, "lonely", namespace))

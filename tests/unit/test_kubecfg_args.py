@@ -155,5 +155,6 @@ def test_cascade_values() -> None:
     assert commands.propagation_policy("false") == "Orphan"
     assert commands.propagation_policy("orphan") == "Orphan"
     assert commands.propagation_policy("true") == "Background"
+    assert commands.propagation_policy("foreground") == "Foreground"
     with pytest.raises(CommandError):
-        commands.propagation_policy("foreground")
+        commands.propagation_policy("sideways")

@@ -11,9 +11,11 @@ from services.replicator.replicas import (
     CREATED_BY_ANNOTATION,
     compute_status,
     deletion_order,
+    foreground_plan,
     new_pod,
     rc_controller_ref,
     replica_diff,
+    without_finalizer,
 )
 
 
@@ -153,3 +155,25 @@ def test_status_counts_replicas_ready_available_and_labels():
         4, 3, 2, 3
     )
     assert status.observed_generation == 4
+
+
+def test_a_foreground_deletion_deletes_the_owned_pods_then_lets_the_finalizer_go():
+    controller = rc()
+    owned = [pod("a"), pod("b")]
+    for p in owned:
+        p.metadata.owner_references.add(uid="rc-uid", name="web", kind="ReplicationController", controller=True)
+    stranger = pod("c")
+    stranger.metadata.owner_references.add(uid="other-uid", name="api", kind="ReplicationController", controller=True)
+    owned[1].metadata.deletion_timestamp.seconds = 2000  # already terminating: not deleted again
+    doomed, finished = foreground_plan(controller, [*owned, stranger, pod("orphan")])
+    assert [p.metadata.name for p in doomed] == ["a"] and not finished
+    doomed, finished = foreground_plan(controller, [owned[1], stranger])
+    assert doomed == [] and not finished  # a terminating pod still holds the controller
+    assert foreground_plan(controller, [stranger]) == ([], True)
+
+
+def test_without_finalizer_keeps_the_others():
+    controller = rc()
+    controller.metadata.finalizers.extend(["example.com/keep", "foregroundDeletion"])
+    assert list(without_finalizer(controller, "foregroundDeletion").metadata.finalizers) == ["example.com/keep"]
+    assert list(controller.metadata.finalizers) == ["example.com/keep", "foregroundDeletion"]
