@@ -2,8 +2,9 @@
 
 The infra container owns the pod's network and IPC namespaces; app containers
 join it. On the kubelet's pod network (podnetwork.py) Docker's networking is
-off for the infra container and the kubelet wires it; a pod that publishes
-host ports is left to Docker's bridge and port publishing.
+off for the infra container and the kubelet wires it and publishes its host
+ports (hostports.py); Docker publishes them only for a sandbox it networks
+itself (--network-plugin=docker).
 
 The pod's DNS settings reach a sandbox on Docker's bridge as Docker's own
 dns options (its joined containers share the resolv.conf Docker writes); on
@@ -310,10 +311,6 @@ def pod_hostname(pod: pod_pb2.Pod) -> str:
     return (pod.spec.hostname or pod.metadata.name)[:63].rstrip("-.")
 
 
-def host_ports(pod: pod_pb2.Pod) -> bool:
-    return any(port.host_port for container in pod.spec.containers for port in container.ports)
-
-
 def infra_request(
     pod: pod_pb2.Pod,
     *,
@@ -325,16 +322,18 @@ def infra_request(
     network_disabled: bool = False,
     dns: PodDns | None = None,
 ) -> CreateRequest:
-    """The infra ("pause") container: holds the network namespace and the
-    published ports of every container of the pod.
+    """The infra ("pause") container: holds the network namespace (and, on
+    Docker's bridge, the published ports) of every container of the pod.
 
     dns: the pod's DNS settings, for a sandbox on Docker's bridge or the host's
     network (ignored with network_disabled: the kubelet writes that pod's
     resolv.conf).
 
-    A hostPort is published on the container port's hostIP when given, else on
-    the node's IP: several simulated nodes on one machine (127.0.0.x each) can
-    then use the same hostPort, as the scheduler assumes nodes can.
+    On Docker's bridge a hostPort is published by Docker, on the container
+    port's hostIP when given, else on the node's IP: several simulated nodes on
+    one machine (127.0.0.x each) can then use the same hostPort, as the
+    scheduler assumes nodes can. With network_disabled (the kubelet's pod
+    network) Docker publishes nothing: the kubelet does (hostports.py).
 
     hostNetwork: the host's network namespace (Docker's "host" mode): nothing
     to publish (validation makes hostPort equal containerPort), no hostname of
@@ -342,13 +341,14 @@ def infra_request(
     network. hostIPC and hostPID: the host's IPC and PID namespaces.
     """
     host_network = pod.spec.host_network
+    network_disabled = network_disabled and not host_network
     exposed: list[Any] = []
     bindings: dict[str, list[tuple[str, int]]] = {}
     for container in pod.spec.containers if not host_network else ():
         for port in container.ports:
             protocol = _docker_protocol(port.protocol)
             exposed.append((port.container_port, protocol))
-            if port.host_port:
+            if port.host_port and not network_disabled:
                 key = f"{port.container_port}/{protocol}"
                 bindings.setdefault(key, []).append((port.host_ip or node_ip, port.host_port))
     security_container, security_host = _sandbox_security(pod, runtime_default_seccomp)
@@ -363,7 +363,6 @@ def infra_request(
         host_config_kwargs["network_mode"] = "host"
     if pod.spec.host_pid:
         host_config_kwargs["pid_mode"] = "host"
-    network_disabled = network_disabled and not host_network
     if dns is not None and not network_disabled:
         host_config_kwargs["dns"] = list(dns.nameservers) or None
         host_config_kwargs["dns_search"] = list(dns.searches) or None

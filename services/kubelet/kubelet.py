@@ -48,6 +48,7 @@ from .sources import (
     ServerSource,
     pod_source,
 )
+from .hostports import HostPortManager
 from .naming import static_pod_name
 from .podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR, PodNetwork, PodNetworkError
 from .resolvconf import (
@@ -135,6 +136,10 @@ class Kubelet:
             )
             if config.network_plugin == "kubenet" else None
         )
+        # The host ports of the pods on that network (Docker publishes those of its own bridge).
+        self.hostports = (
+            HostPortManager(node, config.node_ip, config.pod_bridge) if self.network is not None else None
+        )
         self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
         self.client: ApiClient | None = None
         if config.access is not None:
@@ -173,7 +178,7 @@ class Kubelet:
             node=node, node_ip=config.node_ip, pause_image=config.pause_image, runtime=self.runtime,
             cache=self.cache, volumes=self.volumes, probes=self.probes, backoff=self.backoff,
             publish_status=self.status.publish, source_of=pod_source,
-            runtime_default_seccomp=config.seccomp_default, network=self.network,
+            runtime_default_seccomp=config.seccomp_default, network=self.network, hostports=self.hostports,
             service_environment=self.service_environment, pod_dns=self.pod_dns,
             pod_terminated=self.status.pod_terminated,
         )
@@ -201,6 +206,9 @@ class Kubelet:
         if self.network is not None and self.network.configured:
             await self.network.setup()
             await self._collect_network_garbage()
+        if self.hostports is not None:
+            # The last kubelet left its host ports' table: rewritten from the pods that run on.
+            await self.hostports.adopt(adopted)
         self._started = True
         await self.server_source.load()
         port = await self.server.start()

@@ -13,7 +13,7 @@ pods run concurrently, so one slow pod never holds up another.
 
 A pod the API server is deleting (deletionTimestamp set) is terminated instead
 of synced: its app containers get SIGTERM and, after the deletion's grace
-period, SIGKILL; then its sandbox; its address is released; its final status
+period, SIGKILL; then its sandbox; its host ports and address are released; its final status
 (terminal phase) is published, and then the kubelet removes the pod from the
 API (NodeContext.pod_terminated; the status manager sends the status first).
 A shorter grace from a second Delete hurries the kill under way. Everything is
@@ -42,12 +42,19 @@ from .dockerspec import (
     ContainerConfigError,
     container_request,
     fs_group,
-    host_ports,
     infra_request,
     localhost_profile_path,
     localhost_profiles,
     needs_image_user,
     pod_hostname,
+)
+from .hostports import (
+    LABEL_HOST_PORTS,
+    HostPortError,
+    HostPortManager,
+    encode_mappings,
+    pod_port_mappings,
+    sandbox_mappings,
 )
 from .naming import (
     INFRA_CONTAINER_NAME,
@@ -93,6 +100,14 @@ from .status import (
 from .volumes import VolumeError, VolumeManager
 
 
+def reported_ready(pod: pod_pb2.Pod, container_id: str) -> bool:
+    """Whether the pod's status, as last reported (by this kubelet before it restarted), had this
+    very container ready."""
+    return any(
+        status.ready and status.container_id == f"docker://{container_id}" for status in pod.status.container_statuses
+    )
+
+
 @dataclass
 class NodeContext:
     """What every pod worker of this kubelet shares."""
@@ -114,6 +129,9 @@ class NodeContext:
     runtime_default_seccomp: bool = False
     # The kubelet's own pod network; None: Docker's bridge for every sandbox.
     network: PodNetwork | None = None
+    # The host ports of the pods on that network (the kubelet's DNAT table and the sockets
+    # that hold them); None with Docker's bridge, where Docker publishes them.
+    hostports: HostPortManager | None = None
     # service_environment(pod): the service variables of its containers, computed
     # at each container's creation (envvars.py); may raise ContainerConfigError.
     service_environment: Callable[[pod_pb2.Pod], Awaitable[dict[str, str]]] | None = None
@@ -289,6 +307,8 @@ class PodWorker:
         if actions.stop_sandbox is not None:
             self._log.info("pod_completed_stopping_sandbox")
             await context.runtime.stop(actions.stop_sandbox, grace)
+            if context.hostports is not None:
+                await context.hostports.remove(self.uid)
             actions = self._decide(pod, time.time())
 
         # 4. Old dead containers.
@@ -377,11 +397,19 @@ class PodWorker:
         labels = container_labels(
             context.node, pod, context.source_of(pod), INFRA_CONTAINER_NAME, plan.spec_hash, plan.attempt
         )
-        # On the pod network unless it publishes host ports (those go through Docker's
-        # bridge) or uses the host's network (no address of its own, nothing to wire).
-        network = context.network if not host_ports(pod) and not pod.spec.host_network else None
+        # On the pod network, host ports or not (the kubelet publishes them: hostports.py),
+        # unless it uses the host's network (no address of its own, nothing to wire).
+        network = context.network if not pod.spec.host_network else None
         try:
             if network is not None:
+                mappings = pod_port_mappings(pod)
+                if mappings:
+                    # Held from now on, so that a port another process has fails the sandbox
+                    # before Docker makes anything; the label tells a restarted kubelet.
+                    if context.hostports is None:
+                        raise HostPortError("host ports need the kubelet's host port manager")
+                    await context.hostports.reserve(self.uid, pod_key(pod), mappings)
+                    labels[LABEL_HOST_PORTS] = encode_mappings(mappings)
                 labels[LABEL_POD_IP] = await network.address_for(self.uid)
             dns = await self._sandbox_dns(pod) if network is None else None
             request = infra_request(
@@ -395,7 +423,9 @@ class PodWorker:
                 dns=dns,
             )
             return await context.runtime.create(request)
-        except (ImageMissingError, RuntimeCallError, PodNetworkError, ContainerConfigError, OSError) as error:
+        except (
+            ImageMissingError, RuntimeCallError, PodNetworkError, HostPortError, ContainerConfigError, OSError
+        ) as error:
             # ContainerConfigError: a securityContext the sandbox cannot be made with.
             if isinstance(error, ImageMissingError):
                 message = f'pause image "{context.pause_image}" is not present'
@@ -429,9 +459,10 @@ class PodWorker:
         return network is not None and network.attached(sandbox.id)
 
     async def _attach_or_stop(self, sandbox: ContainerInfo, now: float) -> bool:
-        """Wires a running sandbox into the pod network before any app container
-        starts in it; one that cannot be wired is removed, and the failure
-        recorded and retried with back-off like any sandbox failure."""
+        """Wires a running sandbox into the pod network, and publishes its host
+        ports, before any app container starts in it; one that cannot be wired
+        is removed, and the failure recorded and retried with back-off like any
+        sandbox failure."""
         context = self.context
         try:
             if context.network is None:
@@ -440,10 +471,17 @@ class PodWorker:
             if inspected is None or not inspected.running or not inspected.pid:
                 raise PodNetworkError("the sandbox stopped before its network was set up")
             await context.network.attach(sandbox.id, inspected.pid, sandbox.pod_ip)
+            if context.hostports is not None:
+                # The ports this sandbox was made with (its label): none drops an older
+                # sandbox's, if the pod's ports changed.
+                await context.hostports.publish(
+                    self.uid, sandbox.pod_key, sandbox.pod_ip, sandbox_mappings(sandbox)
+                )
         except Exception as error:  # any failure leaves a sandbox no container can use
             await context.runtime.remove(sandbox)
             key = backoff_key(self.uid, INFRA_CONTAINER_NAME, sandbox.spec_hash)
-            self._sandbox_failed(key, sandbox.spec_hash, f"pod network: {error}", now)
+            message = str(error) if isinstance(error, HostPortError) else f"pod network: {error}"
+            self._sandbox_failed(key, sandbox.spec_hash, message, now)
             return False
         self._log.info("pod_sandbox_started", id=sandbox.id[:12], ip=sandbox.pod_ip)
         return True
@@ -733,6 +771,9 @@ class PodWorker:
                 return
         if self._terminated:
             return  # reported already; the pod's removal from the API ends the worker
+        # Its host ports' rules go before its address: the address may go to another pod next.
+        if context.hostports is not None:
+            await context.hostports.remove(self.uid)
         if context.network is not None:
             await context.network.release(self.uid)
         context.probes.forget_pod(self.uid)
@@ -784,7 +825,8 @@ class PodWorker:
             if current is not None and current.running:
                 current_ids.add(current.id)
                 if sandbox is not None and not terminal:
-                    context.probes.ensure(pod, spec, current, self._pod_ip)
+                    ready_before = reported_ready(pod, current.id)
+                    context.probes.ensure(pod, spec, current, self._pod_ip, ready_before=ready_before)
                 ready = context.probes.is_ready(spec, current.id)
             observations.append(
                 ContainerObservation(
@@ -843,6 +885,8 @@ class PodWorker:
         if left:
             self.poke_at(time.time() + 1.0)
             return False
+        if context.hostports is not None:
+            await context.hostports.remove(self.uid)
         if context.network is not None:
             await context.network.release(self.uid)
         if containers:

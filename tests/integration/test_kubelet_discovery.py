@@ -25,6 +25,7 @@ from tests.integration.kubelet_helpers import (
     is_running,
     make_pod,
     node_containers,
+    unique_node,
 )
 from tests.integration.apihelpers import privileged_namespace
 from tests.polling import eventually
@@ -220,13 +221,21 @@ async def test_dns_policy_none_is_exactly_dns_config(
 
 
 async def test_a_pod_on_dockers_bridge_gets_the_cluster_dns_too(
-    api_kubelet: KubeletProcess, client: ApiClient, namespace: str
+    apiserver: ApiServerProcess, host_resolv_conf: str, client: ApiClient, namespace: str
 ) -> None:
-    await privileged_namespace(client, namespace)  # host ports are beyond Pod Security's baseline
-    reporter = _reporter()
-    reporter.ports.add(container_port=8080, host_port=free_port())  # host ports: Docker's bridge
-    await client.create(_bound(make_pod("bridged", reporter, namespace=namespace), api_kubelet.node))
-    _, resolv_conf, _ = await report(api_kubelet.node, "bridged")
+    # Docker networks (and publishes the host ports of) every sandbox of this kubelet.
+    bridged_kubelet = KubeletProcess(
+        unique_node(), "--network-plugin", "docker", "--cluster-dns", CLUSTER_DNS, "--resolv-conf", host_resolv_conf,
+        server=apiserver.address,
+    )
+    try:
+        await privileged_namespace(client, namespace)  # host ports are beyond Pod Security's baseline
+        reporter = _reporter()
+        reporter.ports.add(container_port=8080, host_port=free_port())
+        await client.create(_bound(make_pod("bridged", reporter, namespace=namespace), bridged_kubelet.node))
+        _, resolv_conf, _ = await report(bridged_kubelet.node, "bridged")
+    finally:
+        bridged_kubelet.cleanup()
     lines = [line for line in resolv_conf.splitlines() if line and not line.startswith("#")]
     assert sorted(lines) == sorted([
         f"nameserver {CLUSTER_DNS}",

@@ -1,21 +1,36 @@
 """The kubelet runs pods on the real Docker daemon: shared network and volumes,
-host ports, restart policies, spec changes, deletion and errors."""
+host ports, restart policies, spec changes, deletion and errors.
+
+Host ports are the kubelet's own (hostports.py): the pod is on the pod network
+and the node's `kyb-hostports-<node>` table DNATs its host ports; every test
+deletes the tables of its nodes afterwards, pass or fail (the kubelet leaves
+them in place when it stops). The tests leave `route_localnet` on for the pod
+bridge, as the proxy's tests leave it on for every interface."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import os
+import socket
+import subprocess
 import urllib.request
+from pathlib import Path
+from typing import Iterator
 
 import docker
 import grpc
 import pytest
 
 from kybernetes.v1 import pod_pb2
+from services.kubelet.hostports import cleanup_commands, script, table_name
+from services.kubelet.podnetwork import DEFAULT_BRIDGE, DEFAULT_POD_CIDR
 from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
     container_status,
+    docker_client,
     is_running,
     make_pod,
     node_containers,
@@ -31,6 +46,46 @@ pytestmark = pytest.mark.docker
 def _http_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=3) as response:
         return response.read().decode()
+
+
+async def _fetch(url: str) -> str | None:
+    try:
+        return await asyncio.to_thread(_http_get, url)
+    except OSError:
+        return None
+
+
+def _hostports_table(node: str) -> str:
+    """The node's host ports table as nft lists it; "" when it has none."""
+    listed = subprocess.run(["nft", "list", "table", "ip", table_name(node)], capture_output=True, text=True)
+    return listed.stdout if listed.returncode == 0 else ""
+
+
+def _delete_hostports_table(node: str) -> None:
+    subprocess.run(["nft", "-f", "-"], input=script(cleanup_commands(table_name(node))), text=True, check=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_hostports_table_left(node_name: str) -> Iterator[None]:
+    yield
+    _delete_hostports_table(node_name)
+
+
+def _bindable(address: str, port: int) -> bool:
+    """Whether a process could take the port now (not while the kubelet holds it)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _web(text: str, port: int, host_ip: str = "") -> pod_pb2.Container:
+    return container(
+        "web", "sh", "-c", f"echo {text} > /index.html; exec httpd -f -p 80 -h /",
+        ports=[pod_pb2.ContainerPort(container_port=80, host_port=port, host_ip=host_ip)],
+    )
 
 
 async def test_two_containers_share_localhost_and_an_empty_dir(kubelet: KubeletProcess) -> None:
@@ -74,20 +129,24 @@ def _file_has(path: str, text: str) -> bool:
 
 async def test_host_port_is_reachable_from_the_host(kubelet: KubeletProcess) -> None:
     port = free_port()
-    server = container(
-        "server", "sh", "-c", "echo on-host-port > /index.html; exec httpd -f -p 80 -h /",
-        ports=[pod_pb2.ContainerPort(container_port=80, host_port=port)],
+    await kubelet.submit(make_pod("hostport", _web("on-host-port", port)))
+    pod = await eventually(lambda: _running(kubelet, "hostport"), what="pod running")
+    # On the pod network like any pod; the kubelet publishes the port on the node IP.
+    assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(DEFAULT_POD_CIDR)
+    assert "on-host-port" in await eventually(
+        lambda: _fetch(f"http://127.0.0.1:{port}/index.html"), what=f"127.0.0.1:{port} answering"
     )
-    await kubelet.submit(make_pod("hostport", server))
-    await eventually(lambda: _running(kubelet, "hostport"), what="pod running")
+    assert f"127.0.0.1 . tcp . {port} : goto" in _hostports_table(kubelet.node)
+    # The node's own connections from loopback reach the bridge through route_localnet.
+    route_localnet = Path(f"/proc/sys/net/ipv4/conf/{DEFAULT_BRIDGE}/route_localnet")
+    assert (await asyncio.to_thread(route_localnet.read_text)).strip() == "1"
+    assert not _bindable("127.0.0.1", port)  # held by the kubelet: no process can take it
 
-    async def fetch() -> str | None:
-        try:
-            return await asyncio.to_thread(_http_get, f"http://127.0.0.1:{port}/index.html")
-        except OSError:
-            return None
-
-    assert "on-host-port" in await eventually(fetch, what=f"127.0.0.1:{port} answering")
+    await kubelet.delete("hostport")
+    await eventually(lambda: not _hostports_table(kubelet.node), what="the node's host ports table gone")
+    # Let go once the table without it is written (just after we see it gone).
+    await eventually(lambda: _bindable("127.0.0.1", port), what="the port let go")
+    assert await _fetch(f"http://127.0.0.1:{port}/index.html") is None
 
 
 async def test_exited_container_is_restarted_under_always(kubelet: KubeletProcess) -> None:
@@ -281,6 +340,11 @@ async def test_missing_image_and_bad_command_are_reported_and_others_keep_runnin
     assert kubelet.alive()
 
 
+async def _reported(kubelet: KubeletProcess, name: str, text: str) -> pod_pb2.Pod | None:
+    pod = await kubelet.get_pod(name)
+    return pod if pod is not None and text in pod.status.message else None
+
+
 async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     port = free_port()
     web = container(
@@ -290,11 +354,12 @@ async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     await eventually(lambda: _running(kubelet, "first"), what="first pod running")
     await kubelet.submit(make_pod("second", web))
 
-    async def reported() -> pod_pb2.Pod | None:
-        pod = await kubelet.get_pod("second")
-        return pod if pod is not None and "port is already allocated" in pod.status.message else None
-
-    pod = await eventually(reported, what="port conflict reported")
+    # As Kubernetes' kubelet reports a host port it cannot open.
+    message = (
+        f"cannot open hostport {port} for pod second-{kubelet.node}_default: "
+        f"listen tcp 127.0.0.1:{port}: bind: address already in use"
+    )
+    pod = await eventually(lambda: _reported(kubelet, "second", message), what="port conflict reported")
     assert pod.status.phase == "Pending"
     assert pod.status.reason == "CreatePodSandboxError"
     assert container_status(pod, "main").state.waiting.reason == "ContainerCreating"
@@ -306,6 +371,125 @@ async def test_host_port_taken_is_reported(kubelet: KubeletProcess) -> None:
     assert container_status(pod, "main").restart_count == 0
     second = [c for c in node_containers(kubelet.node) if c["Labels"].get("io.kybernetes.pod.uid") == pod.metadata.uid]
     assert sorted(c["State"] for c in second) == ["running", "running"], second
+
+
+async def test_host_port_held_by_another_process_is_reported(kubelet: KubeletProcess) -> None:
+    port = free_port()
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        submitted = await kubelet.submit(make_pod("blocked", _web("unblocked", port)))
+        pod = await eventually(
+            lambda: _reported(kubelet, "blocked", f"listen tcp 127.0.0.1:{port}: bind: address already in use"),
+            what="the taken port reported",
+        )
+        assert pod.status.phase == "Pending" and pod.status.reason == "CreatePodSandboxError"
+        # Refused before Docker made anything for it.
+        assert not [c for c in node_containers(kubelet.node)
+                    if c["Labels"].get("io.kybernetes.pod.uid") == submitted.metadata.uid]
+    finally:
+        holder.close()
+    await eventually(lambda: _running(kubelet, "blocked"), what="pod running once the port is free")
+    assert "unblocked" in await eventually(
+        lambda: _fetch(f"http://127.0.0.1:{port}/index.html"), what="the host port answering"
+    )
+
+
+async def test_the_same_host_port_on_two_simulated_nodes(node_name: str) -> None:
+    """Nodes 127.0.0.2 and 127.0.0.3 share the host's network namespace: each publishes
+    the port on its own address only."""
+    port = free_port()
+    kubelets = [KubeletProcess(node_name, node_ip="127.0.0.2"), KubeletProcess(unique_node(), node_ip="127.0.0.3")]
+    try:
+        for kubelet in kubelets:
+            await kubelet.submit(make_pod("web", _web(f"served-on-{kubelet.node}", port)))
+        for kubelet in kubelets:
+            await eventually(functools.partial(_running, kubelet, "web"), what=f"pod running on {kubelet.node}")
+            url = f"http://{kubelet.node_ip}:{port}/index.html"
+            reply = await eventually(functools.partial(_fetch, url), what=f"{kubelet.node_ip}:{port} answering")
+            assert f"served-on-{kubelet.node}" in reply
+            assert f"{kubelet.node_ip} . tcp . {port} : goto" in _hostports_table(kubelet.node)
+        assert await _fetch(f"http://127.0.0.1:{port}/index.html") is None  # neither node's address
+    finally:
+        for kubelet in kubelets:
+            kubelet.cleanup()
+            _delete_hostports_table(kubelet.node)
+
+
+def _exec(node: str, pod_name: str, container_name: str, *argv: str) -> tuple[int, str]:
+    """Runs a command in one of the pod's containers: (exit code, output)."""
+    client = docker_client()
+    try:
+        for summary in node_containers(node, all=False):
+            labels = summary["Labels"]
+            if (labels["io.kybernetes.pod.name"], labels["io.kybernetes.container.name"]) == (pod_name, container_name):
+                code, output = client.containers.get(summary["Id"]).exec_run(list(argv))
+                return code, output.decode(errors="replace")
+        raise AssertionError(f"no running container {container_name} of {pod_name}")
+    finally:
+        client.close()
+
+
+async def test_a_pod_reaches_its_own_host_port(kubelet: KubeletProcess) -> None:
+    """Hairpin: the pod's packets come back to it DNATed, and masqueraded (it would answer
+    itself directly otherwise). The port is published on its hostIP only, here the node's
+    address on the pod bridge (the pod cannot reach the node's loopback address)."""
+    gateway = str(next(ipaddress.ip_network(DEFAULT_POD_CIDR).hosts()))
+    port = free_port()
+    await kubelet.submit(make_pod("hairpin", _web("hairpinned", port, host_ip=gateway)))
+    await eventually(lambda: _running(kubelet, "hairpin"), what="pod running")
+
+    async def fetched_by_itself() -> str | None:
+        code, output = await asyncio.to_thread(
+            _exec, kubelet.node, f"hairpin-{kubelet.node}", "web",
+            # busybox's own timeout: its wget -T crashes (SIGSEGV) in this image.
+            "timeout", "5", "wget", "-q", "-O", "-", f"http://{gateway}:{port}/index.html",
+        )
+        return output if code == 0 else None
+
+    assert "hairpinned" in await eventually(fetched_by_itself, what="the pod reaching its own host port")
+    assert "hairpinned" in await eventually(lambda: _fetch(f"http://{gateway}:{port}/index.html"), what="the host")
+    assert await _fetch(f"http://127.0.0.1:{port}/index.html") is None  # only on its hostIP
+
+
+async def test_the_table_follows_the_pods(kubelet: KubeletProcess) -> None:
+    first, second = free_port(2), 0
+    second = first + 1
+    await kubelet.submit(make_pod("one", _web("one", first)))
+    await kubelet.submit(make_pod("two", _web("two", second)))
+    for name in ("one", "two"):
+        await eventually(functools.partial(_running, kubelet, name), what=f"pod {name} running")
+    table = _hostports_table(kubelet.node)
+    assert f"127.0.0.1 . tcp . {first} : goto" in table and f"127.0.0.1 . tcp . {second} : goto" in table
+
+    await kubelet.delete("one")
+    await eventually(lambda: f"tcp . {first} :" not in _hostports_table(kubelet.node), what="pod one's rules gone")
+    assert f"127.0.0.1 . tcp . {second} : goto" in _hostports_table(kubelet.node)
+    assert "two" in await eventually(lambda: _fetch(f"http://127.0.0.1:{second}/index.html"), what="two answering")
+    await eventually(lambda: _bindable("127.0.0.1", first), what="pod one's port let go")
+
+    await kubelet.delete("two")
+    await eventually(lambda: not _hostports_table(kubelet.node), what="the table gone with the last host port")
+
+
+async def test_a_restarted_kubelet_keeps_the_host_ports_of_the_pods_it_adopts(kubelet: KubeletProcess) -> None:
+    port = free_port()
+    await kubelet.submit(make_pod("steady", _web("steady", port)))
+    await eventually(lambda: _running(kubelet, "steady"), what="pod running")
+    url = f"http://127.0.0.1:{port}/index.html"
+    assert "steady" in await eventually(lambda: _fetch(url), what="the host port answering")
+
+    kubelet.stop()
+    # The table stays while no kubelet runs: the pod is still reachable on its host port.
+    assert f"127.0.0.1 . tcp . {port} : goto" in _hostports_table(kubelet.node)
+    assert "steady" in (await _fetch(url) or "")
+    kubelet.start()
+    # The new kubelet rewrites the table from the sandbox it adopts, and holds the port again.
+    await eventually(lambda: not _bindable("127.0.0.1", port), what="the port held again")
+    assert "steady" in (await _fetch(url) or "")
+    await kubelet.delete("steady")
+    await eventually(lambda: not _hostports_table(kubelet.node), what="the table gone")
 
 
 async def test_submit_rejects_an_invalid_pod(kubelet: KubeletProcess) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from kybernetes.v1 import pod_pb2
-from services.kubelet.dockerspec import container_request, host_ports, infra_request
+from services.kubelet.dockerspec import container_request, infra_request
 from services.kubelet.podnetwork import AddressPool, PodNetwork, PodNetworkError, hosts_file, resolv_conf, veth_name
 
 
@@ -104,14 +104,16 @@ def test_managed_files_are_mounted_unless_the_container_mounts_there_itself():
     assert targets() == {"/etc/hosts": "/vol/hosts", "/etc/resolv.conf": "/pods/uid-1/resolv.conf"}
 
 
-def test_a_sandbox_on_the_pod_network_has_dockers_networking_off_and_one_with_host_ports_keeps_it():
+def test_a_sandbox_on_the_pod_network_has_dockers_networking_off_and_docker_publishes_nothing():
     pod = pod_pb2.Pod()
     pod.metadata.name = "web"
     container = pod.spec.containers.add(name="main", image="busybox")
+    container.ports.add(container_port=80, host_port=8080)
     request = infra_request(
         pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1", network_disabled=True
     )
     assert request.container_kwargs["network_disabled"] is True
-    assert not host_ports(pod)
-    container.ports.add(container_port=80, host_port=8080)
-    assert host_ports(pod)
+    # Its host ports are the kubelet's to publish (hostports.py), not Docker's.
+    assert request.host_config_kwargs["port_bindings"] is None
+    bridged = infra_request(pod, name="infra", labels={}, pause_image="pause", node_ip="127.0.0.1")
+    assert bridged.host_config_kwargs["port_bindings"] == {"80/tcp": [("127.0.0.1", 8080)]}
