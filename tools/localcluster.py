@@ -45,6 +45,7 @@ from pathlib import Path
 
 from services.common import kubeconfig
 from services.common.clusternet import DEFAULT_CLUSTER_CIDR
+from services.kubelet.hostports import cleanup_commands, script, table_name
 from services.common.transport import ClientCredentials
 
 from .clusterpki import ClusterPKI
@@ -657,6 +658,9 @@ def unwire_hosts(network: dict, nodes: list[str]) -> None:
             net.remove_node(namespace[len(net.bridge) + 1:])
         if not network["nodes_as_hosts"]:
             remove_pod_bridge(network["pod_bridge"])
+            for node in nodes:  # the root namespace's kubelet's host ports (services/kubelet/hostports.py)
+                subprocess.run(["nft", "-f", "-"], input=script(cleanup_commands(table_name(node))), text=True,
+                               capture_output=True, timeout=30)
         net.remove_host()
     except HostNetworkError as error:
         print(f"  (could not remove all of the host network: {error})", file=sys.stderr)

@@ -118,8 +118,17 @@ class ProbeManager:
         self._tasks: set[asyncio.Task] = set()  # strong references until each task ends
         self._log = get_logger(module="kubelet.probes")
 
-    def ensure(self, pod: pod_pb2.Pod, container: pod_pb2.Container, info: ContainerInfo, pod_ip: str) -> None:
-        """Starts the probes of a running container (idempotent)."""
+    def ensure(
+        self, pod: pod_pb2.Pod, container: pod_pb2.Container, info: ContainerInfo, pod_ip: str,
+        *, ready_before: bool = False,
+    ) -> None:
+        """Starts the probes of a running container (idempotent).
+
+        ready_before: the pod's reported status already had this very container ready (a
+        restarted kubelet): readiness starts there, not unready, and changes only as the
+        probe's thresholds say. Kubernetes' kubelet starts it unready (kubernetes#78733,
+        #100277): every service loses a restarted node's endpoints until they are probed
+        again, and a service whose pods are all there stops answering."""
         for kind, probe_field in ((LIVENESS, "liveness_probe"), (READINESS, "readiness_probe")):
             if not container.HasField(probe_field):
                 continue
@@ -128,7 +137,7 @@ class ProbeManager:
                 continue
             worker = _ProbeWorker(
                 uid=pod.metadata.uid, pod_key=f"{pod.metadata.namespace}/{pod.metadata.name}",
-                kind=kind, container_id=info.id,
+                kind=kind, container_id=info.id, result=True if kind == READINESS and ready_before else None,
             )
             self._workers[key] = worker
             probe = pod_pb2.Probe()

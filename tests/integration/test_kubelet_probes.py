@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from kybernetes.v1 import pod_pb2
+from services.common.resources import PODS
 from tests.integration.kubelet_helpers import (
     KubeletProcess,
     container,
@@ -97,3 +99,35 @@ async def test_failing_readiness_probe_unreadies_without_restarting(kubelet: Kub
     assert container_status(pod, "other").ready
     assert pod.status.phase == "Running"
     assert _condition(pod, "ContainersReady") == "False"
+
+
+async def test_a_restarted_kubelet_keeps_a_ready_pod_ready_until_probed_again(apiserver, api, node_name, namespace):
+    """Kubernetes' kubelet starts every readiness probe unready after a restart (kubernetes#78733):
+    the pod's endpoints leave every service until the first probe. Ours keeps what it reported
+    for the same container; a failing probe still unreadies it after its threshold."""
+    kubelet = KubeletProcess(node_name, server=apiserver.address)
+    try:
+        web = container("web", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done")
+        # The first probe after a start comes late: without the rule the pod would be unready till then.
+        web.readiness_probe.CopyFrom(pod_pb2.Probe(
+            exec=pod_pb2.ExecAction(command=["true"]), initial_delay_seconds=8, period_seconds=30,
+        ))
+        pod = make_pod("steady", web, namespace=namespace)
+        pod.spec.node_name = node_name
+        await api.create(pod)
+
+        async def ready() -> bool:
+            stored = await api.get(PODS, "steady", namespace)
+            assert _condition(stored, "Ready") == "True", stored.status
+            return True
+
+        await eventually(ready, what="the pod Ready", timeout=40, retry_on=(grpc.aio.AioRpcError,))
+        kubelet.kill()
+        kubelet.start()
+        # For the probe's initial delay after the restart, its status stays Ready.
+        for _ in range(12):
+            stored = await api.get(PODS, "steady", namespace)
+            assert _condition(stored, "Ready") == "True", stored.status
+            await asyncio.sleep(0.5)
+    finally:
+        kubelet.cleanup()

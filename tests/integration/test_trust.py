@@ -23,7 +23,7 @@ from tools.clusterpki import ClusterPKI
 from tools.processes import ManagedProcess, python_module_argv
 
 from .apihelpers import expect_error, make_node, make_pod
-from .kubelet_helpers import KubeletProcess
+from .kubelet_helpers import SHARED_POD_CIDR, KubeletProcess
 
 
 def client_as(address: str, credentials: ClientCredentials) -> ApiClient:
@@ -220,6 +220,8 @@ async def test_a_kubelet_joins_with_a_token_and_keeps_its_certificates(
         # loopback address would be refused: a node may not get a serving certificate that could
         # stand in for a local server.
         "--listen", "127.0.0.1:0", "--node-ip", "198.51.100.10", "--node-status-frequency", "1",
+        # No range allocator runs with this API server (--controllers=): the kubelet's own range.
+        "--pod-cidr", SHARED_POD_CIDR,
     )
     kubelet = ManagedProcess(f"kubelet-{node_name}", argv, root / "kubelet.log")
     try:
