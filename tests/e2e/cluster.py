@@ -152,6 +152,9 @@ class LocalCluster:
     def pods(self, selector: str) -> list[dict]:
         return json.loads(self.kubecfg("get", "pods", "-l", selector, "-o", "json"))["items"]
 
+    def pods_in(self, namespace: str, selector: str) -> list[dict]:
+        return json.loads(self.kubecfg("get", "pods", "-n", namespace, "-l", selector, "-o", "json"))["items"]
+
     def cluster_ip(self, service: str, namespace: str = "default") -> str:
         """The service's spec.clusterIP, as `kubecfg get svc NAME -o json` shows it."""
         return json.loads(self.kubecfg("get", "svc", service, "-n", namespace, "-o", "json"))["spec"]["clusterIP"]

@@ -18,7 +18,7 @@ import pytest
 from tests.polling import eventually_blocking
 from tools.processes import REPO
 
-from .cluster import CLUSTER_WAIT, LocalCluster, running_and_ready
+from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
 # A web server that answers with the pod's name and the address it sees the client at.
 WHOAMI_SCRIPT = (
@@ -67,6 +67,37 @@ metadata: {{name: spread}}
 spec:
   selector: {{app: spread}}
   ports: [{{port: 80, targetPort: http}}]
+"""
+
+# Host ports are refused by the default Pod Security level (baseline): a privileged namespace.
+HOST_PORT_PODS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: ports, labels: {{pod-security.kubernetes.io/enforce: privileged}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ported-1, namespace: ports, labels: {{app: ported}}}}
+spec:
+  nodeName: {node_1}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: kybernetes/busybox:latest
+    command: ["sh", "-c", {script}]
+    ports: [{{containerPort: 8080, hostPort: 8089}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ported-2, namespace: ports, labels: {{app: ported}}}}
+spec:
+  nodeName: {node_2}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: kybernetes/busybox:latest
+    command: ["sh", "-c", {script}]
+    ports: [{{containerPort: 8080, hostPort: 8089}}]
 """
 
 WHOAMI_SERVICE = """\
@@ -168,6 +199,19 @@ def test_pods_reach_pods_and_services_across_nodes(cluster, tmp_path):
             assert {answered for answered, _ in replies} == set(names), (client, target, replies)
             # Except for a pod that reached itself: hairpin traffic is masqueraded, as Kubernetes does.
             assert {seen for answered, seen in replies if answered != client} == {ip_of[client]}, replies
+
+    # Host ports: the same port on two nodes, each published on its node's address by its kubelet.
+    cluster.kubecfg("apply", "-f", write(tmp_path, "ports.yaml", HOST_PORT_PODS.format(
+        node_1=cluster.nodes[0], node_2=cluster.nodes[1], script=json.dumps(WHOAMI_SCRIPT),
+    )))
+    eventually_blocking(
+        lambda: len(found := cluster.pods_in("ports", "app=ported")) == 2 and running_and_ready(found),
+        what="a pod with host port 8089 on two nodes", **CLUSTER_WAIT,
+    )
+    for index, name in ((0, "ported-1"), (1, "ported-2")):
+        url = f"http://{cluster.node_ip(index)}:8089/cgi-bin/who"
+        reply = eventually_blocking(lambda url=url: fetch(url), what=f"host port {url}", **CLUSTER_WAIT)
+        assert reply.split()[0] == name, reply
 
 
 @pytest.mark.docker
