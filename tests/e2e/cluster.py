@@ -202,6 +202,8 @@ class LocalCluster:
         """What of this cluster's network is still on the machine: namespaces, links, routes, rules."""
         net = self.host_network
         found = [f"netns {name}" for name in net.namespaces()]
+        if os.path.exists(f"/run/netns/{net.switch}"):
+            found.append(f"netns {net.switch} (the switch)")
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
         found += [f"link {name}" for name in (net.bridge, self.pod_bridge) if re.search(rf" {name}[:@]", links)]
         routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
