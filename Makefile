@@ -81,6 +81,8 @@ join-token: venv
 
 bench: deps venv images
 	$(PY) -m bench.apiserver
+	$(PY) -m bench.crossnode
+	$(PY) -m bench.chaos
 
 clean: down
 	rm -rf $(STATE_DIR)
