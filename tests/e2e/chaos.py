@@ -7,7 +7,7 @@ What it checks and reports: exactly the desired pods Running at the end, no dupl
 orphan container in Docker (by label), every acknowledged write stored, no INTERNAL or
 UNKNOWN answer ever, the service's success rate with one client retry, and each fault's
 recovery time (from the fault until a write goes through, the component is back, and the
-controller's pods are all Running and ready). A killed component is brought back as an
+controller's pods are all Running and ready; for a pause, from its end). A killed component is brought back as an
 operator (or, later, a supervisor) would: `make up` again, which restarts what is down.
 """
 
@@ -311,8 +311,10 @@ def run_chaos(cluster: LocalCluster, tmp_path: Path, scale_steps: list[int]) -> 
                 step = next(steps, None)
                 if step is not None:
                     scale(step)
-            started = fault.started = time.monotonic()
+            fault.started = time.monotonic()
             fault.inject()
+            # Recovery counts from the end of the fault (a pause lasts 10 s; a kill is instant).
+            started = time.monotonic()
             if fault.restore is not None:
                 fault.restore()
             eventually_blocking(lambda started=started: writer.last_ack > started,
