@@ -7,8 +7,9 @@ What it checks and reports: exactly the desired pods Running at the end, no dupl
 orphan container in Docker (by label), every acknowledged write stored, no INTERNAL or
 UNKNOWN answer ever, the service's success rate with one client retry, and each fault's
 recovery time (from the fault until a write goes through, the component is back, and the
-controller's pods are all Running and ready; for a pause, from its end). A killed component is brought back as an
-operator (or, later, a supervisor) would: `make up` again, which restarts what is down.
+controller's pods are all Running and ready; for a pause, from its end). A killed component
+is brought back as an operator (or, later, a supervisor) would: `make up` again, which
+restarts what is down.
 """
 
 from __future__ import annotations
