@@ -101,9 +101,11 @@ MAX_LOG_LINE = 16 * 1024
 
 # The issue asks that a concurrent well-behaved client's p99 stay under 50 ms while the hostile
 # one runs. Measured on the shared 2-core machine (etcd, the API server, this generator and that
-# client at once): 13-30 ms, with single stalls of 120-150 ms (validating a 1.4 MiB object of
-# 50,000 labels holds the event loop: D10). Not far enough below 50 ms to fail a run on, so the
-# bound is asserted only with KYB_ASSERT_P99=1 (a quiet machine); the figure is always printed.
+# client at once): 13-40 ms, max 20-120 ms. Big objects are no longer validated on the event loop
+# (D10: a 1.4 MiB object of 50,000 labels held it 120-150 ms; bench/bigobjects.py measures that
+# load on its own); what is left is etcd's and this machine's. Not far enough below 50 ms to fail
+# a run on, so the bound is asserted only with KYB_ASSERT_P99=1 (a quiet machine); the figure is
+# always printed.
 WELL_BEHAVED_P99 = 0.050
 ASSERT_P99 = os.environ.get("KYB_ASSERT_P99") == "1"
 
