@@ -25,6 +25,7 @@ from .ipallocator import (
 from .auth.authenticate import Authenticator
 from .auth.replicaslimit import DEFAULT_MAX_REPLICAS
 from .server import ApiServer, listen_addresses
+from .watchcache import DEFAULT_HISTORY_BYTES
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
@@ -56,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--watch-history", type=int, default=20_000, help="events kept per kind for resuming watches")
     parser.add_argument(
+        "--watch-history-bytes", type=positive_int, default=DEFAULT_HISTORY_BYTES, metavar="BYTES",
+        help="and at most this many bytes of their objects per kind (default %(default)s)",
+    )
+    parser.add_argument(
         "--watch-queue", type=int, default=10_000, help="events a watcher may fall behind before it is cut off"
     )
     parser.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between idle watch bookmarks")
@@ -84,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a second TLS address (or several, comma-separated) that asks for no client certificate: bearer "
         "tokens, bootstrap tokens and anonymous health checks (grpcio cannot make a client certificate optional "
         "on one port)",
+    )
+    security.add_argument(
+        "--rest-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="the Kubernetes REST API's address (kubectl, client libraries): TLS with an optional client "
+        "certificate or a bearer token, the same authorization as gRPC; off when empty (default)",
     )
     security.add_argument(
         "--token-auth-file",
@@ -155,7 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # A node port is answered on every node's address: one that is also a component's port
     # would let a service take the kubelet's API, etcd or this server over on every node.
     reserved = dict(COMPONENT_PORTS)
-    for flag, addresses in (("--listen", args.listen), ("--token-listen", args.token_listen)):
+    for flag, addresses in (
+        ("--listen", args.listen), ("--token-listen", args.token_listen), ("--rest-listen", args.rest_listen)
+    ):
         for address in listen_addresses(addresses):
             reserved[int(address.rpartition(":")[2])] = f"this API server's {flag}"
     clashes = [f"{port} ({what})" for port, what in sorted(reserved.items()) if node_ports.allows(port)]
@@ -176,6 +190,7 @@ async def serve(args: argparse.Namespace) -> int:
     server = ApiServer(
         [e.strip() for e in args.etcd_servers.split(",") if e.strip()],
         watch_history=args.watch_history,
+        watch_history_bytes=args.watch_history_bytes,
         watcher_capacity=args.watch_queue,
         bookmark_interval=args.bookmark_interval,
         log_requests=not args.no_request_log,
@@ -201,11 +216,25 @@ async def serve(args: argparse.Namespace) -> int:
     )
     stop = stop_on_signals()
     port = await server.start(args.listen, args.token_listen or None)
+    rest = None
+    if args.rest_listen:
+        from .rest.server import RestServer
+
+        rest = RestServer(
+            server.registries,
+            authenticator=server.authenticator,
+            authorizer=server.authorizer,
+            serving=args.serving,
+            log_requests=not args.no_request_log,
+            shutdown_grace=args.shutdown_grace,
+        )
+        await rest.start(args.rest_listen)
     controllers = await start_controllers(args, port)
     log.info(
         "apiserver_serving",
         listen=args.listen,
         token_listen=args.token_listen or None,
+        rest_listen=args.rest_listen or None,
         tls=args.serving is not None,
         etcd=server.storage.target,
         controllers=args.controllers or None,
@@ -215,6 +244,8 @@ async def serve(args: argparse.Namespace) -> int:
     for task in controllers:
         task.cancel()
     await asyncio.gather(*controllers, return_exceptions=True)
+    if rest is not None:  # first: its requests use the registries the gRPC server's stop closes
+        await rest.stop()
     await server.stop(args.shutdown_grace)
     log.info("apiserver_stopped")
     return 0

@@ -50,6 +50,7 @@ from .ipallocator import (
 from .nodeipam import DEFAULT_NODE_CIDR_MASK_SIZE
 from .registry import OFFLOAD_BYTES, RECEIVED, Registry, build_registries, off_loop
 from .storage import Storage
+from .watchcache import DEFAULT_HISTORY_BYTES
 from .strategies import build_strategies
 
 log = get_logger()
@@ -207,6 +208,7 @@ class ApiServer:
         etcd_servers: list[str],
         *,
         watch_history: int = 20_000,
+        watch_history_bytes: int = DEFAULT_HISTORY_BYTES,
         watcher_capacity: int = 10_000,
         bookmark_interval: float = 5.0,
         log_requests: bool = True,
@@ -231,6 +233,7 @@ class ApiServer:
             strategies.values(),
             self.storage,
             history=watch_history,
+            history_bytes=watch_history_bytes,
             watcher_capacity=watcher_capacity,
             bookmark_interval=bookmark_interval,
         )

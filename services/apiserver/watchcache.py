@@ -102,11 +102,16 @@ class CachedObject:
 
 
 class CacheEvent:
-    __slots__ = ("revision", "deleted", "current", "previous", "_previous_at_revision")
+    __slots__ = ("revision", "deleted", "current", "previous", "_previous_at_revision", "size")
 
-    def __init__(self, revision: int, deleted: bool, current: CachedObject, previous: CachedObject | None) -> None:
+    def __init__(
+        self, revision: int, deleted: bool, current: CachedObject, previous: CachedObject | None, size: int = 0
+    ) -> None:
         self.revision = revision
         self.deleted = deleted
+        # What the history counts against its byte budget: the encoded size of the object
+        # as etcd sent it (a deletion's, of the object it removed when etcd sent it).
+        self.size = size
         # For a deletion, `current` is the deleted object stamped with the
         # deletion's revision.
         self.current = current
@@ -140,6 +145,10 @@ class WatchFilter:
             return False
         return True
 
+
+# The watch history's byte budget per kind (encoded objects): a watch that falls further behind
+# re-lists (OUT_OF_RANGE), as one that falls behind `history` events does.
+DEFAULT_HISTORY_BYTES = 64 * 2**20
 
 # Ends a watch stream with status OK (the server is shutting down cleanly).
 END_OF_STREAM = ApiError(grpc.StatusCode.OK, "end of stream")
@@ -206,6 +215,7 @@ class WatchCache:
         decode: Callable[[bytes, int], Message],
         *,
         history: int = 20_000,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         watcher_capacity: int = 10_000,
         bookmark_interval: float = 5.0,
         offload: Offload = _inline,
@@ -218,7 +228,12 @@ class WatchCache:
         self.revision = 0  # everything up to this revision is applied
         self.window_start = 0  # every event after this revision is in self._events
         self._objects: dict[bytes, CachedObject] = {}
-        self._events: collections.deque[CacheEvent] = collections.deque(maxlen=history)
+        # The events a watch can resume from: at most `history` of them and `history_bytes` of
+        # objects (without the byte budget, 20,000 events of 1.4 MiB objects could hold 28 GB).
+        self._events: collections.deque[CacheEvent] = collections.deque()
+        self._history = history
+        self._history_bytes = history_bytes
+        self._events_bytes = 0
         self._watchers: set[CacheWatcher] = set()
         self._watcher_capacity = watcher_capacity
         self._bookmark_interval = bookmark_interval
@@ -313,6 +328,7 @@ class WatchCache:
         had_history = self._ready.is_set()
         self._objects = objects
         self._events.clear()
+        self._events_bytes = 0
         self.revision = self.window_start = result.revision
         if had_history:
             # Events were lost between the old window and this list: watchers
@@ -365,14 +381,19 @@ class WatchCache:
                         current = CachedObject(kind, obj)
                     else:
                         current = CachedObject(kind, self.decode(raw.value, raw.revision))
-                event = CacheEvent(raw.revision, True, current, None)
+                event = CacheEvent(raw.revision, True, current, None, len(raw.value))
             else:
                 assert current is not None
                 self._objects[raw.key] = current
-                event = CacheEvent(raw.revision, False, current, previous)
-            if len(self._events) == self._events.maxlen:
-                self.window_start = self._events[0].revision
+                event = CacheEvent(raw.revision, False, current, previous, len(raw.value))
             self._events.append(event)
+            self._events_bytes += event.size
+            while len(self._events) > 1 and (
+                len(self._events) > self._history or self._events_bytes > self._history_bytes
+            ):
+                evicted = self._events.popleft()
+                self._events_bytes -= evicted.size
+                self.window_start = evicted.revision
             self.revision = raw.revision
             for watcher in self._watchers:
                 watcher.offer(kind, event)

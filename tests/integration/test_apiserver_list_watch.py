@@ -298,3 +298,31 @@ async def test_sigterm_ends_watches_cleanly_and_exits_zero(etcd_endpoint, namesp
     finally:
         await client.close()
         server.stop()
+
+
+async def test_the_watch_history_is_bounded_in_bytes(etcd_endpoint, namespace):
+    """A few big objects cannot make the history hold gigabytes: past its byte budget the
+    oldest events go, and a watch from before them is OUT_OF_RANGE (re-list), as from a
+    revision past the event count."""
+    server = ApiServerProcess(etcd_endpoint, "--controllers=", "--watch-history-bytes=20000")
+    client = ApiClient(server.address)
+    try:
+        first = await client.create(make_pod("p0", namespace))
+        for index in range(1, 6):
+            pod = make_pod(f"p{index}", namespace)
+            pod.metadata.annotations["padding"] = "x" * 8000
+            await client.create(pod)
+        last = (await client.list(PODS, namespace)).metadata.resource_version
+        since_first = meta_pb2.ListOptions(namespace=namespace, resource_version=first.metadata.resource_version)
+        call = client.watch(PODS, since_first)
+        message = await expect_error(grpc.StatusCode.OUT_OF_RANGE, collect_events(call, 1))
+        assert "resource_version" in message
+        # A watch from within what is kept goes on.
+        call = client.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=last))
+        await client.create(make_pod("after", namespace))
+        events = await collect_events(call, 1)
+        call.cancel()
+        assert events[0].type == "ADDED" and events[0].object.metadata.name == "after"
+    finally:
+        await client.close()
+        server.stop()
