@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,7 +271,10 @@ def test_a_second_machine_joins_as_the_readme_says(local_cluster, tmp_path):
     join_dir = cluster.state / "join"
     assert {path.name for path in join_dir.iterdir()} == {"bootstrap.conf", "kube-proxy.conf", "cluster.env"}
     address = cluster.host_network.ensure_node(joined, 2)
-    env = {**os.environ, "KYBERNETES_NODE_STATE": str(tmp_path / "joined"), "KYBERNETES_LOG_DIR": str(tmp_path)}
+    env = {
+        **os.environ, "KYBERNETES_NODE_STATE": str(tmp_path / "joined"), "KYBERNETES_LOG_DIR": str(tmp_path),
+        "PYTHON": sys.executable,  # the checkout's virtualenv, as the script's default would be
+    }
     try:
         started = subprocess.run(
             [*cluster.host_network.exec_prefix(joined), "bash", str(REPO / "scripts" / "join-node.sh"),
