@@ -277,9 +277,11 @@ class ApiServerProcess(ManagedProcess):
         log_path: str | os.PathLike | None = None,
         security: list[str] | None = None,
         insecure: bool = False,
+        rest: bool = False,
     ) -> None:
         """security: the TLS and authentication flags (default: dev_pki's, see
-        apiserver_security_flags); insecure runs it --insecure-dev (a bench's baseline)."""
+        apiserver_security_flags); insecure runs it --insecure-dev (a bench's baseline);
+        rest serves the Kubernetes REST API too, on a free port (rest_address)."""
         if insecure:
             security = ["--insecure-dev"]
         elif security is None:
@@ -291,6 +293,11 @@ class ApiServerProcess(ManagedProcess):
         if not insecure and "--token-listen" not in extra_args:
             self.token_address = f"127.0.0.1:{free_port()}"
             security = [*security, "--token-listen", self.token_address]
+        # The Kubernetes REST API's address (kubectl's server: https://<rest_address>), when asked for.
+        self.rest_address = ""
+        if rest and "--rest-listen" not in extra_args:
+            self.rest_address = f"127.0.0.1:{free_port()}"
+            security = [*security, "--rest-listen", self.rest_address]
         super().__init__(
             "apiserver",
             python_module_argv(
@@ -301,6 +308,8 @@ class ApiServerProcess(ManagedProcess):
         )
         try:
             wait_for_port(self.port, self.process)
+            if self.rest_address:  # opened just after the gRPC port
+                wait_for_port(int(self.rest_address.rpartition(":")[2]), self.process)
         except Exception as error:
             self.stop()
             raise RuntimeError(f"the API server did not start: {error}\n{self.log_tail()}") from error
