@@ -55,6 +55,8 @@ from .processes import REPO, ManagedProcess, apiserver_security_flags, etcd_argv
 
 ETCD_PORT = 2379
 API_PORT = 6443
+# The REST API's (kubectl's): gRPC has 6443 and its token port 6444; 6445/6446 are HA's second API server's.
+REST_PORT = 6543
 KUBELET_PORT = 10250
 PROXY_STATUS_PORT = 10249
 NODE_LABEL = "io.kybernetes.node"
@@ -200,6 +202,8 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
             [
                 "--listen", ",".join(f"{host}:{port}" for host in hosts),
                 "--token-listen", ",".join(f"{host}:{port + 1}" for host in hosts),
+                # The Kubernetes REST API, for kubectl and the client libraries (loopback only for now).
+                "--rest-listen", f"127.0.0.1:{args.rest_port + 2 * index}",
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
                 "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki), *args.apiserver_arg,
             ],
@@ -538,6 +542,12 @@ def up(args: argparse.Namespace) -> int:
         user_config = Path(args.user_kubeconfig).expanduser()
         kubeconfig.write(user_config, (state / "admin.conf").read_text())
         print(f"  admin kubeconfig written to {user_config}")
+    # kubectl's: the admin over the REST API (kubectl knows one server per cluster: the first).
+    admin = ClusterPKI(state).credentials("admin")
+    kubeconfig.write(state / "kubeconfig", kubeconfig.render(
+        cluster="kybernetes", server=f"127.0.0.1:{args.rest_port}", ca_certificate=admin.ca_certificate,
+        user="kubernetes-admin", certificate=admin.certificate, key=admin.key,
+    ))
     _print_next_steps(plan, args.user_kubeconfig)
     return 0
 
@@ -781,6 +791,7 @@ try:
   busybox wget -q -O - http://{node_ip}:30001/     # the guestbook's frontend on its node port
   {grpcurl} -cacert {pki}/ca.crt -cert {pki}/admin.crt -key {pki}/admin.key {first_api} list
   {grpcurl} -cacert {pki}/ca.crt -H 'authorization: Bearer {token}' {token_address(first_api)} list
+  {REPO / ".venv" / "bin" / "kubectl"} --kubeconfig {plan.state_dir / "kubeconfig"} get pods -A     # the REST API
 kubeconfig: {user_kubeconfig or admin}   certificates: {pki}/
 logs:    {plan.state_dir / 'logs'}/
 status:  make status      stop: make down"""
@@ -812,6 +823,11 @@ def main(argv: list[str] | None = None) -> None:
                 "--api-port", type=int, default=API_PORT,
                 help="the API server's port, its bearer-token port the next one; with --ha the second API "
                 "server's two follow (default %(default)s)",
+            )
+            command.add_argument(
+                "--rest-port", type=int, default=REST_PORT,
+                help="the Kubernetes REST API's port (kubectl's; with --ha the second API server's is two "
+                "above) (default %(default)s)",
             )
             command.add_argument(
                 "--ha", action="store_true",

@@ -40,6 +40,7 @@ CLUSTER_WAIT: dict[str, Any] = {
 }
 
 KUBECFG = str(Path(sys.executable).parent / "kubecfg")
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 EXAMPLES = REPO / "examples"
 # A guestbook frontend page: one line per way the frontend asked the backend
@@ -73,6 +74,7 @@ class LocalCluster:
         self.up_args = [
             "--state-dir", str(self.state), "--nodes", str(nodes), "--mode", mode,
             "--etcd-port", str(etcd_port), "--api-port", str(self.api_port), *(["--ha"] if ha else []),
+            "--rest-port", str(free_port(2 * HA_REPLICAS if ha else 1)),
             "--node-network", self.network, "--node-prefix", self.prefix,
             "--container-prefix", self.prefix, "--service-cidr", self.service_cidr,
             "--dns-port", str(free_port()),
@@ -140,6 +142,15 @@ class LocalCluster:
 
     def down(self) -> subprocess.CompletedProcess:
         return self.localcluster("down", "--state-dir", str(self.state))
+
+    def kubectl(self, *args: str) -> str:
+        """The real kubectl against the cluster's REST API, with the kubeconfig make up writes."""
+        done = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.state / "kubeconfig"), *args], capture_output=True, text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+        return done.stdout
 
     def kubecfg(self, *args: str, check: bool = True) -> str:
         done = subprocess.run(

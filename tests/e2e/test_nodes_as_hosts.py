@@ -157,6 +157,9 @@ def test_pods_reach_pods_and_services_across_nodes(cluster, tmp_path):
         what="every node with a pod range", **CLUSTER_WAIT,
     )
     assert len(set(ranges.values())) == 3, ranges
+    # kubectl (over the REST API, with the kubeconfig make up writes) sees the same nodes.
+    listed = json.loads(cluster.kubectl("get", "nodes", "-o", "json"))["items"]
+    assert {node["metadata"]["name"]: node["spec"]["podCIDR"] for node in listed} == ranges
     assert all(
         ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network(cluster.cluster_cidr)) for cidr in ranges.values()
     ), ranges
