@@ -36,7 +36,7 @@ from .mirror import MirrorManager
 from .node import NodeStatusReporter
 from .podworker import NodeContext, PodWorker
 from .probes import ProbeManager
-from .runtime import DockerRuntime
+from .runtime import ContainerRuntime, DockerRuntime
 from .bootstrap import BootstrapPlan
 from .server import KubeletServer
 from .sources import (
@@ -119,27 +119,14 @@ class Kubelet:
         self.config = config
         node = config.node_name
         self.cache = ContainerCache(self._on_pod_containers_changed)
-        self.runtime = DockerRuntime(
-            node, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host
-        )
+        self.runtime = self._make_runtime()
         self.volumes = VolumeManager(config.root_dir, node)
         self.backoff = Backoff(config.restart_backoff_initial, config.restart_backoff_max)
-        self.probes = ProbeManager(self.runtime, self._poke)
+        self.probes = self._make_probes()
         with_api_server = config.access is not None or bool(config.server)
-        self.network = (
-            PodNetwork(
-                node,
-                config.pod_cidr or (None if with_api_server else DEFAULT_POD_CIDR),
-                config.pod_bridge,
-                config.network_state_dir,
-                config.non_masquerade_cidr,
-            )
-            if config.network_plugin == "kubenet" else None
-        )
+        self.network = self._make_network(with_api_server)
         # The host ports of the pods on that network (Docker publishes those of its own bridge).
-        self.hostports = (
-            HostPortManager(node, config.node_ip, config.pod_bridge) if self.network is not None else None
-        )
+        self.hostports = self._make_hostports()
         self.pod_config = PodConfig(self._on_pods_changed, self._cleanup_orphans_soon)
         self.client: ApiClient | None = None
         if config.access is not None:
@@ -184,13 +171,44 @@ class Kubelet:
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
-        self.server = KubeletServer(self, config.listen, config.serving)
+        self.server = self._make_server()
         # The kubelet's loops (sources, mirror, heartbeat, resync) are guarded: one that
         # dies is logged and restarted with back-off; one-off jobs are held until done.
         self.tasks = TaskGroup("kubelet")
         self._started = False
         self._warned_no_cluster_dns = False
         self._log = log.bind(node=node)
+
+    # --- what the node runs on (a hollow node, hollow.py, runs on stand-ins) ----------------
+
+    def _make_runtime(self) -> ContainerRuntime:
+        config = self.config
+        return DockerRuntime(
+            config.node_name, self.cache, concurrency=config.docker_concurrency, base_url=config.docker_host
+        )
+
+    def _make_probes(self) -> ProbeManager:
+        return ProbeManager(self.runtime, self._poke)
+
+    def _make_network(self, with_api_server: bool) -> PodNetwork | None:
+        config = self.config
+        if config.network_plugin != "kubenet":
+            return None
+        return PodNetwork(
+            config.node_name,
+            config.pod_cidr or (None if with_api_server else DEFAULT_POD_CIDR),
+            config.pod_bridge,
+            config.network_state_dir,
+            config.non_masquerade_cidr,
+        )
+
+    def _make_hostports(self) -> HostPortManager | None:
+        if self.network is None:
+            return None
+        return HostPortManager(self.config.node_name, self.config.node_ip, self.config.pod_bridge)
+
+    def _make_server(self) -> KubeletServer:
+        return KubeletServer(self, self.config.listen, self.config.serving)
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ from .podactions import (
 from .podnetwork import PodNetwork, PodNetworkError
 from .probes import ProbeManager
 from .resolvconf import DNS_CLUSTER_FIRST, DNS_DEFAULT, PodDns, dns_policy
-from .runtime import DockerRuntime, ImageMissingError, RuntimeCallError, call_priority
+from .runtime import ContainerRuntime, ImageMissingError, RuntimeCallError, call_priority
 from .status import (
     CREATE_CONTAINER_CONFIG_ERROR,
     CREATE_CONTAINER_ERROR,
@@ -115,7 +115,7 @@ class NodeContext:
     node: str
     node_ip: str
     pause_image: str
-    runtime: DockerRuntime
+    runtime: ContainerRuntime
     cache: ContainerCache
     volumes: VolumeManager
     probes: ProbeManager

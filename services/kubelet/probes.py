@@ -17,7 +17,7 @@ from kybernetes.v1 import pod_pb2
 from services.common.log import get_logger
 
 from .containers import ContainerInfo
-from .runtime import DockerRuntime
+from .runtime import ContainerRuntime
 
 LIVENESS = "liveness"
 READINESS = "readiness"
@@ -111,7 +111,7 @@ class _ProbeWorker:
 
 
 class ProbeManager:
-    def __init__(self, runtime: DockerRuntime, on_change: Callable[[str], None]) -> None:
+    def __init__(self, runtime: ContainerRuntime, on_change: Callable[[str], None]) -> None:
         self.runtime = runtime
         self._on_change = on_change
         self._workers: dict[tuple[str, str], _ProbeWorker] = {}

@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -53,6 +53,45 @@ class ImageMissingError(Exception):
 
 class RuntimeCallError(Exception):
     """Docker refused a call; the message is Docker's explanation."""
+
+
+class ContainerRuntime(Protocol):
+    """What the kubelet needs of a container runtime: DockerRuntime, or a hollow node's
+    FakeRuntime (fakeruntime.py). Each records what it learns and does in `cache`."""
+
+    node: str
+    cache: ContainerCache
+    version: str
+
+    async def connect(self) -> None: ...
+
+    def start_events(self, on_reconnected: Callable[[], None] | None = None) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None: ...
+
+    async def list_all(self) -> list[ContainerInfo]: ...
+
+    async def image_user(self, image: str) -> str: ...
+
+    async def pod_uids_on_host(self) -> set[str]: ...
+
+    async def resync(self) -> None: ...
+
+    async def create(self, request: CreateRequest) -> ContainerInfo: ...
+
+    async def start(self, info: ContainerInfo) -> ContainerInfo: ...
+
+    async def stop(self, info: ContainerInfo, grace_seconds: float) -> None: ...
+
+    async def remove(self, info: ContainerInfo) -> None: ...
+
+    async def exec(self, container_id: str, command: list[str], timeout: float) -> tuple[int, bytes]: ...
+
+    def logs(
+        self, container_id: str, *, follow: bool, tail_lines: int, timestamps: bool
+    ) -> AsyncIterator[bytes]: ...
 
 
 def _explain(error: APIError) -> str:
