@@ -1,15 +1,33 @@
-"""Tables as `kubectl get` prints them: columns per kind, ages, pod status."""
+"""Tables as `kubectl get` prints them: kubecfg's columns per kind. What a cell shows (ages, pod
+status, ports...) is services/common/printing.py's, shared with the API server's REST Tables."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import Any, Callable
 
 from kybernetes.v1 import endpoints_pb2, namespace_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
 
+# (`x as x`: re-exported, kubecfg's commands and describe take them from here)
+from services.common.printing import (
+    NONE,
+    age,
+    binding_subjects,
+    created_at,
+    desired_replicas,
+    format_endpoints,
+    format_labels,
+    human_duration as human_duration,
+    node_address,
+    node_roles,
+    node_status,
+    pod_summary,
+    service_ports,
+    timestamp_set as timestamp_set,
+    to_datetime as to_datetime,
+    utc_now as utc_now,
+)
 from services.common.resources import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
@@ -26,120 +44,6 @@ from services.common.resources import (
 )
 
 from .tabwriter import column_widths, pad_row
-
-NONE = "<none>"
-NODE_ROLE_PREFIX = "node-role.kubernetes.io/"
-MAX_ENDPOINTS_SHOWN = 3
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's duration.HumanDuration: "45s", "5m30s", "3h5m", "2d3h", "3y"."""
-    total = int(seconds)
-    if total < -1:
-        return "<invalid>"
-    if total < 0:
-        return "0s"
-    if total < 120:
-        return f"{total}s"
-    minutes = total // 60
-    if minutes < 10:
-        rest = total % 60
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
-    if minutes < 60 * 3:
-        return f"{minutes}m"
-    hours = total // 3600
-    if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h{rest}m" if rest else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        rest = hours % 24
-        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        days = (hours // 24) % 365
-        return f"{hours // 24 // 365}y{days}d" if days else f"{hours // 24 // 365}y"
-    return f"{hours // 24 // 365}y"
-
-
-def timestamp_set(ts: Timestamp) -> bool:
-    return ts.seconds != 0 or ts.nanos != 0
-
-
-def to_datetime(ts: Timestamp) -> dt.datetime:
-    return ts.ToDatetime(tzinfo=dt.timezone.utc)
-
-
-def age(ts: Timestamp, now: dt.datetime) -> str:
-    """Time since ts as kubectl's AGE column shows it; <unknown> when unset."""
-    if not timestamp_set(ts):
-        return "<unknown>"
-    return human_duration((now - to_datetime(ts)).total_seconds())
-
-
-def format_labels(labels: Mapping[str, str]) -> str:
-    """kubectl's labels.FormatLabels: sorted k=v pairs, <none> when empty."""
-    if not labels:
-        return NONE
-    return ",".join(f"{key}={labels[key]}" for key in sorted(labels))
-
-
-# --- pods --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PodSummary:
-    ready: str  # "1/2"
-    status: str  # "Running", "CrashLoopBackOff", "Terminating"...
-    restarts: str  # "3" or "3 (5m ago)"
-
-
-def _has_ready_condition(pod: pod_pb2.Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
-
-
-def pod_summary(pod: pod_pb2.Pod, now: dt.datetime) -> PodSummary:
-    """READY, STATUS and RESTARTS, computed as kubectl's printPod does."""
-    reason = pod.status.reason or pod.status.phase or "Pending"
-    restarts = 0
-    ready = 0
-    last_restart: dt.datetime | None = None
-    has_running = False
-    for status in reversed(pod.status.container_statuses):
-        restarts += status.restart_count
-        finished = status.last_state.terminated.finished_at
-        if status.last_state.HasField("terminated") and timestamp_set(finished):
-            when = to_datetime(finished)
-            if last_restart is None or when > last_restart:
-                last_restart = when
-        state = status.state
-        if state.HasField("waiting") and state.waiting.reason:
-            reason = state.waiting.reason
-        elif state.HasField("terminated") and state.terminated.reason:
-            reason = state.terminated.reason
-        elif state.HasField("terminated"):
-            if state.terminated.signal:
-                reason = f"Signal:{state.terminated.signal}"
-            else:
-                reason = f"ExitCode:{state.terminated.exit_code}"
-        elif status.ready and state.HasField("running"):
-            has_running = True
-            ready += 1
-    if reason == "Completed" and has_running:
-        reason = "Running" if _has_ready_condition(pod) else "NotReady"
-    if timestamp_set(pod.metadata.deletion_timestamp):
-        reason = "Unknown" if pod.status.reason == "NodeLost" else "Terminating"
-    restarts_text = str(restarts)
-    if restarts and last_restart is not None:
-        restarts_text += f" ({human_duration((now - last_restart).total_seconds())} ago)"
-    return PodSummary(ready=f"{ready}/{len(pod.spec.containers)}", status=reason, restarts=restarts_text)
-
 
 # --- per-kind columns --------------------------------------------------------
 
@@ -160,17 +64,6 @@ def _pod_row(pod: pod_pb2.Pod, now: dt.datetime) -> tuple[list[str], list[str]]:
     )
 
 
-def service_ports(service: service_pb2.Service) -> str:
-    ports = []
-    for port in service.spec.ports:
-        protocol = port.protocol or "TCP"
-        if port.node_port:
-            ports.append(f"{port.port}:{port.node_port}/{protocol}")
-        else:
-            ports.append(f"{port.port}/{protocol}")
-    return ",".join(ports) or NONE
-
-
 def _service_row(service: service_pb2.Service, now: dt.datetime) -> tuple[list[str], list[str]]:
     return (
         [
@@ -182,11 +75,6 @@ def _service_row(service: service_pb2.Service, now: dt.datetime) -> tuple[list[s
         ],
         [],
     )
-
-
-def desired_replicas(rc: replication_controller_pb2.ReplicationController) -> int:
-    """spec.replicas, which defaults to 1 when unset."""
-    return rc.spec.replicas if rc.spec.HasField("replicas") else 1
 
 
 def _rc_row(rc: replication_controller_pb2.ReplicationController, now: dt.datetime) -> tuple[list[str], list[str]]:
@@ -206,31 +94,6 @@ def _rc_row(rc: replication_controller_pb2.ReplicationController, now: dt.dateti
     )
 
 
-def node_status(node: node_pb2.Node) -> str:
-    """Ready / NotReady / Unknown, plus SchedulingDisabled when cordoned."""
-    ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
-    if ready is None:
-        status = "Unknown"
-    elif ready.status == "True":
-        status = "Ready"
-    elif ready.status == "False":
-        status = "NotReady"
-    else:
-        status = "Unknown"
-    if node.spec.unschedulable:
-        status += ",SchedulingDisabled"
-    return status
-
-
-def node_roles(node: node_pb2.Node) -> str:
-    roles = sorted(key[len(NODE_ROLE_PREFIX) :] for key in node.metadata.labels if key.startswith(NODE_ROLE_PREFIX))
-    return ",".join(role for role in roles if role) or NONE
-
-
-def node_address(node: node_pb2.Node, address_type: str) -> str:
-    return next((a.address for a in node.status.addresses if a.type == address_type), "")
-
-
 def _node_row(node: node_pb2.Node, now: dt.datetime) -> tuple[list[str], list[str]]:
     info = node.status.node_info
     return (
@@ -245,21 +108,6 @@ def _node_row(node: node_pb2.Node, now: dt.datetime) -> tuple[list[str], list[st
     )
 
 
-def format_endpoints(endpoints: endpoints_pb2.Endpoints, limit: int = MAX_ENDPOINTS_SHOWN) -> str:
-    """Ready ip:port pairs, the first few and "+ N more..." as kubectl shows them."""
-    pairs = []
-    for subset in endpoints.subsets:
-        ports: list[int | None] = [p.port for p in subset.ports] or [None]
-        for port in ports:
-            for address in subset.addresses:
-                pairs.append(address.ip if port is None else f"{address.ip}:{port}")
-    if not pairs:
-        return NONE
-    if len(pairs) > limit:
-        return ",".join(pairs[:limit]) + f" + {len(pairs) - limit} more..."
-    return ",".join(pairs)
-
-
 def _endpoints_row(endpoints: endpoints_pb2.Endpoints, now: dt.datetime) -> tuple[list[str], list[str]]:
     return [format_endpoints(endpoints), age(endpoints.metadata.creation_timestamp, now)], []
 
@@ -268,29 +116,8 @@ def _namespace_row(ns: namespace_pb2.Namespace, now: dt.datetime) -> tuple[list[
     return [ns.status.phase, age(ns.metadata.creation_timestamp, now)], []
 
 
-def created_at(ts: Timestamp) -> str:
-    """RFC 3339 in UTC, as the server's default table prints "Created At" (roles have no
-    printer of their own in Kubernetes, so kubectl shows NAME and CREATED AT)."""
-    if not timestamp_set(ts):
-        return "<unknown>"
-    return to_datetime(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _role_row(role: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
     return [created_at(role.metadata.creation_timestamp)], []
-
-
-def binding_subjects(subjects: Any) -> tuple[list[str], list[str], list[str]]:
-    """Users, groups and service accounts ("namespace/name"), as Kubernetes' SubjectsStrings."""
-    users, groups, service_accounts = [], [], []
-    for subject in subjects:
-        if subject.kind == "ServiceAccount":
-            service_accounts.append(f"{subject.namespace}/{subject.name}")
-        elif subject.kind == "User":
-            users.append(subject.name)
-        elif subject.kind == "Group":
-            groups.append(subject.name)
-    return users, groups, service_accounts
 
 
 def _binding_row(binding: Any, now: dt.datetime) -> tuple[list[str], list[str]]:

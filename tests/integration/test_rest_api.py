@@ -60,7 +60,7 @@ def namespace(admin_kubeconfig: Path) -> Iterator[str]:
     # Not `kubectl create namespace`: kubectl's typed generators send Kubernetes' protobuf, which this
     # server does not read yet (415); manifests go as JSON.
     manifest = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    kubectl(admin_kubeconfig, "create", "--validate=false", "-f", "-", input=manifest)
+    kubectl(admin_kubeconfig, "create", "-f", "-", input=manifest)
     yield name
     kubectl(admin_kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
 
@@ -135,9 +135,7 @@ def test_kubectl_create_get_delete_pod(admin_kubeconfig: Path, namespace: str, t
     manifest = pod_manifest(name, namespace)
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    # OpenAPI is a later milestone: kubectl's client-side validation needs it (it answers "failed to
-    # download openapi" without), so it is turned off, and kubectl then sends fieldValidation=Ignore.
-    created = kubectl(admin_kubeconfig, "create", "--validate=false", "-f", str(path))
+    created = kubectl(admin_kubeconfig, "create", "-f", str(path))  # validated on the server (Strict)
     assert f"pod/{name} created" in created.stdout
 
     got = json.loads(kubectl(admin_kubeconfig, "get", "pod", name, "-n", namespace, "-o", "json").stdout)
@@ -164,7 +162,7 @@ def test_kubectl_get_nodes(admin_kubeconfig: Path, tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node,
                                                                                        "labels": {"disk": "ssd"}}}))
-    kubectl(admin_kubeconfig, "create", "--validate=false", "-f", str(path))
+    kubectl(admin_kubeconfig, "create", "-f", str(path))
     try:
         result = kubectl(admin_kubeconfig, "get", "nodes")
         assert node in result.stdout
@@ -180,7 +178,7 @@ def test_kubectl_invalid_pod_names_the_field(admin_kubeconfig: Path, namespace: 
     del manifest["spec"]["containers"][0]["image"]
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    result = kubectl(admin_kubeconfig, "create", "--validate=false", "-f", str(path), check=False)
+    result = kubectl(admin_kubeconfig, "create", "-f", str(path), check=False)
     assert result.returncode != 0
     assert "is invalid" in result.stderr and "spec.containers[0].image" in result.stderr, result.stderr
 
@@ -283,7 +281,7 @@ def test_python_client_lists_and_watches(admin_kubeconfig: Path, namespace: str,
 
 def test_kubectl_apply_creates_then_is_unchanged(admin_kubeconfig: Path, namespace: str, tmp_path: Path) -> None:
     """Client-side apply of objects that do not exist yet: a create with kubectl's last-applied
-    annotation; again, nothing to patch (PATCH itself is a later milestone)."""
+    annotation; again, nothing to patch (a changed object: test_rest_patch.py)."""
     documents = [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": namespace},
          "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
@@ -294,9 +292,9 @@ def test_kubectl_apply_creates_then_is_unchanged(admin_kubeconfig: Path, namespa
     ]
     path = tmp_path / "web.yaml"
     path.write_text(yaml.safe_dump_all(documents))
-    first = kubectl(admin_kubeconfig, "apply", "--validate=false", "-f", str(path)).stdout
+    first = kubectl(admin_kubeconfig, "apply", "-f", str(path)).stdout
     assert "service/web created" in first and "replicationcontroller/web created" in first
-    again = kubectl(admin_kubeconfig, "apply", "--validate=false", "-f", str(path)).stdout
+    again = kubectl(admin_kubeconfig, "apply", "-f", str(path)).stdout
     assert "service/web unchanged" in again and "replicationcontroller/web unchanged" in again
     service = json.loads(kubectl(admin_kubeconfig, "get", "svc", "web", "-n", namespace, "-o", "json").stdout)
     assert service["spec"]["ports"][0]["targetPort"] == 8080 and service["spec"]["clusterIP"]

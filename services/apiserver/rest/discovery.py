@@ -20,11 +20,13 @@ from .routes import GroupVersion, group_version
 KUBERNETES_MAJOR, KUBERNETES_MINOR = "1", "37"
 GIT_VERSION = f"v{KUBERNETES_MAJOR}.{KUBERNETES_MINOR}.0+kybernetes"
 
-# The verbs every kind's REST resource serves in this milestone (no patch, no deletecollection yet).
-RESOURCE_VERBS = ["create", "delete", "get", "list", "update", "watch"]
-# What a subresource is and takes: its verbs and the kind of its request body.
-SUBRESOURCE_VERBS = {"status": ["get", "update"], "binding": ["create"]}
-SUBRESOURCE_KIND = {"binding": "Binding"}
+# The verbs every kind's REST resource serves (no deletecollection yet).
+RESOURCE_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+# What a subresource is and takes: its verbs and the kind of its request body (with its group
+# and version when not the resource's own: autoscaling/v1 Scale).
+SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "binding": ["create"], "scale": ["get", "patch", "update"]}
+SUBRESOURCE_KIND = {"binding": "Binding", "scale": "Scale"}
+SUBRESOURCE_GROUP_VERSION = {"scale": ("autoscaling", "v1")}
 # Kubernetes' categories: `kubectl get all` lists the resources in "all".
 CATEGORIES = {"pods": ["all"], "services": ["all"], "replicationcontrollers": ["all"]}
 
@@ -76,13 +78,16 @@ def api_resource_list(gv: GroupVersion, subresources: Mapping[str, list[str]]) -
     for kind in gv.kinds:
         resources.append(_resource(kind))
         for sub in subresources.get(kind.name, []):
-            resources.append({
+            entry = {
                 "name": f"{kind.plural}/{sub}",
                 "singularName": "",
                 "namespaced": kind.namespaced,
                 "kind": SUBRESOURCE_KIND.get(sub, kind.name),
                 "verbs": SUBRESOURCE_VERBS.get(sub, ["get"]),
-            })
+            }
+            if sub in SUBRESOURCE_GROUP_VERSION:
+                entry["group"], entry["version"] = SUBRESOURCE_GROUP_VERSION[sub]
+            resources.append(entry)
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv.name, "resources": resources}
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import grpc
 from aiohttp import web
 from google.protobuf import descriptor_pool, message_factory
 
@@ -39,7 +40,10 @@ from ..registry import Registry, off_loop
 from ..server import MAX_REQUEST_BYTES, POLICY_KINDS, POLICY_SETTLE_TIMEOUT
 from . import discovery
 from .jsonconv import JsonDecodeError, json_to_message, list_to_json, object_to_json
+from .openapi import OpenApi
+from .patch import PATCH_TYPES, PatchError, apply_patch, sets_resource_version
 from .routes import PathError, ResourcePath, Router
+from .scale import read_scale, scalable, scale_of
 from .status import (
     StatusError,
     bad_request,
@@ -50,18 +54,23 @@ from .status import (
     too_large,
     unauthorized,
 )
+from .table import include_object, list_table, table, wants_table
 from .watch import serve_watch
 
 log = get_logger()
 
 # Paths anyone may read, as Kubernetes' system:public-info-viewer allows.
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/livez", "/readyz"})
-# OpenAPI is a later milestone: 404, so that kubectl skips client-side schema validation.
+# OpenAPI: v3 without schemas (openapi.py), v2 404. kubectl validates on the server then, and
+# client-side apply computes its strategic merge patch from its compiled-in types (patch.py's keys).
 OPENAPI_PREFIX = "/openapi/"
 # What a log line quotes of a client's path (a line stays a line).
 MAX_LOGGED_PATH = 256
 _TRUE = ("true", "1")
 _FIELD_VALIDATION = ("", "Strict", "Warn", "Ignore")
+_JSON_TYPES = ("application/json", "application/octet-stream", "")
+# Kubernetes' patcher tries a patch again this many times when the object changed under it.
+PATCH_ATTEMPTS = 5
 
 
 def _json(document: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -157,11 +166,16 @@ class RestServer:
         self.serving = serving
         self.log_requests = log_requests
         self.router = Router(registry.kind for registry in registries.values())
+        self.openapi = OpenApi(self.router.versions)
         # Subresources by kind name and subresource name ("Pod" -> "status" -> its REST handler).
         self.subresources = {
             name: {sub.name: sub for sub in registry.subresources.values()} for name, registry in registries.items()
         }
-        self._discovery_subresources = {name: sorted(subs) for name, subs in self.subresources.items()}
+        # Scale is the REST API's own (no gRPC method): served for every kind with spec.replicas.
+        self._discovery_subresources = {
+            name: sorted([*subs, *(["scale"] if scalable(registries[name].kind) else [])])
+            for name, subs in self.subresources.items()
+        }
         self._runner: web.AppRunner | None = None
         self._watches: set[asyncio.Task] = set()
         self._stopping = False
@@ -249,7 +263,12 @@ class RestServer:
     async def _serve(self, request: web.Request, user: UserInfo) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         if path.startswith(OPENAPI_PREFIX) or path == "/openapi":
-            raise not_found_path(path)
+            spec = self.openapi.get(path)
+            if spec is None:  # v2 (kubectl falls back from it) and anything else
+                raise not_found_path(path)
+            if request.method != "GET":
+                raise method_not_allowed(request.method, path)
+            return _json(spec)
         document = self._discovery(path)
         if document is not None:
             if request.method != "GET":
@@ -310,6 +329,8 @@ class RestServer:
             if reason:  # as the gRPC API: else a list in "Bad_Name" would answer an empty list, as if it existed
                 raise bad_request(f"namespace: {show_value(namespace)}: {reason}")
         subresource = None
+        if target.subresource == "scale" and target.name and scalable(kind):
+            return await self._scale(request, user, target, registry)
         if target.subresource:
             subresource = self.subresources[kind.name].get(target.subresource)
             if subresource is None:
@@ -320,12 +341,15 @@ class RestServer:
                 self._authorize(user, verb, target, namespace, query)
                 if verb == "watch":
                     return await self._watch(request, kind, registry, namespace)
-                return await self._list(kind, registry, namespace, query)
+                as_table = wants_table(request.headers.get("Accept", ""))
+                return await self._list(kind, registry, namespace, query, as_table)
             if subresource is not None and target.subresource != "status":
                 raise method_not_allowed(method, request.path)
             self._authorize(user, "get", target, namespace, query)
             obj = await self._call(target, lambda: registry.get(meta_pb2.GetRequest(namespace=namespace,
                                                                                    name=target.name)))
+            if target.subresource == "" and wants_table(request.headers.get("Accept", "")):
+                return _json(table(kind, [obj], include_object(query)))
             return await _object_response(kind, obj)
         if method == "POST":
             if subresource is not None and target.subresource != "status":  # binding
@@ -361,8 +385,100 @@ class RestServer:
             await self._settle(kind, registry, obj)
             return await _object_response(kind, obj)
         if method == "PATCH":
-            raise StatusError(405, "MethodNotAllowed", "PATCH is not supported by this server yet (a later milestone)")
+            if not target.name or (subresource is not None and target.subresource != "status"):
+                raise method_not_allowed(method, request.path)
+            self._authorize(user, "patch", target, namespace, query)
+            write = subresource.handle if subresource is not None else registry.update
+            obj, headers = await self._patch(request, target, registry, write)
+            await self._settle(kind, registry, obj)
+            return await _object_response(kind, obj, 200, headers)
         raise method_not_allowed(method, request.path)
+
+    async def _patch(
+        self, request: web.Request, target: ResourcePath, registry: Registry, write: Callable[[Any], Any]
+    ) -> tuple[Any, dict[str, str]]:
+        """PATCH as Kubernetes' patcher: the patch applied to the stored object's JSON, the result
+        decoded as strictly as a PUT body, then written with the stored resourceVersion as its
+        precondition; when the object changed meanwhile, again on the new one (unless the patch
+        named a resourceVersion itself). Nothing is stored on any error."""
+        content_type = request.content_type
+        validation = _field_validation(request)
+        patch = await self._read_body(request, PATCH_TYPES)
+        pinned = sets_resource_version(content_type, patch)
+        kind = target.kind
+        get = meta_pb2.GetRequest(namespace=target.namespace, name=target.name)
+        for attempt in range(PATCH_ATTEMPTS):
+            current = await self._call(target, lambda: registry.get(get))
+            size = current.ByteSize()
+
+            def patch_current(current: Any = current) -> Any:
+                return apply_patch(content_type, object_to_json(kind, current), patch, kind.message.DESCRIPTOR)
+
+            try:
+                patched = await off_loop(size, patch_current)  # a big object in the big-object thread
+            except PatchError as error:
+                if error.code == 422:
+                    raise StatusError(422, "Invalid", str(error), {"name": target.name, "kind": kind.plural}) from None
+                raise bad_request(str(error)) from None
+            obj, headers = await self._decode_document(patched, kind.message, target, validation, size)
+            if not pinned:  # the version read is the precondition, whatever the patch did to it
+                obj.metadata.resource_version = current.metadata.resource_version
+            try:
+                return await write(obj), headers
+            except ApiError as error:
+                if error.code is grpc.StatusCode.ABORTED and not pinned and attempt + 1 < PATCH_ATTEMPTS:
+                    continue  # the object changed since it was read: patch the new one
+                raise from_api_error(error, kind=kind.name, name=target.name, write=True) from None
+        raise AssertionError("unreachable")
+
+    async def _scale(
+        self, request: web.Request, user: UserInfo, target: ResourcePath, registry: Registry
+    ) -> web.StreamResponse:
+        """GET, PUT and PATCH of {kind}/{name}/scale (autoscaling/v1 Scale), as PATCH above:
+        retried on conflict unless the client named the resourceVersion."""
+        method, query = request.method, request.query
+        get = meta_pb2.GetRequest(namespace=target.namespace, name=target.name)
+        if method == "GET":
+            self._authorize(user, "get", target, target.namespace, query)
+            return _json(scale_of(await self._call(target, lambda: registry.get(get))))
+        if method not in ("PUT", "PATCH"):
+            raise method_not_allowed(method, request.path)
+        self._authorize(user, "update" if method == "PUT" else "patch", target, target.namespace, query)
+        content_type = request.content_type
+        body = await self._read_body(request, _JSON_TYPES if method == "PUT" else PATCH_TYPES)
+        pinned = method == "PATCH" and sets_resource_version(content_type, body)
+        for attempt in range(PATCH_ATTEMPTS):
+            current = await self._call(target, lambda: registry.get(get))
+            document = body
+            if method == "PATCH":
+                try:
+                    document = apply_patch(content_type, scale_of(current), body, None)
+                except PatchError as error:
+                    raise StatusError(error.code if error.code != 415 else 400,
+                                      "Invalid" if error.code == 422 else "BadRequest", str(error)) from None
+            try:
+                replicas, version = read_scale(document)
+            except JsonDecodeError as error:
+                if error.path == "spec.replicas" and error.reason.startswith("Invalid value"):
+                    raise StatusError(422, "Invalid", f'Scale.autoscaling "{target.name}" is invalid: {error}',
+                                      {"name": target.name, "kind": "Scale", "causes": [
+                                          {"reason": "FieldValueInvalid", "message": error.reason,
+                                           "field": error.path}]}) from None
+                raise bad_request(f"Scale: {error}") from None
+            if version and method == "PUT":
+                pinned = True
+            updated = type(current)()
+            updated.CopyFrom(current)
+            updated.spec.replicas = replicas
+            updated.metadata.resource_version = version if pinned and version else current.metadata.resource_version
+            try:
+                obj = await registry.update(updated)
+            except ApiError as error:
+                if error.code is grpc.StatusCode.ABORTED and not pinned and attempt + 1 < PATCH_ATTEMPTS:
+                    continue
+                raise from_api_error(error, kind=target.kind.name, name=target.name, write=True) from None
+            return _json(scale_of(obj))
+        raise AssertionError("unreachable")
 
     async def _call(self, target: ResourcePath, work: Callable[[], Any], *, write: bool = False) -> Any:
         try:
@@ -378,9 +494,10 @@ class RestServer:
                 log.warning("policy_cache_lagging", kind=kind.name, revision=obj.metadata.resource_version)
 
     async def _list(
-        self, kind: Kind, registry: Registry, namespace: str, query: Mapping[str, str]
+        self, kind: Kind, registry: Registry, namespace: str, query: Mapping[str, str], as_table: bool = False
     ) -> web.StreamResponse:
         limit = _int_query(query, "limit") or 0
+        include = include_object(query) if as_table else ""
         # resourceVersion: any value is satisfied by a consistent read at the latest revision
         # (Kubernetes' "not older than"); it is only checked to be one.
         _int_query(query, "resourceVersion")
@@ -398,7 +515,8 @@ class RestServer:
 
         def render() -> bytes:
             listed = kind.list_message.FromString(data)
-            return json.dumps(list_to_json(kind, listed), separators=(",", ":")).encode()
+            document = list_table(kind, listed, include) if as_table else list_to_json(kind, listed)
+            return json.dumps(document, separators=(",", ":")).encode()
 
         body = await off_loop(len(data), render)
         return web.Response(body=body, content_type="application/json")
@@ -415,14 +533,14 @@ class RestServer:
             if task is not None:
                 self._watches.discard(task)
 
-    async def _read_body(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request, accepted: tuple[str, ...] = _JSON_TYPES) -> Any:
         if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
             raise too_large(request.content_length, MAX_REQUEST_BYTES)  # before reading any of it
         content_type = request.content_type
-        if content_type not in ("application/json", "application/octet-stream", ""):
+        if content_type not in accepted:
             raise StatusError(415, "UnsupportedMediaType",
                               f"the body of the request was in an unknown format ({content_type[:64]}): "
-                              "this server accepts application/json")
+                              f"this server accepts {', '.join(t for t in accepted if t)}")
         try:
             data = await request.read()
         except web.HTTPRequestEntityTooLarge:  # aiohttp stopped reading at client_max_size
@@ -437,10 +555,14 @@ class RestServer:
     ) -> tuple[Any, dict[str, str]]:
         """The request's object: strict unless fieldValidation=Ignore|Warn, its apiVersion and
         kind checked, its name and namespace matched with the URL's."""
-        validation = request.query.get("fieldValidation", "")
-        if validation not in _FIELD_VALIDATION:
-            raise bad_request(f"fieldValidation: invalid value {validation[:64]!r}: expected Strict, Warn or Ignore")
+        validation = _field_validation(request)
         document = await self._read_body(request)
+        return await self._decode_document(document, message_class, target, validation,
+                                           request.content_length or 0)
+
+    async def _decode_document(
+        self, document: Any, message_class: type[Any], target: ResourcePath, validation: str, size: int
+    ) -> tuple[Any, dict[str, str]]:
         if not isinstance(document, dict):
             raise bad_request("the body must be a JSON object")
         expected_kind = message_class.DESCRIPTOR.name
@@ -454,7 +576,7 @@ class RestServer:
                               f"kind ({expected_kind})")
         try:
             strict = validation in ("", "Strict")
-            obj, unknown = await off_loop(request.content_length or 0, json_to_message, message_class, document, strict)
+            obj, unknown = await off_loop(size, json_to_message, message_class, document, strict)
         except JsonDecodeError as error:
             if error.reason == "unknown field":
                 raise bad_request(f'strict decoding error: unknown field "{error.path}"') from None
@@ -523,6 +645,13 @@ class RestServer:
                 raise bad_request("preconditions.resourceVersion: not a resource version")
             delete.resource_version = int(version)
         return delete
+
+
+def _field_validation(request: web.Request) -> str:
+    validation = request.query.get("fieldValidation", "")
+    if validation not in _FIELD_VALIDATION:
+        raise bad_request(f"fieldValidation: invalid value {validation[:64]!r}: expected Strict, Warn or Ignore")
+    return validation
 
 
 def _rpc_input(kind: Kind, rpc: str) -> type[Any]:

@@ -30,8 +30,9 @@ from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
 from ..errors import ApiError
 from ..registry import Registry, off_loop
 from ..watchcache import BOOKMARK
-from .jsonconv import event_to_json
+from .jsonconv import event_to_json, object_to_json
 from .status import bad_request, from_api_error
+from .table import include_object, table, wants_table
 
 log = get_logger()
 
@@ -117,6 +118,28 @@ def _encode(kind: Kind, data: bytes, bookmarks: bool, initial_end: bool) -> tupl
     return json.dumps(event_to_json(kind, event), separators=(",", ":")).encode() + b"\n", True
 
 
+class _TableEvents:
+    """One watcher's events as Tables of one row (`kubectl get -w`): the column definitions in
+    the first, as Kubernetes sends them; bookmarks as they are."""
+
+    def __init__(self, kind: Kind, include: str, bookmarks: bool, initial_end: bool) -> None:
+        self.kind = kind
+        self.include = include
+        self.bookmarks = bookmarks
+        self.initial_end = initial_end
+        self.first = True
+
+    def encode(self, data: bytes) -> bytes | None:
+        event: Any = self.kind.event_message.FromString(data)
+        if event.type == BOOKMARK:
+            return _encode(self.kind, data, self.bookmarks, self.initial_end)[0]
+        if event.type not in ("ADDED", "MODIFIED", "DELETED"):
+            return json.dumps({"type": event.type, "object": object_to_json(self.kind, event.object)}).encode() + b"\n"
+        document = table(self.kind, [event.object], self.include, definitions=self.first)
+        self.first = False
+        return json.dumps({"type": event.type, "object": document}, separators=(",", ":")).encode() + b"\n"
+
+
 async def serve_watch(
     request: web.Request, kind: Kind, registry: Registry, namespace: str, stopping: Callable[[], bool]
 ) -> web.StreamResponse:
@@ -124,6 +147,8 @@ async def serve_watch(
     server stops (it cancels the watch, and `stopping()` is then true)."""
     options, bookmarks, initial_end = watch_options(namespace, request.query)
     timeout = timeout_of(request.query)
+    tables = (_TableEvents(kind, include_object(request.query), bookmarks, initial_end)
+              if wants_table(request.headers.get("Accept", "")) else None)
     # Selectors are checked here, before the response starts: a bad one is a 400 Status.
     events = registry.watch(options)
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
@@ -134,6 +159,12 @@ async def serve_watch(
         async with contextlib.aclosing(events):  # type: ignore[type-var]
             async with asyncio.timeout(timeout):
                 async for data in events:
+                    if tables is not None:  # per watcher (its first event differs): not shared
+                        line = await off_loop(len(data), tables.encode, data)
+                        if line is not None:
+                            await response.write(line)
+                            sent += 1
+                        continue
                     line = _shared.get(kind, data)
                     if line is None:
                         # A big object's event is turned into JSON in the big-object thread.
