@@ -96,6 +96,7 @@ from .status import (
     ERR_IMAGE_NEVER_PULL,
     ContainerObservation,
     compute_pod_status,
+    container_id_uri,
 )
 from .volumes import VolumeError, VolumeManager
 
@@ -103,9 +104,8 @@ from .volumes import VolumeError, VolumeManager
 def reported_ready(pod: pod_pb2.Pod, container_id: str) -> bool:
     """Whether the pod's status, as last reported (by this kubelet before it restarted), had this
     very container ready."""
-    return any(
-        status.ready and status.container_id == f"docker://{container_id}" for status in pod.status.container_statuses
-    )
+    uri = container_id_uri(container_id)
+    return any(status.ready and status.container_id == uri for status in pod.status.container_statuses)
 
 
 @dataclass

@@ -39,6 +39,11 @@ CREATE_POD_SANDBOX_ERROR = "CreatePodSandboxError"
 # A pod on the pod network of a node that has no pod range yet (Kubernetes' NetworkNotReady).
 NETWORK_NOT_READY = "NetworkNotReady"
 
+def container_id_uri(docker_id: str) -> str:
+    """A container's ID as its status shows it (Kubernetes' <runtime>://<id>)."""
+    return f"docker://{docker_id}"
+
+
 RESTART_ALWAYS = "Always"
 RESTART_ON_FAILURE = "OnFailure"
 RESTART_NEVER = "Never"
@@ -91,7 +96,7 @@ def terminated_state(info: ContainerInfo) -> pod_pb2.ContainerStateTerminated:
         exit_code=info.exit_code if info.exit_code is not None else -1,
         reason=reason,
         message=info.error,
-        container_id=f"docker://{info.id}",
+        container_id=container_id_uri(info.id),
     )
     exit_code = info.exit_code or 0
     if exit_code > 128 and not info.failed_to_start:
@@ -129,7 +134,7 @@ def container_status(observation: ContainerObservation) -> pod_pb2.ContainerStat
         status.last_state.terminated.CopyFrom(terminated_state(last))
     if current is not None:
         status.restart_count = current.restart_count
-        status.container_id = f"docker://{current.id}"
+        status.container_id = container_id_uri(current.id)
         status.image_id = current.image_id
     elif previous is not None:
         status.restart_count = previous.restart_count
