@@ -81,6 +81,7 @@ join-token: venv
 
 bench: deps venv images
 	$(PY) -m bench.apiserver
+	$(PY) -m bench.rest
 	$(PY) -m bench.bigobjects
 	$(PY) -m bench.crossnode
 	$(PY) -m bench.chaos

@@ -201,6 +201,7 @@ class ClusterPKI:
     def apiserver_flags(self, *, token_file: Path | None = None, bootstrap_token_file: Path | None = None) -> list[str]:
         cert, key = self.pair("apiserver")
         etcd_cert, etcd_key = self.pair("apiserver-etcd-client")
+        kubelet_cert, kubelet_key = self.pair(APISERVER_KUBELET_CLIENT.stem)
         flags = [
             "--tls-cert-file",
             str(cert),
@@ -218,6 +219,10 @@ class ClusterPKI:
             str(self.ca_file),
             "--cluster-signing-key-file",
             str(self.pki / "ca.key"),
+            "--kubelet-client-certificate",
+            str(kubelet_cert),
+            "--kubelet-client-key",
+            str(kubelet_key),
         ]
         if token_file is not None:
             flags += ["--token-auth-file", str(token_file)]

@@ -275,3 +275,37 @@ def test_shared_watch_lines_are_bounded() -> None:
     assert shared.get(SERVICES, events[-1]) is None  # by kind too
     shared.put(PODS, b"big" * 200, b"y")  # more than a quarter of the limit: not kept
     assert shared.get(PODS, b"big" * 200) is None
+
+
+def _keys(value: Any) -> Any:
+    """A document's shape: its keys, nested, and its lists' lengths (not the leaves)."""
+    if isinstance(value, dict):
+        return {key: _keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_keys(item) for item in value]
+    return None
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=lambda kind: kind.name)
+def test_writer_emits_what_protobufs_json_mapping_does(kind: Kind) -> None:
+    """The descriptor-driven writer has the fields protobuf's own JSON mapping has, by the same
+    names, for an object with every field set (Kubernetes' output-only extras aside); leaves are
+    test_kubernetes_shapes' and the round trip's."""
+    from google.protobuf import json_format
+
+    from services.apiserver.rest.jsonconv import OUTPUT_ONLY_EXTRAS
+
+    obj = _full(kind)
+    ours = object_to_json(kind, obj)
+    theirs = json_format.MessageToDict(obj)
+
+    def without_extras(document: Any) -> Any:
+        if isinstance(document, dict):
+            extras = {key for names in OUTPUT_ONLY_EXTRAS.values() for key in names}
+            return {k: without_extras(v) for k, v in document.items() if k not in extras}
+        if isinstance(document, list):
+            return [without_extras(item) for item in document]
+        return document
+
+    assert _keys(without_extras(ours)) == _keys(theirs)
+    assert json.loads(json.dumps(ours)) == ours

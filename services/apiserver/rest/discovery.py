@@ -20,8 +20,10 @@ from .routes import GroupVersion, group_version
 KUBERNETES_MAJOR, KUBERNETES_MINOR = "1", "37"
 GIT_VERSION = f"v{KUBERNETES_MAJOR}.{KUBERNETES_MINOR}.0+kybernetes"
 
-# The verbs every kind's REST resource serves (no deletecollection yet).
-RESOURCE_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+# The verbs every kind's REST resource serves; deletecollection but where Kubernetes has none
+# (namespaces: one DELETE would end every namespace).
+RESOURCE_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+NO_DELETE_COLLECTION = frozenset({"namespaces"})
 # What a subresource is and takes: its verbs and the kind of its request body (with its group
 # and version when not the resource's own: autoscaling/v1 Scale).
 SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "binding": ["create"], "scale": ["get", "patch", "update"]}
@@ -97,7 +99,8 @@ def _resource(kind: Kind) -> dict[str, Any]:
         "singularName": kind.singular,
         "namespaced": kind.namespaced,
         "kind": kind.name,
-        "verbs": RESOURCE_VERBS,
+        "verbs": [verb for verb in RESOURCE_VERBS
+                  if verb != "deletecollection" or kind.plural not in NO_DELETE_COLLECTION],
     }
     if kind.short_names:
         resource["shortNames"] = list(kind.short_names)

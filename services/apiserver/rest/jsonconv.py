@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common.resources import Kind
 
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+TIMESTAMP_NAME = _TIMESTAMP  # an RFC 3339 string in Kubernetes' JSON
 
 # int64 fields Kubernetes' JSON carries as strings (metav1.ObjectMeta/ListMeta.resourceVersion).
 STRING_INT64 = frozenset({
@@ -147,39 +148,93 @@ def _zero(field: FieldDescriptor) -> Any:
     return ""
 
 
-def _fix_output(document: dict[str, Any], descriptor: Descriptor) -> None:
-    """MessageToDict's output made Kubernetes' (in place)."""
-    for field in descriptor.fields:
-        name = field.json_name
-        if name not in document:
-            if field.full_name in ALWAYS_WRITTEN:
-                document[name] = _zero(field)
-            continue
-        value = document[name]
-        if field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                value_type = field.message_type.fields_by_name["value"].message_type
-                if value_type is not None:
-                    for item in value.values():
-                        _fix_output(item, value_type)
-            elif field.message_type.full_name != _TIMESTAMP:
-                for item in value if field.is_repeated else [value]:
-                    _fix_output(item, field.message_type)
-        elif field.full_name in INT_OR_STRING:
-            document[name] = int(value) if value.isdigit() else value
-        elif field.type in _INT_RANGES and field.full_name not in STRING_INT64:
-            document[name] = [int(v) for v in value] if field.is_repeated else int(value)
-    extras = OUTPUT_ONLY_EXTRAS.get(descriptor.full_name)
-    if extras:
-        for key, default in extras.items():
+class _Writer:
+    """One message type's writer: for each field (by number) its JSON name and how a value is
+    written. Built once per type from the descriptor; writing walks only the fields that are
+    set (ListFields, in protobuf's C code), which is what MessageToDict emits too, at a third of
+    its cost (a List of 5,000 pods: bench/rest.py)."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.fields = {field.number: (field.json_name, _converter(field)) for field in descriptor.fields}
+        self.always = [(field.json_name, _zero(field)) for field in descriptor.fields
+                       if field.full_name in ALWAYS_WRITTEN]
+        self.extras = OUTPUT_ONLY_EXTRAS.get(descriptor.full_name, {})
+
+    def write(self, message: Message) -> dict[str, Any]:
+        fields = self.fields
+        document = {}
+        for field, value in message.ListFields():
+            name, convert = fields[field.number]
+            document[name] = convert(value)
+        for name, zero in self.always:
+            if name not in document:
+                document[name] = list(zero) if isinstance(zero, list) else zero
+        for key, default in self.extras.items():
             document.setdefault(key, default)
+        return document
+
+
+_WRITERS: dict[str, _Writer] = {}
+
+
+def _write(message: Message) -> dict[str, Any]:
+    descriptor = message.DESCRIPTOR
+    writer = _WRITERS.get(descriptor.full_name)
+    if writer is None:
+        writer = _WRITERS[descriptor.full_name] = _Writer(descriptor)  # type: ignore[arg-type]
+    return writer.write(message)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _int_or_string(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _timestamp(value: Timestamp) -> str:
+    return value.ToJsonString()
+
+
+def _bytes(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _single(field: FieldDescriptor) -> Any:
+    """How one value of field is written (an item of a list, a value of a map)."""
+    if field.message_type is not None:
+        return _timestamp if field.message_type.full_name == _TIMESTAMP else _write
+    if field.full_name in INT_OR_STRING:
+        return _int_or_string
+    if field.full_name in STRING_INT64:
+        return str
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _bytes
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
+        names = {value.number: value.name for value in field.enum_type.values}
+        return lambda number: names.get(number, number)
+    return _same  # strings, booleans, numbers (int64 a number, as Kubernetes writes it)
+
+
+def _converter(field: FieldDescriptor) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value = _single(field.message_type.fields_by_name["value"])
+        if value is _same:
+            return dict
+        return lambda entries: {key: value(item) for key, item in entries.items()}
+    single = _single(field)
+    if field.is_repeated:
+        if single is _same:
+            return list
+        return lambda items: [single(item) for item in items]
+    return single
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
     """Any message as Kubernetes' JSON (no apiVersion/kind added)."""
-    document = json_format.MessageToDict(message)
-    _fix_output(document, message.DESCRIPTOR)  # type: ignore[arg-type]
-    return document
+    return _write(message)
 
 
 def object_to_json(kind: Kind, obj: Message) -> dict[str, Any]:

@@ -6,8 +6,9 @@
   whose Go type declares `patchStrategy:"merge" patchMergeKey:"..."` are merged item by item
   on that key, lists of scalars declared `patchStrategy:"merge"` are merged as sets, every
   other list is replaced; `null` deletes a field; `$patch: replace|delete` (on a map or a list
-  item), `$retainKeys`, `$deleteFromPrimitiveList/<field>` and `$setElementOrder/<field>` are
-  understood. The merge keys of our types are in MERGE_KEYS, by protobuf field, in one place;
+  item), `$retainKeys`, `$deleteFromPrimitiveList/<field>` and `$setElementOrder/<field>` (a
+  merged list put in the order kubectl apply's manifest has, as Kubernetes' normalizeElementOrder)
+  are understood. The merge keys of our types are in MERGE_KEYS, by protobuf field, in one place;
   the walk follows the message descriptors, so a key names its field wherever it is nested.
 
 What the server does with the result (strict decoding, the registry's update with the stored
@@ -85,6 +86,17 @@ def _known_fields() -> tuple[dict[str, str], frozenset[str]]:
 
 
 _MERGE_KEYS, _MERGED_SCALARS = _known_fields()
+
+
+def merge_strategy(field: str) -> tuple[str, str] | None:
+    """A list field's strategic merge (its full protobuf name): (merge key or "" for a list
+    of scalars merged as a set, "merge"), None when a patch replaces it whole. What the
+    OpenAPI schemas say (openapi.py), so that kubectl's patches and this merge agree."""
+    if field in _MERGE_KEYS:
+        return _MERGE_KEYS[field], "merge"
+    if field in _MERGED_SCALARS:
+        return "", "merge"
+    return None
 
 
 class PatchError(ValueError):
@@ -175,7 +187,7 @@ def _merge_map(original: dict[str, Any], patch: dict[str, Any], descriptor: Desc
         if key in (_RETAIN_KEYS,):
             continue
         if key.startswith(_SET_ELEMENT_ORDER):
-            continue  # order hints: merged lists keep the stored order, new items after
+            continue  # applied below, once the list is merged
         if key.startswith(_DELETE_FROM_PRIMITIVE_LIST):
             name = key[len(_DELETE_FROM_PRIMITIVE_LIST):]
             if not isinstance(value, list):
@@ -196,6 +208,18 @@ def _merge_map(original: dict[str, Any], patch: dict[str, Any], descriptor: Desc
             result.pop(key, None)
         else:
             result[key] = merged
+    for key, order in patch.items():
+        if key.startswith(_SET_ELEMENT_ORDER):
+            name = key[len(_SET_ELEMENT_ORDER):]
+            field = fields.get(name)
+            if not isinstance(order, list):
+                raise PatchError(f"{path}.{key}: expected an array")
+            merged_list = result.get(name)
+            if field is not None and isinstance(merged_list, list) and (
+                    field.full_name in _MERGE_KEYS or field.full_name in _MERGED_SCALARS):
+                original_list = original.get(name)
+                result[name] = set_element_order(merged_list, order, _MERGE_KEYS.get(field.full_name),
+                                                 original_list if isinstance(original_list, list) else [])
     if retain is not None:
         if not isinstance(retain, list):
             raise PatchError(f"{_where(path)}: $retainKeys must be an array")
@@ -290,6 +314,43 @@ def _merge_keyed_list(original: list[Any], value: list[Any], key: str, item_type
         else:
             merged[found] = _merge_map(merged[found], body, item_type, where)
     return merged
+
+
+def set_element_order(merged: list[Any], order: list[Any], key: str | None, server: list[Any]) -> list[Any]:
+    """A merged list in the order `$setElementOrder/<field>` gives (Kubernetes'
+    normalizeElementOrder): the items it names in its order, the items only the server had
+    kept where they were among those; key None for a list of scalars. Pure."""
+
+    def ident(item: Any) -> Any:
+        return item.get(key) if key is not None and isinstance(item, dict) else item
+
+    wanted = [ident(item) for item in order]
+    server_ids = [ident(item) for item in server]
+
+    def position(ids: list[Any], item: Any) -> int:
+        return ids.index(ident(item)) if ident(item) in ids else -1
+
+    named = sorted((item for item in merged if ident(item) in wanted), key=lambda item: position(wanted, item))
+    server_only = [item for item in merged if ident(item) not in wanted]
+    server_only.sort(key=lambda item: (position(server_ids, item) < 0, position(server_ids, item)))
+    result: list[Any] = []
+    i = j = 0
+    while i < len(named) or j < len(server_only):
+        if j >= len(server_only):
+            result.append(named[i])
+            i += 1
+        elif i >= len(named):
+            result.append(server_only[j])
+            j += 1
+        else:
+            left, right = position(server_ids, named[i]), position(server_ids, server_only[j])
+            if left >= 0 and right >= 0 and left < right:  # both on the server: its order between them
+                result.append(named[i])
+                i += 1
+            else:
+                result.append(server_only[j])
+                j += 1
+    return result
 
 
 def _strip_directives(value: Any) -> Any:

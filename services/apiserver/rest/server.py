@@ -6,7 +6,9 @@ CA but optional here — one TLS port can do what grpcio cannot — or a bearer 
 same authorizer (Node, then RBAC) on the same RequestAttributes, the caller set for
 admission in the same context variable, and then the same registry method. What is
 REST-specific is the URL layout (routes.py), the JSON (jsonconv.py), the errors as Status
-objects (status.py), discovery (discovery.py) and the watch stream (watch.py).
+objects (status.py), discovery (discovery.py), the watch stream (watch.py), pods/log from
+the kubelets (logs.py), deletecollection, and dryRun=All (the registry's set_dry_run: the
+whole write but storing it).
 """
 
 from __future__ import annotations
@@ -27,19 +29,20 @@ from google.protobuf import descriptor_pool, message_factory
 from kybernetes.v1 import meta_pb2
 from services.common.identity import ANONYMOUS, APISERVER, UserInfo
 from services.common.log import get_logger
-from services.common.resources import Kind
+from services.common.resources import NODES, PODS, Kind
 from services.common.selectors import validate_dns1123_label
-from services.common.transport import ServingCertificate
+from services.common.transport import ClientCredentials, ServingCertificate
 from services.common.validation import show_value
 
 from ..auth.attributes import Authorizer, RequestAttributes
 from ..auth.authenticate import AuthenticationError, Authenticator
 from ..auth.context import set_current_user
 from ..errors import ApiError
-from ..registry import Registry, off_loop
+from ..registry import Registry, off_loop, set_dry_run
 from ..server import MAX_REQUEST_BYTES, POLICY_KINDS, POLICY_SETTLE_TIMEOUT
 from . import discovery
 from .jsonconv import JsonDecodeError, json_to_message, list_to_json, object_to_json
+from .logs import serve_log
 from .openapi import OpenApi
 from .patch import PATCH_TYPES, PatchError, apply_patch, sets_resource_version
 from .routes import PathError, ResourcePath, Router
@@ -61,8 +64,9 @@ log = get_logger()
 
 # Paths anyone may read, as Kubernetes' system:public-info-viewer allows.
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/livez", "/readyz"})
-# OpenAPI: v3 without schemas (openapi.py), v2 404. kubectl validates on the server then, and
-# client-side apply computes its strategic merge patch from its compiled-in types (patch.py's keys).
+# OpenAPI: v3 with schemas from the protos (openapi.py: kubectl explain, server-side validation),
+# v2 404 (kubectl 1.37 does not need it). Client-side apply takes core/v1's merge keys from its
+# compiled-in types, which patch.py's tables (and the schemas) follow.
 OPENAPI_PREFIX = "/openapi/"
 # What a log line quotes of a client's path (a line stays a line).
 MAX_LOGGED_PATH = 256
@@ -71,6 +75,12 @@ _FIELD_VALIDATION = ("", "Strict", "Warn", "Ignore")
 _JSON_TYPES = ("application/json", "application/octet-stream", "")
 # Kubernetes' patcher tries a patch again this many times when the object changed under it.
 PATCH_ATTEMPTS = 5
+# How many objects a deletecollection deletes at once (Kubernetes' DeleteCollectionWorkers).
+DELETE_COLLECTION_WORKERS = 16
+# The one dryRun value Kubernetes has: every stage of the write but storing it.
+DRY_RUN_ALL = "All"
+# Subresources served by the REST layer itself, by kind: pods/log (from the kubelet, logs.py).
+LOG_SUBRESOURCE = "log"
 
 
 def _json(document: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -158,8 +168,12 @@ class RestServer:
         serving: ServingCertificate | None,
         log_requests: bool = True,
         shutdown_grace: float = 5.0,
+        kubelet_credentials: ClientCredentials | None = None,
     ) -> None:
+        """kubelet_credentials: how pods/log calls kubelets (the API server's kubelet-client
+        certificate); None with serving None (--insecure-dev: plaintext kubelets)."""
         self.registries = registries
+        self.kubelet_credentials = kubelet_credentials
         self.shutdown_grace = shutdown_grace
         self.authenticator = authenticator
         self.authorizer = authorizer
@@ -173,7 +187,8 @@ class RestServer:
         }
         # Scale is the REST API's own (no gRPC method): served for every kind with spec.replicas.
         self._discovery_subresources = {
-            name: sorted([*subs, *(["scale"] if scalable(registries[name].kind) else [])])
+            name: sorted([*subs, *(["scale"] if scalable(registries[name].kind) else []),
+                          *([LOG_SUBRESOURCE] if registries[name].kind is PODS and NODES.name in registries else [])])
             for name, subs in self.subresources.items()
         }
         self._runner: web.AppRunner | None = None
@@ -236,6 +251,7 @@ class RestServer:
             # The caller for admission below, as the gRPC interceptor sets it; set on every request,
             # so that nothing is inherited from an earlier request on the same connection.
             set_current_user(user)
+            set_dry_run(False)  # as the user: nothing inherited from an earlier request on the connection
             response = await self._serve(request, user)
             code = response.status
             return response
@@ -322,7 +338,7 @@ class RestServer:
         if kind.namespaced and not target.namespace and (target.name or method != "GET"):
             raise not_found_path(request.path)
         if "dryRun" in query:
-            raise bad_request("dryRun: not supported by this server yet")
+            set_dry_run(_dry_run(query.getall("dryRun")))
         namespace = target.namespace
         if namespace:
             reason = validate_dns1123_label(namespace)
@@ -331,6 +347,12 @@ class RestServer:
         subresource = None
         if target.subresource == "scale" and target.name and scalable(kind):
             return await self._scale(request, user, target, registry)
+        if target.subresource == LOG_SUBRESOURCE and target.name and LOG_SUBRESOURCE in self._discovery_subresources[
+                kind.name]:
+            if method != "GET":
+                raise method_not_allowed(method, request.path)
+            self._authorize(user, "get", target, namespace, query)
+            return await self._log(request, target, registry)
         if target.subresource:
             subresource = self.subresources[kind.name].get(target.subresource)
             if subresource is None:
@@ -377,8 +399,13 @@ class RestServer:
             await self._settle(kind, registry, obj)
             return await _object_response(kind, obj, 200, headers)
         if method == "DELETE":
-            if not target.name or subresource is not None:
+            if subresource is not None:
                 raise method_not_allowed(method, request.path)
+            if not target.name:
+                if kind.plural in discovery.NO_DELETE_COLLECTION:
+                    raise method_not_allowed(method, request.path)
+                self._authorize(user, "deletecollection", target, namespace, query)
+                return await self._delete_collection(request, target, registry)
             self._authorize(user, "delete", target, namespace, query)
             delete = await self._delete_request(request, target)
             obj = await self._call(target, lambda: registry.delete(delete))
@@ -393,6 +420,59 @@ class RestServer:
             await self._settle(kind, registry, obj)
             return await _object_response(kind, obj, 200, headers)
         raise method_not_allowed(method, request.path)
+
+    async def _log(self, request: web.Request, target: ResourcePath, registry: Registry) -> web.StreamResponse:
+        """pods/{name}/log from the kubelet of the pod's node (logs.py)."""
+        pod = await self._call(target, lambda: registry.get(meta_pb2.GetRequest(namespace=target.namespace,
+                                                                               name=target.name)))
+        node_name = pod.spec.node_name
+        if not node_name:
+            raise bad_request(f"pod {target.name} does not have a host assigned")
+        if self.serving is not None and self.kubelet_credentials is None:
+            raise StatusError(503, "ServiceUnavailable", "this API server has no kubelet client certificate "
+                              "(--kubelet-client-certificate): it cannot read logs")
+        nodes = self.registries[NODES.name]
+        node = await self._call(ResourcePath(NODES, "", node_name, ""),
+                                lambda: nodes.get(meta_pb2.GetRequest(name=node_name)))
+        return await serve_log(request, pod, node, self.kubelet_credentials)
+
+    async def _delete_collection(
+        self, request: web.Request, target: ResourcePath, registry: Registry
+    ) -> web.StreamResponse:
+        """DELETE on a collection (deletecollection): every object the selectors match, each
+        deleted as one DELETE with the request's options would (propagationPolicy, grace,
+        dryRun), a few at a time; answers the list of them as deleted (or marked)."""
+        kind, query = target.kind, request.query
+        template = await self._delete_request(request, target)
+        options = meta_pb2.ListOptions(namespace=target.namespace, label_selector=query.get("labelSelector", ""),
+                                       field_selector=query.get("fieldSelector", ""))
+        try:
+            data = await registry.list(options)
+        except ApiError as error:
+            raise from_api_error(error, kind=kind.plural) from None
+        listed = await off_loop(len(data), kind.list_message.FromString, data)
+        gate = asyncio.Semaphore(DELETE_COLLECTION_WORKERS)
+
+        async def delete_one(item: Any) -> Any:
+            one = meta_pb2.DeleteRequest()
+            one.CopyFrom(template)
+            one.namespace, one.name = item.metadata.namespace, item.metadata.name
+            async with gate:
+                try:
+                    return await registry.delete(one)
+                except ApiError as error:
+                    if error.code is grpc.StatusCode.NOT_FOUND:
+                        return None  # deleted meanwhile: what was asked for
+                    raise from_api_error(error, kind=kind.plural, name=one.name) from None
+
+        results = await asyncio.gather(*(delete_one(item) for item in listed.items))
+        deleted = kind.list_message(metadata=meta_pb2.ListMeta(resource_version=listed.metadata.resource_version))
+        deleted.items.extend(obj for obj in results if obj is not None)
+
+        def render() -> bytes:
+            return json.dumps(list_to_json(kind, deleted), separators=(",", ":")).encode()
+
+        return web.Response(body=await off_loop(len(data), render), content_type="application/json")
 
     async def _patch(
         self, request: web.Request, target: ResourcePath, registry: Registry, write: Callable[[Any], Any]
@@ -618,7 +698,11 @@ class RestServer:
             if key not in known:
                 raise bad_request(f'strict decoding error: unknown field "{key[:64]}" in DeleteOptions')
         if options.get("dryRun"):
-            raise bad_request("dryRun: not supported by this server yet")
+            values = options["dryRun"]
+            if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+                raise bad_request("dryRun: must be a list of strings")
+            if _dry_run(values):
+                set_dry_run(True)
         delete = meta_pb2.DeleteRequest(namespace=target.namespace, name=target.name)
         grace = options.get("gracePeriodSeconds")
         if grace is not None:
@@ -645,6 +729,16 @@ class RestServer:
                 raise bad_request("preconditions.resourceVersion: not a resource version")
             delete.resource_version = int(version)
         return delete
+
+
+def _dry_run(values: list[str]) -> bool:
+    """Kubernetes' dryRun: ["All"] (or nothing); any other value is a 400 naming it."""
+    for value in values:
+        if value != DRY_RUN_ALL:
+            reason = f'Unsupported value: {show_value(value)}: supported values: "{DRY_RUN_ALL}"'
+            raise StatusError(400, "BadRequest", f"dryRun: {reason}",
+                              {"causes": [{"reason": "FieldValueNotSupported", "message": reason, "field": "dryRun"}]})
+    return bool(values)
 
 
 def _field_validation(request: web.Request) -> str:
