@@ -80,9 +80,14 @@ class Work:
 class Candidate:
     """An elector with an API client of its own, running `Work` as a task."""
 
-    def __init__(self, address: str, lease: str, *, release_on_cancel: bool = True, forever: bool = False) -> None:
+    def __init__(
+        self, address: str, lease: str, *, release_on_cancel: bool = True, forever: bool = False, identity: str = "",
+        election: LeaderElectionConfig | None = None,
+    ) -> None:
         self.client = ApiClient(address)
-        self.elector = LeaderElector(self.client, config(lease), release_on_cancel=release_on_cancel)
+        self.elector = LeaderElector(
+            self.client, election or config(lease), release_on_cancel=release_on_cancel, identity=identity
+        )
         self.work = Work()
         run = self.elector.run_forever if forever else self.elector.run
         self.task: asyncio.Task[Any] = asyncio.create_task(run(self.work))
@@ -173,6 +178,28 @@ async def test_the_standby_takes_over_within_the_lease_duration_when_the_leader_
     assert Work.overlaps == 0
     lease: coordination_pb2.Lease = await api.get(LEASES, unique_name, SYSTEM)
     assert lease.spec.holder_identity == standby.identity and lease.spec.lease_transitions == 1
+
+
+async def test_a_copy_restarted_under_its_stable_identity_leads_again_at_once(
+    plane: ControlPlane, api: ApiClient, candidates: list[Candidate], unique_name: str
+) -> None:
+    # What a supervisor's restart after a kill -9 looks like (--leader-elect-identity): the
+    # lease still names the dead copy, which was this identity, so no one else can be leading.
+    # A long lease: waiting it out would outlast wait_started's 15 s.
+    long = LeaderElectionConfig(unique_name, lease_duration=60, renew_deadline=40, retry_period=RETRY_PERIOD)
+    identity = "host-1_kube-replicator"
+    dead = Candidate(plane.address, unique_name, release_on_cancel=False, identity=identity, election=long)
+    candidates.append(dead)
+    await wait_started(dead.work)
+    dead.task.cancel()
+    await asyncio.gather(dead.task, return_exceptions=True)
+    died = time.monotonic()
+    restarted = Candidate(plane.address, unique_name, identity=identity, election=long)
+    candidates.append(restarted)
+    back = await wait_started(restarted.work) - died
+    print(f"\nleading again after a restart under the same identity: {back:.2f} s (lease 60 s)")
+    assert await lease_holder(api, unique_name) == identity
+    assert Work.overlaps == 0
 
 
 async def test_a_clean_release_hands_over_at_once(

@@ -205,6 +205,17 @@ def test_flags_take_durations_and_can_turn_election_off() -> None:
     assert leader_election_config(parser().parse_args(["--leader-elect"])) is not None
 
 
+def test_a_stable_identity_from_the_flag_names_the_elector() -> None:
+    args = parser().parse_args(["--leader-elect-identity=host-1_kube-replicator"])
+    config = leader_election_config(args)
+    assert config is not None and config.identity == "host-1_kube-replicator"
+    assert LeaderElector(object(), config).identity == "host-1_kube-replicator"  # type: ignore[arg-type]
+    # Without it, each process is a new candidate.
+    unnamed = leader_election_config(parser().parse_args([]))
+    assert unnamed is not None
+    assert LeaderElector(object(), unnamed).identity != LeaderElector(object(), unnamed).identity  # type: ignore[arg-type]
+
+
 def test_flags_that_cannot_work_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     p = parser()
     args = p.parse_args(["--leader-elect-lease-duration=5s", "--leader-elect-renew-deadline=6s"])

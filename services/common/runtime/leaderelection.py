@@ -70,6 +70,8 @@ class LeaderElectionConfig:
     lease_duration: float = DEFAULT_LEASE_DURATION
     renew_deadline: float = DEFAULT_RENEW_DEADLINE
     retry_period: float = DEFAULT_RETRY_PERIOD
+    # This copy's name among the candidates; "" picks a new one per process (default_identity).
+    identity: str = ""
 
     @property
     def lease(self) -> str:
@@ -268,7 +270,7 @@ class LeaderElector:
             raise ValueError("; ".join(problems))
         self.client = client
         self.config = config
-        self.identity = identity or default_identity()
+        self.identity = identity or config.identity or default_identity()
         self.release_on_cancel = release_on_cancel
         self._clock = clock
         self._leading = False
@@ -465,6 +467,14 @@ def add_leader_election_flags(parser: argparse.ArgumentParser, *, default_name: 
         "--leader-elect-resource-name", default=default_name, metavar="NAME",
         help=f"the Lease, in {DEFAULT_LEASE_NAMESPACE} (default %(default)s)",
     )
+    # A supervisor that runs at most one process under a name (supervisord, the kubelet's static
+    # pods) gives that name: a copy restarted after a crash finds the lease held by its own
+    # identity and leads again at once, instead of waiting out the dead copy's lease (15 s).
+    group.add_argument(
+        "--leader-elect-identity", default="", metavar="NAME",
+        help="this copy's name among the candidates, stable across its restarts; never give two running "
+        "copies the same one (default: host name, pid and a random part)",
+    )
 
 
 def leader_election_config(args: argparse.Namespace) -> LeaderElectionConfig | None:
@@ -476,6 +486,7 @@ def leader_election_config(args: argparse.Namespace) -> LeaderElectionConfig | N
         lease_duration=args.leader_elect_lease_duration,
         renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period,
+        identity=getattr(args, "leader_elect_identity", ""),
     )
 
 
