@@ -8,8 +8,8 @@ orphan container in Docker (by label), every acknowledged write stored, no INTER
 UNKNOWN answer ever, the service's success rate with one client retry, and each fault's
 recovery time (from the fault until a write goes through, the component is back, and the
 controller's pods are all Running and ready; for a pause, from its end). A killed component
-is brought back as an operator (or, later, a supervisor) would: `make up` again, which
-restarts what is down.
+is brought back by supervisord (tools/supervisor.py); `make up` is run again after each kill
+as well, as an operator would, and waits until it is healthy.
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def lease_holder_pid(cluster: LocalCluster, lease: str) -> int:
 
 
 def component_of_pid(cluster: LocalCluster, pid: int) -> str:
-    components = json.loads((cluster.state / "cluster.json").read_text())["components"]
-    return next(name for name, data in components.items() if data.get("pid") == pid)
+    """The component whose live process is `pid` (supervisord restarts a killed one under a new pid)."""
+    return next(name for name, live in cluster.supervisor.pids().items() if live == pid)
 
 
 def signal_components(cluster: LocalCluster, names: list[str], signum: int) -> None:

@@ -28,6 +28,7 @@ from services.proxy.nftables import table_name
 from tools.localcluster import HA_ETCD_MEMBERS, HA_REPLICAS, NODE_LABEL, PROXY_STATUS_PORT
 from tools.hostnetwork import HostNetwork, remove_pod_bridge
 from tools.processes import REPO, free_port
+from tools.supervisor import Supervisor
 
 # How e2e tests wait (`eventually_blocking(check, what=..., **CLUSTER_WAIT)`): a whole
 # cluster converges in tens of seconds, each check runs kubecfg or an HTTP request, and
@@ -95,8 +96,15 @@ class LocalCluster:
         return f"127.0.0.1:{self.api_port}"
 
     def component_pid(self, name: str) -> int:
-        """The recorded process of a component (`apiserver`, `etcd-2`, `kubelet-<node>`, ...)."""
-        return int(json.loads((self.state / "cluster.json").read_text())["components"][name]["pid"])
+        """The live process of a component (`apiserver`, `etcd-2`, `kubelet-<node>`, ...), as its
+        supervisord says (a restarted one has a new pid); else the one recorded in cluster.json."""
+        return self.supervisor.pids().get(name) or int(
+            json.loads((self.state / "cluster.json").read_text())["components"][name]["pid"])
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """Process mode's supervisord (tools/supervisor.py)."""
+        return Supervisor(self.state)
 
     @property
     def kubeconfig(self) -> Path:
@@ -232,19 +240,27 @@ class LocalCluster:
         namespace goes, with its pods' wires (their containers keep running in Docker, unreachable)."""
         node = self.nodes[index]
         for name in (f"kubelet-{node}", f"proxy-{node}"):
-            self.kill_component(name)
+            self.kill_component(name, restart=False)  # the host's supervisor died with it
         self.host_network.remove_node(node)
 
-    def kill_component(self, name: str) -> None:
-        """kill -9 of one component's process."""
+    def kill_component(self, name: str, restart: bool = True) -> None:
+        """kill -9 of one component's process, which supervisord restarts; with restart=False
+        supervisord is told to stop it first (frozen meanwhile, so it sees no SIGTERM) and
+        leaves it down."""
+        pid = self.component_pid(name)
         try:
-            os.kill(self.component_pid(name), signal.SIGKILL)
+            if not restart:
+                os.kill(pid, signal.SIGSTOP)
+                self.supervisor.stop(name)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
     def recorded_pids(self) -> list[int]:
+        """Every process of the cluster: those recorded, and supervisord's and the ones it runs now."""
         data = json.loads((self.state / "cluster.json").read_text())
-        return [c["pid"] for c in data["components"].values() if c.get("pid")]
+        pids = {c["pid"] for c in data["components"].values() if c.get("pid")}
+        return sorted((pids | set(self.supervisor.pids().values()) | {self.supervisor.pid()}) - {0})
 
     def remove_leftovers(self) -> None:
         client = docker.from_env()
