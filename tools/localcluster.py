@@ -1,7 +1,9 @@
 """A whole cluster on one machine: `make up`, `make down`, `make status`.
 
-Every component runs as its own process (or, with --mode containers, its own
-container), logs to <state-dir>/logs/<component>.log and is recorded in
+Every component runs as its own process under the cluster's supervisord, which
+restarts it when it dies (tools/supervisor.py), or with --mode containers as a
+static pod of the kubelet, which restarts it (tools/staticpods.py; the kubelet
+is a container Docker restarts); each logs to <state-dir>/logs/<component>.log and is recorded in
 <state-dir>/cluster.json. `up` is idempotent: a component that is already
 running and healthy is left alone. Simulated nodes get their own loopback
 address (node-1 on 127.0.0.1, node-2 on 127.0.0.2, ...), where their node
@@ -48,10 +50,13 @@ from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.kubelet.hostports import cleanup_commands, script, table_name
 from services.common.transport import ClientCredentials
 
+from . import staticpods
 from .clusterpki import ClusterPKI
 from .hostnetwork import DEFAULT_BRIDGE as HOST_BRIDGE, DEFAULT_NETWORK as HOST_NETWORK, NETNS_DIR, HostNetwork
 from .hostnetwork import HostNetworkError, remove_pod_bridge
-from .processes import REPO, ManagedProcess, apiserver_security_flags, etcd_argv, port_open, python_module_argv
+from .processes import REPO, apiserver_security_flags, etcd_argv, port_open, python_module_argv
+from .supervisor import COMING_UP, STOP_WAIT_SECONDS, Program, StatusRow, Supervisor, SupervisorError, format_status
+from .supervisor import terminate
 
 ETCD_PORT = 2379
 API_PORT = 6443
@@ -98,6 +103,8 @@ class Component:
     container: str = ""
     # The node's network namespace it runs in; "" for the host's.
     netns: str = ""
+    # MODE=containers: the kubelet's static pod that runs it (in kube-system; tools/staticpods.py).
+    static_pod: str = ""
 
     def log_path(self, state: Path) -> Path:
         return state / "logs" / f"{self.name}.log"
@@ -164,6 +171,13 @@ def replica_name(component: str, index: int) -> str:
     return component if index == 0 else f"{component}-{index + 1}"
 
 
+def leader_identity(component: str) -> str:
+    """A leader-electing component's name among the candidates, the same across its restarts:
+    its supervisor (supervisord, or the kubelet for a static pod) runs one process per name, so
+    a copy restarted after a crash leads again at once instead of waiting out its own lease."""
+    return f"{socket.gethostname()}_{component}"
+
+
 def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
     state = Path(args.state_dir).resolve()
     nodes = node_names(args.nodes, args.node_prefix)
@@ -205,14 +219,18 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 # The Kubernetes REST API, for kubectl and the client libraries (loopback only for now).
                 "--rest-listen", f"127.0.0.1:{args.rest_port + 2 * index}",
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
-                "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki), *args.apiserver_arg,
+                "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki),
+                "--leader-elect-identity", leader_identity(replica_name("apiserver", index)), *args.apiserver_arg,
             ],
             health=f"127.0.0.1:{port}",
         ))
     for index in range(replicas):
         components.append(Component(
             replica_name("replicator", index), "kube-replicator",
-            ["--server", api, "--kubeconfig", str(state / "controller-manager.conf"), *args.replicator_arg],
+            [
+                "--server", api, "--kubeconfig", str(state / "controller-manager.conf"),
+                "--leader-elect-identity", leader_identity(replica_name("replicator", index)), *args.replicator_arg,
+            ],
         ))
     cluster_dns = cluster_dns_ip(args.service_cidr)
     for node, ip in zip(nodes, addresses, strict=True):
@@ -394,9 +412,11 @@ def container_running(name: str) -> bool:
 
 
 def alive(component: Component) -> bool:
+    if component.static_pod:
+        return staticpods.pod_container(component.static_pod, staticpods.pod_base_name(component)) is not None
     if component.container:
         return container_running(component.container)
-    return pid_alive(component.pid)
+    return pid_alive(component.pid) and runs_program(component.pid, component.process_argv())
 
 
 def healthy(component: Component, credentials: ClientCredentials | None) -> bool:
@@ -439,13 +459,148 @@ def ensure_loopback_addresses(count: int, network: str) -> None:
                 raise SystemExit(f"cannot use {ip} for a simulated node: {error}") from None
 
 
-def start_process(component: Component, state: Path) -> None:
-    process = ManagedProcess(component.name, component.process_argv(), component.log_path(state))
-    component.pid = process.pid
+def runs_program(pid: int, argv: list[str]) -> bool:
+    """Whether process `pid` runs `argv` (nsenter's execs the program after its `--`): a pid
+    recorded long ago may be another process's now."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    running = [part.decode(errors="replace") for part in cmdline]
+    return running == argv or (argv[:1] == ["nsenter"] and "--" in argv and running == argv[argv.index("--") + 1:])
+
+
+def supervisor_programs(plan: ClusterPlan) -> list[Program]:
+    return [Program(c.name, tuple(c.process_argv()), c.log_path(plan.state_dir)) for c in plan.components]
+
+
+def ensure_supervisor(plan: ClusterPlan, recorded: dict) -> Supervisor:
+    """Process mode: every component runs under the cluster's supervisord (tools/supervisor.py).
+    Writes its configuration; a running supervisord takes the changes (a component whose
+    program changed, its command or how it is supervised, is stopped and started again); else
+    supervisord is started, once every process a dead one left behind (a killed supervisord's
+    children, or a cluster from before supervisord) is stopped."""
+    supervisor = Supervisor(plan.state_dir)
+    supervisor.write_config(supervisor_programs(plan), python=sys.executable, directory=REPO)
+    if supervisor.running():
+        for name in supervisor.update():
+            print(f"  {name:<24} replaced: its configuration changed")
+        return supervisor
+    left = supervisor.orphans()
+    for data in recorded.get("components", {}).values():
+        component = Component(**data)
+        if not component.container and alive(component) and component.pid not in left:
+            left.append(component.pid)
+    if left:
+        print(f"  stopping {len(left)} process(es) left by an earlier run")
+        terminate(left)
+    supervisor.start_daemon(sys.executable)
+    print(f"  {'supervisord':<24} running, pid {supervisor.pid()}, socket {supervisor.layout.socket}")
+    return supervisor
+
+
+# A supervised component this young that is not answering yet is coming up, not stuck.
+SETTLING_SECONDS = 10.0
+
+
+def start_supervised(
+    component: Component, supervisor: Supervisor, timeout: float, credentials: ClientCredentials | None
+) -> bool:
+    """Brings one component up under supervisord, as `up` did before: healthy ones are left
+    alone, one supervisord is bringing back is waited for, one running but not answering is
+    restarted, one stopped (or given up on) is started; then waits until it is healthy."""
+    info = supervisor.process(component.name)
+    if info is None:
+        print(f"\n{component.name} is not in {supervisor.layout.config}", file=sys.stderr)
+        return False
+    component.pid = info.pid
+    if component.pid and healthy(component, credentials):
+        print(f"  {component.name:<24} already running")
+        return True
+    if info.state in COMING_UP or (info.state == "RUNNING" and info.uptime < SETTLING_SECONDS):
+        done = "back"
+    elif info.state == "RUNNING":
+        print(f"  {component.name:<24} not answering: restarting it")
+        supervisor.restart(component.name)
+        done = "back"
+    else:
+        supervisor.start(component.name)
+        done = "started"
+    if not _wait_supervised(component, supervisor, timeout, credentials):
+        return False
+    print(f"  {component.name:<24} {done}")
+    return True
+
+
+def _wait_supervised(
+    component: Component, supervisor: Supervisor, timeout: float, credentials: ClientCredentials | None
+) -> bool:
+    """Until it is healthy; False after `timeout`, or once supervisord gave up on it or it
+    failed to start three times (its log says why: no need to sit through the back-off)."""
+    deadline = time.monotonic() + timeout
+    failures, last = 0, ""
+    while time.monotonic() < deadline:
+        info = supervisor.process(component.name)
+        if info is None or info.state == "FATAL":
+            return False
+        if info.state == "BACKOFF" and last != "BACKOFF":
+            failures += 1
+            if failures >= 3:
+                return False
+        last = info.state
+        component.pid = info.pid  # from STARTING on: it may answer before supervisord counts it as up
+        if component.pid and healthy(component, credentials):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop_supervised(state: Path, components: int) -> None:
+    """Process mode's `down`: supervisord stops every component (in reverse start order, each
+    SIGTERM then SIGKILL after 15 s) and exits; whatever a dead supervisord left is stopped too."""
+    supervisor = Supervisor(state)
+    if supervisor.running():
+        pid = supervisor.pid()
+        if supervisor.shutdown(timeout=STOP_WAIT_SECONDS * (components + 1)):
+            print(f"  {'supervisord':<24} stopped, with every component under it")
+        else:
+            print(f"  (supervisord {pid} did not stop in time: killed)", file=sys.stderr)
+            terminate([pid], timeout=0)
+    left = supervisor.orphans()
+    if left:
+        terminate(left)
+        print(f"  stopped {len(left)} process(es) a dead supervisord left")
+    supervisor.forget_restarts()
+
+
+def supervised_status(state: Path, components: dict, credentials: ClientCredentials | None) -> int:
+    """Process mode's `make status`: supervisord's truth (state, pid, uptime), the restarts its
+    event listener counted, and each component's health probe."""
+    supervisor = Supervisor(state)
+    infos = supervisor.processes()
+    restarts = supervisor.restarts()
+    if infos:
+        print(f"supervisord: pid {supervisor.pid()}, socket {supervisor.layout.socket}")
+    else:
+        print("supervisord is not running: every component is down (make up starts it again)")
+    rows = []
+    for name, data in components.items():
+        component = Component(**data)
+        info = infos.get(name)
+        component.pid = info.pid if info else 0
+        ok = bool(component.pid) and healthy(component, credentials)
+        rows.append(StatusRow(
+            name, info.state if info else "UNKNOWN", component.pid, info.uptime if info else 0.0,
+            restarts[name], ok, str(component.log_path(state)),
+        ))
+    print("\n".join(format_status(rows)))
+    return 0 if rows and all(row.healthy for row in rows) else 1
 
 
 def start_container(component: Component, state: Path, args: argparse.Namespace) -> None:
-    """Runs the component in its image on the host network, logging into the state dir."""
+    """Runs the component in its image on the host network, logging into the state dir.
+    MODE=containers starts only the kubelet so (every other component is its static pod),
+    with a restart policy: Docker brings it back when it dies, and it adopts every pod."""
     import docker
 
     client = docker.from_env()
@@ -482,6 +637,7 @@ def start_container(component: Component, state: Path, args: argparse.Namespace)
         ),
         volumes=volumes,
         labels={CLUSTER_LABEL: str(state)},
+        restart_policy=staticpods.KUBELET_RESTART_POLICY if kubelet else None,
     )
     component.container = name
 
@@ -516,20 +672,39 @@ def up(args: argparse.Namespace) -> int:
         print(f"could not set up the host network: {error}", file=sys.stderr)
         return 1
     credentials = admin_credentials(state)
-    for component in plan.components:
+    components = prepare_static_pods(plan, args) if args.mode == "containers" else plan.components
+    try:
+        supervisor = ensure_supervisor(plan, recorded) if args.mode == "processes" else None
+    except SupervisorError as error:
+        print(f"{error}; see {Supervisor(state).layout.log}", file=sys.stderr)
+        return 1
+    for component in components:
+        if supervisor is not None:  # process mode: each component under supervisord
+            started = start_supervised(component, supervisor, args.timeout, credentials)
+            recorded["components"][component.name] = asdict(component)
+            save_state(state, recorded)
+            if not started:
+                print(f"\n{component.name} failed to start; last lines of {component.log_path(state)}:",
+                      file=sys.stderr)
+                print(_tail(component.log_path(state)), file=sys.stderr)
+                return 1
+            continue
         previous = recorded["components"].get(component.name)
         if previous:
             component.pid = previous.get("pid", 0)
             component.container = previous.get("container", "")
-            if healthy(component, credentials):
+            # A kubelet's container started with other flags or another build of its image is replaced.
+            if healthy(component, credentials) and previous.get("args") == component.args and (
+                not component.container or staticpods.runs_image(component.container, args.component_image)
+            ):
                 print(f"  {component.name:<24} already running")
                 continue
             stop_component(component)
             component.pid, component.container = 0, ""
-        if args.mode == "containers":
+        if component.static_pod:
+            pass  # the kubelet runs it from its manifest
+        elif args.mode == "containers":
             start_container(component, state, args)
-        else:
-            start_process(component, state)
         recorded["components"][component.name] = asdict(component)
         save_state(state, recorded)
         if not _wait_healthy(component, args.timeout, credentials):
@@ -550,6 +725,29 @@ def up(args: argparse.Namespace) -> int:
     ))
     _print_next_steps(plan, args.user_kubeconfig)
     return 0
+
+
+def prepare_static_pods(plan: ClusterPlan, args: argparse.Namespace) -> list[Component]:
+    """MODE=containers: every component but the kubelet becomes a static pod in the
+    kubelet's manifest directory (tools/staticpods.py); the kubelet is started first."""
+    state = plan.state_dir
+    for path in staticpods.etcd_data_dirs(plan.components):
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+    if staticpods.needs_route_localnet(plan.components) and staticpods.enable_route_localnet():
+        print("  net.ipv4.conf.all.route_localnet=1 (kube-proxy's node ports on loopback; its container cannot)")
+    images = {args.component_image, args.etcd_image}
+    manifests = staticpods.render_manifests(
+        plan.components, state, args.component_image, args.etcd_image,
+        {image: staticpods.image_id(image) for image in images},
+    )
+    for name in staticpods.write_manifests(staticpods.manifest_dir(state), manifests):
+        print(f"  {name:<24} written to {staticpods.manifest_dir(state)}")
+    for component in plan.components:
+        if component.program == "kubelet":
+            component.args += staticpods.kubelet_flags(state)
+        else:
+            component.static_pod = staticpods.static_pod_name(component, plan.nodes[0])
+    return staticpods.start_order(plan.components)
 
 
 def network_record(plan: ClusterPlan) -> dict:
@@ -583,7 +781,7 @@ def wire_hosts(plan: ClusterPlan) -> None:
 def _wait_healthy(component: Component, timeout: float, credentials: ClientCredentials | None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive(component):
+        if not alive(component) and not component.static_pod:  # the kubelet makes a static pod's container
             return False
         if healthy(component, credentials):
             return True
@@ -630,21 +828,30 @@ def _tail(path: Path, lines: int = 30) -> str:
 def down(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).resolve()
     recorded = load_state(state)
+    if recorded.get("mode", "processes") == "processes":
+        stop_supervised(state, len(recorded.get("components", {})))
     # Reverse start order: nodes first, the control plane and etcd last.
     for name, data in reversed(list(recorded.get("components", {}).items())):
         component = Component(**data)
+        if component.static_pod:
+            continue  # the kubelet's: its containers go with every pod container below, once it is stopped
         if alive(component):
             stop_component(component)
             print(f"  {name:<24} stopped")
+        elif component.container:
+            stop_component(component)  # stopped (`docker kill`), yet there: removed
     from services.kubelet.podnetwork import release_node_addresses
 
     network = recorded.get("network")
     nodes = recorded.get("nodes", [])
+    # MODE=containers: the kubelet is stopped; its pods (the static pods, kube-proxy's too) go
+    # before the proxies' rules, so that no proxy writes its table again after.
+    removed = remove_node_containers(nodes) if recorded.get("mode") == "containers" else 0
     # Tables, chains and routes of the proxies in the host's namespace; a node's own
     # namespace takes everything in it when it goes.
     for node in network["root_proxies"] if network else nodes:
         remove_proxy_rules(node)
-    removed = remove_node_containers(nodes)
+    removed += remove_node_containers(nodes)
     if removed:
         print(f"  removed {removed} pod container(s)")
     release_node_addresses(set(nodes))
@@ -655,7 +862,7 @@ def down(args: argparse.Namespace) -> int:
         save_state(state, recorded)
     # A fresh cluster next time: etcd's data and the kubelets' pod directories
     # go with it (logs stay for a post-mortem).
-    for data in (state / "etcd", state / "kubelet"):
+    for data in (state / "etcd", state / "kubelet", staticpods.manifest_dir(state)):
         shutil.rmtree(data, ignore_errors=True)
     return 0
 
@@ -712,15 +919,47 @@ def status(args: argparse.Namespace) -> int:
     if not components:
         print("no cluster is running (make up starts one)")
         return 1
-    worst = 0
     credentials = admin_credentials(state)
-    print(f"{'COMPONENT':<24} {'PID/CONTAINER':>12}  {'STATUS':<10} LOG")
+    if recorded.get("mode") == "containers":
+        return static_pods_status(state, components, credentials)
+    return supervised_status(state, components, credentials)
+
+
+def static_pods_status(state: Path, components: dict, credentials: ClientCredentials | None) -> int:
+    """MODE=containers: the kubelet's container (Docker's restarts of it), and each static pod
+    as the kubelet reports it on its own API (no API server needed: they are the API server),
+    with its restarts; every component's health probed as in process mode."""
+    import grpc
+
+    kubelets = [Component(**data) for data in components.values() if data["program"] == "kubelet"]
+    rows: dict[str, staticpods.PodRow] = {}
+    unreachable = []
+    for kubelet in kubelets:
+        try:
+            rows.update((row.component, row) for row in staticpods.pod_rows(
+                staticpods.kubelet_pods(kubelet.health, credentials)))
+        except grpc.RpcError:
+            unreachable.append(kubelet.name)
+    worst = 0
+    table = [("COMPONENT", "RUNS AS", "STATUS", "PHASE", "READY", "RESTARTS", "LOG")]
     for name, data in components.items():
         component = Component(**data)
         ok = healthy(component, credentials)
         worst = worst or (0 if ok else 1)
-        where = component.container or component.pid
-        print(f"{name:<24} {where!s:>12}  {'healthy' if ok else 'DOWN':<10} {component.log_path(state)}")
+        row = rows.get(name)
+        if component.static_pod:
+            where, phase = f"pod {staticpods.NAMESPACE}/{component.static_pod}", row.phase if row else "unknown"
+            if row is None:  # the kubelet does not answer: what it labelled the running container with
+                count = staticpods.pod_restarts_in_docker(component.static_pod, staticpods.pod_base_name(component))
+            ready, restarts = (row.ready, str(row.restarts)) if row else ("-", "?" if count is None else str(count))
+        else:  # the kubelet: Docker restarts it
+            count = staticpods.docker_restart_count(component.container)
+            where, phase, ready = f"container {component.container}", "-", "-"
+            restarts = "?" if count is None else str(count)
+        table.append((name, where, "healthy" if ok else "DOWN", phase, ready, restarts, str(component.log_path(state))))
+    print("\n".join(staticpods.format_table(table)))
+    for name in unreachable:
+        print(f"({name} did not answer: the static pods' phase is unknown, their restarts as it labelled them)")
     return worst
 
 

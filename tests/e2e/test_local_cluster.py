@@ -9,7 +9,6 @@ import ipaddress
 import json
 import re
 import socket
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ from services.proxy.nftables import table_name
 from tests.polling import eventually_blocking
 from tools.localcluster import NODE_LABEL, pid_alive
 
-from .cluster import CLUSTER_WAIT, EXAMPLES, GRPCURL, LocalCluster, fetch, page_lines, running_and_ready, served_by
+from .cluster import CLUSTER_WAIT, EXAMPLES, LocalCluster, fetch, page_lines, running_and_ready, served_by
 
 # A headless service over the guestbook's frontend pods, and a service no pod matches.
 MORE_SERVICES = """\
@@ -205,37 +204,3 @@ def test_examples_on_three_nodes(cluster, tmp_path):
     assert [pid for pid in pids if pid_alive(pid)] == []
     # ... nor any of its proxies' nftables tables.
     assert cluster.nft_tables() == set()
-
-
-@pytest.mark.docker
-def test_components_as_containers(tmp_path):
-    cluster = LocalCluster(tmp_path, nodes=1, mode="containers")
-    try:
-        started = cluster.up()
-        assert started.returncode == 0, started.stdout + started.stderr
-        listed = subprocess.run(
-            [
-                GRPCURL, "-cacert", str(cluster.pki / "ca.crt"), "-cert", str(cluster.pki / "admin.crt"),
-                "-key", str(cluster.pki / "admin.key"), cluster.server, "list",
-            ],
-            capture_output=True, text=True, timeout=30,
-        )
-        assert "kybernetes.v1.PodRegistry" in listed.stdout, listed.stderr
-        running = {c.name for c in docker.from_env().containers.list(filters={"name": cluster.prefix})}
-        prefix = cluster.prefix
-        assert {f"{prefix}apiserver", f"{prefix}etcd", f"{prefix}kubelet-{cluster.nodes[0]}"} <= running
-        cluster.kubecfg("apply", "-f", str(EXAMPLES / "guestbook" / "backend-pod.yaml"))
-        eventually_blocking(
-            lambda: running_and_ready(pods := cluster.pods("tier=backend")) and pods,
-            what="the backend pod running",
-            **CLUSTER_WAIT,
-        )
-        backend_url = f"http://{cluster.cluster_ip('backend')}:8002/"
-        backend_reply = eventually_blocking(
-            lambda: fetch(backend_url), what=f"a reply through {backend_url}", **CLUSTER_WAIT
-        )
-        assert backend_reply.startswith("guestbook backend")
-    finally:
-        cluster.down()
-        cluster.remove_leftovers()
-    assert not [c for c in docker.from_env().containers.list(all=True, filters={"name": cluster.prefix})]
