@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Joins this machine to a cluster as a node: starts its kubelet and its kube-proxy.
+# Joins this machine to a cluster as a node: runs its kubelet and its kube-proxy under a
+# supervisord of the node's own (tools/supervisor.py), which restarts either when it dies.
 #
-#   scripts/join-node.sh JOIN_DIR NODE_NAME NODE_IP        start both (in the background)
-#   scripts/join-node.sh stop NODE_NAME                    stop both
+#   scripts/join-node.sh JOIN_DIR NODE_NAME NODE_IP        start both (again: leaves them running,
+#                                                          restarts one whose code or flags changed)
+#   scripts/join-node.sh stop NODE_NAME                    stop both, and the supervisord
 #
 # JOIN_DIR is what `make join-token` wrote on the control-plane machine (.kybernetes/join/):
 # a bootstrap kubeconfig (the API server's token address, the cluster CA, a short-lived join
@@ -13,7 +15,9 @@
 # The kubelet exchanges the token for its own certificate (system:node:NODE_NAME, its key
 # never leaves this machine), registers its Node and waits for the pod range the API server
 # gives it; the proxy then serves services here and routes every other node's pod range via
-# that node's address. State: /var/lib/kybernetes/NODE_NAME, logs: /var/log/kybernetes/.
+# that node's address. State: /var/lib/kybernetes/NODE_NAME (the supervisord's configuration
+# and socket too: `.venv/bin/supervisorctl -c /var/lib/kybernetes/NODE_NAME/supervisor/supervisord.conf
+# status`), logs: /var/log/kybernetes/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -22,7 +26,9 @@ LOG_DIR="${KYBERNETES_LOG_DIR:-/var/log/kybernetes}"
 
 if [[ "${1:-}" == "stop" ]]; then
   node="${2:?usage: join-node.sh stop NODE_NAME}"
-  for component in proxy kubelet; do
+  # supervisord stops both (SIGTERM, SIGKILL after 15 s), then itself.
+  "$PYTHON" -m tools.supervisor shutdown "$STATE_ROOT/$node"
+  for component in proxy kubelet; do  # started by this script before supervisord ran them
     pid_file="$STATE_ROOT/$node/$component.pid"
     if [[ -f "$pid_file" ]]; then
       kill "$(cat "$pid_file")" 2>/dev/null || true
@@ -42,11 +48,9 @@ state="$STATE_ROOT/$node"
 certs="$state/pki"
 mkdir -p "$state" "$LOG_DIR"
 
-start() {  # name, command...: in the background, in a session of its own, pid recorded
+start() {  # name, command...: under the node's supervisord (started with the first)
   local name="$1"; shift
-  setsid nohup "$@" >>"$LOG_DIR/$node-$name.log" 2>&1 </dev/null &
-  echo $! >"$state/$name.pid"
-  echo "started $name (log: $LOG_DIR/$node-$name.log)"
+  "$PYTHON" -m tools.supervisor run "$state" "$name" "$LOG_DIR/$node-$name.log" -- "$@"
 }
 
 start kubelet "$PYTHON" -m services.kubelet.main \
@@ -58,9 +62,11 @@ start kubelet "$PYTHON" -m services.kubelet.main \
 # The proxy's status port serves with the node's certificate, which the kubelet has just been given.
 for _ in $(seq 1 120); do
   [[ -s "$certs/kubelet.crt" ]] && break
-  if ! kill -0 "$(cat "$state/kubelet.pid")" 2>/dev/null; then
-    echo "the kubelet stopped; last lines of $LOG_DIR/$node-kubelet.log:" >&2
+  kubelet_state="$("$PYTHON" -m tools.supervisor state "$state" kubelet)"
+  if [[ "$kubelet_state" != RUNNING && "$kubelet_state" != STARTING ]]; then
+    echo "the kubelet is not running ($kubelet_state); last lines of $LOG_DIR/$node-kubelet.log:" >&2
     tail -n 20 "$LOG_DIR/$node-kubelet.log" >&2
+    "$PYTHON" -m tools.supervisor shutdown "$state" >&2
     exit 1
   fi
   sleep 0.5

@@ -19,17 +19,30 @@ depend on log wording or log rotation, and it tells a restart apart from a start
 asked for by `make up` (STARTING from STOPPED or FATAL) or a reboot. Events are
 buffered by supervisord while the listener is (re)starting, so none is lost.
 
+Upgrades: each program carries a digest of what it runs (program_digest: its module's source
+trees and its argv, or a binary's file), as $KYBERNETES_CODE_DIGEST in its environment; new
+code is then a changed program to supervisord, which `update(keep=...)` leaves running for
+`make up` to replace one at a time, in dependency order, each healthy before the next.
+
+A joined machine (scripts/join-node.sh) runs its kubelet and proxy under a supervisord of its
+own, under the node's state directory: `python -m tools.supervisor run STATE NAME LOG -- ARGV`
+adds a program and starts it (and supervisord), `state STATE NAME` tells its state, `shutdown
+STATE` stops everything.
+
 Everything here is plain functions (configuration rendering, status parsing, event
-counting; unit-tested in tests/unit/test_supervisor.py) and a thin XML-RPC client.
+counting, digests and the rolling order; unit-tested in tests/unit/test_supervisor.py) and a
+thin XML-RPC client.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +53,7 @@ import xmlrpc.client
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Collection, Iterable, Mapping, Sequence, TextIO
 
 # A component's stop: SIGTERM, then SIGKILL after this long (what `make down` did before).
 STOP_WAIT_SECONDS = 15
@@ -64,6 +77,8 @@ UNIX_PATH_MAX = 107
 RESTARTED_FROM = frozenset({"EXITED", "BACKOFF"})
 # Process states (supervisor.states.ProcessStates' names) in which supervisord is bringing it up.
 COMING_UP = frozenset({"STARTING", "BACKOFF"})
+# ... in which it runs no process and is not bringing one up.
+STOPPED = frozenset({"STOPPED", "EXITED", "FATAL"})
 
 
 @dataclass(frozen=True)
@@ -114,11 +129,108 @@ class Layout:
 
 @dataclass(frozen=True)
 class Program:
-    """One supervised component: its argv, its log, and its place in the start order."""
+    """One supervised component: its argv, its log, and its place in the start order;
+    `digest`: what it runs (program_digest), given it as $KYBERNETES_CODE_DIGEST, so that new
+    code is a changed program to supervisord and the running process says what it was started on."""
 
     name: str
     argv: tuple[str, ...]
     log: Path
+    digest: str = ""
+
+
+# -- what a program runs (upgrades) ---------------------------------------------
+
+DIGEST_ENV = "KYBERNETES_CODE_DIGEST"
+# The repository's trees a component's module runs from, beside its own package: the import
+# contracts (pyproject.toml) let a component import only itself, services/common and the stubs.
+SHARED_SOURCES = ("services/common", "generated")
+DIGEST_LENGTH = 16
+
+
+def runs(argv: Sequence[str]) -> tuple[str, str]:
+    """What an argv runs: ("module", "services.kubelet.main") for `python -m MODULE ...`, else
+    ("binary", its path); a wrapper's (nsenter's) own argv before `--` is not it."""
+    command = list(argv)
+    if command[:1] == ["nsenter"] and "--" in command:
+        command = command[command.index("--") + 1:]
+    if command and Path(command[0]).name.startswith("python"):
+        for index, arg in enumerate(command[1:-1], start=1):
+            if arg == "-m":
+                return "module", command[index + 1]
+            if not arg.startswith("-"):
+                break
+    return "binary", command[0] if command else ""
+
+
+def module_sources(module: str) -> tuple[str, ...]:
+    """The source trees (relative to the repository) a component module runs from: its package
+    (services.apiserver.main: services/apiserver), services/common and generated/."""
+    parts = module.split(".")
+    package = "/".join(parts[:2]) if parts[0] == "services" and len(parts) > 2 else "/".join(parts[:-1] or parts)
+    return (package, *(tree for tree in SHARED_SOURCES if tree != package))
+
+
+def code_digest(argv: Sequence[str], sources: Mapping[str, str]) -> str:
+    """What a program runs, in a few hex digits: its argv and each source it runs from (a name
+    and its fingerprint: a file's content hash; a binary's path, mtime and size), in name
+    order. A pure function: the same argv and sources, the same digest; any change, another."""
+    digest = hashlib.sha256()
+    for arg in argv:
+        digest.update(arg.encode() + b"\0")
+    digest.update(b"\1")
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name].encode() + b"\0")
+    return digest.hexdigest()[:DIGEST_LENGTH]
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_hash(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_fingerprints(repo: Path, trees: Iterable[str]) -> dict[str, str]:
+    """Each Python file under the trees (relative name -> its content's hash); caches are not sources."""
+    found = {}
+    for tree in trees:
+        for path in sorted((repo / tree).rglob("*.py")):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            stat = path.stat()
+            found[str(path.relative_to(repo))] = _content_hash(path, stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def binary_fingerprint(command: str) -> dict[str, str]:
+    """A binary's fingerprint (its version is its file: where it resolves to, mtime and size)."""
+    found = shutil.which(command) or command
+    try:
+        real = os.path.realpath(found)
+        stat = os.stat(real)
+    except OSError:
+        return {found: "missing"}
+    return {real: f"{stat.st_mtime_ns}:{stat.st_size}"}
+
+
+def program_digest(argv: Sequence[str], repo: Path) -> str:
+    """code_digest of what `argv` runs now: a module's source trees in `repo`, or a binary."""
+    kind, what = runs(argv)
+    sources = source_fingerprints(repo, module_sources(what)) if kind == "module" else binary_fingerprint(what)
+    return code_digest(argv, sources)
+
+
+def rolling_order(programs: Sequence[tuple[str, str]], ranks: Sequence[str]) -> list[str]:
+    """Names in the order a rolling restart takes them, from (name, kind) pairs: by the kind's
+    place in `ranks` (what others depend on first), then as given; an unranked kind last."""
+    rank = {kind: index for index, kind in enumerate(ranks)}
+    ordered = sorted(enumerate(programs), key=lambda item: (rank.get(item[1][1], len(ranks)), item[0]))
+    return [name for _, (name, _) in ordered]
+
+
+def upgrade_plan(order: Sequence[str], changed: Collection[str], running: Collection[str]) -> list[str]:
+    """Which programs a rolling upgrade restarts, in order: those whose configuration (argv,
+    digest) changed and that run now (one not running just starts on the new one)."""
+    return [name for name in order if name in changed and name in running]
 
 
 def _value(program: str, text: str) -> str:
@@ -195,8 +307,12 @@ def render_config(
             f"stdout_logfile={_value(program.name, str(program.log))}",
             # One log file per component, never rotated (as before supervisord): tail and grep see it all.
             "stdout_logfile_maxbytes=0",
-            "",
         ]
+        if program.digest:
+            if not program.digest.isalnum():
+                raise ValueError(f"{program.name}: {program.digest!r} is not a digest")
+            lines.append(f'environment={DIGEST_ENV}="{program.digest}"')
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -442,18 +558,40 @@ class Supervisor:
                 raise SupervisorError(f"supervisord is not answering on {self.layout.socket}; see {self.layout.log}")
             time.sleep(0.05)
 
-    def update(self) -> list[str]:
-        """What `supervisorctl update` does: re-reads the configuration; a program that was
-        added is added, one that changed is stopped and replaced, one that went is stopped
-        and removed. Returns the names of those it changed or removed."""
+    def update(self, keep: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        """What `supervisorctl update` does, but for a rolling upgrade: re-reads the
+        configuration; a program that was added is added, one that went is stopped and
+        removed, one that changed is stopped and replaced at once, unless it is in `keep`
+        and running (the caller replaces those one at a time: `replace`). Returns (those
+        replaced or removed now, those changed and kept running on their old configuration)."""
         rpc = self._rpc()
         [[added, changed, removed]] = rpc.reloadConfig()
-        for name in [*removed, *changed]:
+        infos = self.processes()
+        kept = [name for name in changed if name in keep and name in infos and infos[name].state not in STOPPED]
+        now = [name for name in changed if name not in kept]
+        for name in [*removed, *now]:
             self._stop_group(name)
             rpc.removeProcessGroup(name)
-        for name in [*changed, *added]:
+        for name in [*now, *added]:
             rpc.addProcessGroup(name)
-        return [*changed, *removed]
+        return [*now, *removed], kept
+
+    def replace(self, name: str) -> None:
+        """Stops a program (SIGTERM, SIGKILL after STOP_WAIT_SECONDS) and gives it the configuration
+        last read (update); it is not started again: the caller starts it (start)."""
+        self._stop_group(name)
+        rpc = self._rpc()
+        try:
+            rpc.removeProcessGroup(name)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != _BAD_NAME:
+                raise SupervisorError(f"{name}: {fault.faultString}") from None
+        rpc.addProcessGroup(name)
+
+    def started_digest(self, name: str) -> str:
+        """The digest a running program was started with (its $KYBERNETES_CODE_DIGEST); "" if unknown."""
+        info = self.process(name)
+        return process_digest(info.pid) if info and info.pid else ""
 
     def _stop_group(self, name: str) -> None:
         try:
@@ -464,7 +602,7 @@ class Supervisor:
         deadline = time.monotonic() + STOP_WAIT_SECONDS + 5
         while time.monotonic() < deadline:
             info = self.process(name)
-            if info is None or info.state in ("STOPPED", "EXITED", "FATAL"):
+            if info is None or info.state in STOPPED:
                 return
             time.sleep(0.1)
 
@@ -511,6 +649,16 @@ class Supervisor:
 
     def forget_restarts(self) -> None:
         self.layout.events.unlink(missing_ok=True)
+
+
+def process_digest(pid: int, proc: Path = Path("/proc")) -> str:
+    """$KYBERNETES_CODE_DIGEST of a process (what supervisord started it with); "" if none."""
+    try:
+        environ = (proc / str(pid) / "environ").read_bytes()
+    except OSError:
+        return ""
+    prefix = f"{DIGEST_ENV}=".encode()
+    return next((item[len(prefix):].decode() for item in environ.split(b"\0") if item.startswith(prefix)), "")
 
 
 def supervised_by(server_url: str, proc: Path = Path("/proc")) -> list[int]:
@@ -560,11 +708,111 @@ def terminate(pids: Iterable[int], timeout: float = float(STOP_WAIT_SECONDS)) ->
             pass
 
 
+# -- a machine's own supervisord (scripts/join-node.sh) -------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def programs_file(layout: Layout) -> Path:
+    """The programs `run` was given, for the next `run` to keep them (the configuration is rendered from it)."""
+    return layout.directory / "programs.json"
+
+
+def load_programs(layout: Layout) -> list[Program]:
+    try:
+        data = json.loads(programs_file(layout).read_text())
+    except (OSError, ValueError):
+        return []
+    return [Program(item["name"], tuple(item["argv"]), Path(item["log"])) for item in data]
+
+
+def with_program(programs: Sequence[Program], program: Program) -> list[Program]:
+    """The programs with this one added, or put in place of the one of its name (keeping its place)."""
+    names = [p.name for p in programs]
+    if program.name in names:
+        return [program if p.name == program.name else p for p in programs]
+    return [*programs, program]
+
+
+def run_program(state: Path, program: Program, timeout: float = 60.0) -> str:
+    """Runs a program under the supervisord of `state` (a joined machine's node directory):
+    the configuration is written with it (and the programs run before), supervisord started
+    or told; a program already running on the same argv and code is left alone, one whose
+    argv or code changed is restarted, one not running is started. Returns what was done."""
+    supervisor = Supervisor(state)
+    programs = with_program(load_programs(supervisor.layout), program)
+    supervisor.layout.directory.mkdir(parents=True, exist_ok=True)
+    programs_file(supervisor.layout).write_text(json.dumps(
+        [{"name": p.name, "argv": list(p.argv), "log": str(p.log)} for p in programs], indent=2))
+    digested = [Program(p.name, p.argv, p.log, program_digest(p.argv, REPO)) for p in programs]
+    supervisor.write_config(digested, python=sys.executable, directory=REPO)
+    if not supervisor.running():
+        left = supervisor.orphans()
+        if left:  # a killed supervisord's programs
+            terminate(left)
+        supervisor.start_daemon(sys.executable, timeout=timeout)
+        done = "started"
+    else:
+        # The others changed are left running: each is restarted by its own `run`.
+        _, kept = supervisor.update(keep=[p.name for p in programs])
+        done = "started"
+        if program.name in kept:
+            supervisor.replace(program.name)
+            done = "restarted (its argv or code changed)"
+    info = supervisor.process(program.name)
+    if info is not None and info.state not in STOPPED:
+        return "already running" if done == "started" else done
+    supervisor.start(program.name)
+    return done
+
+
+def shutdown_all(state: Path, timeout: float = STOP_WAIT_SECONDS * 3) -> list[str]:
+    """Stops the supervisord of `state` and every program under it (and what a dead one left)."""
+    supervisor = Supervisor(state)
+    said = []
+    if supervisor.running():
+        names = [name for name in supervisor.processes() if name != LISTENER]
+        pid = supervisor.pid()
+        if not supervisor.shutdown(timeout=timeout):
+            terminate([pid], timeout=0)
+        said.append(f"stopped {', '.join(names) or 'nothing'} and supervisord")
+    left = supervisor.orphans()
+    if left:
+        terminate(left)
+        said.append(f"stopped {len(left)} process(es) a dead supervisord left")
+    return said
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "listen":
-        raise SystemExit("usage: python -m tools.supervisor listen EVENTS-FILE")
-    listen(Path(args[1]))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tools.supervisor", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("listen", help="supervisord's event listener (its configuration runs it)").add_argument("events")
+    run = sub.add_parser("run", help="run a program under the supervisord of STATE (started if need be)")
+    run.add_argument("state")
+    run.add_argument("name")
+    run.add_argument("log")
+    run.add_argument("argv", nargs="+", help="after --: the program's command")
+    state = sub.add_parser("state", help="a program's state (RUNNING, BACKOFF, ...; UNKNOWN if none)")
+    state.add_argument("state")
+    state.add_argument("name")
+    sub.add_parser("shutdown", help="stop the supervisord of STATE and everything under it").add_argument("state")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "listen":
+        listen(Path(args.events))
+    elif args.command == "run":
+        try:
+            done = run_program(Path(args.state).resolve(), Program(args.name, tuple(args.argv), Path(args.log)))
+        except (SupervisorError, ValueError) as error:
+            raise SystemExit(f"{args.name}: {error}") from None
+        print(f"{args.name}: {done} (log: {args.log})")
+    elif args.command == "state":
+        info = Supervisor(Path(args.state).resolve()).process(args.name)
+        print(info.state if info else "UNKNOWN")
+    else:
+        for line in shutdown_all(Path(args.state).resolve()):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.polling import eventually_blocking
-from tools.processes import REPO
+from tools.processes import REPO, port_open
+from tools.supervisor import Supervisor
 
 from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
@@ -278,6 +280,7 @@ def test_a_second_machine_joins_as_the_readme_says(local_cluster, tmp_path):
         **os.environ, "KYBERNETES_NODE_STATE": str(tmp_path / "joined"), "KYBERNETES_LOG_DIR": str(tmp_path),
         "PYTHON": sys.executable,  # the checkout's virtualenv, as the script's default would be
     }
+    supervisor = Supervisor(tmp_path / "joined" / joined)
     try:
         started = subprocess.run(
             [*cluster.host_network.exec_prefix(joined), "bash", str(REPO / "scripts" / "join-node.sh"),
@@ -315,5 +318,25 @@ def test_a_second_machine_joins_as_the_readme_says(local_cluster, tmp_path):
             if len(answered) == 2:
                 break
         assert answered == {"far", "near"}
+
+        # Its kubelet and proxy run under a supervisord of the machine's own: the kubelet killed -9
+        # comes back, and adopts its pod (the same container, not restarted).
+        assert {"kubelet", "proxy"} <= set(supervisor.pids())
+        far = cluster.container("far")
+        killed = supervisor.pids()["kubelet"]
+        os.kill(killed, signal.SIGKILL)
+        eventually_blocking(lambda: supervisor.pids().get("kubelet") not in (None, killed),
+                            what="the joined kubelet restarted by its supervisord", **CLUSTER_WAIT)
+        # Up and serving (supervisord counts it RUNNING after 3 s), its pods synced: adopted, not restarted.
+        eventually_blocking(lambda: supervisor.process("kubelet").state == "RUNNING" and port_open(10250, address),
+                            what="the restarted kubelet serving", **CLUSTER_WAIT)
+        eventually_blocking(lambda: who(cluster, "near", f"http://{ip_of['far']}:8080/cgi-bin/who")[0] == "far",
+                            what="the far pod answering after its kubelet's restart", **CLUSTER_WAIT)
+        assert cluster.container("far").id == far.id
+        [pod] = [p for p in cluster.pods("app=whoami") if p["metadata"]["name"] == "far"]
+        assert pod["metadata"]["uid"] == next(p for p in pods if p["metadata"]["name"] == "far")["metadata"]["uid"]
+        assert sum(c.get("restartCount", 0) for c in pod["status"]["containerStatuses"]) == 0
     finally:
         subprocess.run(["bash", str(REPO / "scripts" / "join-node.sh"), "stop", joined], env=env, timeout=60)
+    # `stop` leaves nothing running: no supervisord, nothing it ran.
+    assert not supervisor.running() and supervisor.orphans() == []

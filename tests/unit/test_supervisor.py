@@ -13,7 +13,9 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
+from tools.localcluster import Component, rolling
 from tools.supervisor import (
+    DIGEST_ENV,
     LISTENER,
     STOP_WAIT_SECONDS,
     UNIX_PATH_MAX,
@@ -21,14 +23,23 @@ from tools.supervisor import (
     ProcessInfo,
     Program,
     StatusRow,
+    binary_fingerprint,
+    code_digest,
     event_record,
     format_status,
     format_uptime,
     listen,
+    module_sources,
     parse_restarts_column,
+    process_digest,
+    program_digest,
     render_config,
     restart_counts,
+    rolling_order,
+    runs,
     supervised_by,
+    upgrade_plan,
+    with_program,
 )
 
 PYTHON = "/opt/venv/bin/python"
@@ -196,3 +207,132 @@ def test_orphans_are_the_processes_that_name_this_clusters_supervisord(tmp_path)
     (tmp_path / "15").mkdir()  # gone before its environ was read
     (tmp_path / "self").mkdir()
     assert supervised_by(ours, tmp_path) == [11]
+
+
+# -- upgrades: what a program runs, and the order a changed cluster is restarted in -----------
+
+
+def test_the_digest_is_of_the_argv_and_every_source_in_name_order():
+    sources = {"services/replicator/main.py": "aa", "services/common/x.py": "bb"}
+    argv = (PYTHON, "-m", "services.replicator.main", "--workers", "5")
+    digest = code_digest(argv, sources)
+    assert digest == code_digest(list(argv), dict(reversed(sources.items())))  # a function of the contents only
+    assert len(digest) == 16 and digest.isalnum()
+    others = {
+        code_digest((*argv, "--resync-period=301"), sources),  # a flag more
+        code_digest(argv, {**sources, "services/common/x.py": "bc"}),  # a file changed
+        code_digest(argv, {**sources, "services/common/y.py": "cc"}),  # a file added
+        code_digest(argv, {"services/replicator/main.py": "aa"}),  # a file removed
+        code_digest((PYTHON, "-m", "services.replicator.main", "--workers 5"), sources),  # not the same argv
+        code_digest(argv, {"services/replicator/main.py": "aa\0services/common/x.py", "": "bb"}),
+    }
+    assert digest not in others and len(others) == 6
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ((PYTHON, "-m", "services.kubelet.main", "--node-name", "n"), ("module", "services.kubelet.main")),
+    ((PYTHON, "-u", "-m", "services.dns.main"), ("module", "services.dns.main")),
+    (("nsenter", "--net=/run/netns/x", "--", PYTHON, "-m", "services.proxy.main"), ("module", "services.proxy.main")),
+    (("/usr/bin/etcd", "--name", "default", "-m", "x"), ("binary", "/usr/bin/etcd")),
+    ((PYTHON, "script.py", "-m", "x"), ("binary", PYTHON)),
+    (("nsenter", "--net=/run/netns/x", "--", "/usr/bin/etcd"), ("binary", "/usr/bin/etcd")),
+])
+def test_what_a_program_runs(argv, expected):
+    assert runs(argv) == expected
+
+
+def test_a_component_runs_its_package_common_and_the_stubs():
+    assert module_sources("services.apiserver.main") == ("services/apiserver", "services/common", "generated")
+    assert module_sources("services.common.x") == ("services/common", "generated")
+    assert module_sources("tools.supervisor") == ("tools", "services/common", "generated")
+
+
+def fake_repo(root: Path) -> Path:
+    for name in ("services/replicator/main.py", "services/kubelet/main.py", "services/common/api.py",
+                 "generated/kybernetes/v1/pod_pb2.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"# {name}\n")
+    (root / "services/replicator/__pycache__").mkdir()
+    (root / "services/replicator/__pycache__/main.cpython-311.pyc").write_bytes(b"\0")
+    return root
+
+
+def test_a_changed_source_changes_the_digest_of_the_components_that_run_it_only(tmp_path):
+    repo = fake_repo(tmp_path)
+    replicator = (PYTHON, "-m", "services.replicator.main")
+    kubelet = ("nsenter", "--net=/run/netns/n", "--", PYTHON, "-m", "services.kubelet.main")
+    before = program_digest(replicator, repo), program_digest(kubelet, repo)
+    assert program_digest(replicator, repo) == before[0]  # stable
+    (repo / "services/replicator/__pycache__/main.cpython-311.pyc").write_bytes(b"\1")  # a cache is not code
+    (repo / "services/replicator/notes.txt").write_text("x")
+    assert (program_digest(replicator, repo), program_digest(kubelet, repo)) == before
+    (repo / "services/replicator/main.py").write_text("# changed\n")
+    assert program_digest(replicator, repo) != before[0]
+    assert program_digest(kubelet, repo) == before[1]
+    changed = program_digest(replicator, repo)
+    (repo / "services/common/api.py").write_text("# shared, changed\n")
+    assert program_digest(replicator, repo) != changed and program_digest(kubelet, repo) != before[1]
+    (repo / "generated/kybernetes/v1/pod_pb2.py").unlink()
+    assert len({program_digest(kubelet, repo), program_digest(kubelet, repo)}) == 1
+
+
+def test_a_binary_is_its_file(tmp_path):
+    binary = tmp_path / "etcd"
+    binary.write_text("v3.4")
+    link = tmp_path / "etcd-link"
+    link.symlink_to(binary)
+    first = binary_fingerprint(str(link))
+    assert list(first) == [str(binary)]  # where it resolves to
+    binary.write_text("v3.5.1")  # a new build: another size, another mtime
+    assert binary_fingerprint(str(link)) != first
+    assert binary_fingerprint(str(tmp_path / "gone")) == {str(tmp_path / "gone"): "missing"}
+    assert program_digest((str(link), "--name", "x"), tmp_path) != code_digest((str(link), "--name", "x"), first)
+
+
+def test_the_digest_is_the_programs_environment_so_new_code_is_a_changed_program(tmp_path):
+    listed = [Program(p.name, p.argv, p.log, f"{index:016x}") for index, p in enumerate(programs(tmp_path))]
+    options = parsed(tmp_path, listed)
+    groups = {group.name: group.process_configs[0] for group in options.process_group_configs}
+    assert groups["apiserver"].environment == {DIGEST_ENV: f"{1:016x}"}
+    with pytest.raises(ValueError, match="etcd"):
+        render_config(Layout(tmp_path), [Program("etcd", ("/usr/bin/etcd",), tmp_path / "e.log", 'a" b')],
+                      python=PYTHON, directory=tmp_path)
+
+
+def test_a_running_process_says_what_it_was_started_on(tmp_path):
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "environ").write_bytes(f"A=1\0{DIGEST_ENV}=00ff\0B=2\0".encode())
+    (tmp_path / "8").mkdir()
+    (tmp_path / "8" / "environ").write_bytes(f"X{DIGEST_ENV}=1\0".encode())
+    assert process_digest(7, tmp_path) == "00ff"
+    assert process_digest(8, tmp_path) == "" and process_digest(9, tmp_path) == ""
+
+
+def test_a_rolling_upgrade_goes_by_dependency_then_as_listed():
+    kinds = [("dns", "dns"), ("kubelet-a", "kubelet"), ("proxy-a", "proxy"), ("kubelet-b", "kubelet"),
+             ("apiserver", "api"), ("etcd-2", "etcd"), ("etcd", "etcd"), ("tool", "other"), ("apiserver-2", "api")]
+    order = rolling_order(kinds, ("etcd", "api", "kubelet", "proxy", "dns"))
+    assert order == ["etcd-2", "etcd", "apiserver", "apiserver-2", "kubelet-a", "kubelet-b", "proxy-a", "dns", "tool"]
+    # Only what changed and runs is restarted (one not running just starts on its new program).
+    assert upgrade_plan(order, {"dns", "etcd", "kubelet-b", "gone"}, {"dns", "kubelet-b", "etcd-2", "gone"}) == [
+        "kubelet-b", "dns"]
+    assert upgrade_plan(order, set(), set(order)) == []
+
+
+def test_make_up_rolls_etcd_api_servers_replicators_kubelets_proxies_then_dns():
+    names = [("etcd", "etcd"), ("etcd-2", "etcd"), ("apiserver", "kube-apiserver"),
+             ("apiserver-2", "kube-apiserver"), ("replicator", "kube-replicator"), ("kubelet-n1", "kubelet"),
+             ("proxy-n1", "kube-proxy"), ("kubelet-n2", "kubelet"), ("proxy-n2", "kube-proxy"),
+             ("proxy-host", "kube-proxy"), ("dns", "kube-dns")]
+    components = [Component(name, program, []) for name, program in names]
+    assert [c.name for c in rolling(components)] == [
+        "etcd", "etcd-2", "apiserver", "apiserver-2", "replicator", "kubelet-n1", "kubelet-n2", "proxy-n1",
+        "proxy-n2", "proxy-host", "dns"]
+
+
+def test_a_machines_programs_are_added_or_replaced_in_place(tmp_path):
+    kubelet, proxy = (Program(name, ("/bin/" + name,), tmp_path / f"{name}.log") for name in ("kubelet", "proxy"))
+    assert with_program([], kubelet) == [kubelet]
+    assert with_program([kubelet], proxy) == [kubelet, proxy]
+    newer = Program("kubelet", ("/bin/kubelet", "--v"), tmp_path / "kubelet.log")
+    assert with_program([kubelet, proxy], newer) == [newer, proxy]
