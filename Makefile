@@ -85,6 +85,8 @@ bench: deps venv images
 	$(PY) -m bench.bigobjects
 	$(PY) -m bench.crossnode
 	$(PY) -m bench.chaos
+	$(PY) -m bench.supervised
+	$(PY) -m bench.staticpods
 
 clean: down
 	rm -rf $(STATE_DIR)

@@ -56,7 +56,7 @@ from .hostnetwork import DEFAULT_BRIDGE as HOST_BRIDGE, DEFAULT_NETWORK as HOST_
 from .hostnetwork import HostNetworkError, remove_pod_bridge
 from .processes import REPO, apiserver_security_flags, etcd_argv, port_open, python_module_argv
 from .supervisor import COMING_UP, STOP_WAIT_SECONDS, Program, StatusRow, Supervisor, SupervisorError, format_status
-from .supervisor import terminate
+from .supervisor import program_digest, rolling_order, terminate, upgrade_plan
 
 ETCD_PORT = 2379
 API_PORT = 6443
@@ -216,8 +216,9 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
             [
                 "--listen", ",".join(f"{host}:{port}" for host in hosts),
                 "--token-listen", ",".join(f"{host}:{port + 1}" for host in hosts),
-                # The Kubernetes REST API, for kubectl and the client libraries (loopback only for now).
-                "--rest-listen", f"127.0.0.1:{args.rest_port + 2 * index}",
+                # The Kubernetes REST API, for kubectl and the client libraries: on the same
+                # addresses as gRPC (the certificate names each).
+                "--rest-listen", ",".join(f"{host}:{args.rest_port + 2 * index}" for host in hosts),
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
                 "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki),
                 "--leader-elect-identity", leader_identity(replica_name("apiserver", index)), *args.apiserver_arg,
@@ -471,21 +472,39 @@ def runs_program(pid: int, argv: list[str]) -> bool:
 
 
 def supervisor_programs(plan: ClusterPlan) -> list[Program]:
-    return [Program(c.name, tuple(c.process_argv()), c.log_path(plan.state_dir)) for c in plan.components]
+    """Each component's program, with a digest of what it runs (its code, its argv): new code
+    or new flags is a changed program, which `up` restarts (upgrade_supervised)."""
+    programs = []
+    for c in plan.components:
+        argv = tuple(c.process_argv())
+        programs.append(Program(c.name, argv, c.log_path(plan.state_dir), program_digest(argv, REPO)))
+    return programs
 
 
-def ensure_supervisor(plan: ClusterPlan, recorded: dict) -> Supervisor:
+# A rolling upgrade's order (and process mode's start order): what the others depend on first.
+ROLLING_ORDER = ("etcd", "kube-apiserver", "kube-replicator", "kubelet", "kube-proxy", "kube-dns")
+
+
+def rolling(components: list[Component]) -> list[Component]:
+    """The components in ROLLING_ORDER (etcd, API servers, replicators, kubelets, proxies, DNS)."""
+    by_name = {c.name: c for c in components}
+    return [by_name[name] for name in rolling_order([(c.name, c.program) for c in components], ROLLING_ORDER)]
+
+
+def ensure_supervisor(plan: ClusterPlan, recorded: dict) -> tuple[Supervisor, list[str]]:
     """Process mode: every component runs under the cluster's supervisord (tools/supervisor.py).
-    Writes its configuration; a running supervisord takes the changes (a component whose
-    program changed, its command or how it is supervised, is stopped and started again); else
-    supervisord is started, once every process a dead one left behind (a killed supervisord's
-    children, or a cluster from before supervisord) is stopped."""
+    Writes its configuration; a running supervisord takes the changes, and the components
+    whose program changed (new code, other flags) and that run are returned, for `up` to
+    restart one at a time (upgrade_supervised); else supervisord is started, once every
+    process a dead one left behind (a killed supervisord's children, or a cluster from before
+    supervisord) is stopped."""
     supervisor = Supervisor(plan.state_dir)
     supervisor.write_config(supervisor_programs(plan), python=sys.executable, directory=REPO)
     if supervisor.running():
-        for name in supervisor.update():
+        replaced, changed = supervisor.update(keep=[c.name for c in plan.components])
+        for name in replaced:
             print(f"  {name:<24} replaced: its configuration changed")
-        return supervisor
+        return supervisor, upgrade_plan([c.name for c in rolling(plan.components)], changed, changed)
     left = supervisor.orphans()
     for data in recorded.get("components", {}).values():
         component = Component(**data)
@@ -496,7 +515,31 @@ def ensure_supervisor(plan: ClusterPlan, recorded: dict) -> Supervisor:
         terminate(left)
     supervisor.start_daemon(sys.executable)
     print(f"  {'supervisord':<24} running, pid {supervisor.pid()}, socket {supervisor.layout.socket}")
-    return supervisor
+    return supervisor, []
+
+
+def upgrade_supervised(
+    component: Component, supervisor: Supervisor, timeout: float, credentials: ClientCredentials | None
+) -> bool:
+    """A rolling upgrade's step: the component is stopped (SIGTERM) and started on its new
+    program, and waited for until healthy before `up` goes on to the next (the other replica
+    serves meanwhile; a kubelet adopts its pods)."""
+    old = supervisor.started_digest(component.name)
+    print(f"  {component.name:<24} upgrading: what it runs changed")
+    supervisor.replace(component.name)
+    supervisor.start(component.name)
+    if not _wait_supervised(component, supervisor, timeout, credentials):
+        return False
+    if not (component.health and component.grpc_health):
+        # No probe (the replicator) or only an open port (etcd: it may not have caught up with its
+        # peers yet): also up as long as supervisord counts it started (RUNNING), before the next one.
+        deadline = time.monotonic() + timeout
+        while (info := supervisor.process(component.name)) is not None and info.state != "RUNNING":
+            if info.state in ("BACKOFF", "FATAL") or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+    print(f"  {component.name:<24} upgraded ({old or '?'} -> {supervisor.started_digest(component.name) or '?'})")
+    return True
 
 
 # A supervised component this young that is not answering yet is coming up, not stuck.
@@ -672,15 +715,16 @@ def up(args: argparse.Namespace) -> int:
         print(f"could not set up the host network: {error}", file=sys.stderr)
         return 1
     credentials = admin_credentials(state)
-    components = prepare_static_pods(plan, args) if args.mode == "containers" else plan.components
+    components = prepare_static_pods(plan, args) if args.mode == "containers" else rolling(plan.components)
     try:
-        supervisor = ensure_supervisor(plan, recorded) if args.mode == "processes" else None
+        supervisor, upgrades = ensure_supervisor(plan, recorded) if args.mode == "processes" else (None, [])
     except SupervisorError as error:
         print(f"{error}; see {Supervisor(state).layout.log}", file=sys.stderr)
         return 1
     for component in components:
-        if supervisor is not None:  # process mode: each component under supervisord
-            started = start_supervised(component, supervisor, args.timeout, credentials)
+        if supervisor is not None:  # process mode: each component under supervisord, upgrades one at a time
+            start = upgrade_supervised if component.name in upgrades else start_supervised
+            started = start(component, supervisor, args.timeout, credentials)
             recorded["components"][component.name] = asdict(component)
             save_state(state, recorded)
             if not started:
@@ -712,6 +756,8 @@ def up(args: argparse.Namespace) -> int:
             print(_tail(component.log_path(state)), file=sys.stderr)
             return 1
         print(f"  {component.name:<24} started")
+    if upgrades:
+        print(f"  upgraded {len(upgrades)} component(s), one at a time: {', '.join(upgrades)}")
     ensure_dns_service(plan)
     if args.user_kubeconfig:
         user_config = Path(args.user_kubeconfig).expanduser()

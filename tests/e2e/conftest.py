@@ -16,13 +16,24 @@ def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
 
     After the test each is taken down with every container it made, pass or fail.
     """
+    yield from _clusters(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalCluster]]:
+    """local_cluster for a module whose tests share one cluster (one start): taken down after
+    the module's last test."""
+    yield from _clusters(tmp_path_factory.mktemp("clusters"))
+
+
+def _clusters(root: Path) -> Iterator[Callable[..., LocalCluster]]:
     started: list[LocalCluster] = []
 
     def start(
         nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = (), ha: bool = False,
         replicator_args: tuple[str, ...] = (),
     ) -> LocalCluster:
-        cluster = LocalCluster(tmp_path / f"cluster-{len(started)}", nodes=nodes, mode=mode,
+        cluster = LocalCluster(root / f"cluster-{len(started)}", nodes=nodes, mode=mode,
                                apiserver_args=apiserver_args, ha=ha, replicator_args=replicator_args)
         started.append(cluster)
         result = cluster.up()

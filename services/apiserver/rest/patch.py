@@ -18,6 +18,7 @@ resourceVersion as precondition, retries on conflict) is in server.py.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonpatch
@@ -102,11 +103,12 @@ def merge_strategy(field: str) -> tuple[str, str] | None:
 class PatchError(ValueError):
     """A patch that cannot be applied. code 400: malformed (not a patch of its kind); 422: a
     well-formed patch that does not apply to this object (a JSON patch's missing path, a
-    failed test)."""
+    failed test); field: the object's field it failed at, when known (`spec.replicas`)."""
 
-    def __init__(self, message: str, code: int = 400) -> None:
+    def __init__(self, message: str, code: int = 400, field: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.field = field
 
 
 # -- merge patch (RFC 7386) -------------------------------------------------------------
@@ -132,14 +134,44 @@ def json_patch(document: dict[str, Any], patch: Any) -> Any:
     if not isinstance(patch, list):
         raise PatchError("a JSON patch must be an array of operations")
     try:
-        operations = jsonpatch.JsonPatch(patch)
-        return operations.apply(document)
+        jsonpatch.JsonPatch(patch)  # every operation well-formed before any is applied
+        result = copy.deepcopy(document)
+        for index, operation in enumerate(patch):
+            try:
+                result = jsonpatch.JsonPatch([operation]).apply(result, in_place=True)
+            except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed,
+                    jsonpointer.JsonPointerException) as error:
+                raise PatchError(_not_applied(index, operation, result, error), 422,
+                                 _dotted(str(operation.get("path", "")))) from None
+        return result
     except jsonpatch.InvalidJsonPatch as error:
         raise PatchError(f"invalid JSON patch: {error}") from None
-    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed, jsonpointer.JsonPointerException) as error:
-        raise PatchError(f"the JSON patch does not apply: {error}", 422) from None
     except (TypeError, KeyError, AttributeError) as error:  # an operation of the wrong shape
         raise PatchError(f"invalid JSON patch: {error!r}"[:300]) from None
+
+
+def _not_applied(index: int, operation: dict[str, Any], document: Any, error: Exception) -> str:
+    """Why operation `index` of a JSON patch does not apply, in a line (not the object's dump)."""
+    path = str(operation.get("path"))
+    where = f"the JSON patch does not apply: operation {index} ({str(operation.get('op'))[:16]} {path[:128]})"
+    if isinstance(error, jsonpatch.JsonPatchTestFailed):
+        try:
+            found = json.dumps(jsonpointer.resolve_pointer(document, path))[:64]
+        except jsonpointer.JsonPointerException:
+            return f"{where}: no such path"
+        return f"{where}: the value is {found}, not {json.dumps(operation.get('value'))[:64]}"
+    if isinstance(error, jsonpointer.JsonPointerException):  # its message quotes the whole object
+        return f"{where}: no such path"
+    return f"{where}: {str(error)[:128]}"
+
+
+def _dotted(pointer: str) -> str:
+    """A JSON pointer as our field paths are written: /spec/containers/0/image -> spec.containers[0].image."""
+    path = ""
+    for token in pointer.split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        path += f"[{token}]" if token.isdigit() or token == "-" else (f".{token}" if path else token)
+    return path
 
 
 # -- strategic merge patch --------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..auth.authenticate import AuthenticationError, Authenticator
 from ..auth.context import set_current_user
 from ..errors import ApiError
 from ..registry import Registry, off_loop, set_dry_run
-from ..server import MAX_REQUEST_BYTES, POLICY_KINDS, POLICY_SETTLE_TIMEOUT
+from ..server import MAX_REQUEST_BYTES, POLICY_KINDS, POLICY_SETTLE_TIMEOUT, listen_addresses
 from . import discovery
 from .jsonconv import JsonDecodeError, json_to_message, list_to_json, object_to_json
 from .logs import serve_log
@@ -199,8 +199,12 @@ class RestServer:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self, listen: str) -> int:
-        """Serves on host:port (port 0: any); returns the port."""
-        host, _, port = listen.rpartition(":")
+        """Serves on host:port, or several comma-separated as gRPC's --listen (loopback for the
+        host's clients, the host network's and --api-address for the others'); port 0: any.
+        Returns the first address's port."""
+        addresses = listen_addresses(listen)
+        if not addresses:
+            raise ValueError("--rest-listen: no address")
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a watch whose client went is cancelled at once, not at its next write.
@@ -209,8 +213,13 @@ class RestServer:
         )
         await self._runner.setup()
         context = _ssl_context(self.serving) if self.serving is not None else None
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=context)
-        await site.start()
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            try:
+                site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=context)
+                await site.start()
+            except (OSError, ValueError) as error:
+                raise OSError(f"--rest-listen: cannot bind {address}: {error}") from error
         self.port = self._runner.addresses[0][1]
         return self.port
 
@@ -497,8 +506,9 @@ class RestServer:
             try:
                 patched = await off_loop(size, patch_current)  # a big object in the big-object thread
             except PatchError as error:
-                if error.code == 422:
-                    raise StatusError(422, "Invalid", str(error), {"name": target.name, "kind": kind.plural}) from None
+                if error.code == 422:  # the reason as a cause too: kubectl prints the causes of an Invalid
+                    raise StatusError(422, "Invalid", str(error), {"name": target.name, "kind": kind.plural, "causes": [
+                        {"reason": "FieldValueInvalid", "message": str(error), "field": error.field}]}) from None
                 raise bad_request(str(error)) from None
             obj, headers = await self._decode_document(patched, kind.message, target, validation, size)
             if not pinned:  # the version read is the precondition, whatever the patch did to it
