@@ -21,6 +21,7 @@ import sys
 from typing import Callable
 
 from services.common.client import ApiClient, cluster_access
+from services.common.events import EventRecorder
 from services.common.kubeconfig import ClusterAccess, KubeconfigError
 from services.common.flags import add_api_client_flags, boolean, positive_duration, positive_int
 from services.common.log import configure_logging, get_logger
@@ -46,33 +47,35 @@ def _option(args: argparse.Namespace, name: str, default: float) -> float:
     return getattr(args, name, default)
 
 
-def _scheduler(args: argparse.Namespace) -> Controller:
+def _scheduler(args: argparse.Namespace, recorder: EventRecorder) -> Controller:
     return Scheduler(
         node_grace_period=_option(args, "node_monitor_grace_period", DEFAULT_GRACE_PERIOD),
         bind_concurrency=int(_option(args, "scheduler_bind_concurrency", DEFAULT_BIND_CONCURRENCY)),
+        recorder=recorder.for_component("default-scheduler"),
     )
 
 
-def _endpoints(args: argparse.Namespace) -> Controller:
+def _endpoints(args: argparse.Namespace, recorder: EventRecorder) -> Controller:
     return EndpointsController()
 
 
-def _nodelifecycle(args: argparse.Namespace) -> Controller:
+def _nodelifecycle(args: argparse.Namespace, recorder: EventRecorder) -> Controller:
     return NodeLifecycleController(
         grace_period=_option(args, "node_monitor_grace_period", DEFAULT_GRACE_PERIOD),
         eviction_timeout=_option(args, "pod_eviction_timeout", DEFAULT_EVICTION_TIMEOUT),
+        recorder=recorder.for_component("node-controller"),
     )
 
 
-def _nodeipam(args: argparse.Namespace) -> Controller:
+def _nodeipam(args: argparse.Namespace, recorder: EventRecorder) -> Controller:
     return NodeIpamController(
         cluster_cidr=getattr(args, "cluster_cidr", DEFAULT_CLUSTER_CIDR),
         node_cidr_mask_size=getattr(args, "node_cidr_mask_size", DEFAULT_NODE_CIDR_MASK_SIZE),
     )
 
 
-# name -> factory(args): every controller this package can run.
-CONTROLLERS: dict[str, Callable[[argparse.Namespace], Controller]] = {
+# name -> factory(args, recorder): every controller this package can run.
+CONTROLLERS: dict[str, Callable[[argparse.Namespace, EventRecorder], Controller]] = {
     "scheduler": _scheduler,
     "endpoints": _endpoints,
     "nodelifecycle": _nodelifecycle,
@@ -159,11 +162,14 @@ async def run(names: list[str], access: ClusterAccess, args: argparse.Namespace)
     if not names:
         return
     client = ApiClient.for_access(access, timeout=30.0)
+    # One event recorder for the process; each controller records as its own component.
+    recorder = EventRecorder(client, "kube-controller-manager")
 
     async def lead() -> None:
         manager = Manager(client, name="controllers")
         for name in names:
-            manager.add(CONTROLLERS[name](args))
+            manager.add(CONTROLLERS[name](args, recorder))
+        recorder.start()
         await manager.run()
 
     # A namespace built without the election flags (e.g. by a test) runs as a lone copy.
@@ -174,6 +180,7 @@ async def run(names: list[str], access: ClusterAccess, args: argparse.Namespace)
         else:
             await LeaderElector(client, election).run_forever(lead)
     finally:
+        await recorder.close()
         await client.close()
 
 

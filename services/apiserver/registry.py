@@ -85,6 +85,15 @@ _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 BACKGROUND, ORPHAN, FOREGROUND = "Background", "Orphan", "Foreground"
 _PROPAGATION_POLICIES = ("", BACKGROUND, ORPHAN, FOREGROUND)
 _CONFLICT_RETRIES = 16
+# Kubernetes' dryRun=All for the writes of one request (the REST API's `dryRun`): each is
+# validated, defaulted and admitted in full, then not stored; the caller gets the object as it
+# would be (a create's without a resourceVersion). Set per request, as auth.context's user.
+_DRY_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("kybernetes_dry_run", default=False)
+
+
+def set_dry_run(value: bool) -> None:
+    """Whether this request's writes store nothing (set on every request, never inherited)."""
+    _DRY_RUN.set(value)
 
 # -- big objects: their CPU work off the event loop -------------------------------------------
 
@@ -577,6 +586,11 @@ class Strategy(Generic[T]):
     async def repair(self, registry: Registry) -> None:
         """Runs once when the server starts, before it serves (Kubernetes' repair loops)."""
 
+    def lease_ttl(self) -> int | None:
+        """Seconds an object of this kind lives after each write (an etcd lease: events'
+        --event-ttl); None: for ever."""
+        return None
+
 
 # -- the registry -------------------------------------------------------------------
 
@@ -648,6 +662,20 @@ class Registry:
 
     def _key(self, namespace: str, name: str) -> bytes:
         return self.kind.key(namespace, name).encode()
+
+    async def _store_create(self, key: bytes, value: bytes) -> int | None:
+        """storage.create, with an etcd lease for a kind whose objects expire (Strategy.lease_ttl)."""
+        ttl = self.strategy.lease_ttl()
+        if ttl is None:
+            return await self.storage.create(key, value)
+        return await self.storage.create(key, value, lease=await self.storage.lease(ttl))
+
+    async def _store_update(self, key: bytes, value: bytes, expected_revision: int) -> int | None:
+        """storage.update, with a fresh lease for a kind whose objects expire (a write extends its life)."""
+        ttl = self.strategy.lease_ttl()
+        if ttl is None:
+            return await self.storage.update(key, value, expected_revision)
+        return await self.storage.update(key, value, expected_revision, lease=await self.storage.lease(ttl))
 
     # -- reads ------------------------------------------------------------
 
@@ -791,7 +819,9 @@ class Registry:
             if generated:
                 meta.name = _generate_name(meta.generate_name)
             value = await self._admitted(size, obj)
-            revision = await self.storage.create(self._key(meta.namespace, meta.name), value)
+            if _DRY_RUN.get():
+                return await self._dry_run_create(obj)
+            revision = await self._store_create(self._key(meta.namespace, meta.name), value)
             if revision is not None:
                 meta.resource_version = revision
                 return obj
@@ -839,6 +869,11 @@ class Registry:
             self.admit(CREATE, obj)
             key = self._key(meta.namespace, meta.name)
             side = await self.strategy.side_keys(self, obj, None)
+            if _DRY_RUN.get():
+                shown = type(obj)()
+                shown.CopyFrom(obj)  # with what it picked (a cluster IP), which done() clears and gives back
+                side.done(None)
+                return await self._dry_run_create(shown)
             value = await self._encode_claimed(size, obj, side)
             revision, object_changed = await self._write_with_side_keys(key, 0, put(key, value), side)
             if revision is not None:
@@ -848,6 +883,13 @@ class Registry:
             if name_taken and not generated:
                 raise already_exists(self.kind.plural, meta.namespace, meta.name)
         raise ApiError(grpc.StatusCode.ABORTED, f'{self.kind.plural} "{meta.name}": too many concurrent writers')
+
+    async def _dry_run_create(self, obj: ApiObject) -> ApiObject:
+        """A dry-run create: refused as the real one would be when the name is taken."""
+        meta = obj.metadata
+        if await self.storage.get(self._key(meta.namespace, meta.name)) is not None:
+            raise already_exists(self.kind.plural, meta.namespace, meta.name)
+        return obj
 
     async def _encode_claimed(self, size: int, obj: ApiObject, side: SideKeys) -> bytes:
         """obj encoded once side_keys has filled it in: should the wait for the thread be
@@ -923,6 +965,8 @@ class Registry:
                     admit(updated, current)
             if updated is None:
                 return current
+            if _DRY_RUN.get():
+                return updated  # validated and admitted; not written (resourceVersion as read)
             if remove_if is not None and remove_if(updated, current):
                 revision = await self._remove(namespace, name, current)
                 if revision is None:
@@ -950,7 +994,7 @@ class Registry:
                 value, unchanged = await off_loop(big, self._encode_compared, updated, current)
                 if unchanged:
                     return current  # a no-op write keeps the resource_version
-                revision = await self.storage.update(
+                revision = await self._store_update(
                     self._key(namespace, name), value, current.metadata.resource_version
                 )
             if revision is not None:
@@ -1053,6 +1097,8 @@ class Registry:
             self.admit(DELETE, current)
             await self.strategy.before_delete(self, current, policy)
             plan = await off_loop(size, self._plan_deletion, current, policy, requested, now_timestamp())
+            if _DRY_RUN.get():
+                return plan.marked if plan.marked is not None else current
             if plan.now:
                 revision = await self._remove(namespace, request.name, current)
                 if revision is not None:

@@ -9,6 +9,7 @@ with the API server's client certificate, which aetcd's client cannot do.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Sequence, TypeAlias
 
@@ -123,6 +124,44 @@ def delete_if_value(key: bytes, value: bytes) -> Op:
     )
 
 
+@dataclass
+class LeaseReuse:
+    """Which etcd lease a write with a time to live goes with (kube-apiserver's lease manager,
+    storage/etcd3/lease_manager.go): one lease is granted for ttl plus a reuse window
+    (5% of ttl, at most a minute) and shared by every such write in that window, up to
+    `max_objects`, so a thousand events a minute cost etcd one lease, not a thousand; each key
+    still lives at least ttl. Pure: the clock is the caller's."""
+
+    reuse_seconds: int = 60
+    reuse_share: float = 0.05
+    max_objects: int = 1000
+    lease_id: int = 0
+    expires: float = 0.0  # when the current lease runs out
+    ttl: int = 0  # the ttl it was granted for
+    attached: int = 0
+
+    def reuse_window(self, ttl: int) -> int:
+        return min(int(ttl * self.reuse_share), self.reuse_seconds)
+
+    def reuse(self, ttl: int, now: float) -> int | None:
+        """The current lease if it fits a write of ttl at now (counted), else None: grant one."""
+        if not self.lease_id or ttl != self.ttl or self.attached >= self.max_objects:
+            return None
+        valid = now + ttl < self.expires  # outlives the key's ttl
+        sufficient = now + ttl + self.reuse_window(ttl) >= self.expires  # not longer than the window
+        if not (valid and sufficient):
+            return None
+        self.attached += 1
+        return self.lease_id
+
+    def granted(self, lease_id: int, ttl: int, now: float) -> None:
+        self.lease_id, self.ttl, self.attached = lease_id, ttl, 1
+        self.expires = now + ttl + self.reuse_window(ttl)
+
+    def forget(self) -> None:
+        self.lease_id = 0
+
+
 class CompactedError(Exception):
     def __init__(self, compact_revision: int) -> None:
         super().__init__(f"revision compacted (oldest available {compact_revision})")
@@ -168,6 +207,8 @@ class Storage:
         # One transaction in flight: writes that arrive meanwhile form the next
         # batch, held up to write_hold seconds when many clients write at once.
         self._batcher = TxnBatcher(self._txn, max_in_flight=1, hold=write_hold)
+        self._leases = LeaseReuse()
+        self._lease_lock = asyncio.Lock()
 
     async def connect(self) -> None:
         if self._channel is None:
@@ -201,7 +242,28 @@ class Storage:
         try:
             return await self._kv_stub.Txn(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
+            if "lease not found" in (error.details() or ""):
+                self._leases.forget()  # revoked or expired: the next write gets a new one
             raise _etcd_error(error) from error
+
+    async def lease(self, ttl: int) -> int:
+        """An etcd lease that keeps a key at least ttl seconds (shared, see LeaseReuse)."""
+        async with self._lease_lock:
+            now = time.monotonic()
+            lease_id = self._leases.reuse(ttl, now)
+            if lease_id is not None:
+                return lease_id
+            granted_ttl = ttl + self._leases.reuse_window(ttl)
+            if self._channel is None:
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, "etcd: not connected")
+            try:
+                response = await rpc.LeaseStub(self._channel).LeaseGrant(
+                    rpc.LeaseGrantRequest(TTL=granted_ttl), timeout=self._timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _etcd_error(error) from error
+            self._leases.granted(response.ID, ttl, now)
+            return int(response.ID)
 
     async def get(self, key: bytes) -> KeyValue | None:
         result = await self.range(key)
@@ -245,22 +307,23 @@ class Storage:
             raise
         return False
 
-    async def create(self, key: bytes, value: bytes) -> int | None:
-        """Puts key if absent; returns the new revision, or None when it exists."""
+    async def create(self, key: bytes, value: bytes, *, lease: int = 0) -> int | None:
+        """Puts key if absent (attached to lease, when given); returns the new revision, or
+        None when it exists."""
         return await self._batcher.write(
             key,
             rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0),
-            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease)),
             len(key) + len(value),
         )
 
-    async def update(self, key: bytes, value: bytes, expected_mod_revision: int) -> int | None:
-        """Puts key if it is still at expected_mod_revision; returns the new
-        revision, or None when somebody changed or deleted it meanwhile."""
+    async def update(self, key: bytes, value: bytes, expected_mod_revision: int, *, lease: int = 0) -> int | None:
+        """Puts key if it is still at expected_mod_revision (attached to lease, when given);
+        returns the new revision, or None when somebody changed or deleted it meanwhile."""
         return await self._batcher.write(
             key,
             rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_mod_revision),
-            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease)),
             len(key) + len(value),
         )
 

@@ -37,6 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kybernetes.v1 import (
     coordination_pb2,
     endpoints_pb2,
+    event_pb2,
     meta_pb2,
     namespace_pb2,
     node_pb2,
@@ -44,12 +45,13 @@ from kybernetes.v1 import (
     replication_controller_pb2,
     service_pb2,
 )
-from services.common import defaults, podutil, validation
+from services.common import defaults, events, podutil, validation
 from services.common.resources import (
     ALL_KINDS,
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    EVENTS,
     LEASES,
     NAMESPACES,
     NODES,
@@ -706,6 +708,30 @@ class LeaseStrategy(Strategy[coordination_pb2.Lease]):
         return validation.validate_lease(obj)
 
 
+# -- events ---------------------------------------------------------------------------
+
+# How long an event lives after its last write (kube-apiserver's --event-ttl).
+DEFAULT_EVENT_TTL = 3600
+
+
+class EventStrategy(Strategy[event_pb2.Event]):
+    """Events (Kubernetes' event strategy): no spec nor status; each write is stored with an etcd
+    lease of `ttl` seconds, so an event expires that long after it was last written."""
+
+    def __init__(self, kind: Kind, *, ttl: int = DEFAULT_EVENT_TTL) -> None:
+        super().__init__(kind)
+        self.ttl = ttl
+
+    def lease_ttl(self) -> int | None:
+        return self.ttl
+
+    def validate(self, obj: event_pb2.Event) -> list[FieldError]:
+        return events.validate_event(obj)
+
+    def validate_update(self, obj: event_pb2.Event, old: event_pb2.Event) -> list[FieldError]:
+        return events.validate_event_update(obj, old)
+
+
 # -- the table --------------------------------------------------------------------
 
 _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
@@ -720,11 +746,15 @@ _STRATEGY_CLASSES: dict[str, type[Strategy[Any]]] = {
     ROLE_BINDINGS.name: RbacStrategy,
     CLUSTER_ROLE_BINDINGS.name: RbacStrategy,
     LEASES.name: LeaseStrategy,
+    EVENTS.name: EventStrategy,
 }
 
 
 def build_strategies(
-    *, cluster_ip_range: ServiceIPRange | None = None, node_port_range: NodePortRange | None = None
+    *,
+    cluster_ip_range: ServiceIPRange | None = None,
+    node_port_range: NodePortRange | None = None,
+    event_ttl: int = DEFAULT_EVENT_TTL,
 ) -> dict[str, Strategy[Any]]:
     """Every kind's strategy, by kind name, in the kinds table's order: a fresh set
     for one API server (the service strategy keeps that server's allocation views)."""
@@ -737,6 +767,8 @@ def build_strategies(
             strategies[kind.name] = ServiceStrategy(
                 kind, cluster_ip_range=cluster_ip_range, node_port_range=node_port_range
             )
+        elif kind is EVENTS:
+            strategies[kind.name] = EventStrategy(kind, ttl=event_ttl)
         else:
             strategies[kind.name] = _STRATEGY_CLASSES[kind.name](kind)
     return strategies

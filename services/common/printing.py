@@ -1,6 +1,6 @@
 """What `kubectl get` shows of our kinds, for every component that prints objects: ages as
 kubectl's HumanDuration, pod READY/STATUS/RESTARTS as kubectl's printPod, service ports, node
-status and roles, endpoints, role-binding subjects. kubecfg's tables (services/kubecfg/printers.py)
+status and roles, endpoints, role-binding subjects, events. kubecfg's tables (services/kubecfg/printers.py)
 and the REST API's server-side Tables (services/apiserver/rest/table.py) are built from these."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kybernetes.v1 import endpoints_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from kybernetes.v1 import endpoints_pb2, event_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
 
 NONE = "<none>"
 NODE_ROLE_PREFIX = "node-role.kubernetes.io/"
@@ -205,3 +205,54 @@ def binding_subjects(subjects: Any) -> tuple[list[str], list[str], list[str]]:
         elif subject.kind == "Group":
             groups.append(subject.name)
     return users, groups, service_accounts
+
+
+# --- events --------------------------------------------------------------------
+
+
+def event_first_seen(event: event_pb2.Event, now: dt.datetime) -> str:
+    """FIRST SEEN: since firstTimestamp (kubectl's printEvent)."""
+    return age(event.first_timestamp, now)
+
+
+def event_last_seen(event: event_pb2.Event, now: dt.datetime) -> str:
+    """LAST SEEN: since lastTimestamp, else since firstTimestamp."""
+    if not timestamp_set(event.last_timestamp):
+        return event_first_seen(event, now)
+    return age(event.last_timestamp, now)
+
+
+def event_count(event: event_pb2.Event) -> int:
+    """COUNT: a singleton event may leave it unset (1)."""
+    return event.count or 1
+
+
+def event_object(event: event_pb2.Event) -> str:
+    """OBJECT: "pod/web-1", the kind in lower case."""
+    ref = event.involved_object
+    return f"{ref.kind.lower()}/{ref.name}" if ref.name else ref.kind.lower()
+
+
+def event_source(event: event_pb2.Event) -> str:
+    """SOURCE: "kubelet, node-1" (component, host), <unknown> without a component."""
+    component = event.source.component or event.reporting_component
+    host = event.source.host or event.reporting_instance
+    if not component:
+        return "<unknown>"
+    return f"{component}, {host}" if host else component
+
+
+def event_interval(event: event_pb2.Event, now: dt.datetime) -> str:
+    """describe's Age of an event: "5m" or, repeated, "2m (x3 over 10m)" (kubectl's DescribeEvents)."""
+    first = event_first_seen(event, now)
+    if event.count > 1:
+        return f"{age(event.last_timestamp, now)} (x{event.count} over {first})"
+    return first
+
+
+def sort_events(events: Any) -> list[event_pb2.Event]:
+    """Oldest last-seen first, as kubectl describe sorts them (SortableEvents)."""
+    def last(event: event_pb2.Event) -> tuple[int, int]:
+        ts = event.last_timestamp if timestamp_set(event.last_timestamp) else event.first_timestamp
+        return ts.seconds, ts.nanos
+    return sorted(events, key=last)

@@ -17,6 +17,8 @@ from kybernetes.v1 import (
     coordination_pb2_grpc,
     endpoints_pb2,
     endpoints_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
     namespace_pb2,
     namespace_pb2_grpc,
     node_pb2,
@@ -63,6 +65,26 @@ def _node_fields(node: node_pb2.Node) -> dict[str, str]:
     return {
         "metadata.name": node.metadata.name,
         "spec.unschedulable": "true" if node.spec.unschedulable else "false",
+    }
+
+
+def _event_fields(event: event_pb2.Event) -> dict[str, str]:
+    """Kubernetes' event field selectors (core/v1 EventToSelectableFields)."""
+    ref = event.involved_object
+    return {
+        "metadata.name": event.metadata.name,
+        "metadata.namespace": event.metadata.namespace,
+        "involvedObject.kind": ref.kind,
+        "involvedObject.namespace": ref.namespace,
+        "involvedObject.name": ref.name,
+        "involvedObject.uid": ref.uid,
+        "involvedObject.apiVersion": ref.api_version,
+        "involvedObject.resourceVersion": str(ref.resource_version) if ref.resource_version else "",
+        "involvedObject.fieldPath": ref.field_path,
+        "reason": event.reason,
+        "reportingComponent": event.reporting_component,
+        "source": event.source.component,
+        "type": event.type,
     }
 
 
@@ -181,10 +203,16 @@ LEASES = Kind(
     stub=coordination_pb2_grpc.LeaseRegistryStub, service_name="kybernetes.v1.LeaseRegistry",
     has_status=False, api_version=COORDINATION_API_VERSION,
 )
+EVENTS = Kind(
+    name="Event", plural="events", singular="event", short_names=("ev",),
+    message=event_pb2.Event, list_message=event_pb2.EventList, event_message=event_pb2.EventWatchEvent,
+    stub=event_pb2_grpc.EventRegistryStub, service_name="kybernetes.v1.EventRegistry",
+    has_status=False, fields=_event_fields,
+)
 
 ALL_KINDS: tuple[Kind, ...] = (
     PODS, SERVICES, ENDPOINTS, REPLICATION_CONTROLLERS, NODES,
-    NAMESPACES, ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, LEASES,
+    NAMESPACES, ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, LEASES, EVENTS,
 )
 RBAC_KINDS: tuple[Kind, ...] = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
 _BY_NAME: dict[str, Kind] = {}

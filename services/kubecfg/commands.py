@@ -13,6 +13,7 @@ import grpc
 from kybernetes.v1 import kubelet_pb2, kubelet_pb2_grpc, meta_pb2
 from services.common.transport import aio_channel
 
+from services.common import kubeletclient
 from services.common.client import CHANNEL_OPTIONS, ApiClient
 from services.common.manifests import Manifest, ManifestError, dump_json, dump_yaml, load_manifest_sources, to_dict
 from services.common.resources import (
@@ -20,6 +21,7 @@ from services.common.resources import (
     CLUSTER_ROLES,
     DEFAULT_NAMESPACE,
     ENDPOINTS,
+    EVENTS,
     INITIAL_EVENTS_END_ANNOTATION,
     LEASES,
     NAMESPACES,
@@ -42,14 +44,13 @@ from .tabwriter import TABLE_PADDING, column_widths, pad_row
 
 LIST_CHUNK_SIZE = 500  # kubectl's --chunk-size
 SCALE_ATTEMPTS = 5
-DEFAULT_KUBELET_PORT = 10250
 ALL_KINDS_ALIAS = "all"
 ALL_MEANS = (PODS, SERVICES, REPLICATION_CONTROLLERS)  # as kubectl's "all" category, for our kinds
 OUTPUT_FORMATS = ("wide", "yaml", "json", "name")
 # --cascade values: kubectl's booleans (deprecated) and policies.
 KIND_LIST = (
     "pods (po), services (svc), replicationcontrollers (rc), nodes (no), endpoints (ep), namespaces (ns), "
-    "roles, clusterroles, rolebindings, clusterrolebindings, all"
+    "roles, clusterroles, rolebindings, clusterrolebindings, leases, events (ev), all"
 )
 CASCADE_POLICIES = {
     "true": "Background", "background": "Background", "false": "Orphan", "orphan": "Orphan",
@@ -384,7 +385,30 @@ class _WatchPrinter:
 # --- describe ----------------------------------------------------------------
 
 
+async def _events_of(ctx: Context, kind: Kind, obj: Any) -> str:
+    """The Events section of obj's description: its events, found as kubectl describe finds
+    them (a field selector on involvedObject; a node's uid is its name, as recorded)."""
+    meta = obj.metadata
+    uid = meta.name if kind is NODES else meta.uid
+    selector = (
+        f"involvedObject.name={meta.name},involvedObject.namespace={meta.namespace},"
+        f"involvedObject.kind={kind.name},involvedObject.uid={uid}"
+    )
+    try:
+        events, _ = await list_objects(ctx, EVENTS, meta.namespace, field_selector=selector)
+    except grpc.aio.AioRpcError:
+        return ""  # as kubectl (events forbidden, say): the description without them
+    return describers.describe_events(events, utc_now())
+
+
 async def _describe_one(ctx: Context, kind: Kind, obj: Any) -> str:
+    text = await _describe_kind(ctx, kind, obj)
+    if kind in (PODS, REPLICATION_CONTROLLERS, NODES):
+        text = text.rstrip("\n") + "\n" + await _events_of(ctx, kind, obj)
+    return text
+
+
+async def _describe_kind(ctx: Context, kind: Kind, obj: Any) -> str:
     namespace = obj.metadata.namespace
     if kind is PODS:
         return describers.describe_pod(obj, utc_now())
@@ -409,6 +433,8 @@ async def _describe_one(ctx: Context, kind: Kind, obj: Any) -> str:
         return describers.describe_role_binding(obj)
     if kind is LEASES:
         return describers.describe_lease(obj)
+    if kind is EVENTS:
+        return describers.describe_event(obj)
     return describers.describe_endpoints(obj)
 
 
@@ -776,15 +802,12 @@ class LogsOptions:
 
 
 def kubelet_address(node: Any) -> str:
-    """host:port of a node's kubelet, from its status (InternalIP, else Hostname)."""
-    addresses = {a.type: a.address for a in node.status.addresses}
-    host = addresses.get("InternalIP") or addresses.get("Hostname")
-    if not host:
-        raise CommandError(f'error: node "{node.metadata.name}" reports no address for its kubelet')
-    port = node.status.daemon_endpoints.kubelet_endpoint.port or DEFAULT_KUBELET_PORT
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}"
+    """host:port of a node's kubelet, from its status (InternalIP, else Hostname): the REST
+    API's pods/log finds it the same way (services.common.kubeletclient)."""
+    try:
+        return kubeletclient.kubelet_address(node)
+    except kubeletclient.NoKubeletAddress as error:
+        raise CommandError(f"error: {error}") from None
 
 
 def pick_container(pod: Any, requested: str) -> str:

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import (
     endpoints_pb2,
+    event_pb2,
     meta_pb2,
     namespace_pb2,
     node_pb2,
@@ -17,6 +18,7 @@ from kybernetes.v1 import (
     service_pb2,
 )
 
+from services.common.printing import event_interval, sort_events
 from services.common.quantity import (
     QuantityError,
     format_cpu_millis,
@@ -404,6 +406,7 @@ def describe_node(
     if info.ListFields():
         w.line(0, "System Info:")
         w.field(1, "Kernel Version", info.kernel_version)
+        w.field(1, "OS Image", info.os_image)
         w.field(1, "Operating System", info.operating_system)
         w.field(1, "Architecture", info.architecture)
         w.field(1, "Container Runtime Version", info.container_runtime_version)
@@ -583,4 +586,50 @@ def describe_lease(lease: Any) -> str:
         w.field(1, "Lease Transitions", spec.lease_transitions)
     if spec.HasField("renew_time"):
         w.time(1, "Renew Time", spec.renew_time)
+    return w.text()
+
+
+def describe_events(events: Iterable[event_pb2.Event], now: dt.datetime) -> str:
+    """The `Events:` section kubectl describe ends a pod, controller or node with (DescribeEvents):
+    Type, Reason, Age ("2m (x3 over 10m)" for a repeated one), From, Message; oldest first."""
+    w = _Writer()
+    ordered = sort_events(events)
+    if not ordered:
+        w.field(0, "Events", NONE)
+        return w.text()
+    w.line(0, "Events:")
+    w.line(1, "Type", "Reason", "Age", "From", "Message")
+    w.line(1, "----", "------", "----", "----", "-------")
+    for event in ordered:
+        source = event.source.component or event.reporting_component
+        w.line(1, event.type, event.reason, event_interval(event, now), source, event.message.strip())
+    return w.text()
+
+
+def describe_event(event: event_pb2.Event) -> str:
+    """One Event, as kubectl's generic describer prints it (its fields, in alphabetical order)."""
+    w = _Writer()
+    _metadata(w, event.metadata)
+    w.mapping(0, "Labels", event.metadata.labels)
+    w.mapping(0, "Annotations", event.metadata.annotations, separator=": ")
+    w.field(0, "API Version", event.api_version or "v1")
+    w.field(0, "Count", event.count or 1)
+    w.time(0, "First Timestamp", event.first_timestamp)
+    ref = event.involved_object
+    w.line(0, "Involved Object:")
+    for label, value in (
+        ("API Version", ref.api_version), ("Field Path", ref.field_path), ("Kind", ref.kind), ("Name", ref.name),
+        ("Namespace", ref.namespace), ("Resource Version", str(ref.resource_version or "")), ("UID", ref.uid),
+    ):
+        if value:
+            w.field(1, label, value)
+    w.field(0, "Kind", event.kind or "Event")
+    w.time(0, "Last Timestamp", event.last_timestamp)
+    w.field(0, "Message", event.message)
+    w.field(0, "Reason", event.reason)
+    w.line(0, "Source:")
+    w.field(1, "Component", event.source.component)
+    if event.source.host:
+        w.field(1, "Host", event.source.host)
+    w.field(0, "Type", event.type)
     return w.text()

@@ -7,7 +7,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kybernetes.v1 import endpoints_pb2, namespace_pb2, node_pb2, pod_pb2, replication_controller_pb2, service_pb2
+from kybernetes.v1 import (
+    endpoints_pb2,
+    event_pb2,
+    namespace_pb2,
+    node_pb2,
+    pod_pb2,
+    replication_controller_pb2,
+    service_pb2,
+)
 
 # (`x as x`: re-exported, kubecfg's commands and describe take them from here)
 from services.common.printing import (
@@ -16,6 +24,11 @@ from services.common.printing import (
     binding_subjects,
     created_at,
     desired_replicas,
+    event_count,
+    event_first_seen,
+    event_last_seen,
+    event_object,
+    event_source,
     format_endpoints,
     format_labels,
     human_duration as human_duration,
@@ -32,6 +45,7 @@ from services.common.resources import (
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    EVENTS,
     LEASES,
     NAMESPACES,
     NODES,
@@ -54,6 +68,11 @@ class TableSpec:
     wide_headers: tuple[str, ...]
     # row(obj, now) -> (cells, wide cells); cells exclude NAME and NAMESPACE.
     row: Callable[[Any, dt.datetime], tuple[list[str], list[str]]]
+    # False: no NAME column first (events: kubectl shows their name last, in -o wide only).
+    named: bool = True
+    # True: -o wide shows wide_headers and the wide cells instead of headers and cells (events:
+    # kubectl puts the wide columns between the others).
+    wide_replaces: bool = False
 
 
 def _pod_row(pod: pod_pb2.Pod, now: dt.datetime) -> tuple[list[str], list[str]]:
@@ -101,7 +120,7 @@ def _node_row(node: node_pb2.Node, now: dt.datetime) -> tuple[list[str], list[st
         [
             node_address(node, "InternalIP") or NONE,
             node_address(node, "ExternalIP") or NONE,
-            info.operating_system or NONE,
+            info.os_image or NONE,
             info.kernel_version or NONE,
             info.container_runtime_version or NONE,
         ],
@@ -133,6 +152,17 @@ def _lease_row(lease: Any, now: dt.datetime) -> tuple[list[str], list[str]]:
     return [lease.spec.holder_identity, age(lease.metadata.creation_timestamp, now)], []
 
 
+def _event_row(event: event_pb2.Event, now: dt.datetime) -> tuple[list[str], list[str]]:
+    last_seen, obj, message = event_last_seen(event, now), event_object(event), event.message.strip()
+    return (
+        [last_seen, event.type, event.reason, obj, message],
+        [
+            last_seen, event.type, event.reason, obj, event.involved_object.field_path, event_source(event), message,
+            event_first_seen(event, now), str(event_count(event)), event.metadata.name,
+        ],
+    )
+
+
 _BINDING_TABLE = TableSpec(("ROLE", "AGE"), ("USERS", "GROUPS", "SERVICEACCOUNTS"), _binding_row)
 
 TABLES: dict[str, TableSpec] = {
@@ -153,6 +183,13 @@ TABLES: dict[str, TableSpec] = {
     ROLE_BINDINGS.name: _BINDING_TABLE,
     CLUSTER_ROLE_BINDINGS.name: _BINDING_TABLE,
     LEASES.name: TableSpec(("HOLDER", "AGE"), (), _lease_row),
+    EVENTS.name: TableSpec(
+        ("LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"),
+        ("LAST SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE", "FIRST SEEN", "COUNT", "NAME"),
+        _event_row,
+        named=False,
+        wide_replaces=True,
+    ),
 }
 
 
@@ -167,8 +204,10 @@ class TableOptions:
 
 def table_headers(kind: Kind, options: TableOptions) -> list[str]:
     spec = TABLES[kind.name]
-    headers = ["NAME", *spec.headers]
-    if options.wide:
+    headers = ["NAME", *spec.headers] if spec.named else list(spec.headers)
+    if options.wide and spec.wide_replaces:
+        headers = list(spec.wide_headers)
+    elif options.wide:
         headers += spec.wide_headers
     if options.show_labels:
         headers.append("LABELS")
@@ -185,10 +224,13 @@ def qualified_name(kind: Kind, name: str) -> str:
 
 
 def table_row(kind: Kind, obj: Any, now: dt.datetime, options: TableOptions, event_type: str = "") -> list[str]:
-    cells, wide_cells = TABLES[kind.name].row(obj, now)
+    spec = TABLES[kind.name]
+    cells, wide_cells = spec.row(obj, now)
     name = qualified_name(kind, obj.metadata.name) if options.show_kind else obj.metadata.name
-    row = [name, *cells]
-    if options.wide:
+    row = [name, *cells] if spec.named else cells
+    if options.wide and spec.wide_replaces:
+        row = wide_cells
+    elif options.wide:
         row += wide_cells
     if options.show_labels:
         row.append(format_labels(obj.metadata.labels))

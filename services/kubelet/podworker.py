@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence
 
 from kybernetes.v1 import pod_pb2
+from services.common.events import NORMAL, WARNING, NullRecorder, Recorder, reference
 from services.common.log import get_logger
 from services.common.podutil import is_terminated
 from services.common.runtime.backoff import Backoff
@@ -89,6 +90,7 @@ from .probes import ProbeManager
 from .resolvconf import DNS_CLUSTER_FIRST, DNS_DEFAULT, PodDns, dns_policy
 from .runtime import ContainerRuntime, ImageMissingError, RuntimeCallError, call_priority
 from .status import (
+    CRASH_LOOP_BACK_OFF,
     CREATE_CONTAINER_CONFIG_ERROR,
     CREATE_CONTAINER_ERROR,
     CREATE_POD_SANDBOX_ERROR,
@@ -140,6 +142,8 @@ class NodeContext:
     # pod_terminated(uid, pod): a pod the API server is deleting has stopped and its
     # final status is published: remove it from the API (after that status).
     pod_terminated: Callable[[str, pod_pb2.Pod], None] | None = None
+    # The kubelet's events (Created, Started, Killing, BackOff, Failed...).
+    recorder: Recorder = NullRecorder()
 
 
 class PodWorker:
@@ -169,6 +173,18 @@ class PodWorker:
         self._hurry: asyncio.Task | None = None
         self._terminated = False
         self._log = get_logger(module="kubelet.podworker", pod_uid=uid)
+
+    # --- events ------------------------------------------------------------------------
+
+    def _event(self, type: str, reason: str, message: str, container: str = "", pod: pod_pb2.Pod | None = None) -> None:
+        """An event on the pod, or on one of its containers (fieldPath spec.containers{name})."""
+        pod = pod or self._last_pod
+        if pod is None:
+            return
+        ref = reference(pod)
+        if container:
+            ref.field_path = f"spec.containers{{{container}}}"
+        self.context.recorder.event_on(ref, type, reason, message)
 
     # --- driving -----------------------------------------------------------------------
 
@@ -284,6 +300,11 @@ class PodWorker:
             context.backoff.reset(key)
         self._state = self._state.without_create_failures(actions.forget_create_failures)
         waiting = dict(actions.waiting)
+        for name, (reason, _) in waiting.items():
+            if reason == CRASH_LOOP_BACK_OFF:
+                self._event(
+                    WARNING, "BackOff", f"Back-off restarting failed container {name} in pod {pod_key(pod)}", name, pod
+                )
         wake_at = actions.wake_at
         if actions.start:
             retry_at = await self._start_missing(pod, actions, waiting, now)
@@ -351,10 +372,13 @@ class PodWorker:
             name = kill.container.container_name
             if kill.reason == KillReason.DUPLICATE:
                 self._log.warning("killing_duplicate_container", container=name, id=kill.container.id[:12])
+                self._event(NORMAL, "Killing", f"Stopping container {name}: a duplicate", name)
             elif kill.reason == KillReason.SPEC_CHANGED:
                 self._log.info("container_spec_changed_restarting", container=name)
+                self._event(NORMAL, "Killing", f"Container {name} definition changed, will be restarted", name)
             elif kill.reason == KillReason.LIVENESS_FAILED:
                 self._log.info("liveness_probe_failed_restarting", container=name, detail=kill.detail)
+                self._event(NORMAL, "Killing", f"Container {name} failed liveness probe, will be restarted", name)
         self._state = self._state.with_replacing(actions.replace)
         await self._kill_all([kill.container for kill in kills], grace)
 
@@ -583,6 +607,7 @@ class PodWorker:
         self.context.backoff.record_failure(key, now)
         self._state = self._state.with_sandbox_failure(CreateFailure(CREATE_POD_SANDBOX_ERROR, message, now, spec_hash))
         self._log.warning("pod_sandbox_failed", error=message, retry_in=self.context.backoff.delay(key))
+        self._event(WARNING, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {message}")
 
     # --- containers --------------------------------------------------------------------
 
@@ -609,6 +634,7 @@ class PodWorker:
     def _record_create_failure(self, start: ContainerStart, reason: str, message: str, now: float) -> Waiting:
         self.context.backoff.record_failure(start.backoff_key, now)
         self._state = self._state.with_create_failure(start.name, CreateFailure(reason, message, now, start.spec_hash))
+        self._event(WARNING, "Failed", f"Error: {reason}: {message}", start.name)
         return reason, message
 
     def _create_retry_at(self, start: ContainerStart) -> float | None:
@@ -693,6 +719,7 @@ class PodWorker:
                     seccomp_profiles=profiles,
                 )
                 info = await context.runtime.create(request)
+                self._event(NORMAL, "Created", f"Created container: {spec.name}", spec.name, pod)
             except SeccompProfileError as error:
                 self._log.warning("container_seccomp_profile_unusable", container=spec.name, error=str(error))
                 return self._record_create_failure(start, CREATE_CONTAINER_ERROR, str(error), now)
@@ -726,10 +753,12 @@ class PodWorker:
         info = await self.context.runtime.start(info)
         if info.running:
             self._log.info("container_started", container=start.name, id=info.id[:12], restart_count=info.restart_count)
+            self._event(NORMAL, "Started", f"Started container {start.name}", start.name)
         else:
             self._log.warning(
                 "container_start_failed", container=start.name, exit_code=info.exit_code, error=info.error or None
             )
+            self._event(WARNING, "Failed", f"Error: {info.error or f'exit code {info.exit_code}'}", start.name)
 
     async def _kill_all(self, infos: list[ContainerInfo], grace: float) -> None:
         running = [info for info in infos if info.running]
@@ -755,6 +784,9 @@ class PodWorker:
                 self._log.info(
                     "pod_terminating", grace_period=step.grace, running=len(step.kill) or len(step.kill_sandboxes)
                 )
+                for info in step.kill:
+                    name = info.container_name
+                    self._event(NORMAL, "Killing", f"Stopping container {name}", name, pod)
             self._kill_grace = step.grace
             self._killing = True
             try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kybernetes.v1 import pod_pb2
+from services.common.events import WARNING, NullRecorder, Recorder, reference
 from services.common.log import get_logger
 
 from .containers import ContainerInfo
@@ -108,12 +109,18 @@ class _ProbeWorker:
     result: bool | None = None
     task: asyncio.Task | None = None
     detail: str = ""
+    # The container, as its events name it (the pod, fieldPath spec.containers{name}).
+    ref: pod_pb2.ObjectReference | None = None
 
 
 class ProbeManager:
-    def __init__(self, runtime: ContainerRuntime, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self, runtime: ContainerRuntime, on_change: Callable[[str], None], recorder: Recorder | None = None
+    ) -> None:
         self.runtime = runtime
         self._on_change = on_change
+        # An Unhealthy event for every failed probe (the recorder aggregates repeats).
+        self.recorder: Recorder = recorder or NullRecorder()
         self._workers: dict[tuple[str, str], _ProbeWorker] = {}
         self._tasks: set[asyncio.Task] = set()  # strong references until each task ends
         self._log = get_logger(module="kubelet.probes")
@@ -139,6 +146,8 @@ class ProbeManager:
                 uid=pod.metadata.uid, pod_key=f"{pod.metadata.namespace}/{pod.metadata.name}",
                 kind=kind, container_id=info.id, result=True if kind == READINESS and ready_before else None,
             )
+            worker.ref = reference(pod)
+            worker.ref.field_path = f"spec.containers{{{container.name}}}"
             self._workers[key] = worker
             probe = pod_pb2.Probe()
             probe.CopyFrom(getattr(container, probe_field))
@@ -202,6 +211,9 @@ class ProbeManager:
                 else:
                     successes, failures = 0, failures + 1
                     log.info("probe_failed", detail=detail, failures=failures)
+                    if worker.ref is not None:
+                        what = "Liveness" if worker.kind == LIVENESS else "Readiness"
+                        self.recorder.event_on(worker.ref, WARNING, "Unhealthy", f"{what} probe failed: {detail}")
                 new_result = worker.result
                 if ok and successes >= success_threshold:
                     new_result = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from services.common.client import client_from_args
+from services.common.events import EventRecorder
 from services.common.flags import add_api_client_flags, positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.runtime import Manager
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> int:
     log = configure_logging("replicator")
     client = client_from_args(args, timeout=30.0)
+    # Kubernetes' component name for these events.
+    recorder = EventRecorder(client, "replication-controller")
     # One per term as leader: a new term starts from fresh informers and expectations.
     terms: list[ReplicationManager] = []
 
@@ -64,6 +67,7 @@ async def serve(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             resync_period=args.resync_period,
             expectations_timeout=args.expectations_timeout,
+            recorder=recorder,
         )
         terms.append(replicator)
         manager = Manager(client, name="replicator")
@@ -73,9 +77,11 @@ async def serve(args: argparse.Namespace) -> int:
     election = leader_election_config(args)
     main = lead() if election is None else LeaderElector(client, election).run_forever(lead)
     log.info("replicator_starting", server=client.server, leader_elect=election is not None)
+    recorder.start()
     try:
         code = await run_until_signalled(main, name="replicator")
     finally:
+        await recorder.close()
         await client.close()
     log.info(
         "replicator_stopped",

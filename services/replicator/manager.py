@@ -33,6 +33,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from kybernetes.v1 import pod_pb2, replication_controller_pb2
+from services.common.events import NORMAL, WARNING, NullRecorder, Recorder
 from services.common.log import get_logger
 from services.common.podutil import is_active, is_being_deleted as pod_being_deleted
 from services.common.resources import FOREGROUND_FINALIZER, PODS, REPLICATION_CONTROLLERS
@@ -95,8 +96,11 @@ class ReplicationManager:
         concurrency: int = DEFAULT_CONCURRENCY,
         resync_period: float = DEFAULT_RESYNC_PERIOD,
         expectations_timeout: float = DEFAULT_TIMEOUT,
+        recorder: Recorder | None = None,
     ) -> None:
         self.workers = workers
+        # SuccessfulCreate / SuccessfulDelete (and Failed...) events on the controller.
+        self.recorder: Recorder = recorder or NullRecorder()
         self.resync_period = resync_period
         self.queue: WorkQueue[ObjectKey] = WorkQueue()
         self.gc_queue: WorkQueue[ObjectKey] = WorkQueue()
@@ -304,7 +308,7 @@ class ReplicationManager:
             victims = deletion_order(active)[: min(-diff, MAX_BURST)]
             self.expectations.expect(key, deletions=[pod.metadata.uid for pod in victims])
             log.info("deleting_pods", rc=_name(key), count=len(victims), replicas=rc.spec.replicas, live=len(active))
-            results = await asyncio.gather(*(self._delete(key, pod) for pod in victims))
+            results = await asyncio.gather(*(self._delete(key, pod, rc) for pod in victims))
             if not all(results):
                 raise SyncError(f"{results.count(False)} of {len(victims)} pod deletions failed")
 
@@ -331,12 +335,14 @@ class ReplicationManager:
                 if error.code() not in _AMBIGUOUS:
                     self.expectations.creation_observed(key)
                 log.warning("pod_create_failed", rc=_name(key), code=error.code().name, detail=error.details())
+                self.recorder.event(rc, WARNING, "FailedCreate", f"Error creating: {error.details()}")
                 return False
         self.created += 1
         log.info("pod_created", rc=_name(key), pod=_pod_name(pod))
+        self.recorder.event(rc, NORMAL, "SuccessfulCreate", f"Created pod: {pod.metadata.name}")
         return True
 
-    async def _delete(self, key: ObjectKey, pod: pod_pb2.Pod) -> bool:
+    async def _delete(self, key: ObjectKey, pod: pod_pb2.Pod, rc: ReplicationController) -> bool:
         async with self._writes:
             try:
                 await self.client.delete(PODS, pod.metadata.name, pod.metadata.namespace)
@@ -349,10 +355,12 @@ class ReplicationManager:
                     self.expectations.deletion_observed(key, pod.metadata.uid)
                 log.warning("pod_delete_failed", rc=_name(key), pod=_pod_name(pod), code=error.code().name,
                             detail=error.details())
+                self.recorder.event(rc, WARNING, "FailedDelete", f"Error deleting: {error.details()}")
                 return False
         self.deleted += 1
         log.info("pod_deleted", rc=_name(key), pod=_pod_name(pod), phase=pod.status.phase,
                  node=pod.spec.node_name or None)
+        self.recorder.event(rc, NORMAL, "SuccessfulDelete", f"Deleted pod: {pod.metadata.name}")
         return True
 
     async def _write_status(self, rc: ReplicationController, active: list[pod_pb2.Pod]) -> None:

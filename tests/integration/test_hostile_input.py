@@ -52,12 +52,13 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from kybernetes.v1 import coordination_pb2, endpoints_pb2, meta_pb2, namespace_pb2, pod_pb2, rbac_pb2
+from kybernetes.v1 import coordination_pb2, endpoints_pb2, event_pb2, meta_pb2, namespace_pb2, pod_pb2, rbac_pb2
 from services.common.resources import (
     ALL_KINDS,
     CLUSTER_ROLE_BINDINGS,
     CLUSTER_ROLES,
     ENDPOINTS,
+    EVENTS,
     LEASES,
     NAMESPACES,
     NODES,
@@ -201,13 +202,16 @@ def valid_object(kind: Kind, name: str, namespace: str = HOSTILE_NS) -> Message:
     if kind is LEASES:
         spec = coordination_pb2.LeaseSpec(holder_identity="host_1_abcd", lease_duration_seconds=15)
         return coordination_pb2.Lease(metadata=meta, spec=spec)
+    if kind is EVENTS:
+        ref = pod_pb2.ObjectReference(kind="Pod", name="web", namespace=namespace)
+        return event_pb2.Event(metadata=meta, involved_object=ref, reason="Tested", type="Normal", count=1)
     # A kind added since (its builder belongs here): its metadata alone, which may not be valid.
     return kind.message(metadata=meta)
 
 
 BUILT_KINDS = {
     PODS.name, SERVICES.name, REPLICATION_CONTROLLERS.name, NODES.name, ENDPOINTS.name, NAMESPACES.name,
-    ROLES.name, CLUSTER_ROLES.name, ROLE_BINDINGS.name, CLUSTER_ROLE_BINDINGS.name, LEASES.name,
+    ROLES.name, CLUSTER_ROLES.name, ROLE_BINDINGS.name, CLUSTER_ROLE_BINDINGS.name, LEASES.name, EVENTS.name,
 }
 
 

@@ -48,6 +48,7 @@ from services.common.resources import (
     NAMESPACES,
     RBAC_KINDS,
     ENDPOINTS,
+    EVENTS,
     LEASES,
     NODES,
     PODS,
@@ -254,7 +255,7 @@ SUBRESOURCES = {
     ENDPOINTS.name: {},
     REPLICATION_CONTROLLERS.name: {"status": "UpdateStatus"},
     NODES.name: {"status": "UpdateStatus"},
-    **{kind.name: {} for kind in (NAMESPACES, *RBAC_KINDS, LEASES)},
+    **{kind.name: {} for kind in (NAMESPACES, *RBAC_KINDS, LEASES, EVENTS)},
 }
 STANDARD_METHODS = {"Create", "Get", "List", "Update", "Delete", "Watch"}
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kybernetes.v1 import meta_pb2 as kybernetes_dot_v1_dot_meta__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kybernetes/v1/node.proto\x12\rkybernetes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kybernetes/v1/meta.proto\"<\n\x08NodeSpec\x12\x15\n\runschedulable\x18\x01 \x01(\x08\x12\x19\n\x08pod_cidr\x18\x02 \x01(\tR\x07podCIDR\"\xc1\x01\n\rNodeCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x37\n\x13last_heartbeat_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14last_transition_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\",\n\x0bNodeAddress\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"$\n\x0e\x44\x61\x65monEndpoint\x12\x12\n\x04port\x18\x01 \x01(\x05R\x04Port\"N\n\x13NodeDaemonEndpoints\x12\x37\n\x10kubelet_endpoint\x18\x01 \x01(\x0b\x32\x1d.kybernetes.v1.DaemonEndpoint\"\x94\x01\n\x0eNodeSystemInfo\x12\x17\n\x0fkubelet_version\x18\x01 \x01(\t\x12!\n\x19\x63ontainer_runtime_version\x18\x02 \x01(\t\x12\x18\n\x10operating_system\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0ekernel_version\x18\x05 \x01(\t\"\xbe\x03\n\nNodeStatus\x12\x39\n\x08\x63\x61pacity\x18\x01 \x03(\x0b\x32\'.kybernetes.v1.NodeStatus.CapacityEntry\x12?\n\x0b\x61llocatable\x18\x02 \x03(\x0b\x32*.kybernetes.v1.NodeStatus.AllocatableEntry\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.kybernetes.v1.NodeCondition\x12-\n\taddresses\x18\x04 \x03(\x0b\x32\x1a.kybernetes.v1.NodeAddress\x12<\n\x10\x64\x61\x65mon_endpoints\x18\x05 \x01(\x0b\x32\".kybernetes.v1.NodeDaemonEndpoints\x12\x30\n\tnode_info\x18\x06 \x01(\x0b\x32\x1d.kybernetes.v1.NodeSystemInfo\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41llocatableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x04Node\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.kybernetes.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.kybernetes.v1.NodeSpec\x12)\n\x06status\x18\x05 \x01(\x0b\x32\x19.kybernetes.v1.NodeStatus\"|\n\x08NodeList\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.kybernetes.v1.ListMeta\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.kybernetes.v1.Node\"C\n\x0eNodeWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12#\n\x06object\x18\x02 \x01(\x0b\x32\x13.kybernetes.v1.Node2\xa7\x03\n\x0cNodeRegistry\x12\x32\n\x06\x43reate\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.Node\x12\x35\n\x03Get\x12\x19.kybernetes.v1.GetRequest\x1a\x13.kybernetes.v1.Node\x12;\n\x04List\x12\x1a.kybernetes.v1.ListOptions\x1a\x17.kybernetes.v1.NodeList\x12\x32\n\x06Update\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.Node\x12;\n\x06\x44\x65lete\x12\x1c.kybernetes.v1.DeleteRequest\x1a\x13.kybernetes.v1.Node\x12\x44\n\x05Watch\x12\x1a.kybernetes.v1.ListOptions\x1a\x1d.kybernetes.v1.NodeWatchEvent0\x01\x12\x38\n\x0cUpdateStatus\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.NodeB.Z,kybernetes.io/api/kybernetes/v1;kybernetesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kybernetes/v1/node.proto\x12\rkybernetes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kybernetes/v1/meta.proto\"<\n\x08NodeSpec\x12\x15\n\runschedulable\x18\x01 \x01(\x08\x12\x19\n\x08pod_cidr\x18\x02 \x01(\tR\x07podCIDR\"\xc1\x01\n\rNodeCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x37\n\x13last_heartbeat_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14last_transition_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\",\n\x0bNodeAddress\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"$\n\x0e\x44\x61\x65monEndpoint\x12\x12\n\x04port\x18\x01 \x01(\x05R\x04Port\"N\n\x13NodeDaemonEndpoints\x12\x37\n\x10kubelet_endpoint\x18\x01 \x01(\x0b\x32\x1d.kybernetes.v1.DaemonEndpoint\"\xa6\x01\n\x0eNodeSystemInfo\x12\x17\n\x0fkubelet_version\x18\x01 \x01(\t\x12!\n\x19\x63ontainer_runtime_version\x18\x02 \x01(\t\x12\x18\n\x10operating_system\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0ekernel_version\x18\x05 \x01(\t\x12\x10\n\x08os_image\x18\x06 \x01(\t\"\xbe\x03\n\nNodeStatus\x12\x39\n\x08\x63\x61pacity\x18\x01 \x03(\x0b\x32\'.kybernetes.v1.NodeStatus.CapacityEntry\x12?\n\x0b\x61llocatable\x18\x02 \x03(\x0b\x32*.kybernetes.v1.NodeStatus.AllocatableEntry\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.kybernetes.v1.NodeCondition\x12-\n\taddresses\x18\x04 \x03(\x0b\x32\x1a.kybernetes.v1.NodeAddress\x12<\n\x10\x64\x61\x65mon_endpoints\x18\x05 \x01(\x0b\x32\".kybernetes.v1.NodeDaemonEndpoints\x12\x30\n\tnode_info\x18\x06 \x01(\x0b\x32\x1d.kybernetes.v1.NodeSystemInfo\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41llocatableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x04Node\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.kybernetes.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.kybernetes.v1.NodeSpec\x12)\n\x06status\x18\x05 \x01(\x0b\x32\x19.kybernetes.v1.NodeStatus\"|\n\x08NodeList\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.kybernetes.v1.ListMeta\x12\"\n\x05items\x18\x04 \x03(\x0b\x32\x13.kybernetes.v1.Node\"C\n\x0eNodeWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12#\n\x06object\x18\x02 \x01(\x0b\x32\x13.kybernetes.v1.Node2\xa7\x03\n\x0cNodeRegistry\x12\x32\n\x06\x43reate\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.Node\x12\x35\n\x03Get\x12\x19.kybernetes.v1.GetRequest\x1a\x13.kybernetes.v1.Node\x12;\n\x04List\x12\x1a.kybernetes.v1.ListOptions\x1a\x17.kybernetes.v1.NodeList\x12\x32\n\x06Update\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.Node\x12;\n\x06\x44\x65lete\x12\x1c.kybernetes.v1.DeleteRequest\x1a\x13.kybernetes.v1.Node\x12\x44\n\x05Watch\x12\x1a.kybernetes.v1.ListOptions\x1a\x1d.kybernetes.v1.NodeWatchEvent0\x01\x12\x38\n\x0cUpdateStatus\x12\x13.kybernetes.v1.Node\x1a\x13.kybernetes.v1.NodeB.Z,kybernetes.io/api/kybernetes/v1;kybernetesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,19 +49,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEDAEMONENDPOINTS']._serialized_start=444
   _globals['_NODEDAEMONENDPOINTS']._serialized_end=522
   _globals['_NODESYSTEMINFO']._serialized_start=525
-  _globals['_NODESYSTEMINFO']._serialized_end=673
-  _globals['_NODESTATUS']._serialized_start=676
-  _globals['_NODESTATUS']._serialized_end=1122
-  _globals['_NODESTATUS_CAPACITYENTRY']._serialized_start=1023
-  _globals['_NODESTATUS_CAPACITYENTRY']._serialized_end=1070
-  _globals['_NODESTATUS_ALLOCATABLEENTRY']._serialized_start=1072
-  _globals['_NODESTATUS_ALLOCATABLEENTRY']._serialized_end=1122
-  _globals['_NODE']._serialized_start=1125
-  _globals['_NODE']._serialized_end=1293
-  _globals['_NODELIST']._serialized_start=1295
-  _globals['_NODELIST']._serialized_end=1419
-  _globals['_NODEWATCHEVENT']._serialized_start=1421
-  _globals['_NODEWATCHEVENT']._serialized_end=1488
-  _globals['_NODEREGISTRY']._serialized_start=1491
-  _globals['_NODEREGISTRY']._serialized_end=1914
+  _globals['_NODESYSTEMINFO']._serialized_end=691
+  _globals['_NODESTATUS']._serialized_start=694
+  _globals['_NODESTATUS']._serialized_end=1140
+  _globals['_NODESTATUS_CAPACITYENTRY']._serialized_start=1041
+  _globals['_NODESTATUS_CAPACITYENTRY']._serialized_end=1088
+  _globals['_NODESTATUS_ALLOCATABLEENTRY']._serialized_start=1090
+  _globals['_NODESTATUS_ALLOCATABLEENTRY']._serialized_end=1140
+  _globals['_NODE']._serialized_start=1143
+  _globals['_NODE']._serialized_end=1311
+  _globals['_NODELIST']._serialized_start=1313
+  _globals['_NODELIST']._serialized_end=1437
+  _globals['_NODEWATCHEVENT']._serialized_start=1439
+  _globals['_NODEWATCHEVENT']._serialized_end=1506
+  _globals['_NODEREGISTRY']._serialized_start=1509
+  _globals['_NODEREGISTRY']._serialized_end=1932
 # @@protoc_insertion_point(module_scope)

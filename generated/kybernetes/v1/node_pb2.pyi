@@ -55,18 +55,20 @@ class NodeDaemonEndpoints(_message.Message):
     def __init__(self, kubelet_endpoint: _Optional[_Union[DaemonEndpoint, _Mapping]] = ...) -> None: ...
 
 class NodeSystemInfo(_message.Message):
-    __slots__ = ("kubelet_version", "container_runtime_version", "operating_system", "architecture", "kernel_version")
+    __slots__ = ("kubelet_version", "container_runtime_version", "operating_system", "architecture", "kernel_version", "os_image")
     KUBELET_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     OPERATING_SYSTEM_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     KERNEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OS_IMAGE_FIELD_NUMBER: _ClassVar[int]
     kubelet_version: str
     container_runtime_version: str
     operating_system: str
     architecture: str
     kernel_version: str
-    def __init__(self, kubelet_version: _Optional[str] = ..., container_runtime_version: _Optional[str] = ..., operating_system: _Optional[str] = ..., architecture: _Optional[str] = ..., kernel_version: _Optional[str] = ...) -> None: ...
+    os_image: str
+    def __init__(self, kubelet_version: _Optional[str] = ..., container_runtime_version: _Optional[str] = ..., operating_system: _Optional[str] = ..., architecture: _Optional[str] = ..., kernel_version: _Optional[str] = ..., os_image: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("capacity", "allocatable", "conditions", "addresses", "daemon_endpoints", "node_info")

@@ -422,18 +422,22 @@ class PodTemplateSpec(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[PodSpec, _Mapping]] = ...) -> None: ...
 
 class ObjectReference(_message.Message):
-    __slots__ = ("kind", "namespace", "name", "uid", "resource_version")
+    __slots__ = ("kind", "namespace", "name", "uid", "resource_version", "api_version", "field_path")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FIELD_PATH_FIELD_NUMBER: _ClassVar[int]
     kind: str
     namespace: str
     name: str
     uid: str
     resource_version: int
-    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    api_version: str
+    field_path: str
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., resource_version: _Optional[int] = ..., api_version: _Optional[str] = ..., field_path: _Optional[str] = ...) -> None: ...
 
 class Binding(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "target")
