@@ -61,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root-dir", default=None,
                         help="the nodes' root dirs go under it, one each (default: a temporary directory, removed)")
     parser.add_argument("--node-status-frequency", type=positive_duration, default=10.0,
-                        help="each node's heartbeat period (default %(default)ss)")
+                        help="how often each node computes its status, posted if changed; its Lease is renewed as "
+                        "often, or every quarter of the lease duration if sooner (default %(default)ss)")
+    parser.add_argument("--node-status-report-frequency", type=positive_duration, default=300.0,
+                        help="each node posts its status at least this often (default %(default)ss)")
+    parser.add_argument("--node-lease-duration-seconds", type=int, default=40,
+                        help="the node Leases' duration (default %(default)s)")
     parser.add_argument("--sync-frequency", type=positive_duration, default=10.0,
                         help="each kubelet's resync period (default %(default)ss)")
     parser.add_argument("--proxy-min-sync-period", type=duration, default=1.0,
@@ -81,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
+    if args.node_lease_duration_seconds < 1:
+        parser.error("--node-lease-duration-seconds must be at least 1")
     return args
 
 
@@ -126,6 +133,8 @@ class HollowNodes:
                 name, str(self.root / name),
                 server=args.server, access=access if self.pki is not None else None,
                 node_status_frequency=args.node_status_frequency, sync_frequency=args.sync_frequency,
+                node_status_report_frequency=args.node_status_report_frequency,
+                node_lease_duration_seconds=args.node_lease_duration_seconds,
                 cluster_dns=tuple(address for address in args.cluster_dns.split(",") if address),
             )
             self.kubelets.append(HollowKubelet(config, serve=args.serve, runtime_latency=args.runtime_latency))
@@ -154,8 +163,10 @@ class HollowNodes:
     def summary(self) -> str:
         pods = sum(len(kubelet.workers) for kubelet in self.kubelets)
         running = sum(kubelet.fake_runtime.running() for kubelet in self.kubelets)
+        renewals = sum(kubelet.lease.renewals for kubelet in self.kubelets if kubelet.lease is not None)
+        reports = sum(kubelet.reporter.reports for kubelet in self.kubelets if kubelet.reporter is not None)
         fields = [f"nodes={len(self.kubelets)}", f"pod_workers={pods}", f"running_containers={running}",
-                  f"rss_mb={rss_bytes() / 2**20:.0f}"]
+                  f"lease_renewals={renewals}", f"status_reports={reports}", f"rss_mb={rss_bytes() / 2**20:.0f}"]
         if self.proxies:
             transactions = sum(proxy.data_path.recorded.transactions for proxy in self.proxies)
             services = sum(proxy.data_path.programmed_services() for proxy in self.proxies)

@@ -1,7 +1,10 @@
 """Node lifecycle: notices nodes that stopped heartbeating and moves their work elsewhere.
 
-A node's kubelet posts the Ready condition with a fresh last_heartbeat_time
-every few seconds. When the newest heartbeat is older than the grace period,
+A node's kubelet renews its Lease `kube-node-lease/<node>` every 10 s and posts
+its Ready condition when it changes (and every 5 minutes). The node's heartbeat
+is the later of the Lease's renewTime and the Ready condition's
+last_heartbeat_time (Kubernetes' KEP-589: a kubelet without a Lease still
+counts by its status). When that heartbeat is older than the grace period,
 this controller marks the node Ready=Unknown, marks its pods not Ready (so the
 endpoints controller drops them at once), and once the node has been not ready
 for the eviction timeout, deletes its pods so their controllers recreate them on
@@ -21,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Iterable, Mapping, Union
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping, Union
 
 import grpc
 
-from kybernetes.v1 import node_pb2, pod_pb2
+from kybernetes.v1 import coordination_pb2, node_pb2, pod_pb2
+from services.common.events import NORMAL, WARNING, NullRecorder, Recorder, node_reference
 from services.common.log import get_logger
 from services.common.podutil import (
     FALSE,
@@ -40,7 +44,7 @@ from services.common.podutil import (
     pod_ready_condition,
     seconds,
 )
-from services.common.resources import NODES, PODS
+from services.common.resources import LEASES, NODES, PODS
 from services.common.runtime import Manager
 from services.common.runtime.informer import Informer
 from services.common.timestamps import timestamp_at
@@ -53,6 +57,8 @@ MESSAGE_STATUS_UNKNOWN = "Kubelet stopped posting node status."
 REASON_NEVER_UPDATED = "NodeStatusNeverUpdated"
 MESSAGE_NEVER_UPDATED = "Kubelet never posted node status."
 REASON_POD_NODE_NOT_READY = "NodeNotReady"
+# Where the kubelets' Leases are (Kubernetes' NamespaceNodeLease).
+NODE_LEASE_NAMESPACE = "kube-node-lease"
 _WRITE_CONCURRENCY = 16
 
 log = get_logger(controller="nodelifecycle")
@@ -60,6 +66,30 @@ log = get_logger(controller="nodelifecycle")
 
 def pod_key(pod: pod_pb2.Pod) -> str:
     return f"{pod.metadata.namespace}/{pod.metadata.name}"
+
+
+# --- heartbeats: the Lease's and the status's ----------------------------------------------
+
+
+def lease_renew_time(lease: coordination_pb2.Lease | None) -> float | None:
+    """When a node's Lease was last renewed (epoch seconds), if it says."""
+    if lease is None or not lease.spec.HasField("renew_time"):
+        return None
+    return seconds(lease.spec.renew_time)
+
+
+def node_heartbeat(node: node_pb2.Node, lease_renewed: float | None) -> float | None:
+    """The node's latest sign of life: its Lease's renewal or its Ready condition's heartbeat."""
+    posted = last_heartbeat(node)
+    if posted is None or (lease_renewed is not None and lease_renewed > posted):
+        return lease_renewed
+    return posted
+
+
+def node_alive(node: node_pb2.Node, lease_renewed: float | None, now: float, grace_period: float) -> bool:
+    """Ready=True, and a heartbeat (Lease or status) within the grace period: it may take work."""
+    heartbeat = node_heartbeat(node, lease_renewed)
+    return node_condition_ready(node) and heartbeat is not None and now - heartbeat <= grace_period
 
 
 # --- the decision ------------------------------------------------------------------------
@@ -95,12 +125,17 @@ Action = Union[MarkNodeUnknown, MarkPodNotReady, RestorePodReady, EvictPod]
 
 @dataclass(frozen=True)
 class Observed:
-    """What one pass looks at: the nodes, the pods bound to each node name, and since when
-    (epoch seconds) each node name that pods are bound to has been seen missing."""
+    """What one pass looks at: the nodes, the pods bound to each node name, since when
+    (epoch seconds) each node name that pods are bound to has been seen missing, and when
+    each node's Lease was last renewed (epoch seconds, by node name)."""
 
     nodes: Iterable[node_pb2.Node]
     pods_by_node: Mapping[str, list[pod_pb2.Pod]]
     missing_since: Mapping[str, float] = field(default_factory=dict)
+    lease_renewals: Mapping[str, float] = field(default_factory=dict)
+    # The pods this controller marked not ready, by node (None: found among pods_by_node). The
+    # controller keeps them indexed, so that a pass over a thousand Ready nodes reads no pod.
+    marked_by_node: Mapping[str, list[pod_pb2.Pod]] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +152,8 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
     for node in observed.nodes:
         name = node.metadata.name
         known.add(name)
-        pods = observed.pods_by_node.get(name, [])
         condition = node_ready_condition(node)
-        heartbeat = last_heartbeat(node)
+        heartbeat = node_heartbeat(node, observed.lease_renewals.get(name))
         if heartbeat is None:
             heartbeat = seconds(node.metadata.creation_timestamp)
         stale = now - heartbeat > grace_period
@@ -127,8 +161,13 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
             actions.append(MarkNodeUnknown(node))
             continue  # the status write comes back as an event; its pods are handled then
         if condition is not None and condition.status == TRUE and not stale:
-            actions.extend(RestorePodReady(pod) for pod in pods if marked_not_ready_by_us(pod))
+            if observed.marked_by_node is not None:
+                actions.extend(RestorePodReady(pod) for pod in observed.marked_by_node.get(name, []))
+            else:
+                pods = observed.pods_by_node.get(name, [])
+                actions.extend(RestorePodReady(pod) for pod in pods if marked_not_ready_by_us(pod))
             continue
+        pods = observed.pods_by_node.get(name, [])
         not_ready_since = (
             seconds(condition.last_transition_time)
             if condition is not None and condition.HasField("last_transition_time")
@@ -140,8 +179,11 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
         else:
             actions.extend(MarkPodNotReady(pod, name) for pod in pods if _pod_ready_status(pod) != FALSE)
     missing_since: dict[str, float] = {}
-    for name, pods in observed.pods_by_node.items():
-        if name in known or not pods:
+    for name in observed.pods_by_node:
+        if name in known:
+            continue
+        pods = observed.pods_by_node[name]
+        if not pods:
             continue
         since = missing_since[name] = observed.missing_since.get(name, now)
         if now - since >= eviction_timeout:
@@ -210,6 +252,28 @@ def pod_ready_restored(pod: pod_pb2.Pod, now: float) -> pod_pb2.Pod:
 # --- the controller ----------------------------------------------------------------------
 
 
+class _PodsOn(Mapping[str, list[pod_pb2.Pod]]):
+    """Node name -> its pods, read from the informer when first asked for."""
+
+    def __init__(self, index: Mapping[str, object], load: Callable[[str], list[pod_pb2.Pod]]) -> None:
+        self._index = index
+        self._load = load
+        self._loaded: dict[str, list[pod_pb2.Pod]] = {}
+
+    def __getitem__(self, name: str) -> list[pod_pb2.Pod]:
+        if name not in self._index:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 class NodeLifecycleController:
     name = "nodelifecycle"
 
@@ -219,12 +283,16 @@ class NodeLifecycleController:
         grace_period: float = DEFAULT_GRACE_PERIOD,
         eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT,
         monitor_period: float | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.grace_period = grace_period
+        # NodeNotReady and eviction events (component "node-controller", as Kubernetes').
+        self.recorder: Recorder = recorder or NullRecorder()
         self.eviction_timeout = eviction_timeout
         # Often enough that staleness is noticed well within the grace period.
         self.monitor_period = monitor_period or max(0.2, min(5.0, grace_period / 4))
         self._pods_by_node: dict[str, set[tuple[str, str]]] = {}
+        self._marked_by_node: dict[str, set[tuple[str, str]]] = {}  # pods we marked not ready
         self._missing_since: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._writes = asyncio.Semaphore(_WRITE_CONCURRENCY)
@@ -233,6 +301,7 @@ class NodeLifecycleController:
         self.client = manager.client
         self.nodes: Informer = manager.informer(NODES)
         self.pods: Informer = manager.informer(PODS)
+        self.leases: Informer = manager.informer(LEASES, namespace=NODE_LEASE_NAMESPACE)
         self.pods.add_handler(self._on_pod)
         self.nodes.add_handler(self._on_node)
 
@@ -241,19 +310,26 @@ class NodeLifecycleController:
     def _on_pod(self, event_type: str, pod: pod_pb2.Pod, old: pod_pb2.Pod | None) -> None:
         key = (pod.metadata.namespace, pod.metadata.name)
         if old is not None and old.spec.node_name and old.spec.node_name != pod.spec.node_name:
-            self._unindex(old.spec.node_name, key)
+            self._unindex(self._pods_by_node, old.spec.node_name, key)
+            self._unindex(self._marked_by_node, old.spec.node_name, key)
         if event_type == "DELETED":
             if pod.spec.node_name:
-                self._unindex(pod.spec.node_name, key)
+                self._unindex(self._pods_by_node, pod.spec.node_name, key)
+                self._unindex(self._marked_by_node, pod.spec.node_name, key)
         elif pod.spec.node_name:
             self._pods_by_node.setdefault(pod.spec.node_name, set()).add(key)
+            if marked_not_ready_by_us(pod):
+                self._marked_by_node.setdefault(pod.spec.node_name, set()).add(key)
+            else:
+                self._unindex(self._marked_by_node, pod.spec.node_name, key)
 
-    def _unindex(self, node_name: str, key: tuple[str, str]) -> None:
-        keys = self._pods_by_node.get(node_name)
+    @staticmethod
+    def _unindex(index: dict[str, set[tuple[str, str]]], node_name: str, key: tuple[str, str]) -> None:
+        keys = index.get(node_name)
         if keys is not None:
             keys.discard(key)
             if not keys:
-                del self._pods_by_node[node_name]
+                del index[node_name]
 
     def _on_node(self, event_type: str, node: node_pb2.Node, old: node_pb2.Node | None) -> None:
         was_ready = old is not None and node_condition_ready(old)
@@ -278,17 +354,33 @@ class NodeLifecycleController:
                 pass
 
     def observe(self) -> Observed:
-        pods_by_node = {name: self._pods_on(name) for name in self._pods_by_node}
-        return Observed(self.nodes.list(), pods_by_node, self._missing_since)
+        # Read lazily: a pass reads the pods only of the nodes it acts on.
+        return Observed(
+            self.nodes.list(), _PodsOn(self._pods_by_node, self._pods_on), self._missing_since,
+            self._lease_renewals(), _PodsOn(self._marked_by_node, self._marked_on),
+        )
+
+    def _marked_on(self, node_name: str) -> list[pod_pb2.Pod]:
+        return [pod for pod in self._pods_on(node_name, self._marked_by_node) if marked_not_ready_by_us(pod)]
+
+    def _lease_renewals(self) -> dict[str, float]:
+        renewals = {}
+        for lease in self.leases.list():
+            renewed = lease_renew_time(lease)
+            if renewed is not None:
+                renewals[lease.metadata.name] = renewed
+        return renewals
 
     async def monitor_once(self, now: float) -> None:
         plan = plan_node_lifecycle(self.observe(), now, self.grace_period, self.eviction_timeout)
         self._missing_since = plan.missing_since
         await self.apply(plan.actions, now)
 
-    def _pods_on(self, node_name: str) -> list[pod_pb2.Pod]:
+    def _pods_on(
+        self, node_name: str, index: dict[str, set[tuple[str, str]]] | None = None
+    ) -> list[pod_pb2.Pod]:
         pods = []
-        for namespace, name in self._pods_by_node.get(node_name, ()):
+        for namespace, name in (self._pods_by_node if index is None else index).get(node_name, ()):
             pod = self.pods.get(namespace, name)
             if pod is not None and pod.spec.node_name == node_name:
                 pods.append(pod)
@@ -306,7 +398,8 @@ class NodeLifecycleController:
             updated = node_marked_unknown(node, now)
             if await self._write(self.client.update_status(updated), node=node.metadata.name):
                 previous = node_ready_condition(node)
-                heartbeat = last_heartbeat(node)
+                lease = self.leases.get(NODE_LEASE_NAMESPACE, node.metadata.name)
+                heartbeat = node_heartbeat(node, lease_renew_time(lease))
                 log.warning(
                     "node_not_ready",
                     node=node.metadata.name,
@@ -314,10 +407,15 @@ class NodeLifecycleController:
                     last_heartbeat_age=round(now - heartbeat, 1) if heartbeat is not None else None,
                     reason=REASON_NEVER_UPDATED if previous is None else REASON_STATUS_UNKNOWN,
                 )
+                name = node.metadata.name
+                self.recorder.event_on(
+                    node_reference(name), NORMAL, "NodeNotReady", f"Node {name} status is now: NodeNotReady"
+                )
         elif isinstance(action, MarkPodNotReady):
             updated_pod = pod_marked_not_ready(action.pod, action.node_name, now)
             if await self._write(self.client.update_status(updated_pod), pod=pod_key(action.pod)):
                 log.info("pod_marked_not_ready", pod=pod_key(action.pod), node=action.node_name)
+                self.recorder.event(action.pod, WARNING, REASON_POD_NODE_NOT_READY, "Node is not ready")
         elif isinstance(action, RestorePodReady):
             restored = pod_ready_restored(action.pod, now)
             if await self._write(self.client.update_status(restored), pod=pod_key(action.pod)):
@@ -332,6 +430,13 @@ class NodeLifecycleController:
             )
             if await self._write(call, pod=pod_key(pod)):
                 log.warning("pod_evicted", pod=pod_key(pod), node=pod.spec.node_name, reason=action.reason)
+                node_name = pod.spec.node_name
+                self.recorder.event(
+                    pod, NORMAL, "NodeControllerEviction", f"Marking for deletion Pod {pod_key(pod)}: {action.reason}"
+                )
+                self.recorder.event_on(
+                    node_reference(node_name), NORMAL, "DeletingAllPods", f"Deleting all Pods from Node {node_name}."
+                )
 
     async def _write(self, call: Awaitable[object], **context: str) -> bool:
         """Runs one write; a lost race or a vanished object is left to the next pass."""

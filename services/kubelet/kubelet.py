@@ -21,6 +21,7 @@ from typing import Any
 
 from kybernetes.v1 import pod_pb2, service_pb2
 from services.common.client import ApiClient
+from services.common.events import EventRecorder, NullRecorder
 from services.common.clusternet import DEFAULT_CLUSTER_CIDR
 from services.common.kubeconfig import ClusterAccess
 from services.common.transport import ServingCertificate
@@ -33,7 +34,8 @@ from .containers import ContainerCache, ContainerInfo
 from .dockerspec import ContainerConfigError
 from .envvars import MASTER_SERVICE_NAMESPACE, MASTER_SERVICES, pod_service_environment
 from .mirror import MirrorManager
-from .node import NodeStatusReporter
+from .node import DEFAULT_REPORT_FREQUENCY, NodeStatusReporter
+from .nodelease import DEFAULT_LEASE_DURATION_SECONDS, NodeLease, renew_interval
 from .podworker import NodeContext, PodWorker
 from .probes import ProbeManager
 from .runtime import ContainerRuntime, DockerRuntime
@@ -89,6 +91,9 @@ class KubeletConfig:
     manifest_url: str | None = None
     http_check_frequency: float = 20.0
     node_status_frequency: float = 10.0
+    # The status is posted when it changes, and at least this often (the Lease is the heartbeat).
+    node_status_report_frequency: float = DEFAULT_REPORT_FREQUENCY
+    node_lease_duration_seconds: int = DEFAULT_LEASE_DURATION_SECONDS
     sync_frequency: float = 10.0
     pause_image: str = "kybernetes/pause:latest"
     restart_backoff_initial: float = 10.0
@@ -133,10 +138,15 @@ class Kubelet:
             self.client = ApiClient.for_access(config.access)
         elif config.server:
             self.client = ApiClient(config.server, credentials=None)
+        # The node's events (source.host: the node), written through the API server.
+        self.recorder = self._make_recorder()
+        if self.recorder is not None:
+            self.probes.recorder = self.recorder
         self.mirror: MirrorManager | None = None
         # This node's own Node object: its podCIDR configures the pod network.
         self.own_node: Informer | None = None
         self.reporter: NodeStatusReporter | None = None
+        self.lease: NodeLease | None = None
         self.api_source: ApiSource | None = None
         # Every service, for the containers' service variables; none without an API server.
         self.services: Informer | None = None
@@ -144,8 +154,9 @@ class Kubelet:
             self.mirror = MirrorManager(self.client, node, self.pod_config, self._on_mirror_ready)
             self.api_source = ApiSource(self.client, node, self.pod_config, self.mirror.on_event)
             self.services = Informer(self.client, SERVICES)
+            # Its own Node: the status stored (posted only when it differs), and the podCIDR.
+            self.own_node = Informer(self.client, NODES, field_selector=f"metadata.name={node}")
             if self.network is not None and not self.network.configured:
-                self.own_node = Informer(self.client, NODES, field_selector=f"metadata.name={node}")
                 self.own_node.add_handler(self._on_own_node)
         self.status = StatusManager(
             self.client,
@@ -167,7 +178,7 @@ class Kubelet:
             publish_status=self.status.publish, source_of=pod_source,
             runtime_default_seccomp=config.seccomp_default, network=self.network, hostports=self.hostports,
             service_environment=self.service_environment, pod_dns=self.pod_dns,
-            pod_terminated=self.status.pod_terminated,
+            pod_terminated=self.status.pod_terminated, recorder=self.recorder or NullRecorder(),
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
@@ -189,6 +200,11 @@ class Kubelet:
 
     def _make_probes(self) -> ProbeManager:
         return ProbeManager(self.runtime, self._poke)
+
+    def _make_recorder(self) -> EventRecorder | None:
+        if self.client is None:
+            return None
+        return EventRecorder(self.client, "kubelet", host=self.config.node_name)
 
     def _make_network(self, with_api_server: bool) -> PodNetwork | None:
         config = self.config
@@ -213,6 +229,8 @@ class Kubelet:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         await self.runtime.connect()
         # Events first, then the list: nothing that happens in between is missed.
         self.runtime.start_events(on_reconnected=self.request_resync)
@@ -244,8 +262,15 @@ class Kubelet:
                 self.client, self.config.node_name, node_ip=self.config.node_ip, hostname=socket.gethostname(),
                 kubelet_port=port, runtime_version=self.runtime.version,
                 frequency=self.config.node_status_frequency, network_not_ready=self._network_not_ready,
+                report_frequency=self.config.node_status_report_frequency, stored_node=self._stored_node,
             )
             self.tasks.guard(reporter.run, name="node-status")
+            self.lease = NodeLease(
+                self.client, self.config.node_name, lease_duration_seconds=self.config.node_lease_duration_seconds,
+                interval=renew_interval(self.config.node_lease_duration_seconds, self.config.node_status_frequency),
+                node_uid=lambda: reporter.node_uid,
+            )
+            self.tasks.guard(self.lease.run, name="node-lease")
             if self.own_node is not None:
                 self.tasks.guard(self.own_node.run, name="own-node-informer")
         self.tasks.guard(self._resync_loop, name="resync")
@@ -260,6 +285,12 @@ class Kubelet:
         if self.network is None or self.network.configured:
             return None
         return "network is not ready: the node has no pod range (spec.podCIDR) yet"
+
+    def _stored_node(self) -> Any:
+        """This node's Node as last seen through its informer (None until synced)."""
+        if self.own_node is None or not self.own_node.synced:
+            return None
+        return self.own_node.get("", self.config.node_name)
 
     async def _on_own_node(self, event_type: str, node: Any, old: Any) -> None:
         """The Node's podCIDR, once the range allocator set it, configures the pod network;
@@ -291,6 +322,8 @@ class Kubelet:
         self.probes.close()
         await self.status.close()
         await self.runtime.close()
+        if self.recorder is not None:
+            await self.recorder.close()
         if self.client is not None:
             await self.client.close()
 

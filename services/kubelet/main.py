@@ -65,7 +65,14 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
     parser.add_argument("--file-check-frequency", type=duration, default=20.0, help="manifest path re-read period")
     parser.add_argument("--manifest-url", default=None, help="a URL serving static pod manifests")
     parser.add_argument("--http-check-frequency", type=duration, default=20.0, help="manifest URL fetch period")
-    parser.add_argument("--node-status-frequency", type=duration, default=10.0, help="node heartbeat period")
+    parser.add_argument("--node-status-frequency", type=duration, default=10.0,
+                        help="how often the node's status is computed (and posted if it changed); the node Lease is "
+                        "renewed this often too, or every quarter of its duration when that is sooner (default 10s)")
+    parser.add_argument("--node-status-report-frequency", type=duration, default=300.0,
+                        help="the node's status is posted at least this often even when it did not change "
+                        "(default 5m, Kubernetes'); its Lease is the heartbeat")
+    parser.add_argument("--node-lease-duration-seconds", type=positive_int, default=40,
+                        help="the node Lease's leaseDurationSeconds (default %(default)s)")
     parser.add_argument("--sync-frequency", type=duration, default=10.0,
                         help="period of the full resync with Docker (events do the rest)")
     parser.add_argument("--pause-image", default="kybernetes/pause:latest", help="the pods' infra container image")
@@ -110,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         parser.error(str(error))
     if args.restart_backoff_max < args.restart_backoff_initial:
         parser.error("--restart-backoff-max must be at least --restart-backoff-initial")
-    for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency", "sync_frequency"):
+    for flag in ("file_check_frequency", "http_check_frequency", "node_status_frequency",
+                 "node_status_report_frequency", "sync_frequency"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     bootstrap_plan = None
@@ -146,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> KubeletConfig:
         manifest_url=args.manifest_url,
         http_check_frequency=args.http_check_frequency,
         node_status_frequency=args.node_status_frequency,
+        node_status_report_frequency=args.node_status_report_frequency,
+        node_lease_duration_seconds=args.node_lease_duration_seconds,
         sync_frequency=args.sync_frequency,
         pause_image=args.pause_image,
         restart_backoff_initial=args.restart_backoff_initial,

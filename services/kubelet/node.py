@@ -1,9 +1,15 @@
-"""The kubelet's Node object: registered at start, Ready heartbeat after.
+"""The kubelet's Node object: registered at start, its status posted when it changes.
 
 Registration creates the Node (or, when it exists, keeps its spec and labels
-and refreshes its status); every --node-status-frequency the kubelet sends
-the status again with a fresh Ready heartbeat. An unreachable API server is
-retried, and the kubelet runs its pods meanwhile.
+and refreshes its status). Then, as Kubernetes' kubelet with node leases
+(KEP-589), every --node-status-frequency the kubelet computes the status and
+posts it only when it differs from the stored Node's (heartbeat times aside:
+e.g. the node lifecycle controller marked it Unknown, or the node turned
+Ready), or when --node-status-report-frequency (5 minutes) has passed since
+the last post. The heartbeat proper is the node's Lease (nodelease.py): a
+status write fans out to every watcher of Nodes (every proxy), a lease renewal
+only to the controllers. An unreachable API server is retried, and the
+kubelet runs its pods meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import time
 from importlib import metadata
 from typing import Any, Callable
 
@@ -29,6 +36,8 @@ log = get_logger(module="kubelet.node")
 MAX_PODS = "110"
 # Kubernetes' nodeStatusUpdateRetry: a heartbeat that meets a concurrent write tries again.
 CONFLICT_RETRIES = 5
+# Kubernetes' nodeStatusReportFrequency: the status is posted at least this often.
+DEFAULT_REPORT_FREQUENCY = 300.0
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
 
@@ -48,6 +57,39 @@ def kubelet_version() -> str:
         return "v" + metadata.version("kybernetes")
     except metadata.PackageNotFoundError:
         return "v0.0.0"
+
+
+def os_image() -> str:
+    """The host's distribution, as Kubernetes' nodeInfo.osImage: /etc/os-release's PRETTY_NAME."""
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:
+        return ""
+    return release.get("PRETTY_NAME") or release.get("NAME", "")
+
+
+def _condition_view(condition: node_pb2.NodeCondition) -> tuple[str, str, str, str, tuple[int, int]]:
+    stamp = condition.last_transition_time
+    return condition.type, condition.status, condition.reason, condition.message, (stamp.seconds, stamp.nanos)
+
+
+def status_changed(desired: node_pb2.NodeStatus, stored: node_pb2.NodeStatus) -> bool:
+    """Whether what this kubelet would post differs from the stored status (Kubernetes'
+    nodeStatusHasChanged): its own conditions compared without their heartbeat times,
+    and the fields it sets; conditions other components own are not its to compare."""
+    own = {condition.type for condition in desired.conditions}
+    mine = sorted(_condition_view(c) for c in desired.conditions)
+    theirs = sorted(_condition_view(c) for c in stored.conditions if c.type in own)
+    if mine != theirs:
+        return True
+    compared = node_pb2.NodeStatus()
+    compared.CopyFrom(stored)
+    del compared.conditions[:]
+    wanted = node_pb2.NodeStatus()
+    wanted.CopyFrom(desired)
+    del wanted.conditions[:]
+    # What other components write into the status is not compared (none today but conditions).
+    return wanted.SerializeToString(deterministic=True) != compared.SerializeToString(deterministic=True)
 
 
 def build_node_status(
@@ -74,6 +116,7 @@ def build_node_status(
         operating_system=platform.system().lower(),
         architecture=_ARCHITECTURES.get(platform.machine(), platform.machine()),
         kernel_version=platform.release(),
+        os_image=os_image(),
     ))
     return status
 
@@ -90,10 +133,22 @@ class NodeStatusReporter:
         runtime_version: str,
         frequency: float,
         network_not_ready: Callable[[], str | None] = lambda: None,
+        report_frequency: float = DEFAULT_REPORT_FREQUENCY,
+        stored_node: Callable[[], node_pb2.Node | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.node_name = node_name
         self.frequency = frequency
+        self.report_frequency = report_frequency
+        # The Node as the API server has it (this kubelet's own-node informer); None: not
+        # known, and the status is read with a Get before deciding.
+        self._stored_node = stored_node
+        self._clock = clock
+        self._last_report: float | None = None
+        # The registered Node's uid (its Lease's owner), once seen.
+        self.node_uid: str | None = None
+        self.reports = 0
         self._base_status = build_node_status(
             node_ip=node_ip, hostname=hostname, kubelet_port=kubelet_port, runtime_version=runtime_version,
         )
@@ -147,7 +202,8 @@ class NodeStatusReporter:
     async def register(self) -> None:
         node = self._node()
         try:
-            await self.client.create(node)
+            created = await self.client.create(node)
+            self.node_uid = created.metadata.uid or self.node_uid
             self._log.info("node_registered")
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:
@@ -167,15 +223,40 @@ class NodeStatusReporter:
             node.metadata.name = self.node_name
             node.status.CopyFrom(self._status())
             stored = await self.client.get(NODES, self.node_name, "")
+            self.node_uid = stored.metadata.uid or self.node_uid
             node.metadata.resource_version = stored.metadata.resource_version
             own = {condition.type for condition in node.status.conditions}
             node.status.conditions.extend(c for c in stored.status.conditions if c.type not in own)
             try:
                 await self.client.update_status(node)
+                self._last_report = self._clock()
+                self.reports += 1
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.ABORTED or attempt == CONFLICT_RETRIES - 1:
                     raise
+
+    def _needs_report(self) -> bool | None:
+        """True: post the status; False: nothing to post; None: the stored Node is not known
+        here (no informer, or not synced yet): read it to decide."""
+        if self._last_report is None or self._clock() - self._last_report >= self.report_frequency:
+            return True
+        stored = self._stored_node() if self._stored_node is not None else None
+        if stored is None:
+            return None
+        self.node_uid = stored.metadata.uid or self.node_uid
+        return status_changed(self._status(), stored.status)
+
+    async def sync(self) -> bool:
+        """One period: posts the status if it changed or is due; True when it did."""
+        needed = self._needs_report()
+        if needed is None:
+            stored = await self.client.get(NODES, self.node_name, "")
+            self.node_uid = stored.metadata.uid or self.node_uid
+            needed = status_changed(self._status(), stored.status)
+        if needed:
+            await self.heartbeat()
+        return needed
 
     async def run(self) -> None:
         # Retries come quicker than heartbeats, never slower.
@@ -185,7 +266,7 @@ class NodeStatusReporter:
                 if not self._registered:
                     await self.register()
                 else:
-                    await self.heartbeat()
+                    await self.sync()
                 backoff.reset()
                 await self._sleep(self.frequency)
             except grpc.aio.AioRpcError as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
 import shutil
 import ssl
@@ -224,6 +225,10 @@ def test_guestbook_apply_get_describe_and_delete(
     nodes = kubectl.table("get", "nodes")
     assert nodes[0] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
     assert rows_by_name(nodes)[node][1:3] == ["Ready", "<none>"]
+    # -o wide: what the kubelet reports of its host (nodeInfo), the OS image as os-release names it.
+    wide_nodes = kubectl("get", "nodes", "-o", "wide")
+    assert wide_nodes.split()[5:10] == ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
+    assert platform.freedesktop_os_release()["PRETTY_NAME"] in wide_nodes and platform.release() in wide_nodes
 
     def endpoints() -> dict[str, set[str]]:
         table = kubectl.table("get", "endpoints", *ns)

@@ -1,5 +1,7 @@
-"""The kubelet's heartbeat against a real API server: it reports its own conditions and
-keeps the ones other components set on its Node (the range allocator's NetworkUnavailable)."""
+"""The kubelet's node status against a real API server: when it posts it (here every second,
+--node-status-report-frequency) it reports its own conditions and keeps the ones other
+components set on its Node (the range allocator's NetworkUnavailable). Its heartbeat proper,
+the node Lease, is test_node_lease.py's."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def condition(node: node_pb2.Node, kind: str) -> node_pb2.NodeCondition | None:
 
 
 async def test_heartbeats_keep_conditions_the_kubelet_does_not_own(apiserver, api, node_name):
-    kubelet = KubeletProcess(node_name, server=apiserver.address)
+    kubelet = KubeletProcess(node_name, "--node-status-report-frequency", "1s", server=apiserver.address)
     try:
         async def registered() -> node_pb2.Node | None:
             node = await api.get(NODES, node_name, "")

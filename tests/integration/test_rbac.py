@@ -326,7 +326,7 @@ async def test_reconcile_bootstrap_creates_then_changes_nothing(registries: dict
     assert admin.metadata.annotations["rbac.authorization.kubernetes.io/autoupdate"] == "true"
     system = await registries[NAMESPACES.name].get(meta_pb2.GetRequest(name="kube-system"))
     assert system.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
-    for name in ("default", "kube-public"):
+    for name in ("default", "kube-public", "kube-node-lease"):
         await registries[NAMESPACES.name].get(meta_pb2.GetRequest(name=name))
     # Leader election's leases: a Role in kube-system, bound to the controller identity.
     locking = meta_pb2.GetRequest(namespace="kube-system", name="system::leader-locking-kube-controller-manager")

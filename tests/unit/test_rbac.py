@@ -560,6 +560,8 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, ...]]]] = {
             *((verb, kind, "") for verb in ("list", "watch") for kind in ("pods", "nodes", "services")),
             ("create", "pods/binding", "ns"),
             ("update", "pods/status", "ns"),
+            # the nodes' Leases, their heartbeats
+            *((verb, "leases", "kube-node-lease", COORDINATION) for verb in ("list", "watch")),
         ],
     ),
     # The controller identity runs the scheduler too, and:
@@ -589,6 +591,8 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, ...]]]] = {
             # services/common/runtime/leaderelection.py: the controllers' and the replicators'
             # leases (kube-controller-manager, kube-replicator) in kube-system.
             *((verb, "leases", "kube-system", COORDINATION) for verb in ("get", "create", "update")),
+            # nodelifecycle.py and the scheduler: informers on the nodes' Leases.
+            *((verb, "leases", "kube-node-lease", COORDINATION) for verb in ("list", "watch")),
         ],
     ),
     # services/proxy/main.py: informers on endpoints and services.
@@ -638,6 +642,9 @@ def test_every_component_may_make_the_calls_its_code_makes(component: str) -> No
         (CONTROLLERS, "get", "leases", "kube-system", ""),
         (SCHEDULER, "update", "leases", "kube-system", "coordination.k8s.io"),
         (PROXY, "get", "leases", "kube-system", "coordination.k8s.io"),
+        # The nodes' Leases are read, never written, by the controllers (each node writes its own).
+        (CONTROLLERS, "update", "leases", "kube-node-lease", "coordination.k8s.io"),
+        (SCHEDULER, "list", "leases", "kube-system", "coordination.k8s.io"),
         (KUBELET_CLIENT, "create", "pods", "ns", ""),
         (BOOTSTRAPPER, "list", "pods", "ns", ""),
         (BOOTSTRAPPER, "create", "nodes", "", ""),
@@ -726,6 +733,7 @@ def test_bootstrap_objects_are_valid_labelled_and_consistent() -> None:
         "default": {},
         "kube-system": {"pod-security.kubernetes.io/enforce": "privileged"},
         "kube-public": {},
+        "kube-node-lease": {},
     }
     for ns in bootstrap.namespaces():
         assert validate(ns) == []

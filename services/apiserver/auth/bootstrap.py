@@ -14,8 +14,8 @@ created; an existing one annotated `rbac.authorization.kubernetes.io/autoupdate:
 is left as its owner wrote it; any other gets the rules (or subjects) it lacks added,
 never removed, and a binding whose roleRef differs is recreated. Then the namespaces
 `default`, `kube-system` (Pod Security level `privileged`: the components' static pods
-run there) and `kube-public` are created if missing, and the Roles and RoleBindings in
-them reconciled the same way.
+run there), `kube-public` and `kube-node-lease` (the nodes' Leases) are created if
+missing, and the Roles and RoleBindings in them reconciled the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from typing import Any, Iterable, Mapping
 import grpc
 
 from kybernetes.v1 import meta_pb2, namespace_pb2, rbac_pb2
-from services.common.identity import CONTROLLER_MANAGER_USER, SYSTEM_AUTHENTICATED, SYSTEM_BOOTSTRAPPERS, SYSTEM_MASTERS
+from services.common.identity import (
+    CONTROLLER_MANAGER_USER,
+    SYSTEM_AUTHENTICATED,
+    SYSTEM_BOOTSTRAPPERS,
+    SYSTEM_MASTERS,
+    SYSTEM_NODES,
+)
 from services.common.log import get_logger
 from services.common.resources import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, NAMESPACES, ROLE_BINDINGS, ROLES, Kind
 from services.common.validation import RBAC_API_GROUP
@@ -61,6 +67,8 @@ READ = ("get", "list", "watch")
 WRITE = ("create", "update", "patch", "delete", "deletecollection")
 
 DEFAULT_NAMESPACE, SYSTEM_NAMESPACE, PUBLIC_NAMESPACE = "default", "kube-system", "kube-public"
+# Each kubelet's Lease, its heartbeat (KEP-589); the Node authorizer keeps a node to its own.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
 
 # How often a write that lost a race (another API server starting at the same time) is retried.
 _ATTEMPTS = 5
@@ -141,6 +149,7 @@ _VIEW_RULES = (
         ["pods", "replicationcontrollers", "replicationcontrollers/scale", "services", "services/status", "endpoints"],
     ),
     rule(READ, [CORE], ["pods/status", "pods/log", "replicationcontrollers/status", "namespaces/status"]),
+    rule(READ, [CORE], ["events"]),
     # Read access to namespaces at the namespace scope means reading *this* namespace.
     rule(READ, [CORE], ["namespaces"]),
 )
@@ -159,6 +168,13 @@ _ADMIN_RULES = (
 
 # -- the components' roles ------------------------------------------------------------------
 
+# Recording events (services/common/events.py: create, and update to count a repeat), in any
+# namespace: Kubernetes' eventsRule, in the scheduler's, the controllers' and the nodes' roles.
+_EVENTS_RULE = rule(["create", "update", "patch"], [CORE], ["events"])
+# Kubernetes grants the nodes this through the Node authorizer's static rules; here the Node
+# authorizer has no opinion on events and this role, bound to the group system:nodes, decides.
+NODE_EVENTS = "system:node-events"
+
 # The scheduler (services/apiserver/scheduler): watches pods, nodes and services (for its
 # spreading score), binds pods, and writes a pod's PodScheduled condition when it cannot.
 # Kubernetes' role also has delete on pods (preemption), events, leases and reads of
@@ -169,6 +185,7 @@ _SCHEDULER_RULES = (
     rule(["create"], [CORE], ["pods/binding"]),
     rule(["update"], [CORE], ["pods/status"]),
     rule(READ, [CORE], ["services"]),
+    _EVENTS_RULE,
 )
 
 # The controller side: the endpoints and node lifecycle controllers in the API server's
@@ -192,6 +209,7 @@ _CONTROLLER_MANAGER_RULES = (
     rule(["create", "update", "delete"], [CORE], ["pods"]),
     rule(["update"], [CORE], ["nodes"]),
     rule(["update"], [CORE], ["nodes/status", "pods/status", "replicationcontrollers/status"]),
+    _EVENTS_RULE,
 )
 
 
@@ -210,6 +228,7 @@ def cluster_roles() -> list[rbac_pb2.ClusterRole]:
         ),
         cluster_role(KUBE_SCHEDULER, *_SCHEDULER_RULES),
         cluster_role(CONTROLLER_MANAGER_USER, *_CONTROLLER_MANAGER_RULES),
+        cluster_role(NODE_EVENTS, _EVENTS_RULE),
         # kube-proxy (services/proxy): informers on services and endpoints; Kubernetes' role
         # also reads nodes (the proxy's own Node, for its topology).
         cluster_role(
@@ -245,16 +264,30 @@ LEADER_LOCKING_CONTROLLER_MANAGER = "system::leader-locking-kube-controller-mana
 _LEADER_LOCKING_RULES = (rule(["get", "create", "update"], [COORDINATION_GROUP], ["leases"]),)
 
 
+# The nodes' Leases are their heartbeats: the node lifecycle controller and the scheduler
+# watch them (informers on leases in kube-node-lease), nowhere else. Each node writes its
+# own through the Node authorizer, not RBAC.
+NODE_LEASE_READER = "system::node-lease-reader"
+_NODE_LEASE_READER_RULES = (rule(["list", "watch"], [COORDINATION_GROUP], ["leases"]),)
+
+
 def namespace_roles() -> list[rbac_pb2.Role]:
     """The Roles of the system namespaces (Kubernetes' NamespaceRoles)."""
-    return [role(LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, *_LEADER_LOCKING_RULES)]
+    return [
+        role(LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, *_LEADER_LOCKING_RULES),
+        role(NODE_LEASE_READER, NODE_LEASE_NAMESPACE, *_NODE_LEASE_READER_RULES),
+    ]
 
 
 def namespace_role_bindings() -> list[rbac_pb2.RoleBinding]:
     return [
         role_binding(
             LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, subject(USER_KIND, CONTROLLER_MANAGER_USER)
-        )
+        ),
+        role_binding(
+            NODE_LEASE_READER, NODE_LEASE_NAMESPACE,
+            subject(USER_KIND, CONTROLLER_MANAGER_USER), subject(USER_KIND, KUBE_SCHEDULER),
+        ),
     ]
 
 
@@ -266,6 +299,7 @@ def cluster_role_bindings() -> list[rbac_pb2.ClusterRoleBinding]:
             KUBE_SCHEDULER, subject(USER_KIND, KUBE_SCHEDULER), subject(USER_KIND, CONTROLLER_MANAGER_USER)
         ),
         cluster_role_binding(CONTROLLER_MANAGER_USER, subject(USER_KIND, CONTROLLER_MANAGER_USER)),
+        cluster_role_binding(NODE_EVENTS, subject(GROUP_KIND, SYSTEM_NODES)),
         cluster_role_binding("system:node-proxier", subject(USER_KIND, KUBE_PROXY)),
         cluster_role_binding("system:kube-dns", subject(USER_KIND, KUBE_DNS)),
         cluster_role_binding("system:kubelet-api-admin", subject(USER_KIND, APISERVER_KUBELET_CLIENT)),
@@ -285,6 +319,7 @@ def namespaces() -> list[namespace_pb2.Namespace]:
         namespace(DEFAULT_NAMESPACE),
         namespace(SYSTEM_NAMESPACE, {POD_SECURITY_ENFORCE_LABEL: "privileged"}),
         namespace(PUBLIC_NAMESPACE),
+        namespace(NODE_LEASE_NAMESPACE),
     ]
 
 

@@ -13,7 +13,9 @@ binding is read from the pods' watch cache. Which objects the writes may touch n
 objects themselves, so NodeRestriction checks them at admission: a node may create only
 mirror pods bound to itself and owned by its Node, delete only pods bound to itself,
 write the status only of pods bound to itself, and write only its own Node, without
-giving itself labels that steer workloads to it.
+giving itself labels that steer workloads to it. A node's heartbeat is its Lease
+(KEP-589): it may get, create, update and delete the Lease `kube-node-lease/<itself>`
+and no other.
 
 Both read only the watch caches (the Node authorizer's graph of which secrets a node may
 read has no counterpart here: there are no secrets). Every refusal names the node, the
@@ -27,7 +29,7 @@ from typing import Any, Mapping
 import grpc
 
 from services.common.identity import NODE_USER_PREFIX, SYSTEM_NODES, UserInfo
-from services.common.resources import NODES, PODS, Kind
+from services.common.resources import LEASES, NODES, PODS, Kind
 from services.common.selectors import FieldSelector, Operator, SelectorError
 from services.common.validation import MIRROR_POD_ANNOTATION, show_value
 
@@ -43,6 +45,10 @@ READABLE_RESOURCES = frozenset({"services", "endpoints", "namespaces"})
 # The selector terms that scope a node's lists and watches to itself.
 POD_NODE_FIELD = "spec.nodeName"
 NODE_NAME_FIELD = "metadata.name"
+# The nodes' Leases (Kubernetes' NamespaceNodeLease) and what a node may do to its own.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+COORDINATION_GROUP = "coordination.k8s.io"
+LEASE_VERBS = ("get", "create", "update", "patch", "delete")
 
 # Kubernetes' label namespace that only administrators may set on a Node, so that a
 # workload selecting it cannot be steered onto a node that labelled itself.
@@ -91,6 +97,8 @@ class NodeAuthorizer:
             # authorization): Kubernetes' node rules grant every node this one.
             allowed = attributes.resource == "subjectaccessreviews" and attributes.verb == "create"
             return ALLOW if allowed else NO_OPINION
+        if attributes.api_group == COORDINATION_GROUP and attributes.resource == LEASES.plural:
+            return self._authorize_lease(node, attributes)
         if attributes.api_group:
             return NO_OPINION
         resource, subresource, verb = attributes.resource, attributes.subresource, attributes.verb
@@ -101,6 +109,28 @@ class NodeAuthorizer:
         if subresource == "" and verb in READ_VERBS and resource in READABLE_RESOURCES:
             return ALLOW
         return NO_OPINION
+
+    def _authorize_lease(self, node: str, attributes: RequestAttributes) -> Verdict:
+        """Kubernetes' authorizeLease: its own Lease in kube-node-lease, and nothing else (a
+        create without a name is left to NodeRestriction, which sees the object)."""
+        verb, name = attributes.verb, attributes.name
+        if attributes.subresource or verb not in LEASE_VERBS:
+            return Verdict(
+                Decision.NO_OPINION,
+                f"node {show_value(node)} may only {', '.join(LEASE_VERBS[:-1])} or {LEASE_VERBS[-1]} its own Lease",
+            )
+        if attributes.namespace != NODE_LEASE_NAMESPACE:
+            return Verdict(
+                Decision.NO_OPINION,
+                f"node {show_value(node)} may access leases only in namespace {show_value(NODE_LEASE_NAMESPACE)}",
+            )
+        if name != node and not (verb == "create" and not name):
+            return Verdict(
+                Decision.NO_OPINION,
+                f"node {show_value(node)} may {verb} only its own Lease "
+                f"{show_value(f'{NODE_LEASE_NAMESPACE}/{node}')}, not {show_value(name)}",
+            )
+        return ALLOW
 
     def _authorize_pod(self, node: str, attributes: RequestAttributes) -> Verdict:
         verb, subresource = attributes.verb, attributes.subresource
@@ -260,6 +290,8 @@ class NodeRestriction:
             self._admit_pod(node, request)
         elif request.kind.name == NODES.name:
             self._admit_node(node, request)
+        elif request.kind.name == LEASES.name:
+            self._admit_lease(node, request)
 
     # -- pods --
 
@@ -329,6 +361,19 @@ class NodeRestriction:
             )
         if dict(request.obj.metadata.labels) != dict(old.metadata.labels):
             raise _forbidden(f"node {show_value(node)} cannot update labels of pod {_pod_name(old)} through its status")
+
+    # -- leases --
+
+    def _admit_lease(self, node: str, request: AdmissionRequest) -> None:
+        """Kubernetes' admitLease: a node writes only its own Lease in kube-node-lease."""
+        lease = request.obj
+        namespace, name = lease.metadata.namespace, lease.metadata.name
+        verb = request.operation.lower()
+        if namespace != NODE_LEASE_NAMESPACE or name != node:
+            raise _forbidden(
+                f"node {show_value(node)} cannot {verb} lease {show_value(f'{namespace}/{name}')}: a node may write "
+                f"only its own Lease {show_value(f'{NODE_LEASE_NAMESPACE}/{node}')}"
+            )
 
     # -- nodes --
 

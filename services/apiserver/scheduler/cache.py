@@ -130,7 +130,7 @@ class NodeInfo:
     """One node and the aggregates of the pods placed on it."""
 
     __slots__ = (
-        "name", "node", "labels", "unschedulable", "ready", "heartbeat",
+        "name", "node", "labels", "unschedulable", "ready", "heartbeat", "lease_renewed",
         "allocatable_cpu", "allocatable_memory", "allocatable_pods",
         "requested_cpu", "requested_memory", "score_cpu", "score_memory", "pod_count",
         "ports", "groups",
@@ -143,6 +143,7 @@ class NodeInfo:
         self.unschedulable = False
         self.ready = False
         self.heartbeat: float | None = None
+        self.lease_renewed: float | None = None  # the node's Lease's renewTime, if it has one
         self.allocatable_cpu = 0
         self.allocatable_memory = 0
         self.allocatable_pods: int | None = None  # None: no limit reported
@@ -168,8 +169,12 @@ class NodeInfo:
         self.allocatable_pods = _node_quantity(_whole, allocatable, capacity, "pods")
 
     def is_ready(self, now: float, grace_period: float) -> bool:
-        """Same rule as podutil.is_node_ready, on the precomputed fields."""
-        return self.ready and self.heartbeat is not None and now - self.heartbeat <= grace_period
+        """Same rule as nodelifecycle.node_alive, on the precomputed fields: Ready=True and a
+        heartbeat (the Lease's renewal or the status's) within the grace period."""
+        heartbeat = self.heartbeat
+        if heartbeat is None or (self.lease_renewed is not None and self.lease_renewed > heartbeat):
+            heartbeat = self.lease_renewed
+        return self.ready and heartbeat is not None and now - heartbeat <= grace_period
 
     def add(self, pod: PodInfo) -> None:
         self._count(pod, 1)
@@ -231,6 +236,7 @@ class SchedulerCache:
         self._placements: dict[PodKey, _Placement] = {}
         self._services: dict[str, dict[str, LabelSelector]] = {}  # namespace -> name -> selector
         self._schedulable: list[NodeInfo] | None = None
+        self._leases: dict[str, float] = {}  # node name -> its Lease's renewTime
 
     # -- nodes ------------------------------------------------------------
 
@@ -243,6 +249,20 @@ class SchedulerCache:
         elif info.node is None:
             self._schedulable = None
         info.set_node(node)
+        info.lease_renewed = self._leases.get(name)
+
+    def lease_renewal(self, name: str) -> float | None:
+        return self._leases.get(name)
+
+    def set_lease(self, name: str, renewed: float | None) -> None:
+        """A node's Lease renewal (None: its Lease is gone); kept for a Node registered later."""
+        if renewed is None:
+            self._leases.pop(name, None)
+        else:
+            self._leases[name] = renewed
+        info = self.nodes.get(name)
+        if info is not None:
+            info.lease_renewed = renewed
 
     def remove_node(self, name: str) -> None:
         info = self.nodes.get(name)

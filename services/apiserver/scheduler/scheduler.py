@@ -13,7 +13,9 @@ condition saying why (written only when the message changes). Parked pods go
 back to the active queue when the cluster changes in a way that could make room:
 a node added or changed in readiness, labels, schedulability or allocatable; a
 placed pod deleted, finished or moved; and every `retry_period` as a safety
-net. A heartbeat alone is not a change, so the scheduler does not spin.
+net. A heartbeat alone is not a change, so the scheduler does not spin. A node's
+heartbeat is the later of its Lease's renewal (kube-node-lease, watched too) and its
+Ready condition's; a Lease renewal that brings a silent node back is a change.
 
 Binding is guarded by the API server (a pod is bound once; FAILED_PRECONDITION
 when it already is), so two schedulers may race safely: the loser's assumption
@@ -35,15 +37,16 @@ from typing import Any
 
 import grpc
 
-from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, service_pb2
+from kybernetes.v1 import coordination_pb2, meta_pb2, node_pb2, pod_pb2, service_pb2
+from services.common.events import NORMAL, WARNING, NullRecorder, Recorder, pod_reference
 from services.common.log import get_logger
-from services.common.podutil import POD_SCHEDULED, find_condition, is_being_deleted, is_node_ready, is_terminated
-from services.common.resources import NODES, PODS, SERVICES
+from services.common.podutil import POD_SCHEDULED, find_condition, is_being_deleted, is_terminated
+from services.common.resources import LEASES, NODES, PODS, SERVICES
 from services.common.runtime import Backoff, Manager, TaskGroup
 from services.common.runtime.informer import Informer
 from services.common.timestamps import now_timestamp
 
-from ..nodelifecycle import DEFAULT_GRACE_PERIOD
+from ..nodelifecycle import DEFAULT_GRACE_PERIOD, NODE_LEASE_NAMESPACE, lease_renew_time, node_alive
 from .cache import PodInfo, PodKey, SchedulerCache
 from .filters import find_feasible, unschedulable_message
 from .scores import select_node
@@ -61,12 +64,12 @@ def _name(key: PodKey) -> str:
     return f"{key[0]}/{key[1]}"
 
 
-def _node_state(node: node_pb2.Node | None, now: float, grace_period: float) -> Any:
+def _node_state(node: node_pb2.Node | None, now: float, grace_period: float, lease_renewed: float | None) -> Any:
     """What about a node can turn a pod that did not fit into one that does."""
     if node is None:
         return None
     return (
-        is_node_ready(node, now, grace_period),
+        node_alive(node, lease_renewed, now, grace_period),
         node.spec.unschedulable,
         sorted(node.metadata.labels.items()),
         sorted(node.status.allocatable.items()),
@@ -98,8 +101,11 @@ class Scheduler:
         bind_concurrency: int = DEFAULT_BIND_CONCURRENCY,
         retry_period: float = DEFAULT_RETRY_PERIOD,
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.node_grace_period = node_grace_period
+        # Scheduled / FailedScheduling events (component "default-scheduler", as Kubernetes').
+        self.recorder: Recorder = recorder or NullRecorder()
         self.retry_period = retry_period
         self.cache = SchedulerCache()
         self._rng = rng or random.Random()
@@ -117,9 +123,11 @@ class Scheduler:
         self.pods: Informer = manager.informer(PODS)
         self.nodes: Informer = manager.informer(NODES)
         self.services: Informer = manager.informer(SERVICES)
+        self.leases: Informer = manager.informer(LEASES, namespace=NODE_LEASE_NAMESPACE)
         self.pods.add_handler(self._on_pod)
         self.nodes.add_handler(self._on_node)
         self.services.add_handler(self._on_service)
+        self.leases.add_handler(self._on_lease)
 
     # -- queue ------------------------------------------------------------
 
@@ -180,8 +188,19 @@ class Scheduler:
             self.cache.remove_node(node.metadata.name)
             return
         self.cache.set_node(node)
-        if _node_state(old, now, self.node_grace_period) != _node_state(node, now, self.node_grace_period):
+        renewed = self.cache.lease_renewal(node.metadata.name)
+        grace = self.node_grace_period
+        if _node_state(old, now, grace, renewed) != _node_state(node, now, grace, renewed):
             self._cluster_changed()
+
+    def _on_lease(self, event_type: str, lease: coordination_pb2.Lease, old: coordination_pb2.Lease | None) -> None:
+        name = lease.metadata.name
+        info = self.cache.nodes.get(name)
+        now = time.time()
+        was_ready = info is not None and info.is_ready(now, self.node_grace_period)
+        self.cache.set_lease(name, None if event_type == "DELETED" else lease_renew_time(lease))
+        if info is not None and info.is_ready(now, self.node_grace_period) != was_ready:
+            self._cluster_changed()  # a silent node renewed its Lease again (or lost it)
 
     def _on_service(self, event_type: str, service: service_pb2.Service, old: service_pb2.Service | None) -> None:
         if event_type == "DELETED":
@@ -270,6 +289,10 @@ class Scheduler:
             self.bound += 1
             self._backoff.reset(key)
             log.info("pod_bound", pod=_name(key), node=node_name)
+            self.recorder.event_on(
+                pod_reference(info.namespace, info.name, info.uid), NORMAL, "Scheduled",
+                f"Successfully assigned {_name(key)} to {node_name}",
+            )
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -294,6 +317,8 @@ class Scheduler:
 
     def _report_unschedulable(self, pod: pod_pb2.Pod, message: str) -> bool:
         """Writes PodScheduled=False with the reason if it changed; True when a task holds the slot."""
+        # Every failed attempt, as Kubernetes records it (the recorder aggregates repeats).
+        self.recorder.event(pod, WARNING, "FailedScheduling", message)
         condition = scheduled_condition(pod)
         if (
             condition is not None
