@@ -41,6 +41,7 @@ from services.common.runtime import Manager, WorkQueue, run_workers
 from services.common.runtime.informer import Informer
 
 from .expectations import DEFAULT_TIMEOUT, Expectations
+from .ownerindex import OwnerIndex
 from .replicas import (
     compute_status,
     controller_ref,
@@ -107,6 +108,8 @@ class ReplicationManager:
         self.expectations: Expectations[ObjectKey] = Expectations(expectations_timeout)
         self._writes = asyncio.Semaphore(concurrency)
         self._synced = False
+        # The pods by controller uid, and the orphans by namespace: a sync reads its own.
+        self.owners = OwnerIndex()
         self.created = 0
         self.deleted = 0
 
@@ -130,14 +133,13 @@ class ReplicationManager:
         if event_type == "DELETED":
             self.expectations.forget(key)
             if self._synced:
-                uid = rc.metadata.uid
-                for pod in self.pods.in_namespace(key[0]):
-                    ref = rc_controller_ref(pod)
-                    if ref is not None and ref.uid == uid:
+                for pod in self.owners.owned_by(rc.metadata.uid):
+                    if rc_controller_ref(pod) is not None:
                         self.gc_queue.add((pod.metadata.namespace, pod.metadata.name))
         self.queue.add(key)
 
     def _on_pod(self, event_type: str, pod: pod_pb2.Pod, old: pod_pb2.Pod | None) -> None:
+        self.owners.update(event_type, pod)
         namespace, name = pod.metadata.namespace, pod.metadata.name
         ref = rc_controller_ref(pod)
         if ref is not None:
@@ -231,7 +233,8 @@ class ReplicationManager:
         active: list[pod_pb2.Pod] = []
         adopt: list[pod_pb2.Pod] = []
         release: list[pod_pb2.Pod] = []
-        for pod in self.pods.in_namespace(rc.metadata.namespace):
+        # Its own pods and the namespace's orphans: a pod another controller owns is never ours.
+        for pod in (*self.owners.owned_by(uid), *self.owners.orphans_in(rc.metadata.namespace)):
             ref = controller_ref(pod)
             matches = selector.matches(pod.metadata.labels)
             if ref is not None:
