@@ -54,6 +54,8 @@ async def test_the_replicator_counts_only_live_pods_and_replaces_a_terminating_o
     pods = [owned("a", controller), owned("b", controller), terminating(owned("c", controller))]
     manager = ReplicationManager()
     manager.rcs, manager.pods = FakeInformer(controller), FakeInformer(*pods)
+    for p in pods:  # what the pod informer's handler does
+        manager.owners.update("ADDED", p)
     active = await manager._claim(controller)
     assert sorted(p.metadata.name for p in active) == ["a", "b"]
     assert replica_diff(controller, active) == 1  # the replacement, while "c" still stops
