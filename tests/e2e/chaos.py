@@ -15,6 +15,7 @@ as well, as an operator would, and waits until it is healthy.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -196,14 +197,21 @@ class ChaosReport:
         return out
 
 
-def lease_holder_pid(cluster: LocalCluster, lease: str) -> int:
+def lease_holder(cluster: LocalCluster, lease: str) -> str:
+    """The component holding a lease in kube-system: `make up` names each leader-electing
+    component <host>_<component> (tools.localcluster.leader_identity), the same across restarts."""
     held = json.loads(cluster.kubecfg("get", "lease", lease, "-n", "kube-system", "-o", "json"))
-    return int(held["spec"]["holderIdentity"].split("_")[-2])
+    return str(held["spec"]["holderIdentity"]).split("_", 1)[1]
 
 
-def component_of_pid(cluster: LocalCluster, pid: int) -> str:
-    """The component whose live process is `pid` (supervisord restarts a killed one under a new pid)."""
-    return next(name for name, live in cluster.supervisor.pids().items() if live == pid)
+def lease_renewed(cluster: LocalCluster, lease: str) -> float:
+    """When a lease in kube-system was last renewed (epoch seconds; 0 when it cannot be read)."""
+    done = cluster.kubecfg("get", "lease", lease, "-n", "kube-system", "-o", "json", check=False)
+    try:
+        spec = json.loads(done)["spec"]
+        return datetime.datetime.fromisoformat(spec["renewTime"]).timestamp() if spec.get("holderIdentity") else 0.0
+    except (ValueError, KeyError):
+        return 0.0
 
 
 def signal_components(cluster: LocalCluster, names: list[str], signum: int) -> None:
@@ -277,10 +285,9 @@ def run_chaos(cluster: LocalCluster, tmp_path: Path, scale_steps: list[int]) -> 
 
     def kill_leader(lease: str) -> Callable[[], None]:
         def kill_it() -> None:
-            # After an earlier fault the lease may still name a killed process until it runs out.
             leader = eventually_blocking(
-                lambda: component_of_pid(cluster, lease_holder_pid(cluster, lease)),
-                what=f"a live holder of {lease}", **{**CLUSTER_WAIT, "retry_on": (StopIteration, KeyError)},
+                lambda: lease_holder(cluster, lease),
+                what=f"a holder of {lease}", **{**CLUSTER_WAIT, "retry_on": (KeyError, IndexError)},
             )
             cluster.kill_component(leader)
 

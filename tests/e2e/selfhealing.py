@@ -15,7 +15,6 @@ client are tests/e2e/chaos.py's.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -29,7 +28,7 @@ from tests.polling import eventually_blocking
 from tools import staticpods
 from tools.localcluster import Component, admin_credentials, healthy
 
-from .chaos import APP, MANIFEST, ServiceClient, Writer
+from .chaos import APP, MANIFEST, ServiceClient, Writer, lease_renewed
 from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
 REPLICAS = 10
@@ -135,14 +134,6 @@ def serve_rc(cluster: LocalCluster, tmp_path: Any) -> tuple[list[dict], str]:
     return pods, url
 
 
-def lease_renewed(cluster: LocalCluster, lease: str) -> float:
-    """When a lease in kube-system was last renewed (epoch seconds; 0 when it cannot be read)."""
-    done = cluster.kubecfg("get", "lease", lease, "-n", "kube-system", "-o", "json", check=False)
-    try:
-        spec = json.loads(done)["spec"]
-        return datetime.datetime.fromisoformat(spec["renewTime"]).timestamp() if spec.get("holderIdentity") else 0.0
-    except (ValueError, KeyError):
-        return 0.0
 
 
 def kill_each(
