@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common import kubeconfig
 from services.common.kubeconfig import ClusterAccess
-from services.common.flags import positive_int
+from services.common.flags import positive_duration, positive_int
 from services.common.log import configure_logging
 from services.common.pki import CertificateAuthority
 from services.common.transport import ClientCredentials, add_serving_flags, serving_from_args
@@ -25,7 +26,11 @@ from .ipallocator import (
 from .auth.authenticate import Authenticator
 from .auth.replicaslimit import DEFAULT_MAX_REPLICAS
 from .server import ApiServer, listen_addresses
-from .watchcache import DEFAULT_HISTORY_BYTES
+from .strategies import DEFAULT_EVENT_TTL
+from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_BYTES
+
+if TYPE_CHECKING:
+    from .rest.server import RestServer
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
@@ -63,7 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--watch-queue", type=int, default=10_000, help="events a watcher may fall behind before it is cut off"
     )
-    parser.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between idle watch bookmarks")
+    parser.add_argument("--bookmark-interval", type=float, default=DEFAULT_BOOKMARK_INTERVAL,
+                        help="seconds between idle watch bookmarks (default %(default)s, Kubernetes' one minute: "
+                        "each is a message to every idle watcher, thousands with a thousand nodes)")
+    parser.add_argument(
+        "--event-ttl", type=positive_duration, default=float(DEFAULT_EVENT_TTL), metavar="DURATION",
+        help="how long an event is kept after its last write, e.g. 1h, 30m (default %(default)s seconds)",
+    )
     parser.add_argument(
         "--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM"
     )
@@ -94,8 +105,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rest-listen",
         default="",
         metavar="HOST:PORT",
-        help="the Kubernetes REST API's address (kubectl, client libraries): TLS with an optional client "
+        help="the Kubernetes REST API's address, or several comma-separated (kubectl, client libraries): "
+        "TLS with an optional client "
         "certificate or a bearer token, the same authorization as gRPC; off when empty (default)",
+    )
+    security.add_argument(
+        "--kubelet-client-certificate",
+        default=None,
+        metavar="FILE",
+        help="the client certificate the REST API shows kubelets (pods/log); they are checked against "
+        "--client-ca-file",
+    )
+    security.add_argument(
+        "--kubelet-client-key", default=None, metavar="FILE", help="key of --kubelet-client-certificate"
     )
     security.add_argument(
         "--token-auth-file",
@@ -179,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.serving = serving_from_args(parser, args)
     if args.serving is not None and args.controllers.strip() and not args.controllers_kubeconfig:
         parser.error("--controllers-kubeconfig is required for the in-process controllers (or --controllers=)")
+    if bool(args.kubelet_client_certificate) != bool(args.kubelet_client_key):
+        parser.error("--kubelet-client-certificate and --kubelet-client-key go together")
     etcd_tls = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
     if any(etcd_tls) and not all(etcd_tls):
         parser.error("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
@@ -192,6 +216,7 @@ async def serve(args: argparse.Namespace) -> int:
         watch_history=args.watch_history,
         watch_history_bytes=args.watch_history_bytes,
         watcher_capacity=args.watch_queue,
+        event_ttl=max(1, round(args.event_ttl)),
         bookmark_interval=args.bookmark_interval,
         log_requests=not args.no_request_log,
         service_cluster_ip_range=args.service_cluster_ip_range,
@@ -215,18 +240,26 @@ async def serve(args: argparse.Namespace) -> int:
         ),
     )
     stop = stop_on_signals()
+    # The REST layer (aiohttp and all) takes ~0.2 s to import: in a thread, over etcd's round
+    # trips at start, so that it neither delays the gRPC API nor, once that serves, holds up
+    # its answers (health checks included) while it imports.
+    rest_class = asyncio.ensure_future(asyncio.to_thread(_import_rest_server)) if args.rest_listen else None
     port = await server.start(args.listen, args.token_listen or None)
     rest = None
-    if args.rest_listen:
-        from .rest.server import RestServer
-
-        rest = RestServer(
+    if rest_class is not None:
+        rest = (await rest_class)(
             server.registries,
             authenticator=server.authenticator,
             authorizer=server.authorizer,
             serving=args.serving,
             log_requests=not args.no_request_log,
             shutdown_grace=args.shutdown_grace,
+            kubelet_credentials=(
+                ClientCredentials.from_files(args.client_ca_file, args.kubelet_client_certificate,
+                                             args.kubelet_client_key)
+                if args.serving is not None and args.client_ca_file and args.kubelet_client_certificate
+                else None
+            ),
         )
         await rest.start(args.rest_listen)
     controllers = await start_controllers(args, port)
@@ -249,6 +282,12 @@ async def serve(args: argparse.Namespace) -> int:
     await server.stop(args.shutdown_grace)
     log.info("apiserver_stopped")
     return 0
+
+
+def _import_rest_server() -> type[RestServer]:
+    from .rest.server import RestServer
+
+    return RestServer
 
 
 async def start_controllers(args: argparse.Namespace, port: int) -> list[asyncio.Task]:

@@ -50,8 +50,8 @@ from .ipallocator import (
 from .nodeipam import DEFAULT_NODE_CIDR_MASK_SIZE
 from .registry import OFFLOAD_BYTES, RECEIVED, Registry, build_registries, off_loop
 from .storage import Storage
-from .watchcache import DEFAULT_HISTORY_BYTES
-from .strategies import build_strategies
+from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_BYTES
+from .strategies import DEFAULT_EVENT_TTL, build_strategies
 
 log = get_logger()
 
@@ -210,7 +210,7 @@ class ApiServer:
         watch_history: int = 20_000,
         watch_history_bytes: int = DEFAULT_HISTORY_BYTES,
         watcher_capacity: int = 10_000,
-        bookmark_interval: float = 5.0,
+        bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         log_requests: bool = True,
         service_cluster_ip_range: str = DEFAULT_SERVICE_CLUSTER_IP_RANGE,
         service_node_port_range: str = DEFAULT_SERVICE_NODE_PORT_RANGE,
@@ -222,11 +222,13 @@ class ApiServer:
         max_replicas: int = DEFAULT_MAX_REPLICAS,
         etcd_credentials: ClientCredentials | None = None,
         signing_ca: CertificateAuthority | None = None,
+        event_ttl: int = DEFAULT_EVENT_TTL,
     ) -> None:
         # A bad range is a ValueError (RangeError) naming the flag, before anything starts.
         strategies = build_strategies(
             cluster_ip_range=ServiceIPRange.parse(service_cluster_ip_range),
             node_port_range=NodePortRange.parse(service_node_port_range),
+            event_ttl=event_ttl,
         )
         self.storage = Storage(etcd_servers, credentials=etcd_credentials)
         self.registries: dict[str, Registry] = build_registries(

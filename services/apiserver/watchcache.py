@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -69,6 +70,21 @@ def _event_head(kind: Kind, event_type: str, object_size: int) -> bytes:
     return b"".join((type_tag, _varint(len(name)), name, object_tag, _varint(object_size)))
 
 
+# (event message, event type) -> the event's head up to its object's length (see _event_head).
+_event_prefixes: dict[tuple[type, str], bytes] = {}
+
+
+def _encode_event(kind: Kind, event_type: str, body: bytes) -> bytes:
+    """The watch event of event_type with an object encoded as body (the fan-out calls this
+    once per event and watcher: the head's fixed part is made once)."""
+    prefix = _event_prefixes.get((kind.event_message, event_type))
+    if prefix is None:
+        head = _event_head(kind, event_type, 0)
+        prefix = _event_prefixes[(kind.event_message, event_type)] = head[:-1]  # without the length 0
+    size = len(body)
+    return b"".join((prefix, bytes((size,)) if size < 0x80 else _varint(size), body))
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -79,26 +95,70 @@ def _varint(value: int) -> bytes:
 
 
 class CachedObject:
-    """A stored object with what filters need precomputed and its encoded events memoized."""
+    """A stored object as the cache keeps it: encoded, with what filters need precomputed.
 
-    __slots__ = ("obj", "namespace", "labels", "fields", "_encoded")
+    The decoded message is not kept (issue 16: a decoded pod takes ~5 KiB of the API
+    server's memory, its encoding ~0.6 KiB, and the history holds several versions of each
+    pod); `obj` decodes it again when asked (upb decodes lazily: ~1 us for a pod). Versions
+    whose labels or selectable fields did not change share one dict with the version they
+    replaced (`share_with`). The selectable fields (0.5-3 KiB: a pod's, an event's) are kept
+    only by the current objects of a kind with a trigger field (the fan-out and the trigger
+    index read them at every event); the other kinds' (field selectors on events, Leases...
+    are rare), and a version only the history holds (`forget_fields`), make them again from
+    the bytes when a field selector asks."""
+
+    __slots__ = ("_kind", "_body", "namespace", "labels", "_fields", "_encoded")
 
     def __init__(self, kind: Kind, obj: Any) -> None:
-        self.obj = obj
-        self.namespace: str = obj.metadata.namespace
-        self.labels: dict[str, str] = dict(obj.metadata.labels)
-        self.fields: dict[str, str] = kind.fields(obj)
-        self._encoded: dict[str, bytes] = {}
+        self._kind = kind
+        self._body: bytes = obj.SerializeToString()
+        self.namespace: str = sys.intern(obj.metadata.namespace)  # one string for all the versions
+        labels = obj.metadata.labels
+        self.labels: dict[str, str] = dict(labels) if labels else _NO_LABELS
+        self._fields: dict[str, str] | None = kind.fields(obj) if kind.name in TRIGGER_FIELDS else None
+        # Whole watch events of a big object, by type (built on the fly for a small one).
+        self._encoded: dict[str, bytes] | None = None
+
+    @property
+    def obj(self) -> Any:
+        """The object, decoded anew (it is not stored)."""
+        return self._kind.message.FromString(self._body)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        fields = self._fields
+        return fields if fields is not None else self._kind.fields(self.obj)
+
+    def forget_fields(self) -> None:
+        self._fields = None
+
+    def share_with(self, other: CachedObject | None) -> None:
+        """Shares the other version's labels and fields dicts where they are equal (read only)."""
+        if other is not None:
+            if self.labels is not other.labels and self.labels == other.labels:
+                self.labels = other.labels
+            if other._fields is not None and self._fields == other._fields:
+                self._fields = other._fields
 
     def encode(self, kind: Kind, event_type: str) -> bytes:
         """The watch event of event_type with this object: the encoded object after the event's
         head, the bytes kind.event_message(type=..., object=obj) encodes to, without copying
         the object into an event message first (10 ms for a 1.4 MiB one)."""
-        data = self._encoded.get(event_type)
-        if data is None:
-            body = self.obj.SerializeToString()
-            data = self._encoded[event_type] = _event_head(kind, event_type, len(body)) + body
+        if self._encoded is not None:
+            data = self._encoded.get(event_type)
+            if data is not None:
+                return data
+        body = self._body
+        data = _encode_event(kind, event_type, body)
+        if len(body) >= ENCODE_AHEAD_BYTES:  # memoized: one copy for every watcher
+            if self._encoded is None:
+                self._encoded = {}
+            self._encoded[event_type] = data
         return data
+
+
+# The labels of every object without any (read only, as every CachedObject's labels).
+_NO_LABELS: dict[str, str] = {}
 
 
 class CacheEvent:
@@ -123,10 +183,10 @@ class CacheEvent:
         watcher sees as DELETED when the object stops matching its selector."""
         if self._previous_at_revision is None:
             assert self.previous is not None
-            obj = type(self.previous.obj)()
-            obj.CopyFrom(self.previous.obj)
+            obj = self.previous.obj  # decoded anew: ours to stamp
             obj.metadata.resource_version = self.revision
-            self._previous_at_revision = CachedObject(kind, obj)
+            cached = self._previous_at_revision = CachedObject(kind, obj)
+            cached.share_with(self.previous)
         return self._previous_at_revision
 
 
@@ -145,6 +205,17 @@ class WatchFilter:
             return False
         return True
 
+
+# Kubernetes' watch cache triggers (pods by spec.nodeName, nodes by metadata.name): a watch whose
+# field selector requires one value of its kind's trigger field (a kubelet's pods, its own Node)
+# is offered only the events of objects that have that value now or had it before, not every
+# event of the kind: a pod's event costs one kubelet's filter, not a thousand (issue 16).
+TRIGGER_FIELDS = {"Pod": "spec.nodeName", "Node": "metadata.name"}
+
+# How often an idle watcher gets a BOOKMARK (Kubernetes' bookmarkFrequency, a minute): each one
+# is a message to every idle watcher, and a thousand nodes hold thousands of watches (issue 16:
+# sent every 5 s they cost the API server 0.04 cores per 300 idle hollow nodes, and the nodes as much).
+DEFAULT_BOOKMARK_INTERVAL = 60.0
 
 # The watch history's byte budget per kind (encoded objects): a watch that falls further behind
 # re-lists (OUT_OF_RANGE), as one that falls behind `history` events does.
@@ -165,6 +236,8 @@ class CacheWatcher:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Why the stream ends: an error status, or END_OF_STREAM for a clean finish.
     closed: ApiError | None = None
+    # The value of its kind's trigger field its selector requires (None: offered every event).
+    trigger: str | None = None
 
     def offer(self, kind: Kind, event: CacheEvent) -> None:
         if event.revision <= self.start_revision or self.closed is not None:
@@ -217,7 +290,7 @@ class WatchCache:
         history: int = 20_000,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         watcher_capacity: int = 10_000,
-        bookmark_interval: float = 5.0,
+        bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         offload: Offload = _inline,
     ) -> None:
         self.kind = kind
@@ -235,6 +308,14 @@ class WatchCache:
         self._history_bytes = history_bytes
         self._events_bytes = 0
         self._watchers: set[CacheWatcher] = set()
+        # The same watchers for the fan-out: those offered every event, and those offered only
+        # the events of their trigger value.
+        self._trigger_field = TRIGGER_FIELDS.get(kind.name)
+        self._untriggered: set[CacheWatcher] = set()
+        self._triggered: dict[str, set[CacheWatcher]] = {}
+        # The current objects' keys by their trigger value: a scoped watch's snapshot (a
+        # kubelet's pods) reads its own objects, not all of them.
+        self._keys_by_trigger: dict[str, dict[bytes, None]] = {}  # ordered sets
         self._watcher_capacity = watcher_capacity
         self._bookmark_interval = bookmark_interval
         self._ready = asyncio.Event()
@@ -269,12 +350,12 @@ class WatchCache:
         return True
 
     def get(self, namespace: str, name: str) -> Any | None:
-        """The cached object, or None; never a copy, so callers must not change it."""
+        """The cached object, or None (decoded from the cache's bytes at each call)."""
         cached = self._objects.get(self.kind.key(namespace, name).encode())
         return cached.obj if cached is not None else None
 
     def objects(self) -> list[Any]:
-        """Every cached object (not copies: read only)."""
+        """Every cached object (decoded from the cache's bytes at each call)."""
         return [cached.obj for cached in self._objects.values()]
 
     @property
@@ -327,6 +408,9 @@ class WatchCache:
         objects = await self._offload(sum(len(kv.value) for kv in result.kvs), self._decode_all, result.kvs)
         had_history = self._ready.is_set()
         self._objects = objects
+        self._keys_by_trigger = {}
+        for key, cached in objects.items():
+            self._index_key(key, None, cached)
         self._events.clear()
         self._events_bytes = 0
         self.revision = self.window_start = result.revision
@@ -370,20 +454,23 @@ class WatchCache:
     ) -> None:
         kind = self.kind
         for raw, (current, decoded_previous) in zip(events, decoded, strict=True):
-            previous = self._objects.get(raw.key) or decoded_previous
+            stored = self._objects.get(raw.key)
+            previous = stored or decoded_previous
+            self._index_key(raw.key, stored, None if raw.deleted else current)
             if raw.deleted:
                 self._objects.pop(raw.key, None)
                 if current is None:
                     if previous is not None:
-                        obj = type(previous.obj)()
-                        obj.CopyFrom(previous.obj)
+                        obj = previous.obj  # decoded anew: ours to stamp
                         obj.metadata.resource_version = raw.revision
                         current = CachedObject(kind, obj)
                     else:
                         current = CachedObject(kind, self.decode(raw.value, raw.revision))
+                current.share_with(previous)
                 event = CacheEvent(raw.revision, True, current, None, len(raw.value))
             else:
                 assert current is not None
+                current.share_with(previous)
                 self._objects[raw.key] = current
                 event = CacheEvent(raw.revision, False, current, previous, len(raw.value))
             self._events.append(event)
@@ -395,13 +482,74 @@ class WatchCache:
                 self._events_bytes -= evicted.size
                 self.window_start = evicted.revision
             self.revision = raw.revision
-            for watcher in self._watchers:
-                watcher.offer(kind, event)
+            self._fan_out(event)
+            # Only the history holds these now: their fields are made again if a replay asks.
+            if previous is not None:
+                previous.forget_fields()
+            if raw.deleted:
+                current.forget_fields()
         # Drop cut-off watchers from the fan-out at once.
         if any(w.closed is not None for w in self._watchers):
-            self._watchers = {w for w in self._watchers if w.closed is None}
+            for watcher in [w for w in self._watchers if w.closed is not None]:
+                self._unregister(watcher)
         if events:
             self._changed()
+
+    def _index_key(self, key: bytes, before: CachedObject | None, after: CachedObject | None) -> None:
+        """Moves key between the trigger value buckets: it held `before`, now holds `after`."""
+        field = self._trigger_field
+        if field is None:
+            return
+        old = before.fields.get(field, "") if before is not None else None
+        new = after.fields.get(field, "") if after is not None else None
+        if old == new:
+            return
+        if old is not None:
+            keys = self._keys_by_trigger.get(old)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del self._keys_by_trigger[old]
+        if new is not None:
+            self._keys_by_trigger.setdefault(new, {})[key] = None
+
+    def _fan_out(self, event: CacheEvent) -> None:
+        kind, field = self.kind, self._trigger_field
+        if field is None:
+            for watcher in self._watchers:
+                watcher.offer(kind, event)
+            return
+        for watcher in self._untriggered:
+            watcher.offer(kind, event)
+        value = event.current.fields.get(field, "")
+        for watcher in self._triggered.get(value, ()):
+            watcher.offer(kind, event)
+        if event.previous is not None:
+            before = event.previous.fields.get(field, "")
+            if before != value:  # it leaves those watchers' selection: they see it DELETED
+                for watcher in self._triggered.get(before, ()):
+                    watcher.offer(kind, event)
+
+    def _register(self, watcher: CacheWatcher) -> None:
+        self._watchers.add(watcher)
+        fields = watcher.filter.fields
+        if self._trigger_field is not None and fields is not None:
+            watcher.trigger = fields.equals(self._trigger_field)
+        if watcher.trigger is None:
+            self._untriggered.add(watcher)
+        else:
+            self._triggered.setdefault(watcher.trigger, set()).add(watcher)
+
+    def _unregister(self, watcher: CacheWatcher) -> None:
+        self._watchers.discard(watcher)
+        if watcher.trigger is None:
+            self._untriggered.discard(watcher)
+            return
+        bucket = self._triggered.get(watcher.trigger)
+        if bucket is not None:
+            bucket.discard(watcher)
+            if not bucket:
+                del self._triggered[watcher.trigger]
 
     async def _bookmark_loop(self) -> None:
         while True:
@@ -438,6 +586,12 @@ class WatchCache:
             await asyncio.sleep(_FUTURE_REVISION_POLL)
 
     def snapshot(self, filter_: WatchFilter) -> tuple[list[CachedObject], int]:
+        field = self._trigger_field
+        value = filter_.fields.equals(field) if field is not None and filter_.fields is not None else None
+        if value is not None:
+            objects = self._objects
+            scoped = (objects[key] for key in self._keys_by_trigger.get(value, ()))
+            return [c for c in scoped if filter_.matches(c)], self.revision
         return [c for c in self._objects.values() if filter_.matches(c)], self.revision
 
     def encode_bookmark(self, revision: int, initial_events_end: bool = False) -> bytes:
@@ -481,7 +635,7 @@ class WatchCache:
             replay.append(event)
         for event in reversed(replay):
             watcher.offer(kind, event)
-        self._watchers.add(watcher)
+        self._register(watcher)
         try:
             for data in initial:
                 yield data
@@ -499,4 +653,4 @@ class WatchCache:
                 watcher.wakeup.clear()
                 await watcher.wakeup.wait()
         finally:
-            self._watchers.discard(watcher)
+            self._unregister(watcher)

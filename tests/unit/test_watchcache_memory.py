@@ -1,0 +1,103 @@
+"""The watch cache keeps objects encoded (issue 16): the history's versions hold their bytes,
+not a decoded message nor their selectable fields, and yet a watch that resumes from the
+history sees exactly what a watch that was there all along saw."""
+
+from __future__ import annotations
+
+from kybernetes.v1 import event_pb2, meta_pb2, pod_pb2
+from services.apiserver.storage import WatchEvent
+from services.apiserver.watchcache import CachedObject, CacheWatcher, WatchCache, WatchFilter
+from services.common.resources import EVENTS, PODS, Kind
+from services.common.selectors import FieldSelector, LabelSelector
+
+
+def a_pod(revision: int, node: str = "", phase: str = "Pending", labels: dict[str, str] | None = None) -> pod_pb2.Pod:
+    obj = pod_pb2.Pod(metadata=meta_pb2.ObjectMeta(name="p", namespace="ns", resource_version=revision,
+                                                   labels={"app": "web"} if labels is None else labels))
+    obj.spec.node_name = node
+    obj.status.phase = phase
+    return obj
+
+
+def selecting(kind: Kind, fields: str = "", labels: str = "") -> WatchFilter:
+    return WatchFilter(
+        labels=LabelSelector.parse(labels) if labels else None,
+        fields=FieldSelector.parse(fields, kind.fields(kind.message()).keys()) if fields else None,
+    )
+
+
+def apply(cache: WatchCache, revision: int, obj: pod_pb2.Pod | None, deleted: bool = False) -> None:
+    """One etcd event, as the cache's watch loop applies it (the object decoded beforehand)."""
+    key = PODS.key("ns", "p").encode()
+    raw = WatchEvent(deleted=deleted, key=key, value=b"", prev_value=None, revision=revision)
+    cache._apply([raw], [(CachedObject(PODS, obj) if obj is not None else None, None)])
+
+
+LIFE = [  # a pod created, bound to n-a, Running, moved to n-b (as an update could), relabelled, deleted
+    (2, a_pod(2)),
+    (3, a_pod(3, "n-a")),
+    (4, a_pod(4, "n-a", "Running")),
+    (5, a_pod(5, "n-b", "Running")),
+    (6, a_pod(6, "n-b", "Running", {"app": "db"})),
+]
+
+FILTERS = {
+    "n-a": selecting(PODS, "spec.nodeName=n-a"),
+    "n-b": selecting(PODS, "spec.nodeName=n-b"),
+    "running-web": selecting(PODS, "status.phase=Running", labels="app=web"),
+    "all": selecting(PODS),
+}
+
+
+def seen(watcher: CacheWatcher) -> list[tuple[str, str, int, str]]:
+    out = []
+    for event_type, cached in watcher.queue:
+        obj = cached.obj
+        out.append((event_type, obj.spec.node_name, obj.metadata.resource_version, obj.status.phase))
+    return out
+
+
+def test_a_watch_resumed_from_the_history_sees_what_a_live_watch_saw() -> None:
+    cache = WatchCache(PODS, storage=None, decode=None)  # type: ignore[arg-type]
+    live = {name: CacheWatcher(selector, 1, 100) for name, selector in FILTERS.items()}
+    for watcher in live.values():
+        cache._register(watcher)
+    for revision, obj in LIFE:
+        apply(cache, revision, obj)
+    # Every version but the current one is only in the history now: no fields kept.
+    assert [e.current._fields is None for e in cache._events] == [True] * 4 + [False]
+    apply(cache, 7, None, deleted=True)
+    assert [e.current._fields is None for e in cache._events] == [True] * 6
+    for name, selector in FILTERS.items():
+        resumed = CacheWatcher(selector, 1, 100)
+        for event in cache._events:  # what watch() replays for a resource_version of 1
+            resumed.offer(PODS, event)
+        assert seen(resumed) == seen(live[name]), name
+    assert seen(live["n-a"]) == [("ADDED", "n-a", 3, "Pending"), ("MODIFIED", "n-a", 4, "Running"),
+                                 ("DELETED", "n-a", 5, "Running")]
+    assert seen(live["running-web"]) == [("ADDED", "n-a", 4, "Running"), ("MODIFIED", "n-b", 5, "Running"),
+                                         ("DELETED", "n-b", 6, "Running")]
+
+
+def test_the_cache_keeps_bytes_and_shares_unchanged_labels() -> None:
+    cache = WatchCache(PODS, storage=None, decode=None)  # type: ignore[arg-type]
+    for revision, obj in LIFE[:4]:
+        apply(cache, revision, obj)
+    assert cache.get("ns", "p") == LIFE[3][1]
+    assert cache.objects() == [LIFE[3][1]]
+    versions = [event.current for event in cache._events]
+    assert all(not hasattr(version, "__dict__") and version._body for version in versions)
+    assert all(version.labels is versions[0].labels for version in versions)  # one dict for all four
+    assert versions[-1].fields["spec.nodeName"] == "n-b"
+    # An encoded watch event is the event message protobuf would encode.
+    expected = PODS.event_message(type="MODIFIED", object=LIFE[3][1]).SerializeToString()
+    assert versions[-1].encode(PODS, "MODIFIED") == expected
+
+
+def test_a_kind_without_a_trigger_field_makes_its_fields_when_a_selector_asks() -> None:
+    event = event_pb2.Event(metadata=meta_pb2.ObjectMeta(name="e", namespace="ns"), reason="Scheduled")
+    event.involved_object.name = "p"
+    cached = CachedObject(EVENTS, event)
+    assert cached._fields is None
+    assert selecting(EVENTS, "involvedObject.name=p,reason=Scheduled").matches(cached)
+    assert not selecting(EVENTS, "involvedObject.name=q").matches(cached)
