@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
+from bench.localclusters import temporary_clusters
 from tests.e2e.chaos import LEASE_DURATION, run_chaos, start_cluster
-from tests.e2e.cluster import LocalCluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,27 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="replicas: the ramp, then one step every two faults (default %(default)s)")
     args = parser.parse_args(argv)
     steps = [int(step) for step in args.steps.split(",")]
-    with tempfile.TemporaryDirectory(prefix="kyb-chaos-") as workdir:
-        started: list[LocalCluster] = []
-
-        def local_cluster(**options: object) -> LocalCluster:
-            cluster = LocalCluster(Path(workdir) / "cluster", **options)  # type: ignore[arg-type]
-            started.append(cluster)
-            done = cluster.up()
-            if done.returncode != 0:
-                raise SystemExit(f"the cluster did not start:\n{done.stdout}{done.stderr}")
-            return cluster
-
-        try:
-            cluster = start_cluster(local_cluster)
-            report = run_chaos(cluster, Path(workdir), steps)
-        finally:
-            for cluster in started:
-                cluster.down()
-                leftovers = cluster.network_leftovers()
-                cluster.remove_leftovers()
-                if leftovers:
-                    print(f"warning: left behind and removed: {leftovers}", file=sys.stderr)
+    with temporary_clusters("kyb-chaos-") as (workdir, local_cluster):
+        cluster = start_cluster(local_cluster)
+        report = run_chaos(cluster, workdir, steps)
     print("\n".join(report.lines()))
     target = LEASE_DURATION + 5
     slow = [fault.name for fault in report.faults if fault.recovered_in > target]

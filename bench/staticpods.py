@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
+from bench.localclusters import temporary_clusters
 from bench.supervised import PROGRAMS, print_startup
 from tests.e2e.cluster import LocalCluster
 from tests.e2e.selfhealing import back, kill, kill_each, kill_order, recorded, serve_rc, start_cluster
@@ -38,34 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="kills of each component (default %(default)s)")
     args = parser.parse_args(argv)
     backs: dict[str, list[float]] = defaultdict(list)
-    with tempfile.TemporaryDirectory(prefix="kyb-staticpods-") as workdir:
-        started: list[LocalCluster] = []
-
-        def local_cluster(**options: object) -> LocalCluster:
-            cluster = LocalCluster(Path(workdir) / "cluster", **options)  # type: ignore[arg-type]
-            started.append(cluster)
-            done = cluster.up()
-            if done.returncode != 0:
-                raise SystemExit(f"the cluster did not start:\n{done.stdout}{done.stderr}")
-            return cluster
-
-        try:
-            up_started = time.monotonic()
-            cluster = start_cluster(local_cluster)
-            print(f"make up MODE=containers: {time.monotonic() - up_started:.1f} s")
-            _, url = serve_rc(cluster, Path(workdir))
-            # One writer for every round (its objects' names start again with a new one).
-            report = kill_each(cluster, url, kill_order(cluster) * args.rounds, controllers=True)
-            for recovery in report.recoveries:
-                backs[recovery.component].append(recovery.back_in)
-            again = twice(cluster)
-        finally:
-            for cluster in started:
-                cluster.down()
-                leftovers = cluster.network_leftovers()
-                cluster.remove_leftovers()
-                if leftovers:
-                    print(f"warning: left behind and removed: {leftovers}", file=sys.stderr)
+    with temporary_clusters("kyb-staticpods-") as (workdir, local_cluster):
+        up_started = time.monotonic()
+        cluster = start_cluster(local_cluster)
+        print(f"make up MODE=containers: {time.monotonic() - up_started:.1f} s")
+        _, url = serve_rc(cluster, workdir)
+        # One writer for every round (its objects' names start again with a new one).
+        report = kill_each(cluster, url, kill_order(cluster) * args.rounds, controllers=True)
+        for recovery in report.recoveries:
+            backs[recovery.component].append(recovery.back_in)
+        again = twice(cluster)
     print(f"{'component killed':<28} {'back in: min':>12} {'median':>8} {'max':>8}   (target {TARGET:g} s, "
           f"{args.rounds} kills each)")
     for name, times in backs.items():

@@ -56,7 +56,7 @@ from .hostnetwork import DEFAULT_BRIDGE as HOST_BRIDGE, DEFAULT_NETWORK as HOST_
 from .hostnetwork import HostNetworkError, remove_pod_bridge
 from .processes import REPO, apiserver_security_flags, etcd_argv, port_open, python_module_argv
 from .supervisor import COMING_UP, STOP_WAIT_SECONDS, Program, StatusRow, Supervisor, SupervisorError, format_status
-from .supervisor import program_digest, rolling_order, terminate, upgrade_plan
+from .supervisor import pid_alive, program_digest, rolling_order, terminate, upgrade_plan
 
 ETCD_PORT = 2379
 API_PORT = 6443
@@ -386,21 +386,6 @@ def save_state(state: Path, data: dict) -> None:
     tmp = _state_file(state).with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(_state_file(state))
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def container_running(name: str) -> bool:

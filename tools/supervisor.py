@@ -637,7 +637,7 @@ class Supervisor:
             pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not pid or not _alive(pid):
+            if not pid or not pid_alive(pid):
                 return True
             time.sleep(0.1)
         return False
@@ -676,7 +676,10 @@ def supervised_by(server_url: str, proc: Path = Path("/proc")) -> list[int]:
     return sorted(found)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether pid is a live process (a zombie is not; 0 and below name none)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -691,7 +694,7 @@ def _alive(pid: int) -> bool:
 
 def terminate(pids: Iterable[int], timeout: float = float(STOP_WAIT_SECONDS)) -> None:
     """SIGTERM to each, then SIGKILL to those still alive after `timeout`."""
-    pending = [pid for pid in pids if _alive(pid)]
+    pending = [pid for pid in pids if pid_alive(pid)]
     for pid in pending:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -699,7 +702,7 @@ def terminate(pids: Iterable[int], timeout: float = float(STOP_WAIT_SECONDS)) ->
             pass
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        pending = [pid for pid in pending if _alive(pid)]
+        pending = [pid for pid in pending if pid_alive(pid)]
         time.sleep(0.1)
     for pid in pending:
         try:
