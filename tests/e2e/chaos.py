@@ -197,6 +197,12 @@ class ChaosReport:
         return out
 
 
+def stored_writes(cluster: LocalCluster) -> set[str]:
+    """The names of the objects the Writer created that the cluster holds."""
+    listed = json.loads(cluster.kubecfg("get", "leases", "-n", WRITES_NAMESPACE, "-o", "json"))
+    return {lease["metadata"]["name"] for lease in listed["items"]}
+
+
 def lease_holder(cluster: LocalCluster, lease: str) -> str:
     """The component holding a lease in kube-system: `make up` names each leader-electing
     component <host>_<component> (tools.localcluster.leader_identity), the same across restarts."""
@@ -337,8 +343,7 @@ def run_chaos(cluster: LocalCluster, tmp_path: Path, scale_steps: list[int]) -> 
         writer.stopping.set()
         client.join(15)
         writer.join(15)
-    stored = {lease["metadata"]["name"] for lease in json.loads(
-        cluster.kubecfg("get", "leases", "-n", WRITES_NAMESPACE, "-o", "json"))["items"]}
+    stored = stored_writes(cluster)
     pods = [p for p in cluster.pods(f"app={APP}") if not p["metadata"].get("deletionTimestamp")]
     return ChaosReport(
         faults=faults,

@@ -28,7 +28,7 @@ from tests.polling import eventually_blocking
 from tools import staticpods
 from tools.localcluster import Component, admin_credentials, healthy
 
-from .chaos import APP, MANIFEST, ServiceClient, Writer, lease_renewed
+from .chaos import APP, MANIFEST, ServiceClient, Writer, lease_renewed, stored_writes
 from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
 REPLICAS = 10
@@ -178,8 +178,7 @@ def kill_each(
         writer.stopping.set()
         client.join(15)
         writer.join(15)
-    stored = {lease["metadata"]["name"] for lease in json.loads(
-        cluster.kubecfg("get", "leases", "-n", "chaos-writes", "-o", "json"))["items"]}
+    stored = stored_writes(cluster)
     report.requests_sent, report.requests_failed = client.sent, client.failed
     report.request_failures = [f"{u} {e}" for _, u, e in client.failures]
     report.writes_acknowledged = len(writer.acknowledged)

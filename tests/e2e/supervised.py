@@ -30,7 +30,7 @@ from tests.polling import eventually_blocking
 from tools.localcluster import Component, admin_credentials, healthy
 from tools.supervisor import parse_restarts_column
 
-from .chaos import APP, MANIFEST, WRITES_NAMESPACE, ServiceClient, Writer, lease_renewed
+from .chaos import APP, MANIFEST, ServiceClient, Writer, lease_renewed, stored_writes
 from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
 REPLICAS = 10
@@ -112,11 +112,6 @@ def serving(cluster: LocalCluster, url: str) -> None:
         what=f"{REPLICAS} pods running and ready", **CLUSTER_WAIT,
     )
     eventually_blocking(lambda: fetch(url), what=f"the service at {url}", **CLUSTER_WAIT)
-
-
-def stored_writes(cluster: LocalCluster) -> set[str]:
-    listed = json.loads(cluster.kubecfg("get", "leases", "-n", WRITES_NAMESPACE, "-o", "json"))
-    return {lease["metadata"]["name"] for lease in listed["items"]}
 
 
 def kill_and_time(cluster: LocalCluster, name: str, writer: Writer, leaders: bool = False) -> Comeback:
