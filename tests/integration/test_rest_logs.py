@@ -118,6 +118,13 @@ def test_python_client_reads_log(cluster: tuple[Path, str], cluster_pki: Cluster
         assert core.read_namespaced_pod_log("talk", namespace, container="talker", limit_bytes=6) == "line-1"
         stamped = core.read_namespaced_pod_log("talk", namespace, container="talker", tail_lines=1, timestamps=True)
         assert stamped[:4].isdigit() and " tick-" in stamped, stamped
+        # sinceSeconds=2 leaves out the first lines once they are older than that: the talker
+        # printed them at its start and has ticked every 0.3 s since (10 ticks: 3 s).
+        eventually_blocking(
+            lambda: int(core.read_namespaced_pod_log("talk", namespace, container="talker", tail_lines=1)
+                        .strip().removeprefix("tick-")) >= 10,
+            timeout=60, what="the talker's first lines older than 2 s",
+        )
         recent = core.read_namespaced_pod_log("talk", namespace, container="talker", since_seconds=2)
         assert "line-1" not in recent and "tick-" in recent, recent
         with pytest.raises(ApiException) as raised:

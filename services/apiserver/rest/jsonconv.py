@@ -94,7 +94,7 @@ ALWAYS_WRITTEN = frozenset({
 # client refuses a NodeSystemInfo without them) and accepted, then dropped, when read back.
 OUTPUT_ONLY_EXTRAS: dict[str, dict[str, Any]] = {
     "kybernetes.v1.NodeSystemInfo": {
-        "bootID": "", "machineID": "", "osImage": "", "systemUUID": "", "kubeProxyVersion": "",
+        "bootID": "", "machineID": "", "systemUUID": "", "kubeProxyVersion": "",
     },
 }
 
