@@ -72,8 +72,9 @@ LISTENER = "kyb-events"
 # Events supervisord keeps for the listener while it is busy or restarting (its default, 10,
 # would overflow when a whole cluster starts at once).
 LISTENER_BUFFER = 1024
-# A unix socket's path must fit sun_path (108 bytes with the NUL).
-UNIX_PATH_MAX = 107
+# A unix socket's path must fit sun_path (108 bytes with the NUL), and supervisord binds it first
+# under "<path>.<its pid>" (then renames it): room for a dot and a pid of up to 7 digits.
+UNIX_PATH_MAX = 107 - 8
 RESTARTED_FROM = frozenset({"EXITED", "BACKOFF"})
 # Process states (supervisor.states.ProcessStates' names) in which supervisord is bringing it up.
 COMING_UP = frozenset({"STARTING", "BACKOFF"})

@@ -15,7 +15,9 @@ import pytest
 
 from tests.polling import eventually_blocking
 from tools.localcluster import pid_alive
-from tools.supervisor import LISTENER, REPO, Program, Supervisor, process_digest, run_program, shutdown_all
+from tools.supervisor import (
+    LISTENER, REPO, UNIX_PATH_MAX, Program, Supervisor, process_digest, run_program, shutdown_all,
+)
 
 WAIT = {"timeout": 30.0, "interval": 0.05}
 SLEEP = "/bin/sleep"
@@ -110,3 +112,21 @@ def test_a_machines_supervisord_runs_restarts_and_stops_its_programs(supervisor,
     shown = subprocess.run([*command, "state", str(state), "proxy"], capture_output=True, text=True, cwd=REPO,
                            timeout=30)
     assert shown.stdout.strip() == "UNKNOWN"
+
+
+@pytest.mark.parametrize("socket_length", [UNIX_PATH_MAX, UNIX_PATH_MAX + 1, 107])
+def test_supervisord_starts_whatever_the_state_directorys_depth(tmp_path, socket_length):
+    """The socket path supervisord binds (first as "<path>.<pid>") fits a unix socket's 108 bytes
+    at the deepest state directory that keeps it there, and one deeper moves it to /tmp."""
+    base = str(tmp_path / "s")
+    state = Path(base + "d" * (socket_length - len(base) - len("/supervisor.sock")))
+    supervisor = Supervisor(state)
+    try:
+        supervisor.write_config([sleeper(state, "a")], python=sys.executable, directory=REPO)
+        supervisor.start_daemon(sys.executable)
+        supervisor.start("a")
+        running_pid(supervisor, "a")
+        assert (supervisor.layout.socket.parent == state) == (socket_length <= UNIX_PATH_MAX)
+    finally:
+        shutdown_all(state)
+    assert not supervisor.running() and supervisor.orphans() == []
