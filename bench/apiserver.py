@@ -74,11 +74,11 @@ async def run_concurrently(total: int, concurrency: int, operation) -> tuple[flo
 class Plane:
     """etcd and an API server: secure (as make up runs them) or --insecure-dev."""
 
-    def __init__(self, state: str, *, secure: bool) -> None:
+    def __init__(self, state: str, *, secure: bool, rest: bool = False) -> None:
         self.secure = secure
         self.etcd = EtcdProcess(os.path.join(state, "etcd-secure" if secure else "etcd-insecure"), insecure=not secure)
         self.api = ApiServerProcess(
-            self.etcd.endpoint, "--controllers=", "--no-request-log", insecure=not secure,
+            self.etcd.endpoint, "--controllers=", "--no-request-log", insecure=not secure, rest=rest,
             log_path=os.path.join(state, f"api-{'secure' if secure else 'insecure'}.log"),
         )
         pki = dev_pki()

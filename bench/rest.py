@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import ssl
 import statistics
 import tempfile
@@ -24,23 +23,19 @@ from typing import Any
 
 import aiohttp
 
-from bench.apiserver import fmt_ms, make_pod, percentile, run_concurrently
+from bench.apiserver import Plane, fmt_ms, make_pod, percentile, run_concurrently
 from kybernetes.v1 import meta_pb2
 from services.apiserver.rest.jsonconv import object_to_json
 from services.common.resources import PODS
-from services.common.client import ApiClient
-from tools.processes import ApiServerProcess, EtcdProcess, dev_pki
+from tools.processes import dev_pki
 
 
-class RestPlane:
-    """etcd and an API server serving the REST API too, both with TLS (bench.apiserver's Plane)."""
+class RestPlane(Plane):
+    """bench.apiserver's secure Plane, its API server serving the REST API too."""
 
     def __init__(self, state: str) -> None:
-        self.etcd = EtcdProcess(os.path.join(state, "etcd"))
-        self.api = ApiServerProcess(self.etcd.endpoint, "--controllers=", "--no-request-log", rest=True,
-                                    log_path=os.path.join(state, "api.log"))
+        super().__init__(state, secure=True, rest=True)
         pki = dev_pki()
-        self.credentials = pki.credentials("admin")
         self.ssl = ssl.create_default_context(cafile=str(pki.ca_file))
         cert, key = pki.pair("admin")
         self.ssl.load_cert_chain(cert, key)
@@ -48,13 +43,6 @@ class RestPlane:
 
     def session(self, connections: int) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl, limit=connections))
-
-    def client(self) -> ApiClient:
-        return ApiClient(self.api.address, credentials=self.credentials)
-
-    def stop(self) -> None:
-        self.api.stop()
-        self.etcd.stop()
 
 
 async def grpc_creates(plane: RestPlane, namespace: str, total: int, concurrency: int) -> float:

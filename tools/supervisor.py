@@ -187,6 +187,7 @@ def code_digest(argv: Sequence[str], sources: Mapping[str, str]) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _content_hash(path: Path, mtime_ns: int, size: int) -> str:
+    # mtime and size are the cache's key only: a file that changed is read and hashed again.
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
