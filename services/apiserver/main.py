@@ -27,7 +27,7 @@ from .auth.authenticate import Authenticator
 from .auth.replicaslimit import DEFAULT_MAX_REPLICAS
 from .server import ApiServer, listen_addresses
 from .strategies import DEFAULT_EVENT_TTL
-from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_BYTES
+from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_BYTES
 
 if TYPE_CHECKING:
     from .rest.server import RestServer
@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--watch-history-bytes", type=positive_int, default=DEFAULT_HISTORY_BYTES, metavar="BYTES",
         help="and at most this many bytes of their objects per kind (default %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-history-age", type=positive_duration, default=DEFAULT_HISTORY_AGE, metavar="SECONDS",
+        help="and only events this recent, but for each kind's last 100 (default %(default)s, Kubernetes' "
+        "eventFreshDuration): a watch broken longer re-lists",
     )
     parser.add_argument(
         "--watch-queue", type=int, default=10_000, help="events a watcher may fall behind before it is cut off"
@@ -215,6 +220,7 @@ async def serve(args: argparse.Namespace) -> int:
         [e.strip() for e in args.etcd_servers.split(",") if e.strip()],
         watch_history=args.watch_history,
         watch_history_bytes=args.watch_history_bytes,
+        watch_history_age=args.watch_history_age,
         watcher_capacity=args.watch_queue,
         event_ttl=max(1, round(args.event_ttl)),
         bookmark_interval=args.bookmark_interval,

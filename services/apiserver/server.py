@@ -50,7 +50,7 @@ from .ipallocator import (
 from .nodeipam import DEFAULT_NODE_CIDR_MASK_SIZE
 from .registry import OFFLOAD_BYTES, RECEIVED, Registry, build_registries, off_loop
 from .storage import Storage
-from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_BYTES
+from .watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_BYTES
 from .strategies import DEFAULT_EVENT_TTL, build_strategies
 
 log = get_logger()
@@ -209,6 +209,7 @@ class ApiServer:
         *,
         watch_history: int = 20_000,
         watch_history_bytes: int = DEFAULT_HISTORY_BYTES,
+        watch_history_age: float = DEFAULT_HISTORY_AGE,
         watcher_capacity: int = 10_000,
         bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         log_requests: bool = True,
@@ -236,6 +237,7 @@ class ApiServer:
             self.storage,
             history=watch_history,
             history_bytes=watch_history_bytes,
+            history_age=watch_history_age,
             watcher_capacity=watcher_capacity,
             bookmark_interval=bookmark_interval,
         )

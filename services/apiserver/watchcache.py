@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import grpc
 from google.protobuf.message import Message
@@ -26,7 +27,7 @@ from kybernetes.v1 import meta_pb2
 from services.common.log import get_logger
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
 from services.common.runtime import Backoff
-from services.common.selectors import FieldSelector, LabelSelector
+from services.common.selectors import FieldSelector, LabelSelector, Operator
 
 from .errors import ApiError
 from .storage import CompactedError, KeyValue, Storage, WatchEvent, prefix_range_end
@@ -95,27 +96,29 @@ def _varint(value: int) -> bytes:
 
 
 class CachedObject:
-    """A stored object as the cache keeps it: encoded, with what filters need precomputed.
+    """A stored object as the cache keeps it: encoded, with what the fan-out reads at every
+    event kept beside it (issue 16: the API server's memory per object within 2x of its
+    encoding).
 
-    The decoded message is not kept (issue 16: a decoded pod takes ~5 KiB of the API
-    server's memory, its encoding ~0.6 KiB, and the history holds several versions of each
-    pod); `obj` decodes it again when asked (upb decodes lazily: ~1 us for a pod). Versions
-    whose labels or selectable fields did not change share one dict with the version they
-    replaced (`share_with`). The selectable fields (0.5-3 KiB: a pod's, an event's) are kept
-    only by the current objects of a kind with a trigger field (the fan-out and the trigger
-    index read them at every event); the other kinds' (field selectors on events, Leases...
-    are rare), and a version only the history holds (`forget_fields`), make them again from
-    the bytes when a field selector asks."""
+    The decoded message is not kept (a decoded pod takes ~5.4 KiB, its encoding ~0.6 KiB,
+    and the history holds several versions of each pod): `obj` decodes it again when asked
+    (upb decodes lazily: ~1 us for a pod). Kept beside the bytes: the namespace (interned),
+    the labels (one read-only dict per distinct label set, shared by every object and
+    version that has it: the pods of a controller share theirs), and the value of the kind's
+    trigger field (a pod's node, shared with the trigger index). The other selectable fields
+    (0.5-3 KiB as a dict) are made from the bytes when a field selector asks: a kubelet's
+    `spec.nodeName=X` reads the trigger value; other field selectors are rare."""
 
-    __slots__ = ("_kind", "_body", "namespace", "labels", "_fields", "_encoded")
+    __slots__ = ("_kind", "_body", "namespace", "labels", "trigger", "_encoded")
 
     def __init__(self, kind: Kind, obj: Any) -> None:
         self._kind = kind
         self._body: bytes = obj.SerializeToString()
         self.namespace: str = sys.intern(obj.metadata.namespace)  # one string for all the versions
-        labels = obj.metadata.labels
-        self.labels: dict[str, str] = dict(labels) if labels else _NO_LABELS
-        self._fields: dict[str, str] | None = kind.fields(obj) if kind.name in TRIGGER_FIELDS else None
+        self.labels: Mapping[str, str] = shared_labels(obj.metadata.labels)
+        trigger = _TRIGGER_VALUES.get(kind.name)
+        # The trigger field's value ("" when unset), None for a kind without a trigger.
+        self.trigger: str | None = trigger(obj) if trigger is not None else None
         # Whole watch events of a big object, by type (built on the fly for a small one).
         self._encoded: dict[str, bytes] | None = None
 
@@ -126,19 +129,8 @@ class CachedObject:
 
     @property
     def fields(self) -> dict[str, str]:
-        fields = self._fields
-        return fields if fields is not None else self._kind.fields(self.obj)
-
-    def forget_fields(self) -> None:
-        self._fields = None
-
-    def share_with(self, other: CachedObject | None) -> None:
-        """Shares the other version's labels and fields dicts where they are equal (read only)."""
-        if other is not None:
-            if self.labels is not other.labels and self.labels == other.labels:
-                self.labels = other.labels
-            if other._fields is not None and self._fields == other._fields:
-                self._fields = other._fields
+        """The selectable fields, made anew from the bytes."""
+        return self._kind.fields(self.obj)
 
     def encode(self, kind: Kind, event_type: str) -> bytes:
         """The watch event of event_type with this object: the encoded object after the event's
@@ -157,17 +149,43 @@ class CachedObject:
         return data
 
 
+class _Labels(dict[str, str]):
+    """A label set shared read-only by the cached objects that have it (a dict that can be
+    weakly referenced: the table below forgets a set when no object holds it)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# Every label set the caches hold, by its sorted items: equal sets are one dict. Weak, so
+# that a set no object has any more leaves (a client naming pods with unique labels makes
+# the table no bigger than the objects).
+_label_sets: weakref.WeakValueDictionary[tuple[tuple[str, str], ...], _Labels] = weakref.WeakValueDictionary()
+
+
+def shared_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """The one read-only dict of this label set (a pod's ~0.3 KiB, once per controller)."""
+    if not labels:
+        return _NO_LABELS
+    items = tuple(sorted(labels.items()))
+    shared = _label_sets.get(items)
+    if shared is None:
+        shared = _label_sets[items] = _Labels(items)
+    return shared
+
+
 # The labels of every object without any (read only, as every CachedObject's labels).
-_NO_LABELS: dict[str, str] = {}
+_NO_LABELS: Mapping[str, str] = _Labels()
 
 
 class CacheEvent:
-    __slots__ = ("revision", "deleted", "current", "previous", "_previous_at_revision", "size")
+    __slots__ = ("revision", "deleted", "current", "previous", "_previous_at_revision", "size", "applied_at")
 
     def __init__(
-        self, revision: int, deleted: bool, current: CachedObject, previous: CachedObject | None, size: int = 0
+        self, revision: int, deleted: bool, current: CachedObject, previous: CachedObject | None, size: int = 0,
+        applied_at: float = 0.0,
     ) -> None:
         self.revision = revision
+        self.applied_at = applied_at  # the loop's clock when the cache applied it
         self.deleted = deleted
         # What the history counts against its byte budget: the encoded size of the object
         # as etcd sent it (a deletion's, of the object it removed when etcd sent it).
@@ -185,8 +203,7 @@ class CacheEvent:
             assert self.previous is not None
             obj = self.previous.obj  # decoded anew: ours to stamp
             obj.metadata.resource_version = self.revision
-            cached = self._previous_at_revision = CachedObject(kind, obj)
-            cached.share_with(self.previous)
+            self._previous_at_revision = CachedObject(kind, obj)
         return self._previous_at_revision
 
 
@@ -196,11 +213,25 @@ class WatchFilter:
     labels: LabelSelector | None = None
     fields: FieldSelector | None = None
 
+    # Set by the cache (use_trigger) when the field selector only requires the kind's trigger
+    # field to equal one value (a kubelet's spec.nodeName=X): matched against the value the
+    # cache keeps beside each object, not the object's fields made anew.
+    trigger_value: str | None = field(default=None, init=False)
+
+    def use_trigger(self, trigger_field: str | None) -> None:
+        fields = self.fields
+        if trigger_field is not None and fields is not None and len(fields.requirements) == 1:
+            (requirement,) = fields.requirements
+            if requirement.field == trigger_field and requirement.operator is Operator.EQUALS:
+                self.trigger_value = requirement.value
+
     def matches(self, cached: CachedObject) -> bool:
         if self.namespace and cached.namespace != self.namespace:
             return False
         if self.labels is not None and not self.labels.matches(cached.labels):
             return False
+        if self.trigger_value is not None:
+            return cached.trigger == self.trigger_value
         if self.fields is not None and not self.fields.matches(cached.fields):
             return False
         return True
@@ -211,6 +242,11 @@ class WatchFilter:
 # is offered only the events of objects that have that value now or had it before, not every
 # event of the kind: a pod's event costs one kubelet's filter, not a thousand (issue 16).
 TRIGGER_FIELDS = {"Pod": "spec.nodeName", "Node": "metadata.name"}
+# Each trigger field's value read straight from the object (kind.fields makes them all).
+_TRIGGER_VALUES: dict[str, Callable[[Any], str]] = {
+    "Pod": lambda pod: pod.spec.node_name,
+    "Node": lambda node: node.metadata.name,
+}
 
 # How often an idle watcher gets a BOOKMARK (Kubernetes' bookmarkFrequency, a minute): each one
 # is a message to every idle watcher, and a thousand nodes hold thousands of watches (issue 16:
@@ -220,6 +256,13 @@ DEFAULT_BOOKMARK_INTERVAL = 60.0
 # The watch history's byte budget per kind (encoded objects): a watch that falls further behind
 # re-lists (OUT_OF_RANGE), as one that falls behind `history` events does.
 DEFAULT_HISTORY_BYTES = 64 * 2**20
+# Events older than this leave the history (Kubernetes' eventFreshDuration, 75 s): a watch
+# broken for longer re-lists, as Kubernetes' does. Without it a busy hour's last 20,000 events
+# stayed for good (issue 16: at 30,000 pods, 0.7 KiB of memory per pod).
+DEFAULT_HISTORY_AGE = 75.0
+# ... but the last events of a kind stay whatever their age, as Kubernetes keeps its cache's
+# lower bound of 100: a watch of a quiet kind broken a while resumes rather than re-lists.
+HISTORY_MIN_EVENTS = 100
 
 # Ends a watch stream with status OK (the server is shutting down cleanly).
 END_OF_STREAM = ApiError(grpc.StatusCode.OK, "end of stream")
@@ -289,6 +332,7 @@ class WatchCache:
         *,
         history: int = 20_000,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        history_age: float = DEFAULT_HISTORY_AGE,
         watcher_capacity: int = 10_000,
         bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
         offload: Offload = _inline,
@@ -306,6 +350,7 @@ class WatchCache:
         self._events: collections.deque[CacheEvent] = collections.deque()
         self._history = history
         self._history_bytes = history_bytes
+        self._history_age = history_age
         self._events_bytes = 0
         self._watchers: set[CacheWatcher] = set()
         # The same watchers for the fan-out: those offered every event, and those offered only
@@ -316,6 +361,9 @@ class WatchCache:
         # The current objects' keys by their trigger value: a scoped watch's snapshot (a
         # kubelet's pods) reads its own objects, not all of them.
         self._keys_by_trigger: dict[str, dict[bytes, None]] = {}  # ordered sets
+        # Each trigger value held, as one string the objects that have it share (a node's
+        # name, once for its 30 pods): value -> itself.
+        self._trigger_values: dict[str, str] = {}
         self._watcher_capacity = watcher_capacity
         self._bookmark_interval = bookmark_interval
         self._ready = asyncio.Event()
@@ -409,6 +457,7 @@ class WatchCache:
         had_history = self._ready.is_set()
         self._objects = objects
         self._keys_by_trigger = {}
+        self._trigger_values = {}
         for key, cached in objects.items():
             self._index_key(key, None, cached)
         self._events.clear()
@@ -453,6 +502,7 @@ class WatchCache:
         self, events: Sequence[WatchEvent], decoded: Sequence[tuple[CachedObject | None, CachedObject | None]]
     ) -> None:
         kind = self.kind
+        now = self._now()
         for raw, (current, decoded_previous) in zip(events, decoded, strict=True):
             stored = self._objects.get(raw.key)
             previous = stored or decoded_previous
@@ -466,28 +516,16 @@ class WatchCache:
                         current = CachedObject(kind, obj)
                     else:
                         current = CachedObject(kind, self.decode(raw.value, raw.revision))
-                current.share_with(previous)
-                event = CacheEvent(raw.revision, True, current, None, len(raw.value))
+                event = CacheEvent(raw.revision, True, current, None, len(raw.value), now)
             else:
                 assert current is not None
-                current.share_with(previous)
                 self._objects[raw.key] = current
-                event = CacheEvent(raw.revision, False, current, previous, len(raw.value))
+                event = CacheEvent(raw.revision, False, current, previous, len(raw.value), now)
             self._events.append(event)
             self._events_bytes += event.size
-            while len(self._events) > 1 and (
-                len(self._events) > self._history or self._events_bytes > self._history_bytes
-            ):
-                evicted = self._events.popleft()
-                self._events_bytes -= evicted.size
-                self.window_start = evicted.revision
+            self._trim_history(now)
             self.revision = raw.revision
             self._fan_out(event)
-            # Only the history holds these now: their fields are made again if a replay asks.
-            if previous is not None:
-                previous.forget_fields()
-            if raw.deleted:
-                current.forget_fields()
         # Drop cut-off watchers from the fan-out at once.
         if any(w.closed is not None for w in self._watchers):
             for watcher in [w for w in self._watchers if w.closed is not None]:
@@ -495,13 +533,36 @@ class WatchCache:
         if events:
             self._changed()
 
+    @staticmethod
+    def _now() -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # applied outside a loop (a unit test): no age
+            return 0.0
+
+    def _trim_history(self, now: float) -> None:
+        """Drops the oldest events past the count, the byte budget or the age (keeping the
+        last HISTORY_MIN_EVENTS whatever their age)."""
+        events = self._events
+        oldest_kept = now - self._history_age
+        while len(events) > 1 and (
+            len(events) > self._history
+            or self._events_bytes > self._history_bytes
+            or (len(events) > HISTORY_MIN_EVENTS and 0 < events[0].applied_at < oldest_kept)
+        ):
+            evicted = events.popleft()
+            self._events_bytes -= evicted.size
+            self.window_start = evicted.revision
+
     def _index_key(self, key: bytes, before: CachedObject | None, after: CachedObject | None) -> None:
         """Moves key between the trigger value buckets: it held `before`, now holds `after`."""
-        field = self._trigger_field
-        if field is None:
+        if self._trigger_field is None:
             return
-        old = before.fields.get(field, "") if before is not None else None
-        new = after.fields.get(field, "") if after is not None else None
+        old = before.trigger if before is not None else None
+        new = after.trigger if after is not None else None
+        if new is not None:
+            assert after is not None
+            after.trigger = self._trigger_values.setdefault(new, new)  # the one shared string
         if old == new:
             return
         if old is not None:
@@ -510,27 +571,29 @@ class WatchCache:
                 keys.pop(key, None)
                 if not keys:
                     del self._keys_by_trigger[old]
+                    self._trigger_values.pop(old, None)
         if new is not None:
             self._keys_by_trigger.setdefault(new, {})[key] = None
 
     def _fan_out(self, event: CacheEvent) -> None:
-        kind, field = self.kind, self._trigger_field
-        if field is None:
+        kind = self.kind
+        if self._trigger_field is None:
             for watcher in self._watchers:
                 watcher.offer(kind, event)
             return
         for watcher in self._untriggered:
             watcher.offer(kind, event)
-        value = event.current.fields.get(field, "")
+        value = event.current.trigger or ""
         for watcher in self._triggered.get(value, ()):
             watcher.offer(kind, event)
         if event.previous is not None:
-            before = event.previous.fields.get(field, "")
+            before = event.previous.trigger or ""
             if before != value:  # it leaves those watchers' selection: they see it DELETED
                 for watcher in self._triggered.get(before, ()):
                     watcher.offer(kind, event)
 
     def _register(self, watcher: CacheWatcher) -> None:
+        watcher.filter.use_trigger(self._trigger_field)
         self._watchers.add(watcher)
         fields = watcher.filter.fields
         if self._trigger_field is not None and fields is not None:
@@ -554,6 +617,7 @@ class WatchCache:
     async def _bookmark_loop(self) -> None:
         while True:
             await asyncio.sleep(self._bookmark_interval)
+            self._trim_history(self._now())  # a kind gone quiet lets its old events go too
             revision = self.revision
             for watcher in self._watchers:
                 watcher.offer_bookmark(max(revision, watcher.start_revision))
@@ -587,6 +651,7 @@ class WatchCache:
 
     def snapshot(self, filter_: WatchFilter) -> tuple[list[CachedObject], int]:
         field = self._trigger_field
+        filter_.use_trigger(field)
         value = filter_.fields.equals(field) if field is not None and filter_.fields is not None else None
         if value is not None:
             objects = self._objects
@@ -625,6 +690,7 @@ class WatchCache:
                 )
             if start < self.window_start:  # the window moved during the check above
                 raise ApiError(grpc.StatusCode.OUT_OF_RANGE, f"resource_version {start} is too old; re-list")
+        filter_.use_trigger(self._trigger_field)
         watcher = CacheWatcher(filter_, start, self._watcher_capacity)
         # Replay the part of the window after `start`, then register: no await
         # in between, so no event falls in a gap or arrives twice.

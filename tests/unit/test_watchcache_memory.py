@@ -1,12 +1,15 @@
-"""The watch cache keeps objects encoded (issue 16): the history's versions hold their bytes,
-not a decoded message nor their selectable fields, and yet a watch that resumes from the
-history sees exactly what a watch that was there all along saw."""
+"""The watch cache keeps objects encoded (issue 16): every version holds its bytes, not a
+decoded message nor its selectable fields; equal label sets and trigger values are one
+object; and yet a watch that resumes from the history sees exactly what a watch that was
+there all along saw."""
 
 from __future__ import annotations
 
+import gc
+
 from kybernetes.v1 import event_pb2, meta_pb2, pod_pb2
 from services.apiserver.storage import WatchEvent
-from services.apiserver.watchcache import CachedObject, CacheWatcher, WatchCache, WatchFilter
+from services.apiserver.watchcache import CachedObject, CacheWatcher, WatchCache, WatchFilter, _label_sets
 from services.common.resources import EVENTS, PODS, Kind
 from services.common.selectors import FieldSelector, LabelSelector
 
@@ -64,11 +67,12 @@ def test_a_watch_resumed_from_the_history_sees_what_a_live_watch_saw() -> None:
         cache._register(watcher)
     for revision, obj in LIFE:
         apply(cache, revision, obj)
-    # Every version but the current one is only in the history now: no fields kept.
-    assert [e.current._fields is None for e in cache._events] == [True] * 4 + [False]
     apply(cache, 7, None, deleted=True)
-    assert [e.current._fields is None for e in cache._events] == [True] * 6
+    # The live kubelets' watches match on the node the cache keeps beside each object; the
+    # resumed ones below (never registered) on the fields made from the bytes: both agree.
+    assert live["n-a"].filter.trigger_value == "n-a" and live["running-web"].filter.trigger_value is None
     for name, selector in FILTERS.items():
+        selector = WatchFilter(selector.namespace, selector.labels, selector.fields)
         resumed = CacheWatcher(selector, 1, 100)
         for event in cache._events:  # what watch() replays for a resource_version of 1
             resumed.offer(PODS, event)
@@ -88,6 +92,7 @@ def test_the_cache_keeps_bytes_and_shares_unchanged_labels() -> None:
     versions = [event.current for event in cache._events]
     assert all(not hasattr(version, "__dict__") and version._body for version in versions)
     assert all(version.labels is versions[0].labels for version in versions)  # one dict for all four
+    assert [version.trigger for version in versions] == ["", "n-a", "n-a", "n-b"]
     assert versions[-1].fields["spec.nodeName"] == "n-b"
     # An encoded watch event is the event message protobuf would encode.
     expected = PODS.event_message(type="MODIFIED", object=LIFE[3][1]).SerializeToString()
@@ -98,6 +103,48 @@ def test_a_kind_without_a_trigger_field_makes_its_fields_when_a_selector_asks() 
     event = event_pb2.Event(metadata=meta_pb2.ObjectMeta(name="e", namespace="ns"), reason="Scheduled")
     event.involved_object.name = "p"
     cached = CachedObject(EVENTS, event)
-    assert cached._fields is None
+    assert cached.trigger is None
     assert selecting(EVENTS, "involvedObject.name=p,reason=Scheduled").matches(cached)
     assert not selecting(EVENTS, "involvedObject.name=q").matches(cached)
+
+
+def test_objects_with_equal_labels_share_one_dict_until_none_has_it() -> None:
+    first = CachedObject(PODS, a_pod(2, labels={"rc": "web", "tier": "x"}))
+    second = CachedObject(PODS, a_pod(3, labels={"tier": "x", "rc": "web"}))
+    other = CachedObject(PODS, a_pod(4, labels={"rc": "db"}))
+    assert first.labels is second.labels and first.labels == {"rc": "web", "tier": "x"}
+    assert other.labels is not first.labels
+    web, db = (("rc", "web"), ("tier", "x")), (("rc", "db"),)
+    assert web in _label_sets and db in _label_sets
+    del first, second
+    gc.collect()
+    assert web not in _label_sets and db in _label_sets  # the set nobody has is forgotten
+    assert other.labels == {"rc": "db"}
+
+
+def test_pods_on_one_node_share_its_name() -> None:
+    cache = WatchCache(PODS, storage=None, decode=None)  # type: ignore[arg-type]
+    for name in ("a", "b"):
+        obj = a_pod(2, "".join(["node-", "7"]))  # a new string each time, as a decoder makes
+        obj.metadata.name = name
+        raw = WatchEvent(deleted=False, key=PODS.key("ns", name).encode(), value=b"", prev_value=None, revision=2)
+        cache._apply([raw], [(CachedObject(PODS, obj), None)])
+    first, second = (cache._objects[PODS.key("ns", name).encode()] for name in ("a", "b"))
+    assert first.trigger == "node-7" and first.trigger is second.trigger
+    snapshot, _ = cache.snapshot(selecting(PODS, "spec.nodeName=node-7"))
+    assert len(snapshot) == 2
+
+
+def test_events_older_than_the_history_age_leave_but_the_last_hundred_stay() -> None:
+    cache = WatchCache(PODS, storage=None, decode=None, history_age=75.0)  # type: ignore[arg-type]
+    clock = [1000.0]
+    cache._now = lambda: clock[0]  # type: ignore[method-assign]
+    for revision in range(2, 302):  # 300 events at one per 0.5 s: the first at 1000, the last at 1149.5
+        apply(cache, revision, a_pod(revision, "n-a"))
+        clock[0] += 0.5
+    # Those applied before the last one's time less 75 s (1149.5 - 75) are gone: from revision 151 on stay.
+    assert [cache._events[0].revision, len(cache._events)] == [151, 151]
+    assert cache.window_start == 150
+    clock[0] += 3600.0  # an hour quiet: the bookmark loop trims too, down to the last hundred
+    cache._trim_history(clock[0])
+    assert [cache._events[0].revision, len(cache._events)] == [202, 100]
