@@ -5,7 +5,9 @@ controller at all, same namespace). Scanning the namespace for them made a pass 
 controllers cost N x pods: at 300 controllers and 22,000 pods, 20 s, longer than the
 leader's renew deadline (issue 16). client-go keeps such indexes beside its informers'
 stores (Indexers); this one is fed by the pod informer's handler, which sees every change,
-the differences after a fresh snapshot included.
+the differences after a fresh snapshot included. It holds keys, and the sync reads the pods
+from the informer: a decoded pod held here would cost 5.4 KiB where the informer keeps
+0.6 (issue 16).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ PodKey = tuple[str, str]  # (namespace, name)
 
 class OwnerIndex:
     def __init__(self) -> None:
-        self._owned: dict[str, dict[PodKey, pod_pb2.Pod]] = {}  # controller uid -> its pods
-        self._orphans: dict[str, dict[PodKey, pod_pb2.Pod]] = {}  # namespace -> pods with no controller
+        self._owned: dict[str, dict[PodKey, None]] = {}  # controller uid -> its pods (ordered sets)
+        self._orphans: dict[str, dict[PodKey, None]] = {}  # namespace -> pods with no controller
         self._bucket_of: dict[PodKey, tuple[bool, str]] = {}  # pod -> (owned?, uid or namespace)
 
     def update(self, event_type: str, pod: pod_pb2.Pod) -> None:
@@ -32,18 +34,18 @@ class OwnerIndex:
         ref = controller_ref(pod)
         bucket = (True, ref.uid) if ref is not None else (False, pod.metadata.namespace)
         self._bucket_of[key] = bucket
-        self._buckets(bucket[0]).setdefault(bucket[1], {})[key] = pod
+        self._buckets(bucket[0]).setdefault(bucket[1], {})[key] = None
 
-    def owned_by(self, uid: str) -> list[pod_pb2.Pod]:
-        return list(self._owned.get(uid, {}).values())
+    def owned_by(self, uid: str) -> list[PodKey]:
+        return list(self._owned.get(uid, ()))
 
-    def orphans_in(self, namespace: str) -> list[pod_pb2.Pod]:
-        return list(self._orphans.get(namespace, {}).values())
+    def orphans_in(self, namespace: str) -> list[PodKey]:
+        return list(self._orphans.get(namespace, ()))
 
     def __len__(self) -> int:
         return len(self._bucket_of)
 
-    def _buckets(self, owned: bool) -> dict[str, dict[PodKey, pod_pb2.Pod]]:
+    def _buckets(self, owned: bool) -> dict[str, dict[PodKey, None]]:
         return self._owned if owned else self._orphans
 
     def _remove(self, key: PodKey) -> None:

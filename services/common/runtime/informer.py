@@ -5,12 +5,18 @@ changes), keeps the objects in memory, and calls its handlers for every change.
 After a broken stream it resumes from the last revision it saw; when that
 revision is gone (OUT_OF_RANGE) it takes a fresh snapshot and reports the
 difference against what it held, so handlers never miss a deletion.
+
+The objects are held encoded and decoded anew by every read (issue 16): a decoded pod
+takes ~5.4 KiB, its encoding ~0.6 KiB, and a controller's informers hold every pod of the
+cluster (30,000 at 1,000 nodes). A read costs ~2 us a pod, and gives the caller a copy of
+its own: changing it changes nothing the informer holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import sys
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -28,9 +34,6 @@ ObjectKey = tuple[str, str]  # (namespace, name)
 # old is the previous version for MODIFIED, else None.
 Handler = Callable[[str, Any, Any], Awaitable[None] | None]
 
-
-def object_key(obj: Any) -> ObjectKey:
-    return (obj.metadata.namespace, obj.metadata.name)
 
 
 class Informer:
@@ -56,8 +59,8 @@ class Informer:
         # resume from R - 1 and skip what we already hold; after a bookmark at
         # B, everything up to B has arrived.
         self._resume_from = 0
-        self._objects: dict[ObjectKey, Any] = {}
-        self._by_namespace: dict[str, dict[str, Any]] = {}  # namespace -> name -> object
+        self._objects: dict[ObjectKey, bytes] = {}  # encoded
+        self._by_namespace: dict[str, dict[str, bytes]] = {}  # namespace -> name -> encoded object
         self._handlers: list[Handler] = []
         self._synced = asyncio.Event()
         self._backoff = Backoff(retry_initial, retry_max, jitter=0.5)
@@ -74,17 +77,24 @@ class Informer:
         await asyncio.wait_for(self._synced.wait(), timeout)
 
     def get(self, namespace: str, name: str) -> Any | None:
-        return self._objects.get((namespace, name))
+        """The object held, as a new copy; None when there is none."""
+        body = self._objects.get((namespace, name))
+        return self._decode(body) if body is not None else None
 
     def list(self) -> builtins.list[Any]:
-        return list(self._objects.values())
+        decode = self._decode
+        return [decode(body) for body in self._objects.values()]
 
     def __len__(self) -> int:
         return len(self._objects)
 
+    def __contains__(self, key: ObjectKey) -> bool:
+        return key in self._objects
+
     def in_namespace(self, namespace: str) -> builtins.list[Any]:
         """The objects held in one namespace, without scanning the others."""
-        return list(self._by_namespace.get(namespace, {}).values())
+        decode = self._decode
+        return [decode(body) for body in self._by_namespace.get(namespace, {}).values()]
 
     async def run(self) -> None:
         """Watches until cancelled, reconnecting with back-off."""
@@ -118,7 +128,7 @@ class Informer:
             send_initial_events=snapshot,
         )
         call = self.client.watch(self.kind, options)
-        pending: dict[ObjectKey, Any] | None = {} if snapshot else None
+        pending: dict[ObjectKey, bytes] | None = {} if snapshot else None
         try:
             async for event in call:
                 if self._backoff.failures():
@@ -135,43 +145,58 @@ class Informer:
                 self.revision = max(self.revision, obj.metadata.resource_version)
                 self._resume_from = self.revision - 1
                 if pending is not None:
-                    pending[object_key(obj)] = obj
+                    pending[self._key(obj)] = obj.SerializeToString()
                     continue
                 await self._apply(event.type, obj)
         finally:
             call.cancel()
 
-    async def _replace(self, snapshot: dict[ObjectKey, Any]) -> None:
+    def _decode(self, body: bytes) -> Any:
+        return self.kind.message.FromString(body)
+
+    @staticmethod
+    def _key(obj: Any) -> ObjectKey:
+        # One string per namespace, however many objects it holds.
+        return (sys.intern(obj.metadata.namespace), obj.metadata.name)
+
+    async def _replace(self, snapshot: dict[ObjectKey, bytes]) -> None:
         """Installs a fresh snapshot, reporting how it differs from what we held."""
         old_objects = self._objects
         self._objects = snapshot
         self._by_namespace = {}
-        for (namespace, name), obj in snapshot.items():
-            self._by_namespace.setdefault(namespace, {})[name] = obj
+        for (namespace, name), body in snapshot.items():
+            self._by_namespace.setdefault(namespace, {})[name] = body
+        decode = self._decode
         for key, old in old_objects.items():
             if key not in snapshot:
-                await self._notify("DELETED", old, None)
-        for key, obj in snapshot.items():
-            old = old_objects.get(key)
-            if old is None:
-                await self._notify("ADDED", obj, None)
-            elif old.metadata.resource_version != obj.metadata.resource_version:
-                await self._notify("MODIFIED", obj, old)
+                await self._notify("DELETED", decode(old), None)
+        for key, body in snapshot.items():
+            held = old_objects.get(key)
+            if held is None:
+                await self._notify("ADDED", decode(body), None)
+            elif held != body:  # the bytes hold the resource version: equal bytes, same version
+                await self._notify("MODIFIED", decode(body), decode(held))
 
     async def _apply(self, event_type: str, obj: Any) -> None:
-        key = object_key(obj)
-        old = self._objects.get(key)
+        key = self._key(obj)
+        held = self._objects.get(key)
         if event_type == "DELETED":
-            if old is None:
+            if held is None:
                 return  # replayed after a resume: already gone
             self._objects.pop(key, None)
-            self._by_namespace.get(key[0], {}).pop(key[1], None)
+            namespace = self._by_namespace.get(key[0])
+            if namespace is not None:
+                namespace.pop(key[1], None)
+                if not namespace:
+                    del self._by_namespace[key[0]]
             await self._notify("DELETED", obj, None)
             return
+        old = self._decode(held) if held is not None else None
         if old is not None and old.metadata.resource_version >= obj.metadata.resource_version:
             return  # replayed after a resume: already applied
-        self._objects[key] = obj
-        self._by_namespace.setdefault(key[0], {})[key[1]] = obj
+        body = obj.SerializeToString()
+        self._objects[key] = body
+        self._by_namespace.setdefault(key[0], {})[key[1]] = body
         await self._notify("MODIFIED" if old is not None else "ADDED", obj, old)
 
     async def _notify(self, event_type: str, obj: Any, old: Any) -> None:
