@@ -17,7 +17,8 @@ from services.apiserver.scheduler.filters import (
     PORTS_IN_USE,
     TOO_MANY_PODS,
     UNSCHEDULABLE,
-    find_feasible,
+    feasible_nodes_to_find,
+    find_some_feasible,
     rejections,
     unschedulable_message,
 )
@@ -194,11 +195,34 @@ def test_find_feasible_counts_reasons_per_node():
         node("e", labels={"disk": "ssd"}),
     ):
         cache.set_node(n)
-    feasible, failures = find_feasible(
-        PodInfo.from_pod(pod(cpu="1500m", node_selector={"disk": "ssd"})), cache.registered_nodes(), NOW, GRACE
+    feasible, failures, next_start = find_some_feasible(
+        PodInfo.from_pod(pod(cpu="1500m", node_selector={"disk": "ssd"})), cache.registered_nodes(), NOW, GRACE,
+        want=5,
     )
     assert [n.name for n in feasible] == ["e"]
     assert failures == {NODE_SELECTOR_MISMATCH: 2, INSUFFICIENT_CPU: 1, NOT_READY: 1}
+    assert next_start == 0  # every node looked at: the next search starts where this one did
+
+
+@pytest.mark.parametrize(
+    ("nodes", "wanted"), [(1, 1), (100, 100), (101, 100), (500, 230), (1_000, 420), (5_000, 500), (6_000, 300)]
+)
+def test_the_scheduler_looks_for_kubernetes_adaptive_share_of_nodes(nodes: int, wanted: int) -> None:
+    assert feasible_nodes_to_find(nodes) == wanted
+
+
+def test_each_search_starts_where_the_last_stopped_so_every_node_gets_its_turn() -> None:
+    cache = SchedulerCache()
+    for name in "abcdef":
+        cache.set_node(node(name, ready="False" if name == "b" else "True"))
+    nodes, info = cache.registered_nodes(), PodInfo.from_pod(pod())
+    found, starts, start = [], [], 0
+    for _ in range(3):
+        feasible, failures, start = find_some_feasible(info, nodes, NOW, GRACE, want=2, start=start)
+        found.append("".join(n.name for n in feasible))
+        starts.append(start)
+    assert found == ["ac", "de", "fa"]  # b is not ready: skipped, counted
+    assert starts == [3, 5, 1]
 
 
 @pytest.mark.parametrize(

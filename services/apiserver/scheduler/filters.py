@@ -10,7 +10,7 @@ all nodes make the message a pending pod carries:
 from __future__ import annotations
 
 import collections
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 from .cache import NodeInfo, PodInfo
 
@@ -76,19 +76,43 @@ def rejections(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) ->
     return ()
 
 
-def find_feasible(
-    pod: PodInfo, nodes: Iterable[NodeInfo], now: float, grace_period: float
-) -> tuple[list[NodeInfo], collections.Counter[str]]:
-    """The nodes the pod fits on, and how many nodes rejected it for each reason."""
+# Kubernetes' percentageOfNodesToScore defaults (numFeasibleNodesToFind): below 100 nodes every
+# node is considered; above, an adaptive share, never under 100 nodes nor 5 %.
+MIN_FEASIBLE_NODES = 100
+MIN_FEASIBLE_PERCENT = 5
+
+
+def feasible_nodes_to_find(node_count: int) -> int:
+    """How many fitting nodes the scheduler looks for before it scores them (Kubernetes'
+    adaptive percentage: 50 % less one point per 125 nodes, at least 5 %): at 1,000 nodes
+    420, at 5,000 500. Filtering and scoring every node cost the API server's loop ~5 ms
+    per pod at 1,000 nodes (issue 16); a good node among 420 is as good a placement."""
+    if node_count <= MIN_FEASIBLE_NODES:
+        return node_count
+    percent = max(50 - node_count // 125, MIN_FEASIBLE_PERCENT)
+    return max(node_count * percent // 100, MIN_FEASIBLE_NODES)
+
+
+def find_some_feasible(
+    pod: PodInfo, nodes: Sequence[NodeInfo], now: float, grace_period: float, *, want: int, start: int = 0
+) -> tuple[list[NodeInfo], collections.Counter[str], int]:
+    """Up to `want` nodes the pod fits on, looked for from nodes[start] round the list, as
+    Kubernetes' findNodesThatPassFilters: each pod starts where the last one stopped, so every
+    node gets its turn. Returns them, the rejections counted (of every node when none
+    fits), and where the next search starts."""
     feasible: list[NodeInfo] = []
     failures: collections.Counter[str] = collections.Counter()
-    for node in nodes:
+    count = len(nodes)
+    examined = 0
+    while examined < count and len(feasible) < want:
+        node = nodes[(start + examined) % count]
+        examined += 1
         reasons = rejections(pod, node, now, grace_period)
         if reasons:
             failures.update(reasons)
         else:
             feasible.append(node)
-    return feasible, failures
+    return feasible, failures, (start + examined) % count if count else 0
 
 
 def unschedulable_message(node_count: int, failures: collections.Counter[str]) -> str:

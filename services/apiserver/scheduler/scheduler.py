@@ -48,7 +48,7 @@ from services.common.timestamps import now_timestamp
 
 from ..nodelifecycle import DEFAULT_GRACE_PERIOD, NODE_LEASE_NAMESPACE, lease_renew_time, node_alive
 from .cache import PodInfo, PodKey, SchedulerCache
-from .filters import find_feasible, unschedulable_message
+from .filters import feasible_nodes_to_find, find_some_feasible, unschedulable_message
 from .scores import select_node
 
 REASON_UNSCHEDULABLE = "Unschedulable"
@@ -109,6 +109,8 @@ class Scheduler:
         self.retry_period = retry_period
         self.cache = SchedulerCache()
         self._rng = rng or random.Random()
+        # Where the next pod's search for fitting nodes starts (find_some_feasible).
+        self._next_start = 0
         self._active: collections.deque[PodKey] = collections.deque()
         self._active_set: set[PodKey] = set()
         self._unschedulable: set[PodKey] = set()
@@ -267,7 +269,10 @@ class Scheduler:
             return False
         info = self.cache.pod_info(pod)
         nodes = self.cache.registered_nodes()
-        feasible, failures = find_feasible(info, nodes, time.time(), self.node_grace_period)
+        feasible, failures, self._next_start = find_some_feasible(
+            info, nodes, time.time(), self.node_grace_period,
+            want=feasible_nodes_to_find(len(nodes)), start=self._next_start,
+        )
         if not feasible:
             self._unschedulable.add(key)
             return self._report_unschedulable(pod, unschedulable_message(len(nodes), failures))
