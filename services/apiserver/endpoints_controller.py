@@ -173,7 +173,8 @@ class EndpointsController:
             return
         if not service.spec.selector:
             return
-        subsets = endpoint_subsets(service, self.pods.in_namespace(namespace), self._node_ready)
+        selected = self.pods.in_namespace(namespace, LabelSelector.from_map(service.spec.selector))
+        subsets = endpoint_subsets(service, selected, self._node_ready)
         labels = dict(service.metadata.labels)
         if current is not None and list(current.subsets) == subsets and dict(current.metadata.labels) == labels:
             return

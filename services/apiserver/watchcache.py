@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
@@ -24,6 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from kybernetes.v1 import meta_pb2
+from services.common.labelsets import shared_labels
 from services.common.log import get_logger
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
 from services.common.runtime import Backoff
@@ -147,34 +147,6 @@ class CachedObject:
                 self._encoded = {}
             self._encoded[event_type] = data
         return data
-
-
-class _Labels(dict[str, str]):
-    """A label set shared read-only by the cached objects that have it (a dict that can be
-    weakly referenced: the table below forgets a set when no object holds it)."""
-
-    __slots__ = ("__weakref__",)
-
-
-# Every label set the caches hold, by its sorted items: equal sets are one dict. Weak, so
-# that a set no object has any more leaves (a client naming pods with unique labels makes
-# the table no bigger than the objects).
-_label_sets: weakref.WeakValueDictionary[tuple[tuple[str, str], ...], _Labels] = weakref.WeakValueDictionary()
-
-
-def shared_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
-    """The one read-only dict of this label set (a pod's ~0.3 KiB, once per controller)."""
-    if not labels:
-        return _NO_LABELS
-    items = tuple(sorted(labels.items()))
-    shared = _label_sets.get(items)
-    if shared is None:
-        shared = _label_sets[items] = _Labels(items)
-    return shared
-
-
-# The labels of every object without any (read only, as every CachedObject's labels).
-_NO_LABELS: Mapping[str, str] = _Labels()
 
 
 class CacheEvent:

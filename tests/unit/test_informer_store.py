@@ -9,6 +9,7 @@ from typing import Any
 from kybernetes.v1 import meta_pb2, pod_pb2
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, PODS
 from services.common.runtime.informer import Informer
+from services.common.selectors import LabelSelector
 
 
 def a_pod(name: str, revision: int, node: str = "", namespace: str = "ns") -> pod_pb2.Pod:
@@ -74,7 +75,8 @@ async def test_readers_get_copies_of_what_the_informer_holds_encoded() -> None:
         task.cancel()
     assert seen == [("ADDED", "a", 2, None), ("ADDED", "b", 3, None), ("MODIFIED", "a", 4, 2),
                     ("DELETED", "b", 5, None), ("ADDED", "c", 6, None)]
-    assert all(isinstance(body, bytes) for body in informer._objects.values())
+    assert all(isinstance(body, bytes) for body, _ in informer._objects.values())
+    assert informer.streams == 1
     held = informer.get("ns", "a")
     assert held == a_pod("a", 4, "n-1")
     held.spec.node_name = "changed by a reader"
@@ -89,9 +91,22 @@ async def test_a_fresh_snapshot_reports_only_what_changed() -> None:
     informer = Informer(OneStream([]), PODS)  # type: ignore[arg-type]
     seen: list[tuple[str, str]] = []
     informer.add_handler(lambda kind, obj, old: seen.append((kind, obj.metadata.name)))
-    await informer._replace({("ns", "a"): a_pod("a", 2).SerializeToString(),
-                             ("ns", "b"): a_pod("b", 3).SerializeToString()})
+    await informer._replace({("ns", "a"): Informer._held(a_pod("a", 2)), ("ns", "b"): Informer._held(a_pod("b", 3))})
     seen.clear()
-    await informer._replace({("ns", "a"): a_pod("a", 2).SerializeToString(),  # the same bytes: unchanged
-                             ("ns", "c"): a_pod("c", 7).SerializeToString()})
+    await informer._replace({("ns", "a"): Informer._held(a_pod("a", 2)),  # the same bytes: unchanged
+                             ("ns", "c"): Informer._held(a_pod("c", 7))})
     assert sorted(seen) == [("ADDED", "c"), ("DELETED", "b")]
+
+
+async def test_a_read_by_selector_decodes_only_what_it_selects() -> None:
+    informer = Informer(OneStream([]), PODS)  # type: ignore[arg-type]
+    pods = [a_pod(name, 2) for name in ("web-1", "web-2", "db-1")]
+    for p in pods:
+        p.metadata.labels["app"] = p.metadata.name.split("-")[0]
+    await informer._replace({("ns", p.metadata.name): Informer._held(p) for p in pods})
+    decoded = []
+    informer._decode = lambda body: decoded.append(body) or PODS.message.FromString(body)  # type: ignore[method-assign]
+    web = informer.in_namespace("ns", LabelSelector.parse("app=web"))
+    assert sorted(p.metadata.name for p in web) == ["web-1", "web-2"] and len(decoded) == 2
+    held = {key: labels for key, (_, labels) in informer._objects.items()}
+    assert held[("ns", "web-1")] is held[("ns", "web-2")]  # one dict for the set both have

@@ -9,7 +9,8 @@ import gc
 
 from kybernetes.v1 import event_pb2, meta_pb2, pod_pb2
 from services.apiserver.storage import WatchEvent
-from services.apiserver.watchcache import CachedObject, CacheWatcher, WatchCache, WatchFilter, _label_sets
+from services.apiserver.watchcache import CachedObject, CacheWatcher, WatchCache, WatchFilter
+from services.common.labelsets import is_held
 from services.common.resources import EVENTS, PODS, Kind
 from services.common.selectors import FieldSelector, LabelSelector
 
@@ -114,11 +115,11 @@ def test_objects_with_equal_labels_share_one_dict_until_none_has_it() -> None:
     other = CachedObject(PODS, a_pod(4, labels={"rc": "db"}))
     assert first.labels is second.labels and first.labels == {"rc": "web", "tier": "x"}
     assert other.labels is not first.labels
-    web, db = (("rc", "web"), ("tier", "x")), (("rc", "db"),)
-    assert web in _label_sets and db in _label_sets
+    web, db = {"rc": "web", "tier": "x"}, {"rc": "db"}
+    assert is_held(web) and is_held(db)
     del first, second
     gc.collect()
-    assert web not in _label_sets and db in _label_sets  # the set nobody has is forgotten
+    assert not is_held(web) and is_held(db)  # the set nobody has is forgotten
     assert other.labels == {"rc": "db"}
 
 
