@@ -4,7 +4,12 @@ A node's kubelet renews its Lease `kube-node-lease/<node>` every 10 s and posts
 its Ready condition when it changes (and every 5 minutes). The node's heartbeat
 is the later of the Lease's renewTime and the Ready condition's
 last_heartbeat_time (Kubernetes' KEP-589: a kubelet without a Lease still
-counts by its status). When that heartbeat is older than the grace period,
+counts by its status). As Kubernetes' probeTimestamp, what counts is when this
+controller saw that heartbeat change, by its own clock: a node's clock may be
+off, and a controller that starts (or an API server restarted with it, whose
+outage held the renewals back) gives every node a whole grace period before
+judging it (issue 16: an API server restart at 1,000 nodes marked 335 nodes and
+7,567 pods not ready). When that heartbeat is older than the grace period,
 this controller marks the node Ready=Unknown, marks its pods not Ready (so the
 endpoints controller drops them at once), and once the node has been not ready
 for the eviction timeout, deletes its pods so their controllers recreate them on
@@ -86,6 +91,22 @@ def node_heartbeat(node: node_pb2.Node, lease_renewed: float | None) -> float | 
     return posted
 
 
+Probes = Mapping[str, tuple[float | None, float]]
+
+
+def probe(nodes: Iterable[node_pb2.Node], lease_renewals: Mapping[str, float], previous: Probes,
+          now: float) -> dict[str, tuple[float | None, float]]:
+    """Each node's latest heartbeat and when this controller first saw it (its own clock,
+    `now` for a heartbeat it had not seen): Kubernetes' nodeHealth probeTimestamp."""
+    probes = {}
+    for node in nodes:
+        name = node.metadata.name
+        heartbeat = node_heartbeat(node, lease_renewals.get(name))
+        seen = previous.get(name)
+        probes[name] = seen if seen is not None and seen[0] == heartbeat else (heartbeat, now)
+    return probes
+
+
 def node_alive(node: node_pb2.Node, lease_renewed: float | None, now: float, grace_period: float) -> bool:
     """Ready=True, and a heartbeat (Lease or status) within the grace period: it may take work."""
     heartbeat = node_heartbeat(node, lease_renewed)
@@ -136,6 +157,9 @@ class Observed:
     # The pods this controller marked not ready, by node (None: found among pods_by_node). The
     # controller keeps them indexed, so that a pass over a thousand Ready nodes reads no pod.
     marked_by_node: Mapping[str, list[pod_pb2.Pod]] | None = None
+    # When this controller saw each node's heartbeat change (its clock; `probe`): what its
+    # staleness is judged by. Without it (a table test), by the heartbeat's own time.
+    heard_at: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +177,9 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
         name = node.metadata.name
         known.add(name)
         condition = node_ready_condition(node)
-        heartbeat = node_heartbeat(node, observed.lease_renewals.get(name))
+        heartbeat = observed.heard_at.get(name) if observed.heard_at is not None else None
+        if heartbeat is None:
+            heartbeat = node_heartbeat(node, observed.lease_renewals.get(name))
         if heartbeat is None:
             heartbeat = seconds(node.metadata.creation_timestamp)
         stale = now - heartbeat > grace_period
@@ -294,6 +320,8 @@ class NodeLifecycleController:
         self._pods_by_node: dict[str, set[tuple[str, str]]] = {}
         self._marked_by_node: dict[str, set[tuple[str, str]]] = {}  # pods we marked not ready
         self._missing_since: dict[str, float] = {}
+        self._probes: dict[str, tuple[float | None, float]] = {}  # see probe()
+        self._streams = (0, 0)  # the node and lease informers' streams when last probed
         self._wakeup = asyncio.Event()
         self._writes = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
@@ -353,11 +381,19 @@ class NodeLifecycleController:
             except asyncio.TimeoutError:
                 pass
 
-    def observe(self) -> Observed:
+    def observe(self, now: float) -> Observed:
+        nodes, renewals = self.nodes.list(), self._lease_renewals()
+        streams = (self.nodes.streams, self.leases.streams)
+        if streams != self._streams:
+            # Our view of the heartbeats was interrupted (an API server restart): the renewals
+            # it held back were no node's fault. Every heartbeat counts from now.
+            self._streams, self._probes = streams, {}
+        self._probes = probe(nodes, renewals, self._probes, now)
         # Read lazily: a pass reads the pods only of the nodes it acts on.
         return Observed(
-            self.nodes.list(), _PodsOn(self._pods_by_node, self._pods_on), self._missing_since,
-            self._lease_renewals(), _PodsOn(self._marked_by_node, self._marked_on),
+            nodes, _PodsOn(self._pods_by_node, self._pods_on), self._missing_since,
+            renewals, _PodsOn(self._marked_by_node, self._marked_on),
+            heard_at={name: seen for name, (_, seen) in self._probes.items()},
         )
 
     def _marked_on(self, node_name: str) -> list[pod_pb2.Pod]:
@@ -372,7 +408,7 @@ class NodeLifecycleController:
         return renewals
 
     async def monitor_once(self, now: float) -> None:
-        plan = plan_node_lifecycle(self.observe(), now, self.grace_period, self.eviction_timeout)
+        plan = plan_node_lifecycle(self.observe(now), now, self.grace_period, self.eviction_timeout)
         self._missing_since = plan.missing_since
         await self.apply(plan.actions, now)
 

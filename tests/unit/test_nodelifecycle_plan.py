@@ -14,12 +14,14 @@ from services.apiserver.nodelifecycle import (
     EvictPod,
     MarkNodeUnknown,
     MarkPodNotReady,
+    NodeLifecycleController,
     Observed,
     RestorePodReady,
     node_marked_unknown,
     plan_node_lifecycle,
     pod_marked_not_ready,
     pod_ready_restored,
+    probe,
 )
 
 NOW = 1_800_000_000.0
@@ -195,3 +197,50 @@ def test_pod_marks_and_restores() -> None:
 def test_action_types_are_plain_data() -> None:
     assert MarkPodNotReady(pod("a"), "n1") == MarkPodNotReady(pod("a"), "n1")
     assert RestorePodReady(pod("a")) != RestorePodReady(pod("b"))
+
+
+def test_a_heartbeat_counts_from_when_the_controller_saw_it_change() -> None:
+    # A controller that starts (an API server restarted with it) while every heartbeat is old,
+    # because the outage held the renewals back: a whole grace period before any node is judged.
+    nodes = [node("n1", heartbeat_age=GRACE + 15), node("n2", heartbeat_age=2.0)]
+    probes = probe(nodes, {}, {}, NOW)
+    assert probes == {"n1": (NOW - GRACE - 15, NOW), "n2": (NOW - 2, NOW)}
+    heard = {name: seen for name, (_, seen) in probes.items()}
+    assert plan_node_lifecycle(Observed(nodes, {}, heard_at=heard), NOW + GRACE, GRACE, EVICTION).actions == []
+    # By the heartbeats' own times, n1 would have been marked at once.
+    assert isinstance(plan_node_lifecycle(Observed(nodes, {}), NOW, GRACE, EVICTION).actions[0], MarkNodeUnknown)
+    # n2's lease is renewed later on; n1 stays silent: only n1 is marked, a grace period after it was first seen.
+    later = NOW + GRACE + 1
+    probes = probe(nodes, {"n2": later - 1}, probes, later)
+    assert probes["n1"] == (NOW - GRACE - 15, NOW) and probes["n2"] == (later - 1, later)
+    heard = {name: seen for name, (_, seen) in probes.items()}
+    actions = plan_node_lifecycle(Observed(nodes, {}, heard_at=heard), later, GRACE, EVICTION).actions
+    assert [type(a).__name__ for a in actions] == ["MarkNodeUnknown"] and actions[0].node.metadata.name == "n1"
+
+
+class Listed:
+    """What the controller reads of an informer: its objects and how many streams it had."""
+
+    def __init__(self, *objects: object) -> None:
+        self.objects, self.streams = list(objects), 1
+
+    def list(self) -> list:
+        return list(self.objects)
+
+
+def test_after_its_view_was_interrupted_the_controller_counts_every_heartbeat_from_then() -> None:
+    controller = NodeLifecycleController(grace_period=GRACE, eviction_timeout=EVICTION)
+    silent = node("n1", heartbeat_age=5.0)
+    controller.nodes, controller.leases = Listed(silent), Listed()  # type: ignore[assignment]
+    assert controller.observe(NOW).heard_at == {"n1": NOW}
+    # The API server restarts: the watches break and resume; no heartbeat arrived meanwhile.
+    controller.nodes.streams = controller.leases.streams = 2  # type: ignore[attr-defined]
+    resumed = NOW + GRACE + 5
+    observed = controller.observe(resumed)
+    assert observed.heard_at == {"n1": resumed}
+    assert plan_node_lifecycle(observed, resumed, GRACE, EVICTION).actions == []
+    # Nothing heard for a grace period after that: now it is the node's silence.
+    later = resumed + GRACE + 1
+    assert describe(plan_node_lifecycle(controller.observe(later), later, GRACE, EVICTION).actions) == [
+        ("MarkNodeUnknown", "n1")
+    ]
