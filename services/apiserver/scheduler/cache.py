@@ -14,9 +14,10 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from kybernetes.v1 import node_pb2, pod_pb2
+from services.common.labelsets import shared_labels
 from services.common.podutil import is_being_deleted, is_terminated, last_heartbeat, node_condition_ready
 from services.common.quantity import QuantityError, parse_cpu_millis, parse_memory_bytes, parse_quantity
 from services.common.selectors import LabelSelector
@@ -86,8 +87,9 @@ class PodInfo:
     name: str
     uid: str
     generation: int
-    labels: dict[str, str]
-    node_selector: dict[str, str]
+    # Shared read-only label sets (services.common.labelsets): the pods of a controller hold one.
+    labels: Mapping[str, str]
+    node_selector: Mapping[str, str]
     cpu_millis: int
     memory_bytes: int
     host_ports: tuple[HostPort, ...]
@@ -104,8 +106,8 @@ class PodInfo:
             name=pod.metadata.name,
             uid=pod.metadata.uid,
             generation=pod.metadata.generation,
-            labels=dict(pod.metadata.labels),
-            node_selector=dict(pod.spec.node_selector),
+            labels=shared_labels(pod.metadata.labels),
+            node_selector=shared_labels(pod.spec.node_selector),
             cpu_millis=cpu,
             memory_bytes=memory,
             host_ports=pod_host_ports(pod.spec),
