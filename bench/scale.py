@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -54,6 +55,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+
+import grpc
 
 from kybernetes.v1 import meta_pb2, pod_pb2, replication_controller_pb2
 from services.common.client import ApiClient
@@ -74,6 +77,8 @@ CLUSTER_CIDR = "10.128.0.0/14"  # 1,024 node ranges of /24
 RESULTS = Path(__file__).resolve().parent / "results"
 CPU_WINDOW = 10.0  # seconds over which "cores used" is measured
 PROCESSES = ("apiserver", "etcd", "replicator", "hollow")
+# With --controller-manager: the scheduler and the controllers in a process of their own.
+CONTROLLER_MANAGER = "controllers"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -130,9 +135,18 @@ class Cluster:
     def __init__(self, nodes: int, args: argparse.Namespace, workdir: str) -> None:
         self.workdir = workdir
         self.etcd = EtcdProcess(f"{workdir}/etcd")
-        self.args = (f"--controllers={CONTROLLERS}", f"--cluster-cidr={CLUSTER_CIDR}", "--no-request-log",
-                     *getattr(args, "apiserver_args", ()))
+        apart = getattr(args, "controller_manager", False)
+        self.args = (f"--controllers={'' if apart else CONTROLLERS}", f"--cluster-cidr={CLUSTER_CIDR}",
+                     "--no-request-log", *getattr(args, "apiserver_args", ()))
         self.api = ApiServerProcess(self.etcd.endpoint, *self.args, log_path=f"{workdir}/apiserver-1.log")
+        # As kube-scheduler and kube-controller-manager run: their own process, the API's clients.
+        self.controllers = ManagedProcess(
+            CONTROLLER_MANAGER,
+            python_module_argv("services.apiserver.controllers", "--server", self.api.address,
+                               f"--controllers={CONTROLLERS}", f"--cluster-cidr={CLUSTER_CIDR}",
+                               *component_security_flags("controllers")),
+            f"{workdir}/controllers.log",
+        ) if apart else None
         self.replicator = ManagedProcess(
             "replicator",
             python_module_argv("services.replicator.main", "--server", self.api.address,
@@ -150,8 +164,20 @@ class Cluster:
         )
 
     def pids(self) -> dict[str, int]:
-        return {"apiserver": self.api.pid, "etcd": self.etcd.pid, "replicator": self.replicator.pid,
+        pids = {"apiserver": self.api.pid, "etcd": self.etcd.pid, "replicator": self.replicator.pid,
                 "hollow": self.hollow.pid}
+        if self.controllers is not None:
+            pids[CONTROLLER_MANAGER] = self.controllers.pid
+        return pids
+
+    def logged(self, event: str) -> int:
+        """How many times the API servers and the controllers logged this event."""
+        count = 0
+        for log in Path(self.workdir).glob("*.log"):
+            if log.name.startswith(("apiserver-", CONTROLLER_MANAGER)):
+                with open(log, errors="replace") as handle:
+                    count += sum(f"event={event} " in line for line in handle)
+        return count
 
     def etcd_db_bytes(self) -> int:
         try:
@@ -167,8 +193,9 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        for process in (self.hollow, self.replicator, self.api, self.etcd):
-            process.stop()
+        for process in (self.hollow, self.replicator, self.controllers, self.api, self.etcd):
+            if process is not None:
+                process.stop()
 
 
 class Usage:
@@ -257,6 +284,26 @@ async def list_all(api: ApiClient, namespace: str = "", page: int = 500) -> list
             return pods
 
 
+async def scale_to_zero(api: ApiClient, name: str, namespace: str) -> None:
+    stored = await api.get(REPLICATION_CONTROLLERS, name, namespace)
+    stored.spec.replicas = 0
+    await api.update(stored)
+
+
+async def retried(call: Callable[[], Awaitable[Any]], failures: list[str], attempts: int = 10) -> None:
+    """Calls until it succeeds (at most `attempts` times), noting each failure: one failed call
+    after an hour's run must not lose the figures."""
+    for attempt in range(attempts):
+        try:
+            await call()
+            return
+        except grpc.aio.AioRpcError as error:
+            failures.append(f"{error.code().name}: {error.details()}")
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -279,7 +326,7 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "nodes": nodes, "pods": total, "rate": args.rate, "proxies": args.proxies, "label": args.label,
         "node_status_report_frequency": args.node_status_report_frequency, "sync_frequency": args.sync_frequency,
-        "apiserver_args": list(args.apiserver_args),
+        "apiserver_args": list(args.apiserver_args), "controller_manager": args.controller_manager,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_before": load_average(),
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
@@ -363,9 +410,10 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         result["pod_encoded_bytes"] = sum(encoded) / max(len(encoded), 1)
         steady, steady_cores = await cores_used(cluster)
         result["cores_loaded"] = steady_cores
-        result["rss_mb"] = {name: (idle.rss[name], steady.rss[name]) for name in PROCESSES}
+        processes = list(cluster.pids())
+        result["rss_mb"] = {name: (idle.rss[name], steady.rss[name]) for name in processes}
         result["cpu_s_per_1000_pods"] = {
-            name: (loaded_at.cpu[name] - idle.cpu[name]) * 1000 / total for name in PROCESSES
+            name: (loaded_at.cpu[name] - idle.cpu[name]) * 1000 / total for name in processes
         }
         result["etcd_db_mb"] = cluster.etcd_db_bytes() / 2**20
         result["hollow_summary"] = last_summary(cluster.hollow)
@@ -379,15 +427,20 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
 
         await wait_for(recovered, 300, "recovery after the API server restart")
         result["restart_recovery_s"] = time.monotonic() - restarted
+        # Node lifecycle must not take the renewals the restart held back for dead nodes.
+        result["restart_marked_not_ready"] = {
+            "nodes": cluster.logged("node_not_ready"), "pods": cluster.logged("pod_marked_not_ready")}
 
         if args.skip_delete:
             result["delete_s"] = None
         else:
             deleting = time.monotonic()
+            failures: list[str] = []
             for index in range(count):
-                stored = await api.get(REPLICATION_CONTROLLERS, f"rc-{index}", namespace)
-                stored.spec.replicas = 0
-                await api.update(stored)
+                await retried(functools.partial(scale_to_zero, api, f"rc-{index}", namespace), failures)
+            if failures:
+                result.setdefault("notes", []).append(
+                    f"scaling down, {len(failures)} calls failed and were retried: {failures[0]}")
 
             async def none_left() -> bool:
                 return not (await api.list(PODS, namespace, limit=1)).items
@@ -446,16 +499,25 @@ def report(result: dict[str, Any]) -> str:
                      f"({(loaded - idle) * 1000 / pods:5.1f} MB per 1,000 pods)")
     per_pod = (result["rss_mb"]["apiserver"][1] - result["rss_mb"]["apiserver"][0]) * 2**20 / pods
     encoded = result["pod_encoded_bytes"]
+    inside = "" if result.get("controller_manager") else ", the scheduler and controllers inside it"
     lines.append(f"  API server per pod     {per_pod / 1024:.1f} KiB of RSS against {encoded / 1024:.1f} KiB encoded "
-                 f"({per_pod / encoded:.1f}x)")
-    for process in PROCESSES:
+                 f"({per_pod / encoded:.1f}x){inside}")
+    if CONTROLLER_MANAGER in result["rss_mb"]:
+        idle, loaded = result["rss_mb"][CONTROLLER_MANAGER]
+        per_pod = (loaded - idle) * 2**20 / pods
+        lines.append(f"  controllers per pod    {per_pod / 1024:.1f} KiB of RSS ({per_pod / encoded:.1f}x), "
+                     "the scheduler and controllers in their own process")
+    for process in result["cpu_s_per_1000_pods"]:
         lines.append(
             f"  CPU {process:<18} {result['cores_idle'][process]:.2f} cores with the nodes alone, "
             f"{result['cores_loaded'][process]:.2f} with the pods running; "
             f"{result['cpu_s_per_1000_pods'][process]:.1f} CPU s per 1,000 pods started"
         )
     lines.append(f"  etcd database          {result['etcd_db_mb']:.1f} MB")
-    lines.append(f"  API server restart     all pods listed Running again in {result['restart_recovery_s']:.1f} s")
+    marked = result.get("restart_marked_not_ready")
+    marked_text = f"; {marked['nodes']} nodes and {marked['pods']} pods marked not ready" if marked else ""
+    lines.append(f"  API server restart     all pods listed Running again in {result['restart_recovery_s']:.1f} s"
+                 f"{marked_text}")
     if result.get("delete_s") is not None:
         lines.append(f"  scale to 0 and delete  {result['delete_s']:.1f} s")
     if result.get("hollow_summary"):
@@ -600,6 +662,9 @@ def main() -> None:
                         "of this machine simulating a thousand)")
     parser.add_argument("--apiserver-arg", dest="apiserver_args", action="append", default=[], metavar="FLAG",
                         help="one more kube-apiserver flag (repeatable), e.g. --apiserver-arg=--bookmark-interval=60")
+    parser.add_argument("--controller-manager", action="store_true",
+                        help="run the scheduler and controllers in a process of their own, as kube-scheduler and "
+                        "kube-controller-manager run, rather than inside the API server")
     parser.add_argument("--label", default="", help="a variant's name: its results are saved beside the default's")
     parser.add_argument("--skip-delete", action="store_true", help="do not time the scale-down and deletion")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the report and PNG from saved results")
