@@ -41,7 +41,6 @@ Held = tuple[bytes, Mapping[str, str]]
 Handler = Callable[[str, Any, Any], Awaitable[None] | None]
 
 
-
 class Informer:
     def __init__(
         self,
@@ -196,8 +195,11 @@ class Informer:
             before = old_objects.get(key)
             if before is None:
                 await self._notify("ADDED", decode(body), None)
-            elif before[0] != body:  # the bytes hold the resource version: equal bytes, same version
-                await self._notify("MODIFIED", decode(body), decode(before[0]))
+            elif before[0] != body:  # equal bytes: the same version, without decoding either
+                # Else compare versions: a map's entries may encode in another order.
+                obj, old = decode(body), decode(before[0])
+                if obj.metadata.resource_version != old.metadata.resource_version:
+                    await self._notify("MODIFIED", obj, old)
 
     async def _apply(self, event_type: str, obj: Any) -> None:
         key = self._key(obj)
