@@ -415,12 +415,8 @@ class NodeLifecycleController:
     def _pods_on(
         self, node_name: str, index: dict[str, set[tuple[str, str]]] | None = None
     ) -> list[pod_pb2.Pod]:
-        pods = []
-        for namespace, name in (self._pods_by_node if index is None else index).get(node_name, ()):
-            pod = self.pods.get(namespace, name)
-            if pod is not None and pod.spec.node_name == node_name:
-                pods.append(pod)
-        return pods
+        keys = (self._pods_by_node if index is None else index).get(node_name, ())
+        return [pod for pod in self.pods.get_many(keys) if pod.spec.node_name == node_name]
 
     # -- writes -----------------------------------------------------------
 

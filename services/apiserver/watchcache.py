@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
@@ -157,7 +158,7 @@ class CacheEvent:
         applied_at: float = 0.0,
     ) -> None:
         self.revision = revision
-        self.applied_at = applied_at  # the loop's clock when the cache applied it
+        self.applied_at = applied_at  # time.monotonic() when the cache applied it (0: unknown)
         self.deleted = deleted
         # What the history counts against its byte budget: the encoded size of the object
         # as etcd sent it (a deletion's, of the object it removed when etcd sent it).
@@ -505,12 +506,8 @@ class WatchCache:
         if events:
             self._changed()
 
-    @staticmethod
-    def _now() -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:  # applied outside a loop (a unit test): no age
-            return 0.0
+    # The history's clock (an instance attribute in a test).
+    _now = staticmethod(time.monotonic)
 
     def _trim_history(self, now: float) -> None:
         """Drops the oldest events past the count, the byte budget or the age (keeping the

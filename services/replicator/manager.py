@@ -122,15 +122,6 @@ class ReplicationManager:
 
     # -- lookups ----------------------------------------------------------
 
-    def _pods(self, keys: list[ObjectKey]) -> list[pod_pb2.Pod]:
-        """The pods the informer holds under these keys (each a copy of its own)."""
-        pods = []
-        for namespace, name in keys:
-            pod = self.pods.get(namespace, name)
-            if pod is not None:
-                pods.append(pod)
-        return pods
-
     def _controller(self, namespace: str, name: str, uid: str) -> ReplicationController | None:
         rc = self.rcs.get(namespace, name)
         return rc if rc is not None and rc.metadata.uid == uid else None
@@ -142,7 +133,7 @@ class ReplicationManager:
         if event_type == "DELETED":
             self.expectations.forget(key)
             if self._synced:
-                for pod in self._pods(self.owners.owned_by(rc.metadata.uid)):
+                for pod in self.pods.get_many(self.owners.owned_by(rc.metadata.uid)):
                     if rc_controller_ref(pod) is not None:
                         self.gc_queue.add((pod.metadata.namespace, pod.metadata.name))
         self.queue.add(key)
@@ -243,7 +234,7 @@ class ReplicationManager:
         adopt: list[pod_pb2.Pod] = []
         release: list[pod_pb2.Pod] = []
         # Its own pods and the namespace's orphans: a pod another controller owns is never ours.
-        for pod in self._pods([*self.owners.owned_by(uid), *self.owners.orphans_in(rc.metadata.namespace)]):
+        for pod in self.pods.get_many([*self.owners.owned_by(uid), *self.owners.orphans_in(rc.metadata.namespace)]):
             ref = controller_ref(pod)
             matches = selector.matches(pod.metadata.labels)
             if ref is not None:

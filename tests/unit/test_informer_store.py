@@ -83,6 +83,7 @@ async def test_readers_get_copies_of_what_the_informer_holds_encoded() -> None:
     assert informer.get("ns", "a").spec.node_name == "n-1"
     assert [p.metadata.name for p in informer.in_namespace("ns")] == ["a"]
     assert sorted(p.metadata.name for p in informer.list()) == ["a", "c"]
+    assert [p.metadata.name for p in informer.get_many([("ns", "a"), ("ns", "b"), ("other", "c")])] == ["a", "c"]
     assert informer.get("ns", "b") is None and ("ns", "b") not in informer and len(informer) == 2
     assert "ns" in informer._by_namespace and set(informer._by_namespace) == {"ns", "other"}
 

@@ -33,6 +33,9 @@ class FakeInformer:
     def get(self, namespace: str, name: str) -> Any:
         return self.objects.get((namespace, name))
 
+    def get_many(self, keys: Any) -> list[Any]:
+        return [self.objects[key] for key in keys if key in self.objects]
+
     def in_namespace(self, namespace: str) -> list[Any]:
         return [o for (ns, _), o in sorted(self.objects.items()) if ns == namespace]
 

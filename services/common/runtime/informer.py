@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import sys
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import grpc
 
@@ -88,6 +88,11 @@ class Informer:
         """The object held, as a new copy; None when there is none."""
         held = self._objects.get((namespace, name))
         return self._decode(held[0]) if held is not None else None
+
+    def get_many(self, keys: Iterable[ObjectKey]) -> builtins.list[Any]:
+        """The objects held under these keys (copies), leaving out the keys it holds none for."""
+        objects, decode = self._objects, self._decode
+        return [decode(held[0]) for key in keys if (held := objects.get(key)) is not None]
 
     def list(self) -> builtins.list[Any]:
         decode = self._decode
