@@ -8,7 +8,7 @@ NODES ?= 1
 MODE ?= processes
 # This machine's address on a real LAN, for other machines to join (README: A second machine).
 API_ADDRESS ?=
-# HA=1: three etcd members, two API servers, two replicators (README: A highly available control plane).
+# HA=1: three etcd members, two API servers, two controller managers, two replicators (README: A highly available control plane).
 HA ?=
 BUSYBOX_IMAGE ?= kybernetes/busybox:latest
 PAUSE_IMAGE ?= kybernetes/pause:latest

@@ -28,16 +28,8 @@ from pathlib import Path
 
 from tests.e2e.cluster import LocalCluster
 from tests.e2e.supervised import TARGET_SECONDS, run_supervised
+from tools.localcluster import PROGRAMS  # each Python component's program and the module it runs
 
-
-# Each Python component's program and the module its command runs.
-PROGRAMS = {
-    "kube-apiserver": "services.apiserver.main",
-    "kubelet": "services.kubelet.main",
-    "kube-replicator": "services.replicator.main",
-    "kube-proxy": "services.proxy.main",
-    "kube-dns": "services.dns.main",
-}
 _TOP_LEVEL_IMPORT = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| (?! )")
 
 

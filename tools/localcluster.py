@@ -83,12 +83,17 @@ DNS_NAMESPACE = "kube-system"
 # command in the component image.
 PROGRAMS = {
     "kube-apiserver": "services.apiserver.main",
+    # The scheduler and the API server's controllers (endpoints, node lifecycle, node IPAM) on
+    # their own, as kube-controller-manager and kube-scheduler run beside the API server.
+    "kube-controller-manager": "services.apiserver.controllers",
     "kube-replicator": "services.replicator.main",
     "kubelet": "services.kubelet.main",
     "kube-proxy": "services.proxy.main",
     "kube-dns": "services.dns.main",
 }
 CLUSTER_LABEL = "io.kybernetes.local-cluster"
+# What the controller manager runs: every controller the API server would run in process.
+CONTROLLER_MANAGER_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
 
 
 @dataclass
@@ -186,8 +191,8 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
         state, nodes, net, nodes_as_hosts=len(nodes) > 1, pod_bridge=args.pod_bridge, api_address=args.api_address,
         pause_image=args.pause_image,
     )
-    # Highly available: three etcd members, two API servers (each with the controllers, one
-    # leading), two replicators (one leading); every client knows every API server.
+    # Highly available: three etcd members, two API servers, two controller managers and two
+    # replicators (one of each leading); every client knows every API server.
     replicas = HA_REPLICAS if args.ha else 1
     api_ports = [args.api_port + 2 * index for index in range(replicas)]  # each with its token port above
     # The host's clients use loopback; the nodes, the host's address on the LAN.
@@ -221,9 +226,20 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
                 "--rest-listen", ",".join(f"{host}:{args.rest_port + 2 * index}" for host in hosts),
                 "--etcd-servers", etcd, "--service-cluster-ip-range", args.service_cidr,
                 "--cluster-cidr", args.cluster_cidr, *apiserver_security_flags(pki),
-                "--leader-elect-identity", leader_identity(replica_name("apiserver", index)), *args.apiserver_arg,
+                # The scheduler and controllers run in the controller manager, not in here.
+                "--controllers=", *args.apiserver_arg,
             ],
             health=f"127.0.0.1:{port}",
+        ))
+    for index in range(replicas):
+        components.append(Component(
+            replica_name("controller-manager", index), "kube-controller-manager",
+            [
+                "--server", api, "--kubeconfig", str(state / "controller-manager.conf"),
+                "--controllers", CONTROLLER_MANAGER_CONTROLLERS, "--cluster-cidr", args.cluster_cidr,
+                "--leader-elect-identity", leader_identity(replica_name("controller-manager", index)),
+                *args.controller_manager_arg,
+            ],
         ))
     for index in range(replicas):
         components.append(Component(
@@ -467,11 +483,14 @@ def supervisor_programs(plan: ClusterPlan) -> list[Program]:
 
 
 # A rolling upgrade's order (and process mode's start order): what the others depend on first.
-ROLLING_ORDER = ("etcd", "kube-apiserver", "kube-replicator", "kubelet", "kube-proxy", "kube-dns")
+ROLLING_ORDER = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-replicator", "kubelet", "kube-proxy", "kube-dns",
+)
 
 
 def rolling(components: list[Component]) -> list[Component]:
-    """The components in ROLLING_ORDER (etcd, API servers, replicators, kubelets, proxies, DNS)."""
+    """The components in ROLLING_ORDER (etcd, API servers, controller managers, replicators,
+    kubelets, proxies, DNS)."""
     by_name = {c.name: c for c in components}
     return [by_name[name] for name in rolling_order([(c.name, c.program) for c in components], ROLLING_ORDER)]
 
@@ -516,8 +535,9 @@ def upgrade_supervised(
     if not _wait_supervised(component, supervisor, timeout, credentials):
         return False
     if not (component.health and component.grpc_health):
-        # No probe (the replicator) or only an open port (etcd: it may not have caught up with its
-        # peers yet): also up as long as supervisord counts it started (RUNNING), before the next one.
+        # No probe (the replicator, the controller manager) or only an open port (etcd: it may not
+        # have caught up with its peers yet): also up as long as supervisord counts it started
+        # (RUNNING), before the next one.
         deadline = time.monotonic() + timeout
         while (info := supervisor.process(component.name)) is not None and info.state != "RUNNING":
             if info.state in ("BACKOFF", "FATAL") or time.monotonic() > deadline:
@@ -1102,7 +1122,7 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument(
                 "--ha", action="store_true",
                 help=f"highly available: {HA_ETCD_MEMBERS} etcd members (client ports from --etcd-port, two "
-                f"apart), {HA_REPLICAS} API servers and {HA_REPLICAS} replicators, each client knowing every "
+                f"apart), {HA_REPLICAS} API servers, controller managers and replicators, each client knowing every "
                 "API server",
             )
             command.add_argument(
@@ -1134,6 +1154,10 @@ def main(argv: list[str] | None = None) -> None:
             )
             command.add_argument(
                 "--replicator-arg", action="append", default=[], help="extra flag for the replicator (repeatable)"
+            )
+            command.add_argument(
+                "--controller-manager-arg", action="append", default=[],
+                help="extra flag for the controller manager (the scheduler and the controllers; repeatable)",
             )
             command.add_argument(
                 "--service-cidr", default=SERVICE_CIDR,

@@ -1,7 +1,7 @@
 """The control plane as the kubelet's static pods (`make up MODE=containers`), as kubeadm runs it.
 
-`up` writes one Pod manifest per component but the kubelet (etcd, the API server with
-its controllers, the replicator, the proxy, kube-dns) into <state>/manifests, the
+`up` writes one Pod manifest per component but the kubelet (etcd, the API server, the
+controller manager, the replicator, the proxy, kube-dns) into <state>/manifests, the
 directory the kubelet's file source reads (--manifest-path, re-read every second); it
 starts only the kubelet itself, as a Docker container with a restart policy. The
 kubelet runs each manifest as a pod on the host's network, restarts its container
@@ -71,7 +71,8 @@ def pod_base_name(component: ComponentLike) -> str:
     """The pod's name in its manifest, as kubeadm names them: etcd, kube-apiserver, ...
     (the kubelet appends -<node>). A second replica keeps its number: kube-apiserver-2."""
     base = component.program
-    replica = re.fullmatch(r"[a-z]+-(\d+)", component.name)  # apiserver-2; not proxy-<node>
+    # apiserver-2, controller-manager-2; not proxy-<node>
+    replica = re.fullmatch(r"[a-z][a-z-]*-(\d+)", component.name)
     if replica and component.program != "kube-proxy":
         base = f"{base}-{replica.group(1)}"
     return base

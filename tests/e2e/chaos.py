@@ -78,7 +78,7 @@ spec:
 
 
 def start_cluster(local_cluster: Callable[..., LocalCluster]) -> LocalCluster:
-    return local_cluster(nodes=2, ha=True, apiserver_args=FAST_LEASE, replicator_args=FAST_LEASE)
+    return local_cluster(nodes=2, ha=True, controller_manager_args=FAST_LEASE, replicator_args=FAST_LEASE)
 
 
 class ServiceClient(threading.Thread):

@@ -52,7 +52,7 @@ PAGE_LINE = re.compile(r"^guestbook frontend (?P<pod>\S+): backend \(via (?P<via
 class LocalCluster:
     def __init__(
         self, tmp_path: Path, nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = (),
-        ha: bool = False, replicator_args: tuple[str, ...] = (),
+        ha: bool = False, replicator_args: tuple[str, ...] = (), controller_manager_args: tuple[str, ...] = (),
     ) -> None:
         self.state = tmp_path / "cluster"
         self.ha = ha
@@ -88,6 +88,7 @@ class LocalCluster:
             "--dns-upstream", f"127.0.0.1:{free_port()}",
             *(f"--apiserver-arg={arg}" for arg in apiserver_args),
             *(f"--replicator-arg={arg}" for arg in replicator_args),
+            *(f"--controller-manager-arg={arg}" for arg in controller_manager_args),
         ]
 
     @property

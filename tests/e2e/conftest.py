@@ -31,10 +31,11 @@ def _clusters(root: Path) -> Iterator[Callable[..., LocalCluster]]:
 
     def start(
         nodes: int, mode: str = "processes", apiserver_args: tuple[str, ...] = (), ha: bool = False,
-        replicator_args: tuple[str, ...] = (),
+        replicator_args: tuple[str, ...] = (), controller_manager_args: tuple[str, ...] = (),
     ) -> LocalCluster:
         cluster = LocalCluster(root / f"cluster-{len(started)}", nodes=nodes, mode=mode,
-                               apiserver_args=apiserver_args, ha=ha, replicator_args=replicator_args)
+                               apiserver_args=apiserver_args, ha=ha, replicator_args=replicator_args,
+                               controller_manager_args=controller_manager_args)
         started.append(cluster)
         result = cluster.up()
         assert result.returncode == 0, result.stdout + result.stderr

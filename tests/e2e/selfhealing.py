@@ -2,15 +2,15 @@
 pods. Shared by the e2e test (tests/e2e/test_static_pods_e2e.py) and bench/staticpods.
 
 Each component's container is killed in turn (SIGKILL) while a replication controller's
-pods serve through their service and a writer creates objects: etcd, the API server (which
-runs the scheduler and the other controllers), the replicator, the proxy and kube-dns with
+pods serve through their service and a writer creates objects: etcd, the API server, the
+controller manager (the scheduler and the other controllers), the replicator, the proxy and kube-dns with
 `docker kill`, the kubelet by kill -9 of its process (a crash; Docker restarts its
 container by its restart policy, while it takes `docker kill` for an operator's stop).
 Measured for each: from the kill until a new container runs and the component answers
 its health check (the kubelet's gRPC health, etcd's and kube-dns's ports, the API server's
-health; the replicator has no port: running), and for the bench also until the API server's
-controllers and the replicator lead again (their lease renewed). The writer and the service
-client are tests/e2e/chaos.py's.
+health; the controller manager and the replicator have no port: running), and for the bench
+also until the controller manager's controllers and the replicator lead again (their lease
+renewed). The writer and the service client are tests/e2e/chaos.py's.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from .chaos import APP, MANIFEST, ServiceClient, Writer, lease_renewed, stored_w
 from .cluster import CLUSTER_WAIT, LocalCluster, fetch, running_and_ready
 
 REPLICAS = 10
-# The leases through which a restarted component's controllers lead again: the API server's
-# in-process controllers (scheduler, endpoints, node lifecycle, ...) and the replicator.
+# The leases through which a restarted component's controllers lead again: the controller
+# manager's (scheduler, endpoints, node lifecycle, ...) and the replicator's.
 LEASES = {
-    "kube-apiserver": ("kube-controller-manager", "its controllers"),
+    "kube-controller-manager": ("kube-controller-manager", "its controllers"),
     "kube-replicator": ("kube-replicator", "its controller"),
 }
 # How long a component may take to come back before the scenario gives up on it (no timing
@@ -115,7 +115,7 @@ class SelfHealingReport:
 
 
 def kill_order(cluster: LocalCluster) -> list[str]:
-    """etcd, the API server, the replicator, the proxy, kube-dns, then the kubelet."""
+    """etcd, the API server, the controller manager, the replicator, the proxy, kube-dns, then the kubelet."""
     components = recorded(cluster)
     return sorted(components, key=lambda name: not components[name].static_pod)
 
@@ -140,8 +140,8 @@ def kill_each(
     cluster: LocalCluster, url: str, names: list[str], controllers: bool = False
 ) -> SelfHealingReport:
     """Kills each named component in turn under load; waits for each to be back, and for a
-    write to go through after it, before the next. controllers: after the API server and the
-    replicator, also measures until their controllers lead again: their lease renewed after
+    write to go through after it, before the next. controllers: after the controller manager and
+    the replicator, also measures until their controllers lead again: their lease renewed after
     the kill (by the new process: a new identity would wait for the dead one's lease to run out,
     as Kubernetes' controller manager does; `up` gives each a stable one)."""
     credentials = admin_credentials(cluster.state)

@@ -4,8 +4,8 @@ under supervisord, so a component killed -9 comes back by itself. Shared by the 
 
 The scenario: a replication controller of 10 pods serving through its NodePort service (the
 chaos scenario's, tests/e2e/chaos.py) while a client sends requests through it and a writer
-creates objects; each component is killed -9 in turn (etcd, the API server with the
-controllers in it, the replicator, the kubelet, the proxy, the DNS server; every replica
+creates objects; each component is killed -9 in turn (etcd, the API server, the controller
+manager (the scheduler and controllers), the replicator, the kubelet, the proxy, the DNS server; every replica
 with HA=1, every node's with NODES=3), and each is timed from the kill until supervisord
 has a new process for it and until it is healthy again (the probe `make status` uses), and
 until a write is acknowledged again (and optionally, for the controllers and the replicator,
@@ -38,9 +38,9 @@ REPLICAS = 10
 TARGET_SECONDS = 2.0
 # How closely a comeback is timed (each check is an XML-RPC call and a health probe).
 TIMING = {"timeout": 60.0, "interval": 0.02}
-# The components that act only while they hold a lease (kube-system/<lease>): the API server's
-# controllers, the replicator.
-LEASES = {"kube-apiserver": "kube-controller-manager", "kube-replicator": "kube-replicator"}
+# The components that act only while they hold a lease (kube-system/<lease>): the controller
+# manager, the replicator.
+LEASES = {"kube-controller-manager": "kube-controller-manager", "kube-replicator": "kube-replicator"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from services.proxy.nftables import table_name
 from tests.polling import eventually_blocking
 from tools.localcluster import NODE_LABEL, pid_alive
 
+from .chaos import lease_holder
 from .cluster import CLUSTER_WAIT, EXAMPLES, LocalCluster, fetch, page_lines, running_and_ready, served_by
 
 # A headless service over the guestbook's frontend pods, and a service no pod matches.
@@ -83,6 +84,12 @@ def test_examples_on_three_nodes(cluster, tmp_path):
     # Spread: the frontend's 3 pods on 3 nodes; the canary's 10 on every node.
     assert sorted(p["spec"]["nodeName"] for p in frontend) == cluster.nodes
     assert set(Counter(p["spec"]["nodeName"] for p in canary)) == set(cluster.nodes)
+    # The scheduler that placed them (and the controllers that fill the endpoints below) run in
+    # the controller manager, which holds their lease; the API server runs none of them.
+    assert lease_holder(cluster, "kube-controller-manager") == "controller-manager"
+    recorded = json.loads((cluster.state / "cluster.json").read_text())["components"]
+    assert recorded["controller-manager"]["program"] == "kube-controller-manager"
+    assert "--controllers=" in recorded["apiserver"]["args"]
 
     # Services answer on their cluster IPs, from the cluster's own range.
     frontend_ip, backend_ip, canary_ip = (cluster.cluster_ip(name) for name in ("frontend", "backend", "frontend-prod"))

@@ -149,7 +149,7 @@ FAST_NODE_LIFECYCLE = ("--node-monitor-grace-period=15s", "--pod-eviction-timeou
 
 @pytest.fixture
 def cluster(local_cluster):
-    return local_cluster(nodes=3, apiserver_args=FAST_NODE_LIFECYCLE)
+    return local_cluster(nodes=3, controller_manager_args=FAST_NODE_LIFECYCLE)
 
 
 @pytest.mark.docker

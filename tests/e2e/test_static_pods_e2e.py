@@ -31,7 +31,8 @@ def test_the_control_plane_heals_itself_as_static_pods(local_cluster, tmp_path):
     # Only the kubelet is a container of `up`'s; the rest are its static pods.
     assert [name for name, c in components.items() if not c.static_pod] == [f"kubelet-{node}"]
     assert {c.static_pod for c in components.values() if c.static_pod} == {
-        f"{pod}-{node}" for pod in ("etcd", "kube-apiserver", "kube-replicator", "kube-proxy", "kube-dns")
+        f"{pod}-{node}"
+        for pod in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-replicator", "kube-proxy", "kube-dns")
     }
     # The kubelet mirrors them into kube-system.
     eventually_blocking(
@@ -51,7 +52,7 @@ def test_the_control_plane_heals_itself_as_static_pods(local_cluster, tmp_path):
     report = kill_each(cluster, url, kill_order(cluster))
     print("\n".join(report.lines()))
     assert [r.component for r in report.recoveries] == [
-        "etcd", "apiserver", "replicator", f"proxy-{node}", "dns", f"kubelet-{node}",
+        "etcd", "apiserver", "controller-manager", "replicator", f"proxy-{node}", "dns", f"kubelet-{node}",
     ]
     assert report.writes_acknowledged > 0 and report.writes_lost == []
     # No pod of the RC restarted or was replaced, and all still serve.

@@ -21,7 +21,7 @@ def test_every_component_killed_comes_back_by_itself(local_cluster, tmp_path):
     print("\n".join(report.lines()))
 
     killed = [back.component for back in report.comebacks]
-    assert {"etcd", "apiserver", "replicator", "dns"} <= set(killed)
+    assert {"etcd", "apiserver", "controller-manager", "replicator", "dns"} <= set(killed)
     assert {f"kubelet-{cluster.nodes[0]}", f"proxy-{cluster.nodes[0]}"} <= set(killed)
     # Every component was back (else run_supervised timed out) and `make status` counts it.
     assert all(report.restarts_shown.get(name, 0) >= 1 for name in killed), report.restarts_shown

@@ -3,6 +3,7 @@ file source reads them."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from kybernetes.v1 import pod_pb2
 from services.kubelet.main import parse_args
 from services.kubelet.naming import container_hash
 from services.kubelet.sources import CONFIG_SOURCE_ANNOTATION, SOURCE_FILE, parse_static_pods
-from tools import staticpods
+from tools import localcluster, staticpods
 from tools.localcluster import Component
+
+REPO = Path(__file__).resolve().parents[2]
 
 STATE = Path("/srv/kyb")
 NODE = "node-a"
@@ -24,6 +27,8 @@ def components() -> list[Component]:
                   health="127.0.0.1:2379", grpc_health=False),
         Component("apiserver", "kube-apiserver", ["--listen", "127.0.0.1:6443", "--etcd-servers", "127.0.0.1:2379"],
                   health="127.0.0.1:6443"),
+        Component("controller-manager", "kube-controller-manager",
+                  ["--server", "127.0.0.1:6443", "--controllers", "scheduler,endpoints"]),
         Component("replicator", "kube-replicator", ["--kubeconfig", str(STATE / "controller-manager.conf")]),
         Component("kubelet-node-1", "kubelet", ["--node-name", NODE], health="127.0.0.1:10250"),
         Component("proxy-node-1", "kube-proxy", ["--node-name", NODE, "--node-ip", "127.0.0.1"]),
@@ -43,7 +48,8 @@ def by_name(name: str) -> Component:
 def test_each_component_but_the_kubelet_is_a_valid_static_pod_in_kube_system():
     manifests = staticpods.render_manifests(components(), STATE, "kyb/kybernetes:1", "kyb/etcd:1")
     assert sorted(manifests) == [
-        "etcd.yaml", "kube-apiserver.yaml", "kube-dns.yaml", "kube-proxy.yaml", "kube-replicator.yaml",
+        "etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-dns.yaml", "kube-proxy.yaml",
+        "kube-replicator.yaml",
     ]
     pods = {name: as_kubelet_reads(text) for name, text in manifests.items()}
     for name, pod in pods.items():
@@ -66,6 +72,20 @@ def test_the_program_and_its_flags_are_the_containers_with_its_log_file():
     container = pod.spec.containers[0]
     assert list(container.args) == ["kube-apiserver", "--listen", "127.0.0.1:6443", "--etcd-servers", "127.0.0.1:2379"]
     assert list(container.command) == ["/bin/sh", "-c", f'exec "$0" "$@" >>{STATE}/logs/apiserver.log 2>&1']
+
+
+def test_every_program_is_a_console_script_of_its_module_in_the_image():
+    # A static pod runs its program by name: the component image installs the package, so every
+    # program needs its console script, pointing at the module process mode runs.
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for program, module in localcluster.PROGRAMS.items():
+        assert scripts.get(program) == f"{module}:main", program
+    pod = as_kubelet_reads(staticpods.render_manifest(by_name("controller-manager"), STATE, STATE / "logs" / "c.log",
+                                                      "img"))
+    assert list(pod.spec.containers[0].args) == [
+        "kube-controller-manager", "--server", "127.0.0.1:6443", "--controllers", "scheduler,endpoints",
+    ]
+    assert pod.metadata.labels["tier"] == "control-plane"
 
 
 def test_mounts_state_read_only_logs_read_write_and_etcds_data():
@@ -107,6 +127,8 @@ def test_a_rebuilt_image_changes_the_containers_spec_so_the_kubelet_replaces_it(
     ("etcd", "etcd", "etcd"),
     ("apiserver", "kube-apiserver", "kube-apiserver"),
     ("apiserver-2", "kube-apiserver", "kube-apiserver-2"),
+    ("controller-manager", "kube-controller-manager", "kube-controller-manager"),
+    ("controller-manager-2", "kube-controller-manager", "kube-controller-manager-2"),
     ("etcd-3", "etcd", "etcd-3"),
     ("proxy-node-1", "kube-proxy", "kube-proxy"),
     ("proxy-e2eab12cd-node-1", "kube-proxy", "kube-proxy"),
@@ -127,7 +149,7 @@ def test_two_components_of_one_name_are_refused():
 
 def test_the_kubelets_start_first():
     assert [c.name for c in staticpods.start_order(components())] == [
-        "kubelet-node-1", "etcd", "apiserver", "replicator", "proxy-node-1", "dns",
+        "kubelet-node-1", "etcd", "apiserver", "controller-manager", "replicator", "proxy-node-1", "dns",
     ]
 
 

@@ -4,6 +4,7 @@ status`'s table."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shlex
@@ -13,6 +14,10 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
+from services.apiserver.controllers import CONTROLLERS
+from services.apiserver.controllers import parse_args as controller_manager_args
+from services.apiserver.main import parse_args as apiserver_args
+from tools import localcluster
 from tools.localcluster import Component, rolling
 from tools.supervisor import (
     DIGEST_ENV,
@@ -319,15 +324,51 @@ def test_a_rolling_upgrade_goes_by_dependency_then_as_listed():
     assert upgrade_plan(order, set(), set(order)) == []
 
 
-def test_make_up_rolls_etcd_api_servers_replicators_kubelets_proxies_then_dns():
+def test_make_up_rolls_etcd_api_servers_controller_managers_replicators_kubelets_proxies_then_dns():
     names = [("etcd", "etcd"), ("etcd-2", "etcd"), ("apiserver", "kube-apiserver"),
-             ("apiserver-2", "kube-apiserver"), ("replicator", "kube-replicator"), ("kubelet-n1", "kubelet"),
-             ("proxy-n1", "kube-proxy"), ("kubelet-n2", "kubelet"), ("proxy-n2", "kube-proxy"),
-             ("proxy-host", "kube-proxy"), ("dns", "kube-dns")]
+             ("apiserver-2", "kube-apiserver"), ("replicator", "kube-replicator"),
+             ("controller-manager", "kube-controller-manager"), ("controller-manager-2", "kube-controller-manager"),
+             ("kubelet-n1", "kubelet"), ("proxy-n1", "kube-proxy"), ("kubelet-n2", "kubelet"),
+             ("proxy-n2", "kube-proxy"), ("proxy-host", "kube-proxy"), ("dns", "kube-dns")]
     components = [Component(name, program, []) for name, program in names]
     assert [c.name for c in rolling(components)] == [
-        "etcd", "etcd-2", "apiserver", "apiserver-2", "replicator", "kubelet-n1", "kubelet-n2", "proxy-n1",
-        "proxy-n2", "proxy-host", "dns"]
+        "etcd", "etcd-2", "apiserver", "apiserver-2", "controller-manager", "controller-manager-2", "replicator",
+        "kubelet-n1", "kubelet-n2", "proxy-n1", "proxy-n2", "proxy-host", "dns"]
+
+
+@pytest.mark.parametrize("ha", [False, True])
+def test_make_up_runs_a_controller_manager_per_api_server_and_no_controllers_in_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ha: bool
+) -> None:
+    captured: list[argparse.Namespace] = []
+    monkeypatch.setattr(localcluster, "up", lambda parsed: captured.append(parsed) or 0)
+    with pytest.raises(SystemExit):
+        localcluster.main([
+            "up", "--state-dir", str(tmp_path), "--user-kubeconfig", "", "--cluster-cidr", "10.210.0.0/16",
+            "--controller-manager-arg=--node-monitor-grace-period=15s", *(["--ha"] if ha else []),
+        ])
+    plan = localcluster.plan_cluster(captured[0])
+    by_program: dict[str, list[Component]] = {}
+    for component in plan.components:
+        by_program.setdefault(component.program, []).append(component)
+    servers, managers = by_program["kube-apiserver"], by_program["kube-controller-manager"]
+    assert [c.name for c in managers] == (["controller-manager", "controller-manager-2"] if ha
+                                          else ["controller-manager"])
+    assert len(servers) == len(managers)
+    # Each API server, as it parses its flags: no controller runs in it; it keeps the pod range it checks.
+    for server in servers:
+        parsed = apiserver_args(server.args)
+        assert parsed.controllers == "" and parsed.cluster_cidr == "10.210.0.0/16"
+    identities = set()
+    for manager in managers:
+        parsed = controller_manager_args(manager.args)
+        assert parsed.controllers.split(",") == list(CONTROLLERS)
+        assert parsed.server == plan.api and len(parsed.server.split(",")) == len(servers)
+        assert parsed.kubeconfig == str(tmp_path / "controller-manager.conf")
+        assert parsed.cluster_cidr == "10.210.0.0/16" and parsed.node_monitor_grace_period == 15
+        identities.add(parsed.leader_elect_identity)
+    assert len(identities) == len(managers)  # each its own, stable across its restarts
+    assert localcluster.PROGRAMS["kube-controller-manager"] == "services.apiserver.controllers"
 
 
 def test_a_machines_programs_are_added_or_replaced_in_place(tmp_path):
