@@ -1,4 +1,4 @@
-"""How every long-running service process runs: its event loop, GC and stop signals."""
+"""How every long-running service process runs: its event loop, GC, memory and stop signals."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import gc
 import signal
 import sys
 from typing import Any, Coroutine, NoReturn
+
+from services.common.memory import release_free_memory_periodically
 
 # Python's default (700, 10, 10) runs a young-generation collection every 700
 # net allocations. A busy server allocates futures, tasks and messages by the
@@ -44,6 +46,16 @@ async def run_until_signalled(main: Coroutine[Any, Any, None], *, name: str) -> 
         await asyncio.gather(runner, stopping, return_exceptions=True)
 
 
+async def _releasing_free_memory(main: Coroutine[Any, Any, int | None]) -> int | None:
+    # Beside the service for its whole life: see services/common/memory.py.
+    releaser = asyncio.create_task(release_free_memory_periodically(), name="release-free-memory")
+    try:
+        return await main
+    finally:
+        releaser.cancel()
+        await asyncio.gather(releaser, return_exceptions=True)
+
+
 def run_service(main: Coroutine[Any, Any, int | None]) -> NoReturn:
     gc.set_threshold(*GC_THRESHOLDS)
-    sys.exit(asyncio.run(main))
+    sys.exit(asyncio.run(_releasing_free_memory(main)))
