@@ -49,7 +49,6 @@ def _option(args: argparse.Namespace, name: str, default: float) -> float:
 
 def _scheduler(args: argparse.Namespace, recorder: EventRecorder) -> Controller:
     return Scheduler(
-        node_grace_period=_option(args, "node_monitor_grace_period", DEFAULT_GRACE_PERIOD),
         bind_concurrency=int(_option(args, "scheduler_bind_concurrency", DEFAULT_BIND_CONCURRENCY)),
         recorder=recorder.for_component("default-scheduler"),
     )

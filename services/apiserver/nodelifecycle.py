@@ -107,12 +107,6 @@ def probe(nodes: Iterable[node_pb2.Node], lease_renewals: Mapping[str, float], p
     return probes
 
 
-def node_alive(node: node_pb2.Node, lease_renewed: float | None, now: float, grace_period: float) -> bool:
-    """Ready=True, and a heartbeat (Lease or status) within the grace period: it may take work."""
-    heartbeat = node_heartbeat(node, lease_renewed)
-    return node_condition_ready(node) and heartbeat is not None and now - heartbeat <= grace_period
-
-
 # --- the decision ------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 from kybernetes.v1 import node_pb2, pod_pb2
 from services.common.labelsets import shared_labels
-from services.common.podutil import is_being_deleted, is_terminated, last_heartbeat, node_condition_ready
+from services.common.podutil import is_being_deleted, is_terminated, node_condition_ready
 from services.common.quantity import QuantityError, parse_cpu_millis, parse_memory_bytes, parse_quantity
 from services.common.selectors import LabelSelector
 
@@ -132,7 +132,7 @@ class NodeInfo:
     """One node and the aggregates of the pods placed on it."""
 
     __slots__ = (
-        "name", "node", "labels", "unschedulable", "ready", "heartbeat", "lease_renewed",
+        "name", "node", "labels", "unschedulable", "ready",
         "allocatable_cpu", "allocatable_memory", "allocatable_pods",
         "requested_cpu", "requested_memory", "score_cpu", "score_memory", "pod_count",
         "ports", "groups",
@@ -143,9 +143,10 @@ class NodeInfo:
         self.node: node_pb2.Node | None = None  # None: pods name this node, but it is not registered
         self.labels: dict[str, str] = {}
         self.unschedulable = False
+        # Its Ready condition is True. Whether its heartbeats still come is node lifecycle's to
+        # judge, which marks a silent node Ready=Unknown (as Kubernetes' scheduler leaves it to
+        # the node controller's taints): the scheduler holds no clock of its own on them.
         self.ready = False
-        self.heartbeat: float | None = None
-        self.lease_renewed: float | None = None  # the node's Lease's renewTime, if it has one
         self.allocatable_cpu = 0
         self.allocatable_memory = 0
         self.allocatable_pods: int | None = None  # None: no limit reported
@@ -163,20 +164,11 @@ class NodeInfo:
         self.labels = dict(node.metadata.labels)
         self.unschedulable = node.spec.unschedulable
         self.ready = node_condition_ready(node)
-        self.heartbeat = last_heartbeat(node)
         allocatable = node.status.allocatable or node.status.capacity
         capacity = node.status.capacity
         self.allocatable_cpu = _node_quantity(parse_cpu_millis, allocatable, capacity, "cpu") or 0
         self.allocatable_memory = _node_quantity(parse_memory_bytes, allocatable, capacity, "memory") or 0
         self.allocatable_pods = _node_quantity(_whole, allocatable, capacity, "pods")
-
-    def is_ready(self, now: float, grace_period: float) -> bool:
-        """Same rule as nodelifecycle.node_alive, on the precomputed fields: Ready=True and a
-        heartbeat (the Lease's renewal or the status's) within the grace period."""
-        heartbeat = self.heartbeat
-        if heartbeat is None or (self.lease_renewed is not None and self.lease_renewed > heartbeat):
-            heartbeat = self.lease_renewed
-        return self.ready and heartbeat is not None and now - heartbeat <= grace_period
 
     def add(self, pod: PodInfo) -> None:
         self._count(pod, 1)
@@ -238,7 +230,6 @@ class SchedulerCache:
         self._placements: dict[PodKey, _Placement] = {}
         self._services: dict[str, dict[str, LabelSelector]] = {}  # namespace -> name -> selector
         self._schedulable: list[NodeInfo] | None = None
-        self._leases: dict[str, float] = {}  # node name -> its Lease's renewTime
 
     # -- nodes ------------------------------------------------------------
 
@@ -251,20 +242,6 @@ class SchedulerCache:
         elif info.node is None:
             self._schedulable = None
         info.set_node(node)
-        info.lease_renewed = self._leases.get(name)
-
-    def lease_renewal(self, name: str) -> float | None:
-        return self._leases.get(name)
-
-    def set_lease(self, name: str, renewed: float | None) -> None:
-        """A node's Lease renewal (None: its Lease is gone); kept for a Node registered later."""
-        if renewed is None:
-            self._leases.pop(name, None)
-        else:
-            self._leases[name] = renewed
-        info = self.nodes.get(name)
-        if info is not None:
-            info.lease_renewed = renewed
 
     def remove_node(self, name: str) -> None:
         info = self.nodes.get(name)

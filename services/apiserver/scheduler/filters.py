@@ -23,18 +23,18 @@ INSUFFICIENT_MEMORY = "Insufficient memory"
 TOO_MANY_PODS = "Too many pods"
 
 Reasons = tuple[str, ...]
-Filter = Callable[[PodInfo, NodeInfo, float, float], Reasons]
+Filter = Callable[[PodInfo, NodeInfo], Reasons]
 
 
-def node_ready(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
-    return () if node.is_ready(now, grace_period) else (NOT_READY,)
+def node_ready(pod: PodInfo, node: NodeInfo) -> Reasons:
+    return () if node.ready else (NOT_READY,)
 
 
-def node_schedulable(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+def node_schedulable(pod: PodInfo, node: NodeInfo) -> Reasons:
     return (UNSCHEDULABLE,) if node.unschedulable else ()
 
 
-def node_selector_matches(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+def node_selector_matches(pod: PodInfo, node: NodeInfo) -> Reasons:
     labels = node.labels
     for key, value in pod.node_selector.items():
         if labels.get(key) != value:
@@ -42,7 +42,7 @@ def node_selector_matches(pod: PodInfo, node: NodeInfo, now: float, grace_period
     return ()
 
 
-def host_ports_free(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+def host_ports_free(pod: PodInfo, node: NodeInfo) -> Reasons:
     if not pod.host_ports or not node.ports:
         return ()
     for wanted in pod.host_ports:
@@ -52,7 +52,7 @@ def host_ports_free(pod: PodInfo, node: NodeInfo, now: float, grace_period: floa
     return ()
 
 
-def resources_fit(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+def resources_fit(pod: PodInfo, node: NodeInfo) -> Reasons:
     reasons: list[str] = []
     if node.allocatable_pods is not None and node.pod_count + 1 > node.allocatable_pods:
         reasons.append(TOO_MANY_PODS)
@@ -67,10 +67,10 @@ def resources_fit(pod: PodInfo, node: NodeInfo, now: float, grace_period: float)
 FILTERS: tuple[Filter, ...] = (node_ready, node_schedulable, node_selector_matches, host_ports_free, resources_fit)
 
 
-def rejections(pod: PodInfo, node: NodeInfo, now: float, grace_period: float) -> Reasons:
+def rejections(pod: PodInfo, node: NodeInfo) -> Reasons:
     """Why the pod cannot run on the node (empty: it fits)."""
     for check in FILTERS:
-        reasons = check(pod, node, now, grace_period)
+        reasons = check(pod, node)
         if reasons:
             return reasons
     return ()
@@ -94,7 +94,7 @@ def feasible_nodes_to_find(node_count: int) -> int:
 
 
 def find_some_feasible(
-    pod: PodInfo, nodes: Sequence[NodeInfo], now: float, grace_period: float, *, want: int, start: int = 0
+    pod: PodInfo, nodes: Sequence[NodeInfo], *, want: int, start: int = 0
 ) -> tuple[list[NodeInfo], collections.Counter[str], int]:
     """Up to `want` nodes the pod fits on, looked for from nodes[start] round the list, as
     Kubernetes' findNodesThatPassFilters: each pod starts where the last one stopped, so every
@@ -107,7 +107,7 @@ def find_some_feasible(
     while examined < count and len(feasible) < want:
         node = nodes[(start + examined) % count]
         examined += 1
-        reasons = rejections(pod, node, now, grace_period)
+        reasons = rejections(pod, node)
         if reasons:
             failures.update(reasons)
         else:

@@ -13,9 +13,12 @@ condition saying why (written only when the message changes). Parked pods go
 back to the active queue when the cluster changes in a way that could make room:
 a node added or changed in readiness, labels, schedulability or allocatable; a
 placed pod deleted, finished or moved; and every `retry_period` as a safety
-net. A heartbeat alone is not a change, so the scheduler does not spin. A node's
-heartbeat is the later of its Lease's renewal (kube-node-lease, watched too) and its
-Ready condition's; a Lease renewal that brings a silent node back is a change.
+net. A heartbeat alone is not a change, so the scheduler does not spin. A node is ready
+when its Ready condition is True: node lifecycle marks a node whose heartbeats
+stopped Ready=Unknown, and its kubelet posts True again when it is back, as
+Kubernetes' scheduler leaves liveness to the node controller. The scheduler keeps no
+clock of its own on heartbeats, so a restart of the API server, which holds the
+renewals back, does not make it skip nodes.
 
 Binding is guarded by the API server (a pod is bound once; FAILED_PRECONDITION
 when it already is), so two schedulers may race safely: the loser's assumption
@@ -32,21 +35,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import time
 from typing import Any
 
 import grpc
 
-from kybernetes.v1 import coordination_pb2, meta_pb2, node_pb2, pod_pb2, service_pb2
+from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2, service_pb2
 from services.common.events import NORMAL, WARNING, NullRecorder, Recorder, pod_reference
 from services.common.log import get_logger
-from services.common.podutil import POD_SCHEDULED, find_condition, is_being_deleted, is_terminated
-from services.common.resources import LEASES, NODES, PODS, SERVICES
+from services.common.podutil import POD_SCHEDULED, find_condition, is_being_deleted, is_terminated, node_condition_ready
+from services.common.resources import NODES, PODS, SERVICES
 from services.common.runtime import Backoff, Manager, TaskGroup
 from services.common.runtime.informer import Informer
 from services.common.timestamps import now_timestamp
 
-from ..nodelifecycle import DEFAULT_GRACE_PERIOD, NODE_LEASE_NAMESPACE, lease_renew_time, node_alive
 from .cache import PodInfo, PodKey, SchedulerCache
 from .filters import feasible_nodes_to_find, find_some_feasible, unschedulable_message
 from .scores import select_node
@@ -64,12 +65,12 @@ def _name(key: PodKey) -> str:
     return f"{key[0]}/{key[1]}"
 
 
-def _node_state(node: node_pb2.Node | None, now: float, grace_period: float, lease_renewed: float | None) -> Any:
+def _node_state(node: node_pb2.Node | None) -> Any:
     """What about a node can turn a pod that did not fit into one that does."""
     if node is None:
         return None
     return (
-        node_alive(node, lease_renewed, now, grace_period),
+        node_condition_ready(node),
         node.spec.unschedulable,
         sorted(node.metadata.labels.items()),
         sorted(node.status.allocatable.items()),
@@ -97,13 +98,11 @@ class Scheduler:
     def __init__(
         self,
         *,
-        node_grace_period: float = DEFAULT_GRACE_PERIOD,
         bind_concurrency: int = DEFAULT_BIND_CONCURRENCY,
         retry_period: float = DEFAULT_RETRY_PERIOD,
         rng: random.Random | None = None,
         recorder: Recorder | None = None,
     ) -> None:
-        self.node_grace_period = node_grace_period
         # Scheduled / FailedScheduling events (component "default-scheduler", as Kubernetes').
         self.recorder: Recorder = recorder or NullRecorder()
         self.retry_period = retry_period
@@ -125,11 +124,9 @@ class Scheduler:
         self.pods: Informer = manager.informer(PODS)
         self.nodes: Informer = manager.informer(NODES)
         self.services: Informer = manager.informer(SERVICES)
-        self.leases: Informer = manager.informer(LEASES, namespace=NODE_LEASE_NAMESPACE)
         self.pods.add_handler(self._on_pod)
         self.nodes.add_handler(self._on_node)
         self.services.add_handler(self._on_service)
-        self.leases.add_handler(self._on_lease)
 
     # -- queue ------------------------------------------------------------
 
@@ -185,24 +182,12 @@ class Scheduler:
         self._enqueue(key)
 
     def _on_node(self, event_type: str, node: node_pb2.Node, old: node_pb2.Node | None) -> None:
-        now = time.time()
         if event_type == "DELETED":
             self.cache.remove_node(node.metadata.name)
             return
         self.cache.set_node(node)
-        renewed = self.cache.lease_renewal(node.metadata.name)
-        grace = self.node_grace_period
-        if _node_state(old, now, grace, renewed) != _node_state(node, now, grace, renewed):
+        if _node_state(old) != _node_state(node):
             self._cluster_changed()
-
-    def _on_lease(self, event_type: str, lease: coordination_pb2.Lease, old: coordination_pb2.Lease | None) -> None:
-        name = lease.metadata.name
-        info = self.cache.nodes.get(name)
-        now = time.time()
-        was_ready = info is not None and info.is_ready(now, self.node_grace_period)
-        self.cache.set_lease(name, None if event_type == "DELETED" else lease_renew_time(lease))
-        if info is not None and info.is_ready(now, self.node_grace_period) != was_ready:
-            self._cluster_changed()  # a silent node renewed its Lease again (or lost it)
 
     def _on_service(self, event_type: str, service: service_pb2.Service, old: service_pb2.Service | None) -> None:
         if event_type == "DELETED":
@@ -218,7 +203,6 @@ class Scheduler:
             "scheduler_started",
             nodes=len(self.cache.registered_nodes()),
             pending=len(self._active_set),
-            grace_period=self.node_grace_period,
         )
         try:
             await asyncio.gather(self._schedule_forever(), self._retry_parked())
@@ -270,8 +254,7 @@ class Scheduler:
         info = self.cache.pod_info(pod)
         nodes = self.cache.registered_nodes()
         feasible, failures, self._next_start = find_some_feasible(
-            info, nodes, time.time(), self.node_grace_period,
-            want=feasible_nodes_to_find(len(nodes)), start=self._next_start,
+            info, nodes, want=feasible_nodes_to_find(len(nodes)), start=self._next_start,
         )
         if not feasible:
             self._unschedulable.add(key)
