@@ -16,7 +16,9 @@ for the eviction timeout, deletes its pods so their controllers recreate them on
 live nodes. A node whose kubelet comes back posts Ready=True itself and is
 schedulable again; the pods this controller marked get back the readiness their
 containers last reported. Pods bound to a node that does not exist are deleted
-after the same timeout.
+after the same timeout. A node's Lease outlives its Node only until the next pass:
+the Lease names the Node as its owner, and a Lease whose owner is gone is deleted, as
+Kubernetes' garbage collector deletes a dependent of a deleted owner.
 
 Each pass is `plan_node_lifecycle(observed, now) -> actions`, pure and
 table-tested, then `apply` performs the writes. Passes run every monitor
@@ -83,6 +85,16 @@ def lease_renew_time(lease: coordination_pb2.Lease | None) -> float | None:
     return seconds(lease.spec.renew_time)
 
 
+def lease_renewals(leases: Iterable[coordination_pb2.Lease]) -> dict[str, float]:
+    """Node name -> when its Lease was last renewed (epoch seconds), for the Leases that say."""
+    renewals = {}
+    for lease in leases:
+        renewed = lease_renew_time(lease)
+        if renewed is not None:
+            renewals[lease.metadata.name] = renewed
+    return renewals
+
+
 def node_heartbeat(node: node_pb2.Node, lease_renewed: float | None) -> float | None:
     """The node's latest sign of life: its Lease's renewal or its Ready condition's heartbeat."""
     posted = last_heartbeat(node)
@@ -135,7 +147,15 @@ class EvictPod:
     force: bool = False
 
 
-Action = Union[MarkNodeUnknown, MarkPodNotReady, RestorePodReady, EvictPod]
+@dataclass(frozen=True)
+class CollectLease:
+    """A node's Lease whose owner, the Node of that uid, is gone."""
+
+    lease: coordination_pb2.Lease
+    owner_uid: str
+
+
+Action = Union[MarkNodeUnknown, MarkPodNotReady, RestorePodReady, EvictPod, CollectLease]
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,8 @@ class Observed:
     # When this controller saw each node's heartbeat change (its clock; `probe`): what its
     # staleness is judged by. Without it (a table test), by the heartbeat's own time.
     heard_at: Mapping[str, float] | None = None
+    # The Leases in kube-node-lease owned by a Node (an owner reference of kind Node).
+    owned_leases: Iterable[coordination_pb2.Lease] = ()
 
 
 @dataclass(frozen=True)
@@ -208,7 +230,26 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
         since = missing_since[name] = observed.missing_since.get(name, now)
         if now - since >= eviction_timeout:
             actions.extend(EvictPod(pod, f"node {name} does not exist", force=True) for pod in pods)
+    actions.extend(_orphaned_leases(observed.nodes, observed.owned_leases))
     return Plan(actions, missing_since)
+
+
+def node_owner_uid(lease: coordination_pb2.Lease) -> str:
+    """The uid of the Node a Lease names as its owner ("": none)."""
+    for owner in lease.metadata.owner_references:
+        if owner.kind == "Node" and owner.name == lease.metadata.name:
+            return owner.uid
+    return ""
+
+
+def _orphaned_leases(nodes: Iterable[node_pb2.Node], leases: Iterable[coordination_pb2.Lease]) -> list[Action]:
+    uids = {node.metadata.uid for node in nodes}
+    actions: list[Action] = []
+    for lease in leases:
+        owner = node_owner_uid(lease)
+        if owner and owner not in uids:
+            actions.append(CollectLease(lease, owner))
+    return actions
 
 
 def marked_not_ready_by_us(pod: pod_pb2.Pod) -> bool:
@@ -376,7 +417,8 @@ class NodeLifecycleController:
                 pass
 
     def observe(self, now: float) -> Observed:
-        nodes, renewals = self.nodes.list(), self._lease_renewals()
+        nodes, leases = self.nodes.list(), self.leases.list()
+        renewals = lease_renewals(leases)
         streams = (self.nodes.streams, self.leases.streams)
         if streams != self._streams:
             # Our view of the heartbeats was interrupted (an API server restart): the renewals
@@ -388,18 +430,11 @@ class NodeLifecycleController:
             nodes, _PodsOn(self._pods_by_node, self._pods_on), self._missing_since,
             renewals, _PodsOn(self._marked_by_node, self._marked_on),
             heard_at={name: seen for name, (_, seen) in self._probes.items()},
+            owned_leases=[lease for lease in leases if node_owner_uid(lease)],
         )
 
     def _marked_on(self, node_name: str) -> list[pod_pb2.Pod]:
         return [pod for pod in self._pods_on(node_name, self._marked_by_node) if marked_not_ready_by_us(pod)]
-
-    def _lease_renewals(self) -> dict[str, float]:
-        renewals = {}
-        for lease in self.leases.list():
-            renewed = lease_renew_time(lease)
-            if renewed is not None:
-                renewals[lease.metadata.name] = renewed
-        return renewals
 
     async def monitor_once(self, now: float) -> None:
         plan = plan_node_lifecycle(self.observe(now), now, self.grace_period, self.eviction_timeout)
@@ -448,6 +483,8 @@ class NodeLifecycleController:
                 ready = pod_ready_condition(restored)
                 log.info("pod_ready_restored", pod=pod_key(action.pod), node=action.pod.spec.node_name,
                          ready=ready is not None and ready.status == TRUE)
+        elif isinstance(action, CollectLease):
+            await self._collect_lease(action)
         else:
             pod = action.pod
             call = self.client.delete(
@@ -463,6 +500,27 @@ class NodeLifecycleController:
                 self.recorder.event_on(
                     node_reference(node_name), NORMAL, "DeletingAllPods", f"Deleting all Pods from Node {node_name}."
                 )
+
+    async def _collect_lease(self, action: CollectLease) -> None:
+        lease = action.lease
+        name = lease.metadata.name
+        # Our caches may not have seen the Node yet (its watch and the Leases' are two streams):
+        # the owner is looked up in the API, as Kubernetes' garbage collector does, before the
+        # dependent goes. The delete's precondition spares a Lease written meanwhile.
+        try:
+            owner = await self.client.get(NODES, name)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("nodelifecycle_read_failed", code=error.code().name, detail=error.details(), node=name)
+                return
+        else:
+            if owner.metadata.uid == action.owner_uid:
+                return
+        call = self.client.delete(
+            LEASES, name, NODE_LEASE_NAMESPACE, resource_version=lease.metadata.resource_version
+        )
+        if await self._write(call, lease=f"{NODE_LEASE_NAMESPACE}/{name}"):
+            log.info("lease_collected", lease=f"{NODE_LEASE_NAMESPACE}/{name}", owner_uid=action.owner_uid)
 
     async def _write(self, call: Awaitable[object], **context: str) -> bool:
         """Runs one write; a lost race or a vanished object is left to the next pass."""

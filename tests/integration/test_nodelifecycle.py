@@ -12,7 +12,9 @@ import pytest
 
 from kybernetes.v1 import node_pb2
 from services.common.client import ApiClient
-from services.common.resources import ENDPOINTS, NODES, PODS
+from services.apiserver.nodelifecycle import NODE_LEASE_NAMESPACE
+from services.common.resources import ENDPOINTS, LEASES, NODES, PODS
+from services.kubelet.nodelease import renewed_lease
 from tests.polling import eventually
 
 from .apihelpers import make_pod, make_rc, make_service
@@ -24,6 +26,7 @@ from .control_helpers import (
     add_node,
     pods_in,
     ready_condition,
+    stamp,
 )
 
 GRACE = 3
@@ -301,3 +304,36 @@ async def test_a_heartbeating_node_stays_ready(api, namespace):
             await api.get(PODS, "web", namespace)  # still there
     finally:
         await api.delete(NODES, name)
+
+
+async def test_the_lease_of_a_deleted_node_goes_with_it(api, namespace):
+    # As the kubelets write them: each node's Lease names its Node as its owner.
+    kept, deleted = f"{namespace}-kept", f"{namespace}-deleted"
+    for name in (kept, deleted):
+        node = await add_node(api, name)
+        await api.create(renewed_lease(None, name, 40, stamp(), node.metadata.uid))
+    try:
+        await api.delete(NODES, deleted)
+
+        async def collected():
+            names = {lease.metadata.name for lease in (await api.list(LEASES, NODE_LEASE_NAMESPACE)).items}
+            assert deleted not in names and kept in names, sorted(names)
+            return True
+
+        await eventually(collected, what="the deleted node's Lease to be collected", **API_WAIT)
+        # Its owner alive, a Lease stays through several passes.
+        await asyncio.sleep(GRACE)
+        assert (await api.get(LEASES, kept, NODE_LEASE_NAMESPACE)).spec.holder_identity == kept
+    finally:
+        await api.delete(NODES, kept)
+        await eventually(
+            lambda: absent(api, kept), what="the kept node's Lease to go with it", **API_WAIT,
+        )
+
+
+async def absent(api: ApiClient, lease_name: str) -> bool:
+    try:
+        await api.get(LEASES, lease_name, NODE_LEASE_NAMESPACE)
+    except grpc.aio.AioRpcError as error:
+        return error.code() == grpc.StatusCode.NOT_FOUND
+    return False

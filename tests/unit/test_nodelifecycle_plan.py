@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from google.protobuf import timestamp_pb2
 
-from kybernetes.v1 import meta_pb2, node_pb2, pod_pb2
+from kybernetes.v1 import coordination_pb2, meta_pb2, node_pb2, pod_pb2
 from services.apiserver.nodelifecycle import (
     MESSAGE_NEVER_UPDATED,
     REASON_NEVER_UPDATED,
     REASON_POD_NODE_NOT_READY,
     REASON_STATUS_UNKNOWN,
+    CollectLease,
     EvictPod,
     MarkNodeUnknown,
     MarkPodNotReady,
@@ -244,3 +245,26 @@ def test_after_its_view_was_interrupted_the_controller_counts_every_heartbeat_fr
     assert describe(plan_node_lifecycle(controller.observe(later), later, GRACE, EVICTION).actions) == [
         ("MarkNodeUnknown", "n1")
     ]
+
+
+def lease(name: str, owner_uid: str = "", owner_kind: str = "Node") -> coordination_pb2.Lease:
+    result = coordination_pb2.Lease(metadata=meta_pb2.ObjectMeta(name=name, namespace="kube-node-lease"))
+    if owner_uid:
+        result.metadata.owner_references.add(api_version="v1", kind=owner_kind, name=name, uid=owner_uid)
+    return result
+
+
+def test_the_lease_of_a_deleted_node_is_collected_and_only_that_one() -> None:
+    live = node("n1")
+    live.metadata.uid = "uid-1"
+    again = node("n2")
+    again.metadata.uid = "uid-2b"  # registered again under the same name: a new uid
+    leases = [
+        lease("n1", "uid-1"),  # its owner lives
+        lease("n2", "uid-2a"),  # its owner was deleted; a Node of that name is another one
+        lease("n3", "uid-3"),  # its owner was deleted
+        lease("n4"),  # no owner yet (its kubelet has not seen its Node's uid): not ours to judge
+    ]
+    actions = plan_node_lifecycle(Observed([live, again], {}, owned_leases=leases), NOW, GRACE, EVICTION).actions
+    assert [(action.lease.metadata.name, action.owner_uid) for action in actions] == [("n2", "uid-2a"), ("n3", "uid-3")]
+    assert all(isinstance(action, CollectLease) for action in actions)

@@ -560,8 +560,6 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, ...]]]] = {
             *((verb, kind, "") for verb in ("list", "watch") for kind in ("pods", "nodes", "services")),
             ("create", "pods/binding", "ns"),
             ("update", "pods/status", "ns"),
-            # the nodes' Leases, their heartbeats
-            *((verb, "leases", "kube-node-lease", COORDINATION) for verb in ("list", "watch")),
         ],
     ),
     # The controller identity runs the scheduler too, and:
@@ -591,8 +589,10 @@ COMPONENT_CALLS: dict[str, tuple[UserInfo, list[tuple[str, ...]]]] = {
             # services/common/runtime/leaderelection.py: the controllers' and the replicators'
             # leases (kube-controller-manager, kube-replicator) in kube-system.
             *((verb, "leases", "kube-system", COORDINATION) for verb in ("get", "create", "update")),
-            # nodelifecycle.py and the scheduler: informers on the nodes' Leases.
-            *((verb, "leases", "kube-node-lease", COORDINATION) for verb in ("list", "watch")),
+            # nodelifecycle.py: informers on the nodes' Leases; the Lease of a deleted Node (after
+            # a get of its owner).
+            *((verb, "leases", "kube-node-lease", COORDINATION) for verb in ("list", "watch", "delete")),
+            ("get", "nodes", ""),
         ],
     ),
     # services/proxy/main.py: informers on endpoints and services.

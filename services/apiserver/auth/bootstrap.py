@@ -193,7 +193,8 @@ _SCHEDULER_RULES = (
 # - endpoints (endpoints_controller.py): informers on services, pods, endpoints, nodes;
 #   create, update and delete endpoints.
 # - node lifecycle (nodelifecycle.py): informers on nodes and pods; UpdateStatus of nodes
-#   (Ready Unknown) and pods (Ready False and back); delete of pods (eviction).
+#   (Ready Unknown) and pods (Ready False and back); delete of pods (eviction); get of a
+#   node (the owner of a Lease it would delete).
 # - node IPAM (nodeipam.py): informer on nodes; update of nodes (spec.podCIDR), UpdateStatus
 #   of nodes (NetworkUnavailable).
 # - replicator (services/replicator/manager.py): informers on replication controllers and
@@ -204,7 +205,7 @@ _SCHEDULER_RULES = (
 # union of those controllers' roles, cut to what the code above calls.
 _CONTROLLER_MANAGER_RULES = (
     rule(["list", "watch"], [CORE], ["pods", "nodes", "services", "endpoints", "replicationcontrollers"]),
-    rule(["get"], [CORE], ["replicationcontrollers"]),
+    rule(["get"], [CORE], ["replicationcontrollers", "nodes"]),
     rule(["create", "update", "delete"], [CORE], ["endpoints"]),
     rule(["create", "update", "delete"], [CORE], ["pods"]),
     rule(["update"], [CORE], ["nodes"]),
@@ -264,11 +265,14 @@ LEADER_LOCKING_CONTROLLER_MANAGER = "system::leader-locking-kube-controller-mana
 _LEADER_LOCKING_RULES = (rule(["get", "create", "update"], [COORDINATION_GROUP], ["leases"]),)
 
 
-# The nodes' Leases are their heartbeats: the node lifecycle controller and the scheduler
-# watch them (informers on leases in kube-node-lease), nowhere else. Each node writes its
-# own through the Node authorizer, not RBAC.
+# The nodes' Leases are their heartbeats: the node lifecycle controller watches them
+# (informers on leases in kube-node-lease), nowhere else, and deletes the Lease of a deleted
+# Node (its owner; Kubernetes' garbage collector's part). Each node writes its own through
+# the Node authorizer, not RBAC.
 NODE_LEASE_READER = "system::node-lease-reader"
 _NODE_LEASE_READER_RULES = (rule(["list", "watch"], [COORDINATION_GROUP], ["leases"]),)
+NODE_LEASE_COLLECTOR = "system::node-lease-collector"
+_NODE_LEASE_COLLECTOR_RULES = (rule(["delete"], [COORDINATION_GROUP], ["leases"]),)
 
 
 def namespace_roles() -> list[rbac_pb2.Role]:
@@ -276,6 +280,7 @@ def namespace_roles() -> list[rbac_pb2.Role]:
     return [
         role(LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, *_LEADER_LOCKING_RULES),
         role(NODE_LEASE_READER, NODE_LEASE_NAMESPACE, *_NODE_LEASE_READER_RULES),
+        role(NODE_LEASE_COLLECTOR, NODE_LEASE_NAMESPACE, *_NODE_LEASE_COLLECTOR_RULES),
     ]
 
 
@@ -284,10 +289,8 @@ def namespace_role_bindings() -> list[rbac_pb2.RoleBinding]:
         role_binding(
             LEADER_LOCKING_CONTROLLER_MANAGER, SYSTEM_NAMESPACE, subject(USER_KIND, CONTROLLER_MANAGER_USER)
         ),
-        role_binding(
-            NODE_LEASE_READER, NODE_LEASE_NAMESPACE,
-            subject(USER_KIND, CONTROLLER_MANAGER_USER), subject(USER_KIND, KUBE_SCHEDULER),
-        ),
+        role_binding(NODE_LEASE_READER, NODE_LEASE_NAMESPACE, subject(USER_KIND, CONTROLLER_MANAGER_USER)),
+        role_binding(NODE_LEASE_COLLECTOR, NODE_LEASE_NAMESPACE, subject(USER_KIND, CONTROLLER_MANAGER_USER)),
     ]
 
 
