@@ -19,6 +19,7 @@ import pytest
 
 from services.common.client import ApiClient
 from services.common.kubeconfig import KUBECONFIG_ENV
+from tests import shared_bridge
 from tools.clusterpki import ClusterPKI
 from tools.processes import DEV_PKI_ENV, ApiServerProcess, EtcdProcess, dev_pki
 
@@ -79,6 +80,17 @@ def apiserver(etcd_endpoint: str) -> Iterator[ApiServerProcess]:
     server = ApiServerProcess(etcd_endpoint, "--controllers=")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_pod_bridge() -> Iterator[None]:
+    """The kubelets' default bridge (kyb0) as it was before the session, afterwards: what the
+    session's kubelets made of it is removed and checked gone (tests/shared_bridge.py). Used
+    (autouse) by the tiers that start kubelets."""
+    before = shared_bridge.snapshot()
+    yield
+    left = shared_bridge.restore(before)
+    assert left == [], f"left behind on the kubelets' bridge: {left}"
 
 
 @pytest.fixture

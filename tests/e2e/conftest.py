@@ -10,6 +10,11 @@ import pytest
 from tests.e2e.cluster import LocalCluster
 
 
+@pytest.fixture(autouse=True)
+def _shared_pod_bridge(shared_pod_bridge: None) -> None:
+    """Every test here may start kubelets on the default bridge: it is put back as it was after the session."""
+
+
 @pytest.fixture
 def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """Starts whole clusters as `make up` does: `local_cluster(nodes=3)` returns one that is up.

@@ -15,6 +15,11 @@ import pytest
 from tests.integration.kubelet_helpers import KubeletProcess, remove_node_containers, unique_node
 
 
+@pytest.fixture(autouse=True)
+def _shared_pod_bridge(shared_pod_bridge: None) -> None:
+    """Every test here may start kubelets on the default bridge: it is put back as it was after the session."""
+
+
 @pytest.fixture
 def node_name() -> Iterator[str]:
     """A node name no other test uses; its containers are removed afterwards, pass or fail."""
