@@ -19,7 +19,6 @@ from services.apiserver.nodelifecycle import (
     MarkNodeUnknown,
     Observed,
     lease_renew_time,
-    node_alive,
     node_heartbeat,
     plan_node_lifecycle,
 )
@@ -358,18 +357,14 @@ def test_an_unknown_node_whose_lease_is_renewed_again_keeps_its_pods_until_its_s
     assert plan.actions == []  # no second mark; the kubelet's status write turns it Ready
 
 
-def test_the_scheduler_counts_a_renewed_lease_as_a_heartbeat() -> None:
+def test_the_scheduler_leaves_heartbeats_to_node_lifecycle_and_reads_the_ready_condition() -> None:
     cache = SchedulerCache()
-    cache.set_lease("n1", NOW - 1)  # before the Node is seen: kept for it
+    # An old heartbeat under Ready=True (an API server restart held the renewals back): ready
+    # until node lifecycle, which reads the Leases, marks it Unknown.
     cache.set_node(node(heartbeat=NOW - 250))
-    info = cache.nodes["n1"]
-    assert info.is_ready(NOW, GRACE)
-    assert node_alive(node(heartbeat=NOW - 250), NOW - 1, NOW, GRACE)
-    cache.set_lease("n1", None)
-    assert not info.is_ready(NOW, GRACE)
-    cache.set_lease("n1", NOW - 1)
-    cache.set_node(node(ready="Unknown", heartbeat=NOW - 250))
-    assert not info.is_ready(NOW, GRACE)  # a renewed lease does not make a node Ready
+    assert cache.nodes["n1"].ready
+    cache.set_node(node(ready="Unknown", heartbeat=NOW - 1))
+    assert not cache.nodes["n1"].ready
 
 
 # -- what a node's identity may do to Leases -------------------------------------------------
