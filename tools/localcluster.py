@@ -92,8 +92,6 @@ PROGRAMS = {
     "kube-dns": "services.dns.main",
 }
 CLUSTER_LABEL = "io.kybernetes.local-cluster"
-# What the controller manager runs: every controller the API server would run in process.
-CONTROLLER_MANAGER_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
 
 
 @dataclass
@@ -236,7 +234,8 @@ def plan_cluster(args: argparse.Namespace) -> ClusterPlan:
             replica_name("controller-manager", index), "kube-controller-manager",
             [
                 "--server", api, "--kubeconfig", str(state / "controller-manager.conf"),
-                "--controllers", CONTROLLER_MANAGER_CONTROLLERS, "--cluster-cidr", args.cluster_cidr,
+                # Its --controllers default: every one the API server would run in process.
+                "--cluster-cidr", args.cluster_cidr,
                 "--leader-elect-identity", leader_identity(replica_name("controller-manager", index)),
                 *args.controller_manager_arg,
             ],

@@ -174,8 +174,8 @@ class Observed:
     # When this controller saw each node's heartbeat change (its clock; `probe`): what its
     # staleness is judged by. Without it (a table test), by the heartbeat's own time.
     heard_at: Mapping[str, float] | None = None
-    # The Leases in kube-node-lease owned by a Node (an owner reference of kind Node).
-    owned_leases: Iterable[coordination_pb2.Lease] = ()
+    # The Leases in kube-node-lease (those naming a Node as owner are collected with it).
+    leases: Iterable[coordination_pb2.Lease] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def plan_node_lifecycle(observed: Observed, now: float, grace_period: float, evi
         since = missing_since[name] = observed.missing_since.get(name, now)
         if now - since >= eviction_timeout:
             actions.extend(EvictPod(pod, f"node {name} does not exist", force=True) for pod in pods)
-    actions.extend(_orphaned_leases(observed.nodes, observed.owned_leases))
+    actions.extend(_orphaned_leases(observed.nodes, observed.leases))
     return Plan(actions, missing_since)
 
 
@@ -430,7 +430,7 @@ class NodeLifecycleController:
             nodes, _PodsOn(self._pods_by_node, self._pods_on), self._missing_since,
             renewals, _PodsOn(self._marked_by_node, self._marked_on),
             heard_at={name: seen for name, (_, seen) in self._probes.items()},
-            owned_leases=[lease for lease in leases if node_owner_uid(lease)],
+            leases=leases,
         )
 
     def _marked_on(self, node_name: str) -> list[pod_pb2.Pod]:

@@ -265,6 +265,6 @@ def test_the_lease_of_a_deleted_node_is_collected_and_only_that_one() -> None:
         lease("n3", "uid-3"),  # its owner was deleted
         lease("n4"),  # no owner yet (its kubelet has not seen its Node's uid): not ours to judge
     ]
-    actions = plan_node_lifecycle(Observed([live, again], {}, owned_leases=leases), NOW, GRACE, EVICTION).actions
+    actions = plan_node_lifecycle(Observed([live, again], {}, leases=leases), NOW, GRACE, EVICTION).actions
     assert [(action.lease.metadata.name, action.owner_uid) for action in actions] == [("n2", "uid-2a"), ("n3", "uid-3")]
     assert all(isinstance(action, CollectLease) for action in actions)
