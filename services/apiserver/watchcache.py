@@ -333,7 +333,7 @@ class WatchCache:
         self._triggered: dict[str, set[CacheWatcher]] = {}
         # The current objects' keys by their trigger value: a scoped watch's snapshot (a
         # kubelet's pods) reads its own objects, not all of them.
-        self._keys_by_trigger: dict[str, dict[bytes, None]] = {}  # ordered sets
+        self._keys_by_trigger: dict[str, dict[bytes, bytes]] = {}  # ordered sets: key -> itself
         # Each trigger value held, as one string the objects that have it share (a node's
         # name, once for its 30 pods): value -> itself.
         self._trigger_values: dict[str, str] = {}
@@ -537,12 +537,14 @@ class WatchCache:
         if old is not None:
             keys = self._keys_by_trigger.get(old)
             if keys is not None:
-                keys.pop(key, None)
+                # Moved on is the key the cache already holds (the one in self._objects too),
+                # not the equal bytes etcd sent with this event: one copy per object, not two.
+                key = keys.pop(key, key)
                 if not keys:
                     del self._keys_by_trigger[old]
                     self._trigger_values.pop(old, None)
         if new is not None:
-            self._keys_by_trigger.setdefault(new, {})[key] = None
+            self._keys_by_trigger.setdefault(new, {})[key] = key
 
     def _fan_out(self, event: CacheEvent) -> None:
         kind = self.kind

@@ -8,7 +8,18 @@ objects allocated after it. `malloc_trim(0)` hands every free page in the heap b
 (madvise), wherever it is. Measured on an API server holding 10,000 pods after their status
 churn and three full Lists: 5.3 -> 4.3 KiB of RSS per pod; one call took 0.4-0.6 ms.
 
-Where the C library is not glibc (musl, macOS) there is no malloc_trim and nothing is done.
+The allocator is also tuned once at start (`tune_allocator`). glibc raises its mmap threshold
+whenever a big block is freed (up to 32 MiB) and its trim threshold with it (to 64 MiB), so
+after the first full List every big buffer came from a heap, and each thread's heap kept up to
+64 MiB of free space at its top, which `malloc_trim` does not touch outside the main heap.
+Fixed thresholds keep big buffers in mappings of their own (unmapped when freed) and every
+heap's free top returned; two heaps instead of sixteen for a process whose Python code runs one
+thread at a time. Measured on an API server holding 30,000 pods after their status churn and
+three full Lists: 3.8 -> 2.0 KiB of RSS per pod, 3.0 -> 1.5 KiB a minute and a half later
+(free space in thread heaps: 52 MiB -> 0.4 MiB), with no change in the time to create them.
+
+Where the C library is not glibc (musl, macOS) there is no malloc_trim or mallopt, and nothing
+is done.
 """
 
 from __future__ import annotations
@@ -32,12 +43,44 @@ RELEASE_INTERVAL = 30.0
 SLOW_RELEASE_SECONDS = 0.05
 
 
+# mallopt's parameters (glibc's malloc.h) and the values set.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+# glibc's own starting values, fixed: setting them turns off the dynamic raise described above.
+MMAP_THRESHOLD = 128 * 1024
+TRIM_THRESHOLD = 128 * 1024
+# Heaps for the process's threads: the Python code runs one thread at a time (the GIL), so more
+# heaps buy no parallelism, only free space stranded in each of them.
+ARENA_MAX = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+@functools.cache
+def tune_allocator() -> bool:
+    """Fixes glibc's thresholds and heap count (see the module's docstring); False where the C
+    library has no mallopt. Called before the service starts its threads: the heap count
+    applies only to threads that have not allocated yet."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, ARENA_MAX))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

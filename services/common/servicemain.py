@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any, Coroutine, NoReturn
 
-from services.common.memory import release_free_memory_periodically
+from services.common.memory import release_free_memory_periodically, tune_allocator
 
 # Python's default (700, 10, 10) runs a young-generation collection every 700
 # net allocations. A busy server allocates futures, tasks and messages by the
@@ -58,4 +58,5 @@ async def _releasing_free_memory(main: Coroutine[Any, Any, int | None]) -> int |
 
 def run_service(main: Coroutine[Any, Any, int | None]) -> NoReturn:
     gc.set_threshold(*GC_THRESHOLDS)
+    tune_allocator()
     sys.exit(asyncio.run(_releasing_free_memory(main)))

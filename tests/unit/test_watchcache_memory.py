@@ -136,6 +136,16 @@ def test_pods_on_one_node_share_its_name() -> None:
     assert len(snapshot) == 2
 
 
+def test_a_pod_bound_and_moved_keeps_one_copy_of_its_key() -> None:
+    cache = WatchCache(PODS, storage=None, decode=None)  # type: ignore[arg-type]
+    for revision, obj in LIFE:  # each event brings its own bytes of the key, as etcd's do
+        apply(cache, revision, obj)
+        (held,) = cache._objects  # the key as the cache holds it for the object
+        (bucket,) = cache._keys_by_trigger.values()
+        (indexed,) = bucket
+        assert indexed is held, f"after revision {revision}"
+
+
 def test_events_older_than_the_history_age_leave_but_the_last_hundred_stay() -> None:
     cache = WatchCache(PODS, storage=None, decode=None, history_age=75.0)  # type: ignore[arg-type]
     clock = [1000.0]
