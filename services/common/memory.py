@@ -53,12 +53,15 @@ TRIM_THRESHOLD = 128 * 1024
 ARENA_MAX = 2
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
+def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """The C library's function `name` returning an int, or None where it has none (not glibc)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c"))
-    except (OSError, TypeError):
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, TypeError, AttributeError):
         return None
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
 
 
 @functools.cache
@@ -66,25 +69,16 @@ def tune_allocator() -> bool:
     """Fixes glibc's thresholds and heap count (see the module's docstring); False where the C
     library has no mallopt. Called before the service starts its threads: the heap count
     applies only to threads that have not allocated yet."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    mallopt = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
     if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, ARENA_MAX))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    return all([mallopt(parameter, value) == 1 for parameter, value in settings])  # each one tried
 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    return _libc_function("malloc_trim", ctypes.c_size_t)
 
 
 def release_free_memory() -> bool:
