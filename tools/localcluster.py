@@ -77,6 +77,9 @@ HA_REPLICAS = 2
 # that `down` can remove it with its rules.
 POD_BRIDGE = "kyb-pods"
 DNS_NAMESPACE = "kube-system"
+# How long `up` asks again when the API server or its etcd is not answering yet.
+DNS_SERVICE_WAIT = 30.0
+TRANSIENT_FAILURES = ("ServiceUnavailable", "cannot reach", "did not answer in time")
 
 
 # Each component's program: the Python module run as a process, or the
@@ -372,14 +375,18 @@ def ensure_dns_service(plan: ClusterPlan) -> None:
     """Applies the kube-dns service and endpoints (idempotent: apply leaves them as they are)."""
     path = plan.state_dir / "kube-dns.yaml"
     path.write_text(dns_manifest(plan))
-    result = subprocess.run(
-        python_module_argv(
-            "services.kubecfg.main", "--kubeconfig", str(plan.state_dir / "admin.conf"), "apply", "-f", str(path)
-        ),
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+    argv = python_module_argv(
+        "services.kubecfg.main", "--kubeconfig", str(plan.state_dir / "admin.conf"), "apply", "-f", str(path)
     )
-    if result.returncode != 0:
-        raise SystemExit(f"could not create the kube-dns service:\n{result.stdout}{result.stderr}")
+    # etcd members that `up` has just started may still be electing a leader: ask again for a while.
+    give_up = time.monotonic() + DNS_SERVICE_WAIT
+    while True:
+        result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        if result.returncode == 0:
+            return
+        if not any(text in result.stderr for text in TRANSIENT_FAILURES) or time.monotonic() > give_up:
+            raise SystemExit(f"could not create the kube-dns service:\n{result.stdout}{result.stderr}")
+        time.sleep(1.0)
 
 
 # -- state ----------------------------------------------------------------

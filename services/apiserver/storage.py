@@ -181,6 +181,20 @@ _REQUEST_ERRORS = {
 }
 
 
+# etcd's answers while its members elect a leader (v3rpc's ErrGRPCLeaderChanged, ErrGRPCNoLeader,
+# ErrGRPCTimeout...). A read may be asked again, as etcd's own client does with every read
+# that fails UNAVAILABLE; an election takes about a second (etcd's election timeout).
+# Writes are not: a proposal that timed out may still be committed.
+_ELECTION_ERRORS = ("leader changed", "no leader", "request timed out")
+READ_ELECTION_WAIT = 3.0
+_FIRST_READ_RETRY = 0.05
+
+
+def during_election(error: grpc.aio.AioRpcError) -> bool:
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and any(text in details for text in _ELECTION_ERRORS)
+
+
 def _etcd_error(error: grpc.aio.AioRpcError) -> ApiError:
     """What an etcd failure means to the API's caller: the request's fault (the code
     above), else etcd being out of reach (UNAVAILABLE)."""
@@ -285,12 +299,19 @@ class Storage:
             revision=revision,
             count_only=count_only,
         )
-        try:
-            response = await self._kv_stub.Range(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (error.details() or ""):
-                raise CompactedError(0) from error
-            raise _etcd_error(error) from error
+        give_up = time.monotonic() + READ_ELECTION_WAIT
+        retry_in = _FIRST_READ_RETRY
+        while True:
+            try:
+                response = await self._kv_stub.Range(request, timeout=self._timeout)
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (error.details() or ""):
+                    raise CompactedError(0) from error
+                if not during_election(error) or time.monotonic() + retry_in > give_up:
+                    raise _etcd_error(error) from error
+            await asyncio.sleep(retry_in)
+            retry_in *= 2
         return RangeResult([_kv(kv) for kv in response.kvs], response.header.revision, response.more)
 
     async def current_revision(self) -> int:

@@ -47,10 +47,14 @@ def _short_reason(details: str) -> str:
 
 
 def unreachable(error: grpc.aio.AioRpcError, what: str, address: str) -> CommandError:
-    """`error: cannot reach the API server at 127.0.0.1:6443: connection refused`."""
+    """`error: cannot reach the API server at 127.0.0.1:6443: connection refused`; when the server
+    answered and it is its storage that is out of reach, kubectl's line for a 503."""
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.UNAVAILABLE and details.startswith("etcd"):
+        return CommandError(f"Error from server (ServiceUnavailable): {details}")
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CommandError(f"error: {what} at {address} did not answer in time")
-    return CommandError(f"error: cannot reach {what} at {address}: {_short_reason(error.details() or '')}")
+    return CommandError(f"error: cannot reach {what} at {address}: {_short_reason(details)}")
 
 
 def server_error(

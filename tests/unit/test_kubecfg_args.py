@@ -11,7 +11,7 @@ from services.common.manifests import Manifest
 from services.common.resources import NODES, PODS, REPLICATION_CONTROLLERS, SERVICES
 from services.kubecfg import commands
 from services.kubecfg.commands import CommandError, ResourceRequest, parse_resources
-from services.kubecfg.errors import server_error
+from services.kubecfg.errors import server_error, unreachable
 from services.kubecfg.main import build_parser, main
 
 
@@ -108,6 +108,17 @@ def test_server_error_lines() -> None:
     already_named = 'Pod "web" is invalid: spec.containers[0].image: Required value'
     assert server_error(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, already_named), PODS, "web") == (
         f"Error from server (Invalid): {already_named}"
+    )
+
+
+def test_a_server_out_of_reach_and_a_server_whose_storage_is_out_of_reach_read_differently() -> None:
+    refused = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; Connection refused")
+    assert str(unreachable(refused, "the API server", "127.0.0.1:6443")) == (
+        "error: cannot reach the API server at 127.0.0.1:6443: connection refused"
+    )
+    storage_down = rpc_error(grpc.StatusCode.UNAVAILABLE, "etcd: UNAVAILABLE: etcdserver: no leader")
+    assert str(unreachable(storage_down, "the API server", "127.0.0.1:6443")) == (
+        "Error from server (ServiceUnavailable): etcd: UNAVAILABLE: etcdserver: no leader"
     )
 
 
