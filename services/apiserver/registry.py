@@ -73,6 +73,7 @@ from .storage import (
     prefix_range_end,
     put,
 )
+from .etcdwatch import EtcdWatches
 from .watchcache import WatchCache, WatchFilter
 
 # A kind's message. protobuf's stubs cannot say "a message with a metadata
@@ -542,6 +543,9 @@ class Strategy(Generic[T]):
     # keeps the object, with the foregroundDeletion finalizer, until they are gone); for the
     # other kinds Foreground is Background, as no collector would remove the finalizer.
     collects_dependents: ClassVar[bool] = False
+    # Whether the API server keeps a watch cache of this kind (False: each Watch follows etcd
+    # itself, see etcdwatch.py).
+    watch_cached: ClassVar[bool] = True
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
@@ -611,7 +615,8 @@ class Registry:
         self.storage = storage
         # Fails at start-up, naming the kind and field, if List's splicing cannot work.
         self.layout = wire_layout(kind)
-        self.cache = WatchCache(kind, storage, self.decode, offload=off_loop, **cache_options)
+        watches = WatchCache if strategy.watch_cached else EtcdWatches
+        self.cache = watches(kind, storage, self.decode, offload=off_loop, **cache_options)
         # The other kinds' registries in this server, for hooks that reach across kinds.
         self._peers: Mapping[str, Registry] = peers if peers is not None else {kind.name: self}
         self.subresources: dict[str, SubresourceREST] = {}

@@ -716,7 +716,10 @@ DEFAULT_EVENT_TTL = 3600
 
 class EventStrategy(Strategy[event_pb2.Event]):
     """Events (Kubernetes' event strategy): no spec nor status; each write is stored with an etcd
-    lease of `ttl` seconds, so an event expires that long after it was last written."""
+    lease of `ttl` seconds, so an event expires that long after it was last written. Not in the
+    watch cache, as in Kubernetes (etcdwatch.py says why)."""
+
+    watch_cached = False
 
     def __init__(self, kind: Kind, *, ttl: int = DEFAULT_EVENT_TTL) -> None:
         super().__init__(kind)

@@ -674,20 +674,26 @@ class WatchCache:
             watcher.offer(kind, event)
         self._register(watcher)
         try:
-            for data in initial:
+            async for data in self._stream(watcher, initial):
                 yield data
-            while True:
-                while watcher.queue:
-                    event_type, payload = watcher.queue.popleft()
-                    if event_type == BOOKMARK:
-                        yield self.encode_bookmark(payload)
-                    else:
-                        yield payload.encode(kind, event_type)
-                if watcher.closed is END_OF_STREAM:
-                    return
-                if watcher.closed is not None:
-                    raise watcher.closed
-                watcher.wakeup.clear()
-                await watcher.wakeup.wait()
         finally:
             self._unregister(watcher)
+
+    async def _stream(self, watcher: CacheWatcher, initial: Sequence[bytes]) -> AsyncIterator[bytes]:
+        """The caller's stream: `initial`, then what is offered to its watcher, until it is closed."""
+        kind = self.kind
+        for data in initial:
+            yield data
+        while True:
+            while watcher.queue:
+                event_type, payload = watcher.queue.popleft()
+                if event_type == BOOKMARK:
+                    yield self.encode_bookmark(payload)
+                else:
+                    yield payload.encode(kind, event_type)
+            if watcher.closed is END_OF_STREAM:
+                return
+            if watcher.closed is not None:
+                raise watcher.closed
+            watcher.wakeup.clear()
+            await watcher.wakeup.wait()
