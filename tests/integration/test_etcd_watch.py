@@ -52,7 +52,8 @@ async def test_initial_events_end_with_a_bookmark_then_the_watch_goes_on(api: Ap
         (live,) = await collect_events(call, 1)
     finally:
         call.cancel()
-    assert sorted((e.type, e.object.involved_object.name) for e in received[:-1]) == [("ADDED", "one"), ("ADDED", "two")]
+    initial = sorted((e.type, e.object.involved_object.name) for e in received[:-1])
+    assert initial == [("ADDED", "one"), ("ADDED", "two")]
     bookmark = received[-1].object.metadata
     assert bookmark.annotations[INITIAL_EVENTS_END_ANNOTATION] == "true" and bookmark.resource_version > 0
     assert live.type == "ADDED" and live.object.involved_object.name == "three"
