@@ -98,7 +98,9 @@ def events_of(api: ApiClient, namespace: str, involved: str, reason: str, count:
 
 
 async def test_create_list_by_field_selector_and_watch(api: ApiClient, namespace: str) -> None:
-    watch = api.watch(EVENTS, meta_pb2.ListOptions(namespace=namespace, field_selector="involvedObject.name=db"))
+    since = (await api.list(EVENTS, namespace)).metadata.resource_version  # no write can slip in before the watch
+    watch = api.watch(EVENTS, meta_pb2.ListOptions(
+        namespace=namespace, field_selector="involvedObject.name=db", resource_version=since))
     try:
         await api.create(an_event(namespace, involved="web"))
         created = await api.create(an_event(namespace, involved="db", reason="Started"))
