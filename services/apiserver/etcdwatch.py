@@ -24,10 +24,7 @@ from services.common.runtime import Backoff
 
 from .errors import ApiError
 from .storage import CompactedError, prefix_range_end
-from .watchcache import ADDED, CacheEvent, CacheWatcher, WatchCache, WatchFilter
-
-_RETRY_INITIAL = 0.1
-_RETRY_MAX = 5.0
+from .watchcache import ADDED, RETRY_INITIAL, RETRY_MAX, CacheEvent, CacheWatcher, WatchCache, WatchFilter
 
 
 class EtcdWatches(WatchCache):
@@ -87,7 +84,7 @@ class EtcdWatches(WatchCache):
         """Offers the watcher every change after its start_revision, as etcd sends them; follows
         etcd again from the last one when etcd's stream breaks."""
         kind = self.kind
-        backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while watcher.closed is None:
             try:
                 async for batch in self.storage.watch(self.prefix, watcher.start_revision + 1):

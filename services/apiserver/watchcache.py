@@ -34,8 +34,8 @@ from .errors import ApiError
 from .storage import CompactedError, KeyValue, Storage, WatchEvent, prefix_range_end
 
 # Retries of etcd's list and watch while etcd is away.
-_RETRY_INITIAL = 0.1
-_RETRY_MAX = 5.0
+RETRY_INITIAL = 0.1
+RETRY_MAX = 5.0
 
 # How long a Watch from a revision etcd has not reached waits for it, and how often it looks.
 FUTURE_REVISION_WAIT = 2.0
@@ -391,7 +391,7 @@ class WatchCache:
         bookmarks = asyncio.create_task(self._bookmark_loop())
         try:
             await self._relist()
-            backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
+            backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
             while True:
                 try:
                     async for batch in self.storage.watch(self.prefix, self.revision + 1):
@@ -417,7 +417,7 @@ class WatchCache:
             watcher.close(END_OF_STREAM)
 
     async def _relist(self) -> None:
-        backoff = Backoff(_RETRY_INITIAL, _RETRY_MAX)
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             try:
                 result = await self.storage.range(self.prefix, prefix_range_end(self.prefix))

@@ -90,6 +90,19 @@ async def expect_error(code: grpc.StatusCode, awaitable: Any) -> str:
     raise AssertionError(f"expected {code.name}, but the call succeeded")
 
 
+async def compact_etcd(etcd_endpoint: str) -> None:
+    """Compacts etcd's history up to its current revision (what a watch from before then meets)."""
+    from services.apiserver.storage import Storage
+    from tools.processes import dev_pki
+
+    storage = Storage([etcd_endpoint], credentials=dev_pki().etcd_client_credentials())
+    await storage.connect()
+    try:
+        await storage.compact(await storage.current_revision())
+    finally:
+        await storage.close()
+
+
 async def collect_events(call: Any, count: int, timeout: float = 20.0) -> list[Any]:
     """Reads `count` non-bookmark events from a watch call."""
     events: list[Any] = []

@@ -14,7 +14,7 @@ from services.common.transport import aio_channel
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, PODS
 from tools.processes import ApiServerProcess, dev_pki
 
-from .apihelpers import collect_events, expect_error, make_pod
+from .apihelpers import collect_events, compact_etcd, expect_error, make_pod
 
 
 def names(listing) -> list[str]:
@@ -209,17 +209,10 @@ async def test_label_change_out_of_selector_is_deleted_for_the_watcher(api, name
 
 
 async def test_watch_from_compacted_revision_is_out_of_range(api, namespace, etcd_endpoint):
-    from services.apiserver.storage import Storage
-
     old = (await api.create(make_pod("a", namespace))).metadata.resource_version
     for i in range(3):
         await api.create(make_pod(f"b{i}", namespace))
-    storage = Storage([etcd_endpoint], credentials=dev_pki().etcd_client_credentials())
-    await storage.connect()
-    try:
-        await storage.compact(await storage.current_revision())
-    finally:
-        await storage.close()
+    await compact_etcd(etcd_endpoint)
     call = api.watch(PODS, meta_pb2.ListOptions(namespace=namespace, resource_version=old))
     message = await expect_error(grpc.StatusCode.OUT_OF_RANGE, collect_events(call, 1))
     assert "resource_version" in message

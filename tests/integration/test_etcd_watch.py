@@ -8,12 +8,11 @@ import asyncio
 import grpc
 
 from kybernetes.v1 import meta_pb2
-from services.apiserver.storage import Storage
 from services.common.client import ApiClient
 from services.common.resources import EVENTS, INITIAL_EVENTS_END_ANNOTATION
-from tools.processes import ApiServerProcess, dev_pki
+from tools.processes import ApiServerProcess
 
-from .apihelpers import collect_events, expect_error
+from .apihelpers import collect_events, compact_etcd, expect_error
 from .test_events import an_event
 
 
@@ -81,12 +80,7 @@ async def test_a_watch_from_a_compacted_revision_is_out_of_range(
     old = (await api.create(an_event(namespace, involved="a"))).metadata.resource_version
     for name in ("b", "c"):  # etcd keeps the compaction's own revision: old + 1 must be older
         await api.create(an_event(namespace, involved=name))
-    storage = Storage([etcd_endpoint], credentials=dev_pki().etcd_client_credentials())
-    await storage.connect()
-    try:
-        await storage.compact(await storage.current_revision())
-    finally:
-        await storage.close()
+    await compact_etcd(etcd_endpoint)
     call = api.watch(EVENTS, meta_pb2.ListOptions(namespace=namespace, resource_version=old))
     message = await expect_error(grpc.StatusCode.OUT_OF_RANGE, collect_events(call, 1))
     assert "resource_version" in message and "too old" in message
