@@ -94,6 +94,19 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
+def startup_windows(
+    added: dict[str, float], running: dict[str, float], start: float, width: float = 30.0
+) -> list[tuple[float, float, int]]:
+    """Pod startup p99 of the pods first seen in each `width`-second window from `start`: (the
+    window's start in seconds, its p99, its pods). A tail made by a few stalls shows as a few
+    windows far above the rest; a tail spread evenly, as every window near the overall p99."""
+    windows: dict[int, list[float]] = defaultdict(list)
+    for uid, seen_at in added.items():
+        if uid in running:
+            windows[int((seen_at - start) // width)].append(running[uid] - seen_at)
+    return [(index * width, percentile(values, 0.99), len(values)) for index, values in sorted(windows.items())]
+
+
 def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/statm") as handle:
@@ -401,6 +414,13 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         loaded_at = Usage(cluster)
         startup = [running[uid] - added[uid] for uid in running if uid in added]
         result["startup_p50"], result["startup_p99"] = percentile(startup, 0.5), percentile(startup, 0.99)
+        # Where the tail is: scheduling (seen -> bound) or the kubelet and its status write
+        # (bound -> Running), and whether it comes from a few stalls or from every moment.
+        result["startup_phase_p99"] = {
+            "seen -> bound": percentile([bound[uid] - added[uid] for uid in bound if uid in added], 0.99),
+            "bound -> Running": percentile([running[uid] - bound[uid] for uid in running if uid in bound], 0.99),
+        }
+        result["startup_p99_windows"] = startup_windows(added, running, first)
         result["watch_delay_p50"] = percentile(latencies.watch_delays, 0.5)
         result["watch_delay_p99"] = percentile(latencies.watch_delays, 0.99)
         binds = sorted(bound.values())
@@ -483,6 +503,21 @@ def last_summary(process: ManagedProcess) -> str:
 # -- the report ------------------------------------------------------------------------------
 
 
+def startup_breakdown(result: dict[str, Any]) -> list[str]:
+    """The report's lines on where pod startup's tail is (results saved before they were kept have none)."""
+    if "startup_phase_p99" not in result:
+        return []
+    phases = "   ".join(f"{phase} {p99:.2f} s" for phase, p99 in result["startup_phase_p99"].items())
+    lines = [f"    p99 by phase         {phases}"]
+    windows = result.get("startup_p99_windows", [])
+    if windows:
+        worst = sorted(windows, key=lambda window: window[1], reverse=True)[:5]
+        above = sum(1 for window in windows if window[1] > 5.0)
+        shown = ", ".join(f"{p99:.1f} s at {start:.0f} s" for start, p99, _ in worst)
+        lines.append(f"    p99 by 30 s window   worst {shown}; {above} of {len(windows)} windows above 5 s")
+    return lines
+
+
 def report(result: dict[str, Any]) -> str:
     pods = result["pods"]
     variant = f" [{result['label']}]" if result.get("label") else ""
@@ -498,6 +533,7 @@ def report(result: dict[str, Any]) -> str:
         f"  nodes ready            {result['nodes_ready_s']:.1f} s",
         f"  all Running            {result['all_running_s']:.1f} s after the first RC",
         f"  pod startup            p50 {result['startup_p50']:.2f} s   p99 {result['startup_p99']:.2f} s",
+        *startup_breakdown(result),
         f"  watch delay            p50 {result['watch_delay_p50'] * 1000:.0f} ms   "
         f"p99 {result['watch_delay_p99'] * 1000:.0f} ms (a CREATE sent to its ADDED event seen)",
         f"  scheduler              {result['scheduled_per_s']:.0f} pods/s (first to last binding; bounded by --rate)",
