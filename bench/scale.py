@@ -100,6 +100,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
+def durations(began: dict[str, float], reached: dict[str, float]) -> dict[str, float]:
+    """Seconds from each pod's first moment to its second, for the pods that have both."""
+    return {uid: at - began[uid] for uid, at in reached.items() if uid in began}
+
+
 def startup_windows(
     added: dict[str, float], running: dict[str, float], start: float, width: float = STARTUP_WINDOW_SECONDS
 ) -> list[tuple[float, float, int]]:
@@ -107,9 +112,8 @@ def startup_windows(
     window's start in seconds, its p99, its pods). A tail made by a few stalls shows as a few
     windows far above the rest; a tail spread evenly, as every window near the overall p99."""
     windows: dict[int, list[float]] = defaultdict(list)
-    for uid, seen_at in added.items():
-        if uid in running:
-            windows[int((seen_at - start) // width)].append(running[uid] - seen_at)
+    for uid, took in durations(added, running).items():
+        windows[int((added[uid] - start) // width)].append(took)
     return [(index * width, percentile(values, 0.99), len(values)) for index, values in sorted(windows.items())]
 
 
@@ -420,13 +424,13 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         for task in tasks[-2:]:  # the progress lines and the probe client
             task.cancel()
         loaded_at = Usage(cluster)
-        startup = [running[uid] - added[uid] for uid in running if uid in added]
+        startup = list(durations(added, running).values())
         result["startup_p50"], result["startup_p99"] = percentile(startup, 0.5), percentile(startup, 0.99)
         # Where the tail is: scheduling (seen -> bound) or the kubelet and its status write
         # (bound -> Running), and whether it comes from a few stalls or from every moment.
         result["startup_phase_p99"] = {
-            "seen -> bound": percentile([bound[uid] - added[uid] for uid in bound if uid in added], 0.99),
-            "bound -> Running": percentile([running[uid] - bound[uid] for uid in running if uid in bound], 0.99),
+            "seen -> bound": percentile(list(durations(added, bound).values()), 0.99),
+            "bound -> Running": percentile(list(durations(bound, running).values()), 0.99),
         }
         result["startup_p99_windows"] = startup_windows(added, running, first)
         result["watch_delay_p50"] = percentile(latencies.watch_delays, 0.5)
@@ -449,8 +453,7 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         result["cpu_s_per_1000_pods"] = {
             name: (loaded_at.cpu[name] - idle.cpu[name]) * 1000 / total for name in processes
         }
-        load_span = max(loaded_at.at - idle.at, 1e-3)
-        result["cores_during_load"] = {name: (loaded_at.cpu[name] - idle.cpu[name]) / load_span for name in processes}
+        result["cores_during_load"] = loaded_at.cores_since(idle)
         result["etcd_db_mb"] = cluster.etcd_db_bytes() / 2**20
         result["hollow_summary"] = last_summary(cluster.hollow)
         # Again once the watch history's events of the load have aged out and the services have
