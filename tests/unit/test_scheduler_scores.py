@@ -97,6 +97,37 @@ def test_service_created_after_pods_regroups_them():
     assert spread(info, cache.registered_nodes()) == [MAX_SCORE, MAX_SCORE]
 
 
+def test_a_pod_in_several_of_the_groups_counts_once():
+    cache = cluster("a")
+    cache.set_service("default", "web", {"app": "web"})
+    bind(cache, owned("x", "rc-1", {"app": "web"}), "a")  # controller:rc-1 and service:default/web
+    bind(cache, owned("y", "rc-2", {"app": "web"}), "a")  # service:default/web only in common
+    bind(cache, owned("z", "rc-1"), "a")  # controller:rc-1 only
+    node_a = cache.nodes["a"]
+    assert node_a.spread_count(cache.pod_info(owned("new", "rc-1", {"app": "web"})).groups) == 3
+    assert node_a.spread_count(cache.pod_info(owned("new", "rc-1")).groups) == 2
+    assert node_a.spread_count(cache.pod_info(owned("new", "rc-3", {"app": "web"})).groups) == 2
+    assert node_a.spread_count(cache.pod_info(owned("new", "rc-3")).groups) == 0
+
+
+def test_spread_counts_match_a_count_of_the_pods_after_any_adds_and_removes():
+    rng = random.Random(7)
+    all_groups = ["controller:1", "controller:2", "service:default/a", "service:default/b"]
+    cache = cluster("a")
+    node_a = cache.nodes["a"]
+    held: list[PodInfo] = []
+    for step in range(500):
+        if held and rng.random() < 0.4:
+            node_a.remove(held.pop(rng.randrange(len(held))))
+        else:
+            info = PodInfo.from_pod(pod(f"p{step}"))
+            info.groups = frozenset(rng.sample(all_groups, rng.randint(0, 3)))
+            node_a.add(info)
+            held.append(info)
+        asked = frozenset(rng.sample(all_groups, rng.randint(1, 3)))
+        assert node_a.spread_count(asked) == sum(1 for info in held if info.groups & asked)
+
+
 def test_a_burst_of_replicas_spreads_evenly_through_assumptions():
     cache = cluster("a", "b", "c")
     rng = random.Random(7)

@@ -135,7 +135,7 @@ class NodeInfo:
         "name", "node", "labels", "unschedulable", "ready",
         "allocatable_cpu", "allocatable_memory", "allocatable_pods",
         "requested_cpu", "requested_memory", "score_cpu", "score_memory", "pod_count",
-        "ports", "groups",
+        "ports", "groups", "group_pods",
     )
 
     def __init__(self, name: str) -> None:
@@ -156,8 +156,11 @@ class NodeInfo:
         self.score_memory = 0
         self.pod_count = 0
         self.ports: collections.Counter[HostPort] = collections.Counter()
-        # How many pods carry each exact set of spread groups.
+        # How many pods carry each exact set of spread groups, and each single group: scoring
+        # asks every candidate node for its count, and most nodes hold none of the pod's groups
+        # (or the pod has one group), which the per-group count answers without a scan.
         self.groups: collections.Counter[frozenset[str]] = collections.Counter()
+        self.group_pods: collections.Counter[str] = collections.Counter()
 
     def set_node(self, node: node_pb2.Node) -> None:
         self.node = node
@@ -190,9 +193,19 @@ class NodeInfo:
             self.groups[pod.groups] += sign
             if self.groups[pod.groups] <= 0:
                 del self.groups[pod.groups]
+            for group in pod.groups:
+                self.group_pods[group] += sign
+                if self.group_pods[group] <= 0:
+                    del self.group_pods[group]
 
     def spread_count(self, groups: frozenset[str]) -> int:
         """Pods on this node that share at least one spread group with `groups`."""
+        if len(groups) == 1:
+            (group,) = groups
+            return self.group_pods.get(group, 0)
+        if not any(group in self.group_pods for group in groups):
+            return 0
+        # Several groups: a pod in two of them counts once, so count the exact sets.
         return sum(count for held, count in self.groups.items() if not held.isdisjoint(groups))
 
     @property
