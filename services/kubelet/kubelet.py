@@ -179,6 +179,7 @@ class Kubelet:
             runtime_default_seccomp=config.seccomp_default, network=self.network, hostports=self.hostports,
             service_environment=self.service_environment, pod_dns=self.pod_dns,
             pod_terminated=self.status.pod_terminated, recorder=self.recorder or NullRecorder(),
+            resync_interval=config.sync_frequency,
         )
         self.workers: dict[str, PodWorker] = {}
         self._worker_sequence = itertools.count(1)
@@ -434,21 +435,25 @@ class Kubelet:
     # --- housekeeping ------------------------------------------------------------------------
 
     def request_resync(self) -> None:
-        self.tasks.spawn(self._resync_once(), name="resync-now")
+        """Relists the runtime and syncs every pod now (Docker's events were lost a while)."""
+        self.tasks.spawn(self._resync_once(sync_every_pod=True), name="resync-now")
 
     async def _resync_loop(self) -> None:
+        # The runtime's relist and the orphans' cleanup; each pod worker syncs its pod
+        # periodically on its own (NodeContext.resync_interval, jittered).
         while True:
             await asyncio.sleep(self.config.sync_frequency)
-            await self._resync_once()
+            await self._resync_once(sync_every_pod=False)
 
-    async def _resync_once(self) -> None:
+    async def _resync_once(self, *, sync_every_pod: bool) -> None:
         try:
             await self.runtime.resync()
         except Exception as error:
             self._log.warning("docker_resync_failed", error=str(error))
             return
-        for worker in list(self.workers.values()):
-            worker.poke()
+        if sync_every_pod:
+            for worker in list(self.workers.values()):
+                worker.poke()
         if self.pod_config.all_ready:
             await self._cleanup_orphans()
 
@@ -463,8 +468,10 @@ class Kubelet:
             if uid:
                 self._log.info("orphan_pod_removing", pod_uid=uid)
                 self._new_worker(uid).update(None)
-        on_disk = await asyncio.to_thread(self.volumes.pod_uids_on_disk)
-        for uid in set(on_disk) - desired - set(self.workers) - self.cache.pod_uids():
+        known = desired | set(self.workers) | self.cache.pod_uids()
+        orphaned = await asyncio.to_thread(self.volumes.orphaned_pod_dirs, known)
+        # Again after the listing: a pod may have got a worker while it ran.
+        for uid in set(orphaned) - desired - set(self.workers) - self.cache.pod_uids():
             self._log.info("orphan_pod_directory_removing", pod_uid=uid)
             await self.volumes.cleanup(uid)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import stat
 import time
 from dataclasses import dataclass
@@ -144,6 +145,20 @@ class NodeContext:
     pod_terminated: Callable[[str, pod_pb2.Pod], None] | None = None
     # The kubelet's events (Created, Started, Killing, BackOff, Failed...).
     recorder: Recorder = NullRecorder()
+    # Each pod is synced again this long (plus up to half as much again, at random) after
+    # its last sync, whatever changed; 0: only when something changes.
+    resync_interval: float = 0.0
+
+
+# As Kubernetes' pod workers (workerResyncIntervalJitterFactor): each pod's periodic sync
+# falls at its own time, so that a node's pods (and a thousand nodes started together) do
+# not all sync at once.
+RESYNC_JITTER = 0.5
+
+
+def resync_delay(interval: float, rng: random.Random | None = None) -> float:
+    """How long until a pod's periodic sync: interval .. interval * (1 + RESYNC_JITTER)."""
+    return interval * (1 + RESYNC_JITTER * (rng or random).random())
 
 
 class PodWorker:
@@ -248,6 +263,8 @@ class PodWorker:
                     else:
                         await self._sync(pod)
                     sync_backoff.reset()
+                    if self.pod is not None and self.context.resync_interval > 0:
+                        self.poke_at(time.time() + resync_delay(self.context.resync_interval))
                 except asyncio.CancelledError:
                     raise
                 except Exception:

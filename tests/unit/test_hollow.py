@@ -4,8 +4,10 @@ path, and the real kubelet running a static pod on them (no Docker, no kernel, n
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from services.kubelet.fakeruntime import EXIT_KILLED, FakeRuntime
 from services.kubelet.hollow import HollowKubelet, HollowPodNetwork, RecordingHostPorts, hollow_config
 from services.kubelet.hostports import HostPortError, PortMapping
 from services.kubelet.naming import LABEL_POD_UID
+from services.kubelet.podworker import RESYNC_JITTER, PodWorker, resync_delay
 from services.kubelet.podnetwork import DEFAULT_POD_CIDR, PodNetworkError
 from services.kubelet.runtime import RuntimeCallError
 from services.proxy.hollow import RecordingDataPath
@@ -172,5 +175,66 @@ async def test_the_real_kubelet_runs_restarts_and_removes_a_pod_on_a_hollow_node
 
         await eventually(gone, timeout=10, interval=0.05)
         assert kubelet.network is not None and kubelet.network.pool.allocations() == []
+    finally:
+        await kubelet.stop()
+
+
+async def test_a_resync_removes_the_pod_directories_of_pods_this_node_no_longer_has(tmp_path: Path):
+    manifest = tmp_path / "manifests"
+    manifest.mkdir()
+    (manifest / "web.json").write_text(json.dumps(static_pod("web")))
+    root = tmp_path / "root"
+    pods = root / "pods"
+    for uid, node in (("gone-pod", "hollow-unit"), ("other-nodes-pod", "hollow-other")):
+        (pods / uid).mkdir(parents=True)
+        (pods / uid / "node").write_text(node)
+    config = hollow_config("hollow-unit", str(root), manifest_path=str(manifest), file_check_frequency=0.2,
+                           sync_frequency=0.2)
+    kubelet = HollowKubelet(config)
+    await kubelet.start()
+    try:
+        def cleaned():
+            assert sorted(path.name for path in pods.iterdir()) == sorted(
+                ["other-nodes-pod", *kubelet.workers]
+            ), "only the pod directory of this node's gone pod is removed"
+            assert status_of(kubelet, "web-hollow-unit").phase == "Running"
+            return True
+
+        await eventually(cleaned, timeout=10, interval=0.05)
+    finally:
+        await kubelet.stop()
+
+
+def test_periodic_syncs_are_spread_over_half_an_interval_more():
+    rng = random.Random(3)
+    delays = [resync_delay(60.0, rng) for _ in range(1000)]
+    assert 60.0 <= min(delays) and max(delays) <= 60.0 * (1 + RESYNC_JITTER)
+    assert max(delays) - min(delays) > 25.0, "spread, not one instant for every pod"
+
+
+async def test_every_pod_is_synced_again_on_its_own_without_any_change(tmp_path: Path, monkeypatch):
+    synced: collections.Counter[str] = collections.Counter()
+    sync = PodWorker._sync
+
+    async def counted(worker: PodWorker, pod: pod_pb2.Pod) -> None:
+        synced[pod.metadata.name] += 1
+        await sync(worker, pod)
+
+    monkeypatch.setattr(PodWorker, "_sync", counted)
+    manifest = tmp_path / "manifests"
+    manifest.mkdir()
+    for name in ("a", "b"):
+        (manifest / f"{name}.json").write_text(json.dumps(static_pod(name)))
+    config = hollow_config("hollow-unit", str(tmp_path / "root"), manifest_path=str(manifest),
+                           file_check_frequency=60.0, sync_frequency=0.1)
+    kubelet = HollowKubelet(config)
+    await kubelet.start()
+    try:
+        await eventually(lambda: all(status_of(kubelet, f"{name}-hollow-unit") for name in ("a", "b")),
+                         timeout=10, interval=0.05)
+        before = dict(synced)
+        assert len(before) == 2
+        await eventually(lambda: all(synced[name] >= before[name] + 5 for name in before), timeout=10,
+                         interval=0.05)
     finally:
         await kubelet.stop()

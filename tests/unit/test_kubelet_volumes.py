@@ -31,8 +31,9 @@ async def test_empty_dirs_are_made_and_removed_per_node(tmp_path) -> None:
     assert await asyncio.to_thread(os.path.isdir, os.path.join(paths["scratch"], "sub"))
     await theirs.prepare(_pod("uid-2", scratch))
     os.makedirs(tmp_path / "pods" / "no-marker")
-    assert mine.pod_uids_on_disk() == ["uid-1"]
-    assert theirs.pod_uids_on_disk() == ["uid-2"]
+    assert mine.orphaned_pod_dirs(keep=set()) == ["uid-1"]
+    assert theirs.orphaned_pod_dirs(keep=set()) == ["uid-2"]
+    assert mine.orphaned_pod_dirs(keep={"uid-1"}) == []
     await mine.cleanup("uid-1")
     assert not await asyncio.to_thread(os.path.exists, tmp_path / "pods" / "uid-1")
     assert await asyncio.to_thread(os.path.exists, tmp_path / "pods" / "uid-2")
