@@ -190,8 +190,6 @@ class Cluster:
         if args.node_status_report_frequency is not None:
             argv += ["--node-status-report-frequency", str(args.node_status_report_frequency)]
         argv += ["--sync-frequency", str(args.sync_frequency)]
-        if args.hollow_gc_freeze_every is not None:
-            argv += ["--gc-freeze-every", str(args.hollow_gc_freeze_every)]
         self.hollow = ManagedProcess(
             "hollownodes", python_module_argv("tools.hollownodes", *argv), f"{workdir}/hollownodes.log",
         )
@@ -361,7 +359,6 @@ async def bench_size(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "nodes": nodes, "pods": total, "rate": args.rate, "proxies": args.proxies, "label": args.label,
         "node_status_report_frequency": args.node_status_report_frequency, "sync_frequency": args.sync_frequency,
-        "hollow_gc_freeze_every": args.hollow_gc_freeze_every,
         "apiserver_args": list(args.apiserver_args), "controller_manager": args.controller_manager,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_before": load_average(),
         "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -736,9 +733,6 @@ def main() -> None:
                         help="the hollow kubelets' full resync period, seconds (default %(default)s, Kubernetes' "
                         "kubelet default: 1m; ours is 10 s, which at 30,000 pods in one process would take a core "
                         "of this machine simulating a thousand)")
-    parser.add_argument("--hollow-gc-freeze-every", type=float, default=None,
-                        help="the hollow nodes' --gc-freeze-every, seconds (default theirs, 5; 0: Python's collector "
-                        "alone)")
     parser.add_argument("--apiserver-arg", dest="apiserver_args", action="append", default=[], metavar="FLAG",
                         help="one more kube-apiserver flag (repeatable), e.g. --apiserver-arg=--bookmark-interval=60")
     parser.add_argument("--controller-manager", action="store_true",

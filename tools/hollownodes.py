@@ -81,10 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="kubelets starting at a time (default %(default)s)")
     parser.add_argument("--report-every", type=positive_duration, default=5.0,
                         help="seconds between summary lines on stdout (default %(default)s)")
-    parser.add_argument("--gc-freeze-every", type=duration, default=5.0,
-                        help="seconds between freezing what survived the collector's young generations, so that "
-                        "no collection walks every pod's objects (see Collector; 0: never, Python's collector "
-                        "alone; default %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("KYBERNETES_LOG_LEVEL", "warning"),
                         help="the components' log level (default warning: a thousand kubelets say a lot)")
     args = parser.parse_args(argv)
@@ -107,18 +103,10 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class Collector:
-    """The cyclic collector in a process that holds a thousand nodes' pods.
-
-    Every pod leaves hundreds of long-lived objects here (its worker, its tasks, its
-    decoded specs and statuses, its proxy's rules), a thousand times what one kubelet
-    holds. Python's collector walks every object that survived its young generations when
-    it collects the older ones: at 12,000 pods one such collection stopped every hollow
-    node for 1.1 s, and a full one walks the whole heap. So every `freeze_every` seconds
-    the young generations are collected and what survived is frozen (gc.freeze): no later
-    collection walks it again. The cost, a reference cycle among frozen objects is never
-    collected, is a bench tool's to bear, not a kubelet's (whose heap is one node's).
-    Pauses are counted for the summary line."""
+class CollectorPauses:
+    """How often the cyclic collector stopped the loop, and for how long at most: a thousand
+    nodes' pods are a thousand times the long-lived objects one kubelet holds, the collector
+    walks those that survived its young generations, and every hollow node waits for it."""
 
     SLOW_SECONDS = 0.1
 
@@ -139,12 +127,6 @@ class Collector:
         if info["generation"] == 2:
             self.full += 1
 
-    async def freeze_survivors(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            gc.collect(1)
-            gc.freeze()
-
     def summary(self) -> list[str]:
         return [f"gc_full={self.full}", f"gc_over_100ms={self.slow}", f"gc_longest_ms={self.longest * 1000:.0f}"]
 
@@ -160,7 +142,7 @@ class HollowNodes:
         self.root = Path(args.root_dir or tempfile.mkdtemp(prefix="kyb-hollow-"))
         self.kubelets: list[HollowKubelet] = []
         self.proxies: list[HollowProxy] = []
-        self.collector = Collector()
+        self.collector = CollectorPauses()
 
     def _node_access(self, name: str) -> ClusterAccess:
         if self.pki is None:
@@ -230,9 +212,6 @@ async def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     nodes.build()
     built = time.monotonic()
-    freezer = None
-    if args.gc_freeze_every > 0:
-        freezer = asyncio.create_task(nodes.collector.freeze_survivors(args.gc_freeze_every), name="gc-freeze")
     try:
         await nodes.start()
         print(f"hollow_nodes_ready nodes={len(nodes.kubelets)} proxies={len(nodes.proxies)} "
@@ -243,8 +222,6 @@ async def run(args: argparse.Namespace) -> int:
             except asyncio.TimeoutError:
                 print(nodes.summary(), flush=True)
     finally:
-        if freezer is not None:
-            freezer.cancel()
         await nodes.stop()
     print(nodes.summary(), flush=True)
     return 0
