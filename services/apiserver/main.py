@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from .rest.server import RestServer
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
+# Every call a gRPC server answers leaves a reference cycle (grpc.aio's method lookup: its
+# coroutine's scope and the closure that holds it, with the call's metadata, ~0.9 KiB), which
+# only a collection frees. At the services' young threshold (GC_THRESHOLDS: 50,000) the cycles
+# of up to ~10,000 calls wait at once, scattered among the watch cache's objects; the API server
+# answers every component's calls, so it collects every 10,000. Probe of 30,000 pods through
+# their three versions at 150/s (issue 16): RSS per pod 2.07-2.09x -> 1.84-1.85x the encoding,
+# the same time spent collecting (0.4-0.7 s over the load) and shorter pauses (the longest
+# young collection 82-89 -> 17-22 ms).
+GC_THRESHOLDS = (10_000, 20, 100)
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
 # The ports the components listen on by default (make up's), which node ports may not take.
 COMPONENT_PORTS = {
@@ -313,7 +322,7 @@ async def start_controllers(args: argparse.Namespace, port: int) -> list[asyncio
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_service(serve(parse_args(argv)))
+    run_service(serve(parse_args(argv)), gc_thresholds=GC_THRESHOLDS)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ async def _releasing_free_memory(main: Coroutine[Any, Any, int | None]) -> int |
         await asyncio.gather(releaser, return_exceptions=True)
 
 
-def run_service(main: Coroutine[Any, Any, int | None]) -> NoReturn:
-    gc.set_threshold(*GC_THRESHOLDS)
+def run_service(
+    main: Coroutine[Any, Any, int | None], *, gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS
+) -> NoReturn:
+    gc.set_threshold(*gc_thresholds)
     tune_allocator()
     sys.exit(asyncio.run(_releasing_free_memory(main)))
