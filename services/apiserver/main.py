@@ -37,10 +37,10 @@ DEFAULT_LISTEN = "127.0.0.1:6443"
 # coroutine's scope and the closure that holds it, with the call's metadata, ~0.9 KiB), which
 # only a collection frees. At the services' young threshold (GC_THRESHOLDS: 50,000) the cycles
 # of up to ~10,000 calls wait at once, scattered among the watch cache's objects; the API server
-# answers every component's calls, so it collects every 10,000. Probe of 30,000 pods through
-# their three versions at 150/s (issue 16): RSS per pod 2.07-2.09x -> 1.84-1.85x the encoding,
-# the same time spent collecting (0.4-0.7 s over the load) and shorter pauses (the longest
-# young collection 82-89 -> 17-22 ms).
+# answers every component's calls, so it collects every 10,000. With bench.apimemory's load
+# (30,000 pods through their three versions; three runs each, issue 16): RSS per pod 2.07-2.09x
+# -> 1.84-1.85x the encoding, the same time spent collecting (0.4-0.7 s over the load) and
+# shorter pauses (the longest young collection 82-89 -> 17-22 ms).
 GC_THRESHOLDS = (10_000, 20, 100)
 DEFAULT_CONTROLLERS = "scheduler,endpoints,nodelifecycle,nodeipam"
 # The ports the components listen on by default (make up's), which node ports may not take.
