@@ -29,13 +29,12 @@ import uuid
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kybernetes.v1 import meta_pb2, namespace_pb2, node_pb2, pod_pb2
-from services.apiserver.watchcache import DEFAULT_BOOKMARK_INTERVAL, DEFAULT_HISTORY_AGE
+from services.apiserver.watchcache import DEFAULT_HISTORY_AGE
 from services.common.client import ApiClient
-from services.common.memory import RELEASE_INTERVAL
 from services.common.resources import PODS
 from tools.processes import ApiServerProcess, EtcdProcess, use_dev_credentials
 
-from .scale import IMAGE, cpu_seconds, percentile, rss_mb
+from .scale import IMAGE, cpu_seconds, percentile, rss_mb, settle_seconds
 
 NAMESPACE = "load"
 RC_SIZE = 100  # pods per replication controller, as bench.scale's
@@ -134,7 +133,7 @@ async def run(args: argparse.Namespace) -> None:
             listed = await api.list(PODS, NAMESPACE, limit=500)
             encoded = sum(len(pod.SerializeToString()) for pod in listed.items) / len(listed.items)
             cpu = cpu_seconds(api_server.pid)
-            await asyncio.sleep(history_age + DEFAULT_BOOKMARK_INTERVAL + RELEASE_INTERVAL + 5.0)
+            await asyncio.sleep(settle_seconds(history_age))
             settled = rss_mb(api_server.pid)
         finally:
             for watch in watches:

@@ -84,9 +84,15 @@ CONTROLLERS = "nodeipam,scheduler,endpoints,nodelifecycle"
 CLUSTER_CIDR = "10.128.0.0/14"  # 1,024 node ranges of /24
 RESULTS = Path(__file__).resolve().parent / "results"
 CPU_WINDOW = 10.0  # seconds over which "cores used" is measured
-# When the settled RSS is read, after the loaded one: the watch history lets an event go once it
-# is older than its age, at the next event of its kind or bookmark round; then the next release.
-SETTLE_SECONDS = DEFAULT_HISTORY_AGE + DEFAULT_BOOKMARK_INTERVAL + RELEASE_INTERVAL + 5.0
+
+
+def settle_seconds(history_age: float = DEFAULT_HISTORY_AGE) -> float:
+    """When the settled RSS is read, after the loaded one: the watch history lets an event go once
+    it is older than its age, at the next event of its kind or bookmark round; then the next release."""
+    return history_age + DEFAULT_BOOKMARK_INTERVAL + RELEASE_INTERVAL + 5.0
+
+
+SETTLE_SECONDS = settle_seconds()
 PROCESSES = ("apiserver", "etcd", "replicator", "hollow")
 # With --controller-manager: the scheduler and the controllers in a process of their own.
 CONTROLLER_MANAGER = "controllers"
