@@ -12,10 +12,10 @@ scheduler binds them, then the status the kubelet writes once its container runs
 history is kept for --history-age seconds, by default what 75 s holds at bench.scale's 30 pods/s,
 so that the history weighs what it weighs there.
 
-Printed: the API server's RSS with the nodes alone, with the pods (loaded), and once the
-load's history has aged out and the free memory has been released (settled); the difference
-per pod against the pods' encoded size; the API server's CPU seconds, and p50/p99 of a pod's
-three calls.
+Printed: the API server's RSS with the nodes alone, with the pods (loaded), after bench.scale's
+full lists of every pod (listed), and once the load's history has aged out and the free memory
+has been released (settled); the difference per pod against the pods' encoded size; the API
+server's CPU seconds, p50/p99 of a pod's three calls, and how long the full lists took.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from services.common.client import ApiClient
 from services.common.resources import PODS
 from tools.processes import ApiServerProcess, EtcdProcess, use_dev_credentials
 
-from .scale import IMAGE, cpu_seconds, percentile, rss_mb, settle_seconds
+from .scale import IMAGE, cpu_seconds, list_all, percentile, rss_mb, settle_seconds
 
 NAMESPACE = "load"
 RC_SIZE = 100  # pods per replication controller, as bench.scale's
 SCALE_RATE = 30.0  # bench.scale's density rate, pods/s
 ALL_POD_WATCHES = 3
+FULL_LISTS = 3  # bench.scale's, before its paged one
 IN_FLIGHT = 50  # pods between their creation and their Running status at once
 NODES_SETTLE_SECONDS = 20.0
 
@@ -130,9 +131,17 @@ async def run(args: argparse.Namespace) -> None:
                 pods.append(asyncio.create_task(one_pod(index)))
             await asyncio.gather(*pods)
             loaded = rss_mb(api_server.pid)
-            listed = await api.list(PODS, NAMESPACE, limit=500)
-            encoded = sum(len(pod.SerializeToString()) for pod in listed.items) / len(listed.items)
             cpu = cpu_seconds(api_server.pid)
+            page = await api.list(PODS, NAMESPACE, limit=500)
+            encoded = sum(len(pod.SerializeToString()) for pod in page.items) / len(page.items)
+            # bench.scale's full lists of every pod, between its loaded and settled readings.
+            listing = []
+            for _ in range(FULL_LISTS):
+                began = time.perf_counter()
+                await api.list(PODS, "")
+                listing.append(time.perf_counter() - began)
+            await list_all(api)
+            listed = rss_mb(api_server.pid)
             await asyncio.sleep(settle_seconds(history_age))
             settled = rss_mb(api_server.pid)
         finally:
@@ -147,8 +156,11 @@ async def run(args: argparse.Namespace) -> None:
         size = (rss - idle) * 2**20 / args.pods
         return f"{size:,.0f} B of RSS per pod, {size / encoded:.2f}x the encoding"
 
-    print(f"API server RSS   idle {idle:.1f} MB, loaded {loaded:.1f} MB, settled {settled:.1f} MB")
+    print(f"API server RSS   idle {idle:.1f} MB, loaded {loaded:.1f} MB, listed {listed:.1f} MB, "
+          f"settled {settled:.1f} MB")
     print(f"  loaded         {per_pod(loaded)} ({encoded:.0f} B; the target: 2x)")
+    print(f"  listed         {per_pod(listed)} (after {FULL_LISTS} full lists, "
+          f"{min(listing):.2f}-{max(listing):.2f} s, and one in pages of 500)")
     print(f"  settled        {per_pod(settled)}")
     print(f"API server CPU   {cpu:.1f} s; a pod's three calls p50 {percentile(took, 0.5) * 1000:.1f} ms, "
           f"p99 {percentile(took, 0.99) * 1000:.1f} ms")

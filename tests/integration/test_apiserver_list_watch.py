@@ -9,6 +9,7 @@ import signal
 import grpc
 
 from kybernetes.v1 import meta_pb2
+from services.apiserver.registry import LIST_PAGE
 from services.common.client import ApiClient
 from services.common.transport import aio_channel
 from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, PODS
@@ -88,6 +89,34 @@ async def test_pagination_with_selector(api, namespace):
         if not token:
             break
     assert seen == [f"p-{i:02d}" for i in range(0, 20, 2)]
+
+
+async def test_lists_longer_than_one_etcd_page(api, namespace):
+    """List reads etcd LIST_PAGE objects at a time at one revision: a list, its limits and its
+    selectors come out the same as from one range across the pages' edges."""
+    count = LIST_PAGE + 150
+    pod_names = [f"p-{i:04d}" for i in range(count)]
+    in_flight = asyncio.Semaphore(50)
+
+    async def create(index: int) -> None:
+        async with in_flight:
+            await api.create(make_pod(pod_names[index], namespace, {"tens": str(index // 10 % 2)}))
+
+    await asyncio.gather(*(create(i) for i in range(count)))
+    try:
+        everything = await api.list(PODS, namespace)
+        assert names(everything) == pod_names and not everything.metadata.continue_token
+        for index in (0, LIST_PAGE - 1, LIST_PAGE, count - 1):  # each item's own revision, spliced in
+            got = await api.get(PODS, pod_names[index], namespace)
+            assert everything.items[index] == got
+        crossing = await api.list(PODS, namespace, limit=LIST_PAGE + 10)
+        assert names(crossing) == pod_names[: LIST_PAGE + 10] and crossing.metadata.continue_token
+        rest = await api.list(PODS, namespace, limit=LIST_PAGE, continue_token=crossing.metadata.continue_token)
+        assert names(rest) == pod_names[LIST_PAGE + 10 :] and not rest.metadata.continue_token
+        selected = await api.list(PODS, namespace, label_selector="tens=1", limit=LIST_PAGE // 2 + 5)
+        assert names(selected) == [name for i, name in enumerate(pod_names) if i // 10 % 2][: LIST_PAGE // 2 + 5]
+    finally:
+        await asyncio.gather(*(api.delete(PODS, name, namespace) for name in pod_names))
 
 
 async def test_bad_continue_token(api, namespace):
