@@ -744,9 +744,15 @@ class Registry:
         items = bytearray()  # the list message's items, written as etcd's pages arrive
         count = 0
         next_token = ""
+        fetch = 0
         while True:
             room = limit - count if limit else 0
-            fetch = min(room, LIST_PAGE) if room and not filtering else LIST_PAGE
+            if filtering and fetch:
+                # The selector passed over some of the last page: read twice as many at
+                # once (as Kubernetes' etcd store does), not a limit's worth again and again.
+                fetch = min(fetch * 2, LIST_PAGE)
+            else:
+                fetch = min(room, LIST_PAGE) if room else LIST_PAGE
             try:
                 result = await self.storage.range(start, end, limit=fetch, revision=revision)
             except CompactedError:

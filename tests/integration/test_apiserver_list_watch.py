@@ -102,6 +102,10 @@ async def test_lists_longer_than_one_etcd_page(api, namespace):
         async with in_flight:
             await api.create(make_pod(pod_names[index], namespace, {"tens": str(index // 10 % 2)}))
 
+    async def delete(name: str) -> None:
+        async with in_flight:
+            await api.delete(PODS, name, namespace)
+
     await asyncio.gather(*(create(i) for i in range(count)))
     try:
         everything = await api.list(PODS, namespace)
@@ -116,7 +120,7 @@ async def test_lists_longer_than_one_etcd_page(api, namespace):
         selected = await api.list(PODS, namespace, label_selector="tens=1", limit=LIST_PAGE // 2 + 5)
         assert names(selected) == [name for i, name in enumerate(pod_names) if i // 10 % 2][: LIST_PAGE // 2 + 5]
     finally:
-        await asyncio.gather(*(api.delete(PODS, name, namespace) for name in pod_names))
+        await asyncio.gather(*map(delete, pod_names))
 
 
 async def test_bad_continue_token(api, namespace):
