@@ -269,6 +269,8 @@ def test_a_cached_event_is_the_event_message_encoded(labels: int):
         assert PODS.event_message.FromString(data) == expected
         if labels == 0:  # the pod's one label, one map entry: protobuf's own encoding, byte for byte
             assert data == expected.SerializeToString()
+        if labels == 5_000:  # ENCODE_AHEAD_BYTES or more: encoded once, one copy for every watcher
+            assert cached.encode(PODS, event_type) is data
 
 
 async def test_the_watch_cache_applies_big_events_as_small_ones(monkeypatch: pytest.MonkeyPatch):
