@@ -65,6 +65,7 @@ from .storage import (
     CompactedError,
     KeyValue,
     Op,
+    RangeResult,
     Storage,
     absent,
     at_revision,
@@ -309,6 +310,12 @@ def wire_layout(kind: Kind) -> WireLayout:
         resource_version_tag=_tag(resource_version, _WIRE_VARINT),
         items_tag=_tag(items, _WIRE_LENGTH_DELIMITED),
     )
+
+
+def _ignore_outcome(task: asyncio.Task[Any]) -> None:
+    """Marks a task's outcome as seen, so that asyncio does not log an error nobody awaits."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _encode_continue(revision: int, next_key: bytes) -> str:
@@ -745,48 +752,64 @@ class Registry:
         count = 0
         next_token = ""
         fetch = 0
-        while True:
-            room = limit - count if limit else 0
-            if filtering and fetch:
-                # The selector passed over some of the last page: read twice as many at
-                # once (as Kubernetes' etcd store does), not a limit's worth again and again.
-                fetch = min(fetch * 2, LIST_PAGE)
-            else:
-                fetch = min(room, LIST_PAGE) if room else LIST_PAGE
-            try:
-                result = await self.storage.range(start, end, limit=fetch, revision=revision)
-            except CompactedError:
-                raise ApiError(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    "continue: the list's revision was compacted; start the list again without a token",
-                ) from None
-            except ApiError as error:
-                # etcd refuses a revision it has not reached ("mvcc: required revision is a
-                # future revision"): only a forged token names one, a client's mistake.
-                if revision and "future revision" in error.message:
-                    raise ApiError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"continue: the token's revision {revision} is newer than the store's; "
-                        "not a token from a previous List",
-                    ) from None
-                raise
-            revision = revision or result.revision
-            kvs = result.kvs
-            added, stopped = await off_loop(
-                sum(len(kv.value) for kv in kvs), self._page, items, kvs, labels, fields, room
-            )
-            count += added
-            if stopped is not None and (stopped + 1 < len(kvs) or result.more):
-                next_token = _encode_continue(revision, kvs[stopped].key + b"\0")
-            if next_token or not result.more or not kvs or (limit and count == limit):
-                break
-            start = kvs[-1].key + b"\0"
+        ahead: asyncio.Task[RangeResult] | None = None  # the next page, read while this one is written
+        try:
+            while True:
+                room = limit - count if limit else 0
+                if filtering and fetch:
+                    # The selector passed over some of the last page: read twice as many at
+                    # once (as Kubernetes' etcd store does), not a limit's worth again and again.
+                    fetch = min(fetch * 2, LIST_PAGE)
+                else:
+                    fetch = min(room, LIST_PAGE) if room else LIST_PAGE
+                result = await (ahead or self._read_page(start, end, fetch, revision))
+                ahead = None
+                revision = revision or result.revision
+                kvs = result.kvs
+                if result.more and kvs and not filtering and (not room or len(kvs) < room):
+                    # Every object of this page goes in the list, and more follow: etcd reads
+                    # the next page meanwhile (a List of 30,000 pods reads 30 pages).
+                    following = min(room - len(kvs), LIST_PAGE) if room else LIST_PAGE
+                    ahead = asyncio.ensure_future(self._read_page(kvs[-1].key + b"\0", end, following, revision))
+                added, stopped = await off_loop(
+                    sum(len(kv.value) for kv in kvs), self._page, items, kvs, labels, fields, room
+                )
+                count += added
+                if stopped is not None and (stopped + 1 < len(kvs) or result.more):
+                    next_token = _encode_continue(revision, kvs[stopped].key + b"\0")
+                if next_token or not result.more or not kvs or (limit and count == limit):
+                    break
+                start = kvs[-1].key + b"\0"
+        finally:
+            if ahead is not None:  # this request failed or was cancelled: so is its read ahead
+                ahead.cancel()
+                ahead.add_done_callback(_ignore_outcome)
         header = self.kind.list_message(
             api_version=self.kind.api_version,
             kind=f"{self.kind.name}List",
             metadata=meta_pb2.ListMeta(resource_version=revision, continue_token=next_token),
         ).SerializeToString()
         return await off_loop(len(items), header.__add__, items)
+
+    async def _read_page(self, start: bytes, end: bytes, limit: int, revision: int) -> RangeResult:
+        """Up to limit objects from start, at revision (0: the latest), for List."""
+        try:
+            return await self.storage.range(start, end, limit=limit, revision=revision)
+        except CompactedError:
+            raise ApiError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                "continue: the list's revision was compacted; start the list again without a token",
+            ) from None
+        except ApiError as error:
+            # etcd refuses a revision it has not reached ("mvcc: required revision is a
+            # future revision"): only a forged token names one, a client's mistake.
+            if revision and "future revision" in error.message:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"continue: the token's revision {revision} is newer than the store's; "
+                    "not a token from a previous List",
+                ) from None
+            raise
 
     def _page(
         self,
