@@ -131,7 +131,7 @@ async def off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
 # of every pod once read them all in one range; at 30,000 pods etcd's answer, an object per
 # key and a spliced copy of each lived at once beside the message (~100 MB for a 19 MB list),
 # and the API server's RSS stood 43 MB higher afterwards (bench.apimemory). A page at a time
-# keeps one page of those beside the message being written.
+# keeps two pages of those beside the message being written: this one and the one read ahead.
 LIST_PAGE = 1_000
 
 

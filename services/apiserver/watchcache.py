@@ -154,6 +154,7 @@ class _BigCachedObject(CachedObject):
     for every watcher, and kept by type."""
 
     __slots__ = ("_encoded",)
+    _encoded: dict[str, bytes]  # by event type; set at the first encode
 
     def encode(self, kind: Kind, event_type: str) -> bytes:
         try:
@@ -164,8 +165,6 @@ class _BigCachedObject(CachedObject):
         if data is None:
             data = encoded[event_type] = _encode_event(kind, event_type, self._body)
         return data
-
-    _encoded: dict[str, bytes]
 
 
 # (id(kind), big) -> CachedObject's class for that kind's objects. By id: hashing a Kind
