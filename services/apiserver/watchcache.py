@@ -17,6 +17,7 @@ import asyncio
 import collections
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Mapping, Sequence
 
@@ -30,6 +31,7 @@ from services.common.resources import INITIAL_EVENTS_END_ANNOTATION, Kind
 from services.common.runtime import Backoff
 from services.common.selectors import FieldSelector, LabelSelector, Operator
 
+from .bodycompression import KindDictionary, inflate
 from .errors import ApiError
 from .storage import CompactedError, KeyValue, Storage, WatchEvent, prefix_range_end
 
@@ -103,27 +105,40 @@ class CachedObject:
 
     The decoded message is not kept (a decoded pod takes ~5.4 KiB, its encoding ~0.6 KiB,
     and the history holds several versions of each pod): `obj` decodes it again when asked
-    (upb decodes lazily: ~1 us for a pod). Kept beside the bytes: the namespace (interned),
-    the labels (one read-only dict per distinct label set, shared by every object and
-    version that has it: the pods of a controller share theirs), and the value of the kind's
-    trigger field (a pod's node, shared with the trigger index). The other selectable fields
-    (0.5-3 KiB as a dict) are made from the bytes when a field selector asks: a kubelet's
-    `spec.nodeName=X` reads the trigger value; other field selectors are rare."""
+    (upb decodes lazily: ~1 us for a pod). The encoding itself is kept deflated against a
+    recent object of the kind when that saves enough (bodycompression: a pod's 0.6 KiB come
+    to ~0.25). Kept beside the bytes: the namespace (interned), the labels (one read-only dict
+    per distinct label set, shared by every object and version that has it: the pods of a
+    controller share theirs), and the value of the kind's trigger field (a pod's node, shared
+    with the trigger index). The other selectable fields (0.5-3 KiB as a dict) are made from
+    the bytes when a field selector asks: a kubelet's `spec.nodeName=X` reads the trigger
+    value; other field selectors are rare."""
 
     __slots__ = ("_body", "namespace", "labels", "trigger")
-    # The kind, and for an object of ENCODE_AHEAD_BYTES or more a slot for its encoded watch
-    # events, live on a class made per kind (CachedObject(kind, obj) makes an instance of it):
-    # two slots on every object were 16 of the ~1,100 bytes of RSS a cached pod costs.
+    # The kind, the dictionary a deflated object was deflated against, and for an object of
+    # ENCODE_AHEAD_BYTES or more a slot for its encoded watch events, live on a class made per
+    # kind and form (CachedObject(kind, obj) makes an instance of one): two slots on every
+    # object were 16 of the ~1,100 bytes of RSS a cached pod cost.
     _kind: ClassVar[Kind]
     # The slots' types, for the checker (__new__ sets them).
-    _body: bytes
+    _body: bytes  # the encoding, or for a _DeflatedCachedObject the encoding deflated
     namespace: str
     labels: Mapping[str, str]
     trigger: str | None
 
     def __new__(cls, kind: Kind, obj: Any) -> CachedObject:
         body: bytes = obj.SerializeToString()
-        self: CachedObject = object.__new__(_cached_class(kind, big=len(body) >= ENCODE_AHEAD_BYTES))
+        if len(body) >= ENCODE_AHEAD_BYTES:
+            # Not deflated: its events are encoded once and kept, and deflating 1.4 MiB takes ~10 ms.
+            cached_class = _cached_class(kind, _BigCachedObject)
+        else:
+            deflated = _dictionary(kind).compress(body)
+            if deflated is None:
+                cached_class = _cached_class(kind, CachedObject)
+            else:
+                body, zdict = deflated
+                cached_class = _cached_class(kind, _DeflatedCachedObject, zdict)
+        self: CachedObject = object.__new__(cached_class)
         self._body = body
         self.namespace = sys.intern(obj.metadata.namespace)  # one string for all the versions
         self.labels = shared_labels(obj.metadata.labels)
@@ -133,9 +148,14 @@ class CachedObject:
         return self
 
     @property
+    def body(self) -> bytes:
+        """The object's encoding."""
+        return self._body
+
+    @property
     def obj(self) -> Any:
         """The object, decoded anew (it is not stored)."""
-        return self._kind.message.FromString(self._body)
+        return self._kind.message.FromString(self.body)
 
     @property
     def fields(self) -> dict[str, str]:
@@ -146,7 +166,18 @@ class CachedObject:
         """The watch event of event_type with this object: the encoded object after the event's
         head, the bytes kind.event_message(type=..., object=obj) encodes to, without copying
         the object into an event message first (10 ms for a 1.4 MiB one)."""
-        return _encode_event(kind, event_type, self._body)
+        return _encode_event(kind, event_type, self.body)
+
+
+class _DeflatedCachedObject(CachedObject):
+    """An object whose encoding is kept deflated against its class's dictionary."""
+
+    __slots__ = ()
+    _zdict: ClassVar[bytes]
+
+    @property
+    def body(self) -> bytes:
+        return inflate(self._body, self._zdict)
 
 
 class _BigCachedObject(CachedObject):
@@ -167,18 +198,34 @@ class _BigCachedObject(CachedObject):
         return data
 
 
-# (id(kind), big) -> CachedObject's class for that kind's objects. By id: hashing a Kind
-# hashes all its fields, once per object decoded; the class keeps its kind, so the id is
-# never another kind's.
-_cached_classes: dict[tuple[int, bool], type[CachedObject]] = {}
+# (id(kind), form, id(zdict)) -> CachedObject's class for that kind's objects of that form
+# (CachedObject itself, _DeflatedCachedObject, _BigCachedObject) and dictionary. By id:
+# hashing a Kind hashes all its fields, once per object decoded; the class keeps its kind and
+# dictionary, so neither id is another's while the class lives. Weak: the class of a
+# dictionary the kind has replaced goes with the last object deflated against it.
+_cached_classes: weakref.WeakValueDictionary[tuple[int, type, int], type[CachedObject]] = (
+    weakref.WeakValueDictionary()
+)
+# Each kind's dictionary (bodycompression), by id(kind): kinds are module constants.
+_dictionaries: dict[int, KindDictionary] = {}
 
 
-def _cached_class(kind: Kind, *, big: bool) -> type[CachedObject]:
-    cached_class = _cached_classes.get((id(kind), big))
+def _dictionary(kind: Kind) -> KindDictionary:
+    dictionary = _dictionaries.get(id(kind))
+    if dictionary is None:
+        dictionary = _dictionaries.setdefault(id(kind), KindDictionary())
+    return dictionary
+
+
+def _cached_class(kind: Kind, form: type[CachedObject], zdict: bytes = b"") -> type[CachedObject]:
+    key = (id(kind), form, id(zdict))
+    cached_class = _cached_classes.get(key)
     if cached_class is None:
-        base = _BigCachedObject if big else CachedObject
-        cached_class = type(f"{base.__name__}[{kind.name}]", (base,), {"__slots__": (), "_kind": kind})
-        _cached_classes[(id(kind), big)] = cached_class
+        attributes: dict[str, Any] = {"__slots__": (), "_kind": kind}
+        if form is _DeflatedCachedObject:
+            attributes["_zdict"] = zdict
+        cached_class = type(f"{form.__name__}[{kind.name}]", (form,), attributes)
+        _cached_classes[key] = cached_class
     return cached_class
 
 

@@ -117,7 +117,7 @@ class _FourSlots:
 def test_a_cached_object_is_its_bytes_and_three_fields_its_kind_on_its_class() -> None:
     pod, other_pod = CachedObject(PODS, a_pod(2)), CachedObject(PODS, a_pod(3, "n-a"))
     event = CachedObject(EVENTS, event_pb2.Event(metadata=meta_pb2.ObjectMeta(name="e", namespace="ns")))
-    assert type(pod) is type(other_pod) and type(event) is not type(pod)  # one class per kind
+    assert type(pod)._kind is PODS and type(event)._kind is EVENTS  # the kind on the class, not the object
     assert (pod.obj, other_pod.obj.spec.node_name, event.obj.metadata.name) == (a_pod(2), "n-a", "e")
     assert isinstance(pod, CachedObject) and not hasattr(pod, "__dict__")
     assert sys.getsizeof(pod) == sys.getsizeof(_FourSlots())  # the RSS of 30,000 pods counts each slot
