@@ -32,6 +32,8 @@ class EtcdWatches(WatchCache):
     each Watch lists (for its initial events) and watches etcd itself. The bookmark loop and
     shutdown are the cache's."""
 
+    keeps_objects = False
+
     async def run(self) -> None:
         self._ready.set()
         try:

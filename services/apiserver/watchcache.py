@@ -127,13 +127,15 @@ class CachedObject:
     labels: Mapping[str, str]
     trigger: str | None
 
-    def __new__(cls, kind: Kind, obj: Any) -> CachedObject:
+    def __new__(cls, kind: Kind, obj: Any, deflate: bool = True) -> CachedObject:
+        """deflate: False for an object read once and dropped (an uncached kind's event), which
+        deflating would only cost the time to deflate and inflate it."""
         body: bytes = obj.SerializeToString()
         if len(body) >= ENCODE_AHEAD_BYTES:
             # Not deflated: its events are encoded once and kept, and deflating 1.4 MiB takes ~10 ms.
             cached_class = _cached_class(kind, _BigCachedObject)
         else:
-            deflated = _dictionary(kind).compress(body)
+            deflated = _dictionary(kind).compress(body) if deflate else None
             if deflated is None:
                 cached_class = _cached_class(kind, CachedObject)
             else:
@@ -377,6 +379,10 @@ class CacheWatcher:
 class WatchCache:
     """The in-memory view of one kind, kept current by a single etcd watch."""
 
+    # The objects it decodes are kept (and so deflated, see CachedObject); EtcdWatches' are
+    # read once and dropped.
+    keeps_objects: ClassVar[bool] = True
+
     def __init__(
         self,
         kind: Kind,
@@ -526,7 +532,8 @@ class WatchCache:
         self._log.info("watch_cache_listed", objects=len(objects), revision=result.revision)
 
     def _decode_all(self, kvs: Sequence[KeyValue]) -> dict[bytes, CachedObject]:
-        return {kv.key: CachedObject(self.kind, self.decode(kv.value, kv.mod_revision)) for kv in kvs}
+        keep = self.keeps_objects
+        return {kv.key: CachedObject(self.kind, self.decode(kv.value, kv.mod_revision), keep) for kv in kvs}
 
     def _decode_events(
         self, events: Sequence[WatchEvent], encode: bool
@@ -536,15 +543,15 @@ class WatchCache:
         the deletion's revision; None for a deletion etcd sent no previous value with), and
         the previous value's object when the cache does not hold one. With `encode`
         (watchers are there), each big object is also encoded as the event most watchers get."""
-        kind, objects = self.kind, self._objects
+        kind, objects, keep = self.kind, self._objects, self.keeps_objects
         decoded: list[tuple[CachedObject | None, CachedObject | None]] = []
         for raw in events:
             previous = None
             if raw.prev_value is not None and raw.key not in objects:
-                previous = CachedObject(kind, self.decode(raw.prev_value, 0))
+                previous = CachedObject(kind, self.decode(raw.prev_value, 0), keep)
             current = None
             if not raw.deleted or raw.prev_value is not None:  # a deletion's value is its previous one
-                current = CachedObject(kind, self.decode(raw.value, raw.revision))
+                current = CachedObject(kind, self.decode(raw.value, raw.revision), keep)
                 if encode and len(raw.value) >= ENCODE_AHEAD_BYTES:
                     known = raw.key in objects or raw.prev_value is not None
                     current.encode(kind, DELETED if raw.deleted else MODIFIED if known else ADDED)
